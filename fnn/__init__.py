@@ -1,0 +1,32 @@
+"""fnn: a functional neural-network framework on JAX.
+
+Models are pure ``init``/``apply`` pairs over explicit parameter pytrees; training
+uses ``jax.grad`` and optax.
+"""
+
+from fnn import activations, errors, initializers, layers
+from fnn.combinators import Lambda, fan_out, parallel, residual, serial
+from fnn.core import Layer, LayerSpec, register_layer
+from fnn.errors import ConfigError, FnnError, ShapeError
+from fnn.summary import summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "FnnError",
+    "Lambda",
+    "Layer",
+    "LayerSpec",
+    "ShapeError",
+    "activations",
+    "errors",
+    "fan_out",
+    "initializers",
+    "layers",
+    "parallel",
+    "register_layer",
+    "residual",
+    "serial",
+    "summary",
+]

@@ -1,0 +1,248 @@
+"""Combinators: build layers from layers, threading ``state`` and splitting ``rng``.
+
+Children's params and state are keyed by their unique names (``dense``,
+``dense_1``, ...); parameterless children get no entry.
+
+>>> import jax, fnn
+>>> from fnn.layers import Dense, Flatten
+>>> model = fnn.serial(Flatten(), Dense(32, activation="relu"), Dense(10))
+>>> params, state = model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 8, 8), "float32"))
+>>> sorted(params)
+['dense', 'dense_1']
+>>> params["dense"]["kernel"].shape
+(64, 32)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+from fnn.core import Layer, as_shape_struct, output_shapes, register_layer
+from fnn.errors import ConfigError, ShapeError, shape_of
+
+# Active only inside fnn.summary: a list that collects (path, layer, outputs, params, state)
+# for every child call while summary traces the model abstractly.
+_RECORDER: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "fnn_recorder", default=None
+)
+_PATH: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("fnn_path", default=())
+
+
+@contextlib.contextmanager
+def record_calls():
+    """Collect every child call made by combinators while tracing (used by ``summary``)."""
+    records: list = []
+    token = _RECORDER.set(records)
+    try:
+        yield records
+    finally:
+        _RECORDER.reset(token)
+
+
+def child_names(layers: Sequence[Layer], parent: str) -> list[str]:
+    """Unique parameter keys for ``layers``: user-chosen names are kept (duplicates are an
+    error), default names get Keras-style ``_1``, ``_2`` suffixes in order."""
+    for child in layers:
+        if not isinstance(child, Layer):
+            raise ConfigError(
+                f"{parent}: expected fnn Layer children, got {type(child).__name__} ({child!r})."
+            )
+    explicit = [c.name for c in layers if c.explicitly_named]
+    duplicates = sorted({n for n in explicit if explicit.count(n) > 1})
+    if duplicates:
+        raise ConfigError(
+            f"{parent}: duplicate layer names {duplicates}; give each child a unique name= "
+            "(its parameters are stored under that key)."
+        )
+    taken = set(explicit)
+    keys = []
+    for child in layers:
+        if child.explicitly_named:
+            keys.append(child.name)
+            continue
+        key, suffix = child.name, 0
+        while key in taken:
+            suffix += 1
+            key = f"{child.name}_{suffix}"
+        taken.add(key)
+        keys.append(key)
+    return keys
+
+
+def split_rng(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
+    """``n`` independent keys from ``rng`` (or ``n`` times ``None``)."""
+    if rng is None:
+        return [None] * n
+    return list(jax.random.split(rng, n))
+
+
+def as_inputs(outputs: Any) -> tuple:
+    """A layer's outputs as the positional inputs of the next layer (tuples are splatted)."""
+    return outputs if isinstance(outputs, tuple) else (outputs,)
+
+
+def call_child(key: str, child: Layer, params, state, inputs: tuple, rng, train: bool):
+    """``child.apply`` on ``inputs``; records the call when ``summary`` is tracing."""
+    records = _RECORDER.get()
+    if records is None:
+        return child.apply(params, state, *inputs, rng=rng, train=train)
+    path = _PATH.get() + (key,)
+    index = len(records)
+    records.append(None)
+    token = _PATH.set(path)
+    try:
+        outputs, new_state = child.apply(params, state, *inputs, rng=rng, train=train)
+    finally:
+        _PATH.reset(token)
+    records[index] = (path, child, outputs, params, state)
+    return outputs, new_state
+
+
+def _init_children(keys, layers, rng, inputs_per_child):
+    params, state = {}, {}
+    for key, child, child_rng, inputs in zip(keys, layers, rng, inputs_per_child, strict=True):
+        p, s = child.init(child_rng, *inputs)
+        if p:
+            params[key] = p
+        if s:
+            state[key] = s
+    return params, state
+
+
+@register_layer
+def serial(*layers: Layer, name: str = "sequential") -> Layer:
+    """Chain layers: each child's outputs are the next child's inputs (tuples are splatted).
+
+    The functional ``Sequential``: ``[inputs of layers[0]] -> [outputs of layers[-1]]``.
+    """
+    keys = child_names(layers, name)
+
+    def init(key, *inputs):
+        params, state = {}, {}
+        xs = as_shape_struct(inputs)
+        for k, child, child_key in zip(keys, layers, jax.random.split(key, max(len(layers), 1))):
+            p, s = child.init(child_key, *xs)
+            if p:
+                params[k] = p
+            if s:
+                state[k] = s
+            xs = as_inputs(output_shapes(child, p, s, *xs))
+        return params, state
+
+    def apply(params, state, *inputs, rng=None, train=False):
+        new_state = {}
+        xs = inputs
+        for k, child, child_rng in zip(keys, layers, split_rng(rng, len(layers))):
+            out, s = call_child(k, child, params.get(k, {}), state.get(k, {}), xs, child_rng, train)
+            if s:
+                new_state[k] = s
+            xs = as_inputs(out)
+        return (xs[0] if len(xs) == 1 else xs), new_state
+
+    return Layer(init, apply, name)
+
+
+@register_layer
+def parallel(*layers: Layer, name: str = "parallel") -> Layer:
+    """Apply ``layers[i]`` to input ``i``: ``(x_0, ..., x_{n-1}) -> (y_0, ..., y_{n-1})``."""
+    keys = child_names(layers, name)
+
+    def check(inputs):
+        if len(inputs) != len(layers):
+            raise ShapeError(
+                f"{name}: expected {len(layers)} inputs (one per child layer), got {len(inputs)} "
+                f"with shapes {[shape_of(x) for x in inputs]}."
+            )
+
+    def init(key, *inputs):
+        check(inputs)
+        xs = as_shape_struct(inputs)
+        rngs = jax.random.split(key, len(layers))
+        return _init_children(keys, layers, rngs, [(x,) for x in xs])
+
+    def apply(params, state, *inputs, rng=None, train=False):
+        check(inputs)
+        outs, new_state = [], {}
+        for k, child, x, r in zip(keys, layers, inputs, split_rng(rng, len(layers))):
+            out, s = call_child(k, child, params.get(k, {}), state.get(k, {}), (x,), r, train)
+            outs.append(out)
+            if s:
+                new_state[k] = s
+        return tuple(outs), new_state
+
+    return Layer(init, apply, name)
+
+
+@register_layer
+def fan_out(*layers: Layer, name: str = "fan_out") -> Layer:
+    """Apply every layer to the same inputs: ``x -> (layers[0](x), ..., layers[-1](x))``.
+
+    Follow it with a merge such as ``fnn.layers.Concatenate()`` or ``fnn.layers.Add()``.
+    """
+    keys = child_names(layers, name)
+
+    def init(key, *inputs):
+        xs = as_shape_struct(inputs)
+        rngs = jax.random.split(key, len(layers))
+        return _init_children(keys, layers, rngs, [xs] * len(layers))
+
+    def apply(params, state, *inputs, rng=None, train=False):
+        outs, new_state = [], {}
+        for k, child, r in zip(keys, layers, split_rng(rng, len(layers))):
+            out, s = call_child(k, child, params.get(k, {}), state.get(k, {}), inputs, r, train)
+            outs.append(out)
+            if s:
+                new_state[k] = s
+        return tuple(outs), new_state
+
+    return Layer(init, apply, name)
+
+
+@register_layer
+def residual(*layers: Layer, name: str = "residual") -> Layer:
+    """Skip connection around a chain of layers: ``x -> serial(*layers)(x) + x`` (same shape)."""
+    body = serial(*layers, name=name)
+
+    def check(x, y):
+        if shape_of(x) != shape_of(y):
+            raise ShapeError(
+                f"{name}: expected the residual branch to keep the input shape {shape_of(x)}, "
+                f"got {shape_of(y)}. Add a projection (e.g. Dense) so both shapes match."
+            )
+
+    def init(key, x):
+        params, state = body.init(key, x)
+        check(x, output_shapes(body, params, state, x))
+        return params, state
+
+    def apply(params, state, x, *, rng=None, train=False):
+        y, new_state = body.apply(params, state, x, rng=rng, train=train)
+        check(x, y)
+        return x + y, new_state
+
+    return Layer(init, apply, name)
+
+
+def Lambda(fn: Callable[..., Any], name: str = "lambda") -> Layer:
+    """Lift a pure function of arrays into a parameterless, stateless layer.
+
+    >>> import jax.numpy as jnp, fnn
+    >>> double = fnn.Lambda(lambda x: 2 * x, name="double")
+    >>> double.apply({}, {}, jnp.ones(2))[0]
+    Array([2., 2.], dtype=float32)
+    """
+
+    def init(key, *inputs):
+        del key, inputs
+        return {}, {}
+
+    def apply(params, state, *inputs, rng=None, train=False):
+        del params, rng, train
+        return fn(*inputs), state
+
+    return Layer(init, apply, name)

@@ -1,0 +1,189 @@
+"""The layer protocol: an immutable ``(init, apply)`` pair with a name.
+
+``params, state = layer.init(key, *inputs)`` builds the parameters from the
+inputs' shapes (arrays or ``jax.ShapeDtypeStruct``, batch dimension included);
+``outputs, new_state = layer.apply(params, state, *inputs, rng=None, train=False)``
+is a pure function. Params and state are nested dicts of arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from fnn.errors import ConfigError
+
+PyTree = Any
+Params = dict[str, Any]
+State = dict[str, Any]
+
+
+class InitFn(Protocol):
+    def __call__(self, key: jax.Array, *inputs: Any) -> tuple[Params, State]: ...
+
+
+class ApplyFn(Protocol):
+    def __call__(
+        self,
+        params: Params,
+        state: State,
+        *inputs: Any,
+        rng: jax.Array | None = None,
+        train: bool = False,
+    ) -> tuple[Any, State]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """Declarative description of a layer: registered factory name plus the
+    constructor arguments the user passed (used for saving and for naming)."""
+
+    class_name: str
+    config: Mapping[str, Any]
+
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Layer:
+    """An immutable ``(init, apply)`` pair with a readable ``name``.
+
+    Both ``layer.init`` / ``layer.apply`` and ``init, apply = layer`` work.
+
+    >>> import jax, fnn
+    >>> layer = fnn.layers.Dense(3)
+    >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((2, 4), "float32"))
+    >>> {k: v.shape for k, v in params.items()}
+    {'kernel': (4, 3), 'bias': (3,)}
+    >>> init, apply = layer
+    """
+
+    init: InitFn
+    apply: ApplyFn
+    name: str
+    spec: LayerSpec | None = None
+
+    def __post_init__(self):
+        check_name(self.name)
+
+    def __iter__(self):
+        return iter((self.init, self.apply))
+
+    def __repr__(self) -> str:
+        kind = self.spec.class_name if self.spec else "Layer"
+        return f"<fnn {kind} {self.name!r}>"
+
+    @property
+    def explicitly_named(self) -> bool:
+        """True when the name was passed to a registered factory (duplicates are then an
+        error); other names get ``_1``, ``_2`` suffixes inside combinators."""
+        return self.spec is not None and "name" in self.spec.config
+
+    def renamed(self, name: str) -> Layer:
+        """The same layer under another name."""
+        spec = self.spec
+        if spec is not None:
+            spec = LayerSpec(spec.class_name, {**spec.config, "name": name})
+        return dataclasses.replace(self, name=name, spec=spec)
+
+
+def check_name(name: object) -> None:
+    """Raise ``ConfigError`` unless ``name`` is a usable parameter key."""
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+        raise ConfigError(
+            f"invalid layer name {name!r}: expected a non-empty string of letters, digits, "
+            "'_', '.' or '-' that starts with a letter or '_' (it becomes a parameter key)."
+        )
+
+
+_REGISTRY: dict[str, Callable[..., Layer]] = {}
+
+
+def register_layer(factory: Callable[..., Layer] | None = None, *, name: str | None = None):
+    """Register a layer factory by name so saved configs can rebuild it.
+
+    The returned factory records the arguments it was called with in
+    ``layer.spec``. Use it on your own layer factories too:
+
+    >>> import fnn
+    >>> @fnn.register_layer
+    ... def Double(name="double"):
+    ...     return fnn.Lambda(lambda x: 2 * x, name=name)
+    >>> fnn.core.get_layer_factory("Double")().name
+    'double'
+    """
+
+    def wrap(fn: Callable[..., Layer]) -> Callable[..., Layer]:
+        key = name or fn.__name__
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def build(*args, **kwargs) -> Layer:
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as err:
+                raise TypeError(f"{key}: {err}") from None
+            layer = fn(*args, **kwargs)
+            return dataclasses.replace(layer, spec=LayerSpec(key, dict(bound.arguments)))
+
+        build.signature = signature
+        _REGISTRY[key] = build
+        return build
+
+    return wrap(factory) if factory is not None else wrap
+
+
+def get_layer_factory(class_name: str) -> Callable[..., Layer]:
+    """The registered factory called ``class_name`` (raises ``ConfigError`` listing valid ones)."""
+    from fnn.errors import unknown_name
+
+    if class_name not in _REGISTRY:
+        raise unknown_name("layer", class_name, _REGISTRY)
+    return _REGISTRY[class_name]
+
+
+def registered_layers() -> tuple[str, ...]:
+    """Names of every registered layer factory."""
+    return tuple(sorted(_REGISTRY))
+
+
+def as_shape_struct(x: Any) -> Any:
+    """Abstract version of a pytree of arrays: ``jax.ShapeDtypeStruct`` leaves."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), x)
+
+
+def output_shapes(layer: Layer, params: Params, state: State, *inputs: Any) -> Any:
+    """Shapes of ``layer.apply``'s outputs, found by abstract evaluation (no FLOPs).
+
+    >>> import jax, fnn
+    >>> layer = fnn.layers.Dense(5)
+    >>> x = jax.ShapeDtypeStruct((8, 3), "float32")
+    >>> params, state = jax.eval_shape(layer.init, jax.random.key(0), x)
+    >>> fnn.core.output_shapes(layer, params, state, x).shape
+    (8, 5)
+    """
+    abstract = as_shape_struct((params, state, inputs))
+    out, _ = jax.eval_shape(
+        lambda p, s, xs: layer.apply(p, s, *xs, rng=None, train=False), *abstract
+    )
+    return out
+
+
+def param_dtype(x: Any, dtype: Any = None) -> jnp.dtype:
+    """Dtype for new parameters: ``dtype`` if given, else float32 or float64 from the input.
+
+    Low-precision inputs (bfloat16, float16, integers) still get float32 parameters,
+    as in Keras; mixed precision casts them at apply time.
+    """
+    if dtype is not None:
+        return jnp.dtype(dtype)
+    x_dtype = jnp.result_type(x)
+    return x_dtype if x_dtype in (jnp.float32, jnp.float64) else jnp.dtype(jnp.float32)

@@ -1,0 +1,90 @@
+"""Error classes and check helpers: one message style for every layer.
+
+Messages read ``"<layer>: expected <what>, got <what> (shape ...)"`` plus a hint,
+and are raised in Python before XLA sees the arrays.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+
+class FnnError(ValueError):
+    """Base class of fnn's user-facing errors (a ``ValueError``)."""
+
+
+class ShapeError(FnnError):
+    """An input's shape or rank does not fit a layer or its parameters."""
+
+
+class ConfigError(FnnError):
+    """A constructor argument, name or config value is invalid."""
+
+
+def closest(name: str, valid: Iterable[str]) -> str:
+    """A ``" Did you mean 'x'?"`` hint for a misspelled ``name`` (or ``""``)."""
+    match = difflib.get_close_matches(str(name), list(valid), n=1)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def unknown_name(kind: str, name: object, valid: Iterable[str]) -> ConfigError:
+    """Error for an unknown string identifier, listing the valid ones."""
+    valid = sorted(valid)
+    return ConfigError(
+        f"unknown {kind} {name!r}.{closest(str(name), valid)} Valid {kind}s: {', '.join(valid)}."
+    )
+
+
+def shape_of(x) -> tuple[int, ...]:
+    """Shape of an array, tracer or ``jax.ShapeDtypeStruct``."""
+    return tuple(getattr(x, "shape", ()))
+
+
+def check_rank(
+    layer: str,
+    x,
+    *,
+    rank: int | None = None,
+    min_rank: int | None = None,
+    layout: str | None = None,
+    argument: str = "inputs",
+) -> None:
+    """Raise ``ShapeError`` unless ``x`` has exactly ``rank`` (or at least ``min_rank``) dims.
+
+    ``layout`` names the expected axes, e.g. ``"[batch, height, width, channels]"``.
+    """
+    shape = shape_of(x)
+    ndim = len(shape)
+    if rank is not None and ndim != rank:
+        want = layout or f"rank {rank}"
+        raise ShapeError(
+            f"{layer}: expected {argument} of rank {rank} {want}, got rank {ndim} (shape {shape})."
+        )
+    if min_rank is not None and ndim < min_rank:
+        want = f" {layout}" if layout else ""
+        raise ShapeError(
+            f"{layer}: expected {argument} of rank >= {min_rank}{want}, got rank {ndim} "
+            f"(shape {shape})."
+        )
+
+
+def check_last_dim(layer: str, x, expected: int, *, param: str, param_shape: Sequence[int]) -> None:
+    """Raise ``ShapeError`` unless ``x.shape[-1] == expected`` (the width the params were built for)."""
+    shape = shape_of(x)
+    if not shape or shape[-1] != expected:
+        hint = (
+            " Did you forget a Flatten() before this layer?"
+            if len(shape) > 2 and shape[-1] != expected
+            else ""
+        )
+        raise ShapeError(
+            f"{layer}: expected inputs with last dimension {expected} ({param} has shape "
+            f"{tuple(param_shape)}), got inputs of shape {shape}.{hint}"
+        )
+
+
+def check_num_inputs(layer: str, inputs: Sequence, expected: int) -> None:
+    """Raise ``ShapeError`` unless exactly ``expected`` inputs were given."""
+    if len(inputs) != expected:
+        raise ShapeError(f"{layer}: expected {expected} input(s), got {len(inputs)}.")

@@ -1,0 +1,133 @@
+"""Parameter initializers: ``(key, shape, dtype) -> Array``, by Keras name or callable.
+
+Fan-in and fan-out follow Keras: for a kernel ``[*receptive_field, in, out]``
+fan_in = in * prod(receptive_field) and fan_out = out * prod(receptive_field).
+
+>>> import jax, fnn
+>>> w = fnn.initializers.get("glorot_uniform")(jax.random.key(0), (784, 128), "float32")
+>>> w.shape, bool(abs(w).max() <= (6 / (784 + 128)) ** 0.5)
+((784, 128), True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.nn import initializers as jinit
+
+from fnn.errors import ConfigError, unknown_name
+
+Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
+
+
+def zeros(key, shape, dtype=jnp.float32):
+    """All zeros of ``shape``."""
+    del key
+    return jnp.zeros(shape, dtype)
+
+
+def ones(key, shape, dtype=jnp.float32):
+    """All ones of ``shape``."""
+    del key
+    return jnp.ones(shape, dtype)
+
+
+def constant(value: float) -> Initializer:
+    """Every entry equal to ``value``."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        return jnp.full(shape, value, dtype)
+
+    return init
+
+
+def random_normal(mean: float = 0.0, stddev: float = 0.05) -> Initializer:
+    """Normal(mean, stddev) entries (Keras ``RandomNormal`` defaults)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return mean + stddev * jax.random.normal(key, shape, dtype)
+
+    return init
+
+
+def random_uniform(minval: float = -0.05, maxval: float = 0.05) -> Initializer:
+    """Uniform[minval, maxval) entries (Keras ``RandomUniform`` defaults)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, minval, maxval)
+
+    return init
+
+
+def truncated_normal(mean: float = 0.0, stddev: float = 0.05) -> Initializer:
+    """Normal(mean, stddev) truncated to two standard deviations (Keras ``TruncatedNormal``)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return mean + stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+
+    return init
+
+
+def _scaling(scale: float, mode: str, distribution: str) -> Initializer:
+    base = jinit.variance_scaling(scale, mode, distribution, in_axis=-2, out_axis=-1)
+
+    def init(key, shape, dtype=jnp.float32):
+        if len(shape) < 2:
+            # Keras treats a vector as fan_in = fan_out = its length.
+            return jinit.variance_scaling(scale, mode, distribution, in_axis=0, out_axis=0)(
+                key, (shape[0], 1) if shape else (1, 1), dtype
+            ).reshape(shape)
+        return base(key, shape, dtype)
+
+    return init
+
+
+glorot_uniform = _scaling(1.0, "fan_avg", "uniform")
+glorot_normal = _scaling(1.0, "fan_avg", "truncated_normal")
+he_uniform = _scaling(2.0, "fan_in", "uniform")
+he_normal = _scaling(2.0, "fan_in", "truncated_normal")
+lecun_uniform = _scaling(1.0, "fan_in", "uniform")
+lecun_normal = _scaling(1.0, "fan_in", "truncated_normal")
+
+
+def orthogonal(gain: float = 1.0) -> Initializer:
+    """A (semi-)orthogonal matrix over the last axis, times ``gain`` (Keras ``Orthogonal``)."""
+    return jinit.orthogonal(scale=gain)
+
+
+_BY_NAME: dict[str, Initializer] = {
+    "zeros": zeros,
+    "ones": ones,
+    "glorot_uniform": glorot_uniform,
+    "glorot_normal": glorot_normal,
+    "he_uniform": he_uniform,
+    "he_normal": he_normal,
+    "lecun_uniform": lecun_uniform,
+    "lecun_normal": lecun_normal,
+    "orthogonal": orthogonal(),
+    "truncated_normal": truncated_normal(),
+    "random_normal": random_normal(),
+    "random_uniform": random_uniform(),
+}
+_ALIASES = {"xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal"}
+
+
+def get(identifier: str | Initializer) -> Initializer:
+    """Initializer from a Keras name (``"glorot_uniform"``, ``"zeros"``, ...) or a callable."""
+    if callable(identifier):
+        return identifier
+    if isinstance(identifier, str):
+        key = _ALIASES.get(identifier, identifier)
+        if key in _BY_NAME:
+            return _BY_NAME[key]
+        raise unknown_name("initializer", identifier, _BY_NAME)
+    raise ConfigError(f"expected an initializer name or callable, got {type(identifier).__name__}.")
+
+
+def names() -> tuple[str, ...]:
+    """Every initializer name that ``get`` accepts."""
+    return tuple(sorted(_BY_NAME))
