@@ -62,6 +62,7 @@ __all__ = [
     "INDEX_FILE",
     "CheckpointError",
     "CheckpointManager",
+    "list_steps",
     "read_info",
     "restore",
     "save",
@@ -557,6 +558,20 @@ def _to_target(value: Any, like: Any) -> Any:
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
+def list_steps(directory: str | os.PathLike) -> list[int]:
+    """Steps of the complete ``step_*`` checkpoints in a manager's ``directory``, ascending
+    (read-only: nothing is created or cleaned)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for child in directory.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and (child / INDEX_FILE).exists():
+            found.append(int(match.group(1)))
+    return sorted(found)
+
+
 class CheckpointManager:
     """Numbered checkpoints ``step_00000042`` in ``directory``: keeps the last
     ``max_to_keep`` plus (``keep_best``) the one with the best ``best_metric``
@@ -604,14 +619,7 @@ class CheckpointManager:
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints on disk, ascending."""
-        if not self.directory.exists():
-            return []
-        found = []
-        for child in self.directory.iterdir():
-            match = _STEP_DIR.match(child.name)
-            if match and (child / INDEX_FILE).exists():
-                found.append(int(match.group(1)))
-        return sorted(found)
+        return list_steps(self.directory)
 
     def latest_step(self) -> int | None:
         """The newest step on disk, or ``None``."""
