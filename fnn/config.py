@@ -297,7 +297,7 @@ def validate(raw: Any) -> dict:
 
     if raw is None:
         raw = {}
-    cfg = _merge_defaults("", raw, DEFAULTS)
+    cfg = _merge_defaults("", _mapping("<config>", raw), DEFAULTS)
     cfg["loss"] = _check_loss(cfg["loss"])
 
     layers = cfg["model"]["layers"]
@@ -465,7 +465,8 @@ def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
                 node = node[part]
             else:
                 if not isinstance(node, dict):
-                    raise ConfigError(f"--set {key}: {where} is not a mapping.")
+                    parent = where.rsplit(".", 1)[0] if "." in where else "<config>"
+                    raise ConfigError(f"--set {key}: {parent} is not a mapping.")
                 if not isinstance(node.get(part), dict | list):
                     node[part] = {}
                 node = node[part]
