@@ -1,0 +1,173 @@
+"""The fnn CLI end to end on digits: files, accuracy, resume equality, evaluate/predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from fnn import checkpoint, cli, datasets, saving
+
+ROOT = Path(__file__).resolve().parents[1]
+MLP = str(ROOT / "configs" / "digits_mlp.yaml")
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One 12-epoch run of configs/digits_mlp.yaml shared by the end-to-end tests."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    code = cli.main(["train", MLP, "--set", f"run_dir={run}", "--set", "epochs=12"])
+    assert code == 0
+    return run
+
+
+def test_train_writes_every_file_and_reaches_95_percent(trained, capsys):
+    run = trained
+    for name in (
+        "metrics.csv",
+        "config.yaml",
+        "results.json",
+        "curves.png",
+        "confusion_matrix.png",
+    ):
+        assert (run / name).is_file(), name
+    for png in ("curves.png", "confusion_matrix.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = read_csv(run / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 13))
+    assert list(rows[0])[:5] == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    assert float(rows[-1]["val_accuracy"]) >= 0.95
+    # Checkpoints: every 5 epochs and the last, keeping 2 plus the best val_accuracy.
+    steps = checkpoint.list_steps(run / "checkpoints")
+    steps_per_epoch = 45  # ceil(1437 / 32)
+    assert set(steps) <= {5 * steps_per_epoch, 10 * steps_per_epoch, 12 * steps_per_epoch}
+    assert steps[-1] == 12 * steps_per_epoch
+    # The accuracy the CLI reports equals a plain-numpy accuracy of the saved model.
+    loaded = saving.load_model(run / "model")
+    (_, _), (x_test, y_test) = datasets.load_digits()
+    logits, _ = loaded.layer.apply(loaded.params, loaded.state, x_test)
+    accuracy = float(np.mean(np.argmax(np.asarray(logits), -1) == y_test))
+    results = json.loads((run / "results.json").read_text())
+    assert results["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert float(rows[-1]["val_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
+    assert loaded.compile_config["loss"]["name"] == "sparse_categorical_crossentropy"
+
+
+def test_evaluate_and_predict_commands(trained, tmp_path, capsys):
+    run = trained
+    assert cli.main(["evaluate", MLP, "--set", f"run_dir={run}", "--checkpoint", str(run)]) == 0
+    out = capsys.readouterr().out
+    reported = json.loads(out.strip().splitlines()[-1])
+    results = json.loads((run / "results.json").read_text())
+    assert reported["test_accuracy"] == pytest.approx(results["test"]["accuracy"], abs=1e-6)
+
+    (_, _), (x_test, _) = datasets.load_digits()
+    loaded = saving.load_model(run / "model")
+    expected = np.argmax(
+        np.asarray(loaded.layer.apply(loaded.params, loaded.state, x_test[:20])[0]), -1
+    )
+    np.save(tmp_path / "x.npy", x_test[:20])
+    assert (
+        cli.main(["predict", MLP, "--checkpoint", str(run), "--input", str(tmp_path / "x.npy")])
+        == 0
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "index,class"
+    assert [int(line.split(",")[1]) for line in lines[1:]] == expected.tolist()
+    np.savetxt(
+        tmp_path / "x.csv",
+        x_test[:20],
+        delimiter=",",
+        header=",".join(f"p{i}" for i in range(64)),
+        comments="",
+    )
+    out_file = tmp_path / "pred.csv"
+    args = [
+        "predict",
+        MLP,
+        "--checkpoint",
+        str(run / "checkpoints"),
+        "--input",
+        str(tmp_path / "x.csv"),
+    ]
+    assert cli.main([*args, "--output", str(out_file)]) == 0
+    assert [int(r["class"]) for r in read_csv(out_file)] == expected.tolist()
+    # Wrong input shape and a missing checkpoint: one line, no traceback.
+    np.save(tmp_path / "bad.npy", np.zeros((3, 5), np.float32))
+    assert (
+        cli.main(["predict", MLP, "--checkpoint", str(run), "--input", str(tmp_path / "bad.npy")])
+        == 2
+    )
+    assert "expected examples of shape [64], got array of shape [3, 5]" in capsys.readouterr().err
+    assert cli.main(["evaluate", MLP, "--checkpoint", str(tmp_path / "none")]) == 1
+    assert "no checkpoint there" in capsys.readouterr().err
+
+
+def test_summary_command(capsys):
+    assert cli.main(["summary", MLP]) == 0
+    out = capsys.readouterr().out
+    assert "dense_2 (Dense)" in out and "Total params: 50,826" in out
+
+
+def test_resume_equals_uninterrupted_training_bitwise(tmp_path, capsys):
+    common = [
+        "--set", "epochs=4", "--set", "checkpoint.every_epochs=1", "--set", "checkpoint.max_to_keep=10",
+        "--set", "optimizer.schedule=cosine", "--set", "plots=false",
+    ]  # fmt: skip
+    full = tmp_path / "full"
+    assert cli.main(["train", MLP, "--set", f"run_dir={full}", *common]) == 0
+    # An "interrupted" run: the same directory as it was after epoch 2.
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    steps = checkpoint.list_steps(part / "checkpoints")
+    for step in steps[2:]:
+        shutil.rmtree(part / "checkpoints" / f"step_{step:08d}")
+    capsys.readouterr()
+    assert cli.main(["train", MLP, "--set", f"run_dir={part}", *common, "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    a = checkpoint.restore(full / "checkpoints" / f"step_{steps[-1]:08d}")
+    b = checkpoint.restore(part / "checkpoints" / f"step_{steps[-1]:08d}")
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 10
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+
+    def without_time(rows):
+        return [{k: v for k, v in r.items() if k != cli.TIME_COLUMN} for r in rows]
+
+    assert without_time(read_csv(full / "metrics.csv")) == without_time(
+        read_csv(part / "metrics.csv")
+    )
+    # Training again into a run directory with checkpoints needs --resume or --overwrite.
+    assert cli.main(["train", MLP, "--set", f"run_dir={full}", *common]) == 2
+    assert "already holds checkpoints; pass --resume" in capsys.readouterr().err
+
+
+def test_data_parallel_matches_single_device(tmp_path):
+    assert jax.device_count() == 8
+    finals = {}
+    for devices in (1, 8):
+        run = tmp_path / f"dp{devices}"
+        args = [
+            "train", MLP, "--set", f"run_dir={run}", "--set", "epochs=2", "--set", "batch_size=64",
+            "--set", "distribute.strategy=data_parallel", "--set", f"distribute.num_devices={devices}",
+            "--set", "plots=false", "--set", "model.layers[2].Dropout.rate=0.0",
+        ]  # fmt: skip
+        assert cli.main(args) == 0
+        step = checkpoint.list_steps(run / "checkpoints")[-1]
+        assert step == 2 * (1437 // 64)  # the last partial batch is dropped
+        finals[devices] = checkpoint.restore(run / "checkpoints" / f"step_{step:08d}")["params"]
+    for x, y in zip(jax.tree.leaves(finals[1]), jax.tree.leaves(finals[8]), strict=True):
+        np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
