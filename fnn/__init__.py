@@ -4,10 +4,11 @@ Models are pure ``init``/``apply`` pairs over explicit parameter pytrees; traini
 uses ``jax.grad`` and optax.
 """
 
-from fnn import activations, errors, initializers, layers
+from fnn import activations, checkpoint, datasets, errors, initializers, layers, saving
 from fnn.combinators import Lambda, fan_out, parallel, residual, serial
 from fnn.core import Layer, LayerSpec, register_layer
 from fnn.errors import ConfigError, FnnError, ShapeError
+from fnn.saving import load_model, load_weights, save_model, save_weights
 from fnn.summary import summary
 
 __version__ = "0.1.0"
@@ -20,13 +21,20 @@ __all__ = [
     "LayerSpec",
     "ShapeError",
     "activations",
+    "checkpoint",
+    "datasets",
     "errors",
     "fan_out",
     "initializers",
     "layers",
+    "load_model",
+    "load_weights",
     "parallel",
     "register_layer",
     "residual",
+    "save_model",
+    "save_weights",
+    "saving",
     "serial",
     "summary",
 ]

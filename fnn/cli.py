@@ -406,7 +406,7 @@ def _epoch_line(row: dict, epochs: int) -> str:
     for key, value in row.items():
         if key not in ("epoch", TIME_COLUMN):
             parts.append(f"{key} {value:.4f}")
-    parts.append(f"({row[TIME_COLUMN]:.1f}s)")
+    parts.append(f"({row[TIME_COLUMN]:.2f}s)")
     return "  ".join(parts)
 
 
