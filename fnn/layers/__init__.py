@@ -3,13 +3,17 @@
 from fnn.layers.activation import Activation
 from fnn.layers.dense import Dense
 from fnn.layers.merging import Add, Average, Concatenate, Maximum, Multiply, add, concatenate
+from fnn.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from fnn.layers.regularization import Dropout
 from fnn.layers.reshaping import Flatten, Reshape
 
 __all__ = [
+    "GRU",
+    "LSTM",
     "Activation",
     "Add",
     "Average",
+    "Bidirectional",
     "Concatenate",
     "Dense",
     "Dropout",
@@ -17,6 +21,7 @@ __all__ = [
     "Maximum",
     "Multiply",
     "Reshape",
+    "SimpleRNN",
     "add",
     "concatenate",
 ]
