@@ -386,3 +386,67 @@ def test_bfloat16_stored_as_bf16_readable_by_ml_dtypes(tmp_path):
         np.asarray(restored).view(np.uint16),
         np.asarray(x).astype(ml_dtypes.bfloat16).view(np.uint16),
     )
+
+
+TWO_PROCESS_WORKER = textwrap.dedent(
+    """
+    import os, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from fnn import checkpoint
+
+    process_id, port, directory = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{port}", 2, process_id, initialization_timeout=60)
+    assert jax.process_count() == 2 and jax.device_count() == 4
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    full = np.arange(24, dtype=np.float32).reshape(8, 3)
+    x = jax.make_array_from_callback(full.shape, sharding, lambda index: full[index])
+    assert not x.is_fully_addressable  # half of it lives in the other process
+    writes = []
+    checkpoint._TEST_HOOK = lambda stage, tmp: writes.append(stage)
+    checkpoint.save(directory + "/ckpt", {"x": x, "step": 3, "rng": jax.random.key(5)})
+    target = {"x": jax.ShapeDtypeStruct(full.shape, jnp.float32, sharding=sharding),
+              "step": 0, "rng": jax.random.key(0)}
+    restored = checkpoint.restore(directory + "/ckpt", target=target)
+    assert restored["x"].sharding == sharding and restored["step"] == 3
+    for shard in restored["x"].addressable_shards:
+        np.testing.assert_array_equal(shard.data, full[shard.index])
+    print(f"process {process_id} wrote {len(writes) > 0}", flush=True)
+    jax.distributed.shutdown()
+    """
+)
+
+
+def test_two_processes_only_process_0_writes_and_both_restore(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_PROCESS_WORKER, str(i), str(port), str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    outputs = []
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=120)
+            outputs.append(out)
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+    assert "process 0 wrote True" in outputs[0] and "process 1 wrote False" in outputs[1]
+    # One process, one device: the gathered global array.
+    restored = checkpoint.restore(tmp_path / "ckpt")
+    np.testing.assert_array_equal(restored["x"], np.arange(24, dtype=np.float32).reshape(8, 3))
