@@ -207,11 +207,9 @@ class IterableData:
             it = iter(self.data)
 
         def batches():
-            count = 0
-            for item in it:
+            for count, item in enumerate(it, start=1):
                 x, y, sw = unpack(item)
                 yield as_arrays(x), as_arrays(y), as_arrays(sw)
-                count += 1
                 if steps is not None and count >= steps:
                     return
             if self.one_shot:
