@@ -177,7 +177,11 @@ def batch_mesh(
                 f"data_parallel: expected a mesh with an axis named {axis_name!r}, got axes "
                 f"{devices.axis_names}. Pass axis_name= to match the mesh."
             )
-        return Mesh(devices.devices, devices.axis_names, axis_types=(AxisType.Auto,) * devices.ndim)
+        return Mesh(
+            devices.devices,
+            devices.axis_names,
+            axis_types=(AxisType.Auto,) * len(devices.axis_names),
+        )
     return Mesh(np.array(_resolve_devices(devices)), (axis_name,), axis_types=(AxisType.Auto,))
 
 
@@ -274,7 +278,7 @@ class DataParallelStep:
         self._per_device = None
         self._checked_treedef = None
         if method == "pmap":
-            if self.mesh.ndim != 1:
+            if len(self.mesh.axis_names) != 1:
                 raise ConfigError(
                     f"data_parallel(method='pmap'): expected a 1-D device list, got a mesh of "
                     f"shape {dict(self.mesh.shape)}; use method='sharded' for meshes."
@@ -298,6 +302,9 @@ class DataParallelStep:
         if self.method == "pmap":
             return replicate(train_state, self.local_devices)
         if not self._multi_process:
+            if self._donate:
+                # device_put may alias the caller's buffers; donation would delete them.
+                train_state = jax.tree.map(jnp.copy, train_state)
             return jax.device_put(train_state, self.state_sharding)
         return jax.tree.map(lambda x: _global_replicated(x, self.state_sharding), train_state)
 
