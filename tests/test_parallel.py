@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 import fnn
 from fnn.errors import ConfigError, ShapeError
-from fnn.layers import Dense
+from fnn.layers import BatchNormalization, Dense
 from fnn.parallel import data_parallel, replicate, shard_batch, unreplicate
 
 TOL = {"atol": 2e-5, "rtol": 2e-5}
@@ -112,6 +112,33 @@ def test_n_devices_match_one_device(problem, reference, n, method, per_device):
         assert len(jax.tree.leaves(placed)[0].sharding.device_set) == n
     diff = assert_same((dp.get_state(placed), logs), reference)
     print(f"{method} per_device={per_device} n={n}: max |param diff| = {diff:.2e}")
+
+
+@pytest.mark.parametrize(
+    "method,per_device", [("pmap", True), ("sharded", True), ("sharded", False)]
+)
+def test_batch_norm_statistics_synchronised(problem, method, per_device):
+    """BatchNormalization(axis_name=...) under pmap/shard_map sees the global batch."""
+    _, optimizer, _, batches = problem
+
+    def model(axis_name):
+        return fnn.serial(
+            # No bias before BN: its gradient is exactly 0 and Adam would amplify the noise.
+            Dense(8, use_bias=False),
+            BatchNormalization(momentum=0.5, axis_name=axis_name),
+            Dense(3),
+        )
+
+    params, state = model(None).init(jax.random.key(1), jnp.ones((1, 5)))
+    ts = {"step": jnp.zeros((), jnp.int32), "params": params, "state": state}
+    ts["opt_state"] = optimizer.init(params)
+    reference = run(jax.jit(make_step(model(None), optimizer)), ts, batches)
+    axis = "batch" if per_device else None
+    dp = data_parallel(make_step(model(axis), optimizer, axis), devices=4, method=method)
+    out, logs = run(dp, dp.put_state(ts), batches)
+    assert_same((dp.get_state(out), logs), reference)
+    # The moving statistics moved away from their initial values, identically.
+    assert not np.allclose(reference[0]["state"]["batch_normalization"]["moving_mean"], 0)
 
 
 def test_prefetched_batches_and_explicit_mesh(problem, reference):
