@@ -553,7 +553,11 @@ class Model:
                     if sample_weight is None
                     else (tuple(inputs), y, sample_weight)
                 )
-                train_lib.check_batch(self.layer, resolved.loss, ts.params, ts.state, batch)
+                if isinstance(y, tuple | dict):  # several outputs: the combined loss's checks
+                    out = output_shapes(self.layer, ts.params, ts.state, *inputs)
+                    jax.eval_shape(lambda y_pred: resolved.loss(y, y_pred), out)
+                else:
+                    train_lib.check_batch(self.layer, resolved.loss, ts.params, ts.state, batch)
             except (ShapeError, ConfigError) as err:
                 raise type(err)(
                     f"{self.name}: y does not fit the loss and model outputs: {err}"
@@ -617,7 +621,10 @@ class Model:
     # ------------------------------------------------------------------ data
 
     def _fit_data(self, x, y, sample_weight, class_weight, name):
-        if data_lib.is_array_tree(x):
+        # A list of (x, y) tuples is a list of batches, not several inputs (Keras's inputs
+        # lists hold arrays).
+        batches = isinstance(x, list) and x and all(isinstance(b, tuple | list) for b in x)
+        if data_lib.is_array_tree(x) and not batches:
             if x is None:
                 raise ConfigError(f"{self.name}: {name} expected x, got None.")
             data = data_lib.ArrayData(x, y, sample_weight, name=name)
@@ -661,8 +668,10 @@ class Model:
 
         ``x``/``y``: arrays (or tuples/dicts of arrays), or ``x`` an iterable of
         ``(x, y[, sample_weight])`` batches. Shuffling is a permutation seeded by
-        ``compile(seed=...)`` and the epoch. ``devices``: data-parallel training over these
-        devices (needs ``fnn.parallel``).
+        ``compile(seed=...)`` and the epoch. ``devices`` (a list of devices or a count):
+        data-parallel training with ``fnn.parallel.data_parallel(method="sharded")``; the
+        batch size must divide by the device count (a last smaller batch that does not is
+        skipped).
         """
         cfg = self._require_compiled("fit")
         verbose = _is_verbose_auto(verbose)
@@ -673,11 +682,6 @@ class Model:
         batch_size = 32 if batch_size is None else batch_size
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"{self.name}: expected batch_size >= 1, got {batch_size!r}.")
-        if devices is not None:
-            raise ConfigError(
-                f"{self.name}: fit(devices=...) needs fnn.parallel, which this build does not "
-                "have yet; train on one device or use fnn.parallel directly."
-            )
         data = self._fit_data(x, y, sample_weight, class_weight, "fit")
         val = None
         if validation_split:
@@ -741,14 +745,35 @@ class Model:
         self.stop_training = False
         spe = resolved.steps_per_execution
         seed = cfg["seed"]
-        device_data = isinstance(data, data_lib.ArrayData) and data.fits_on_device() and cfg["jit"]
+        dp = self._data_parallel_step(devices) if devices is not None else None
+        device_data = (
+            dp is None
+            and isinstance(data, data_lib.ArrayData)
+            and data.fits_on_device()
+            and cfg["jit"]
+        )
         on_device = data.on_device() if device_data else None
         cl.on_train_begin(None)
         logs: dict = {}
         for epoch in range(initial_epoch, epochs):
             self.reset_metrics()
             cl.on_epoch_begin(epoch, None)
-            if isinstance(data, data_lib.ArrayData):
+            if dp is not None:
+                self._train_state = dp.put_state(self._train_state)
+                if isinstance(data, data_lib.ArrayData):
+                    indices = data.batch_indices(
+                        batch_size=batch_size, epoch=epoch, shuffle=shuffle, seed=seed
+                    )[:steps]
+                    batches = _host_batches(data, indices)
+                else:
+                    batches, first = (
+                        (_chain_first(first, iterator), None)
+                        if first is not None
+                        else (data.epoch(steps_per_epoch), None)
+                    )
+                self._train_parallel(dp, batches, cl)
+                self._train_state = dp.get_state(self._train_state)
+            elif isinstance(data, data_lib.ArrayData):
                 indices = data.batch_indices(
                     batch_size=batch_size, epoch=epoch, shuffle=shuffle, seed=seed
                 )[:steps]
@@ -807,6 +832,25 @@ class Model:
                 idx = indices[i]
                 self._batch_hooks(cl, i, i, lambda idx=idx: self._run(single, on_device, idx))
                 i += 1
+
+    def _data_parallel_step(self, devices):
+        import importlib
+
+        parallel_lib = importlib.import_module("fnn.parallel")
+        from fnn import train as train_lib
+
+        r = self._resolved
+        step = train_lib.make_train_step(self.layer, r.loss, r.optimizer, r.metrics)
+        return parallel_lib.data_parallel(step, devices=devices, method="sharded", donate=True)
+
+    def _train_parallel(self, dp, batches, cl) -> None:
+        for i, batch in enumerate(batches):
+            if self.stop_training:
+                break
+            n = np.shape(jax.tree.leaves(batch)[0])[0]
+            if n % dp.num_devices:
+                continue
+            self._batch_hooks(cl, i, i, lambda batch=batch: self._run(dp, _make_batch(*batch)))
 
     def _run(self, fn, *args) -> None:
         self._train_state, _ = fn(self._train_state, *args)
