@@ -4,10 +4,11 @@ Models are pure ``init``/``apply`` pairs over explicit parameter pytrees; traini
 uses ``jax.grad`` and optax.
 """
 
-from fnn import activations, checkpoint, datasets, errors, initializers, layers, saving
+from fnn import activations, callbacks, checkpoint, datasets, errors, initializers, layers, saving
 from fnn.combinators import Lambda, fan_out, parallel, residual, serial
 from fnn.core import Layer, LayerSpec, register_layer
 from fnn.errors import ConfigError, FnnError, ShapeError
+from fnn.model import Input, Model, Sequential
 from fnn.saving import load_model, load_weights, save_model, save_weights
 from fnn.summary import summary
 
@@ -16,11 +17,15 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "FnnError",
+    "Input",
     "Lambda",
     "Layer",
     "LayerSpec",
+    "Model",
+    "Sequential",
     "ShapeError",
     "activations",
+    "callbacks",
     "checkpoint",
     "datasets",
     "errors",
