@@ -11,7 +11,7 @@ A training run writes to ``run_dir`` (default ``runs/<config name>``): ``config.
 (the resolved config), ``checkpoints/step_*`` (:mod:`fnn.checkpoint`), ``metrics.csv``
 (one row per epoch), ``tensorboard/`` (if tensorboardX is installed), ``curves.png``
 and, for classifiers, ``confusion_matrix.png``, ``model/`` (architecture + weights,
-:func:`fnn.saving.load_model`) and ``results.json`` (final test metrics).
+:func:`fnn.load_model`) and ``results.json`` (final test metrics).
 
 Training is deterministic: the data order of each epoch comes from ``(seed, epoch)`` and
 every other changing value (params, optimizer state, PRNG key, step) is in the
@@ -293,7 +293,7 @@ def cmd_train(args) -> int:
     import jax
 
     from fnn import config as config_lib
-    from fnn import saving, train
+    from fnn import losses, saving, train
     from fnn.checkpoint import CheckpointManager
 
     cfg = config_lib.load_config(args.config, args.set)
@@ -389,7 +389,13 @@ def cmd_train(args) -> int:
         ts.params,
         ts.state,
         inputs=[run.input_spec],
-        compile_config={k: cfg[k] for k in ("optimizer", "loss", "metrics")},
+        # Model.compile arguments, so fnn.load_model(run_dir / "model") is ready to use.
+        compile_config={
+            "optimizer": cfg["optimizer"]["name"],
+            "loss": losses.serialize(losses.get(run.loss)),
+            "metrics": list(cfg["metrics"]),
+        },
+        metadata={"config": cfg},
     )
     plots = _plots(run, ts, history, run_dir) if cfg["plots"] else []
     tests = "  ".join(f"test_{k} {v:.4f}" for k, v in test.items())

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+import fnn
 from fnn import checkpoint, cli, datasets, saving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,14 +54,20 @@ def test_train_writes_every_file_and_reaches_95_percent(trained, capsys):
     assert set(steps) <= {5 * steps_per_epoch, 10 * steps_per_epoch, 12 * steps_per_epoch}
     assert steps[-1] == 12 * steps_per_epoch
     # The accuracy the CLI reports equals a plain-numpy accuracy of the saved model.
-    loaded = saving.load_model(run / "model")
+    loaded = saving.load_layer(run / "model")
     (_, _), (x_test, y_test) = datasets.load_digits()
     logits, _ = loaded.layer.apply(loaded.params, loaded.state, x_test)
     accuracy = float(np.mean(np.argmax(np.asarray(logits), -1) == y_test))
     results = json.loads((run / "results.json").read_text())
     assert results["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
     assert float(rows[-1]["val_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
-    assert loaded.compile_config["loss"]["name"] == "sparse_categorical_crossentropy"
+    assert loaded.compile_config["loss"]["class_name"] == "SparseCategoricalCrossentropy"
+    # The Keras-style view of the same directory: built, compiled, same predictions.
+    model = fnn.load_model(run / "model")
+    np.testing.assert_allclose(model.predict(x_test, verbose=0), logits, rtol=1e-5, atol=1e-6)
+    assert model.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"] == pytest.approx(
+        accuracy
+    )
 
 
 def test_evaluate_and_predict_commands(trained, tmp_path, capsys):
@@ -72,7 +79,7 @@ def test_evaluate_and_predict_commands(trained, tmp_path, capsys):
     assert reported["test_accuracy"] == pytest.approx(results["test"]["accuracy"], abs=1e-6)
 
     (_, _), (x_test, _) = datasets.load_digits()
-    loaded = saving.load_model(run / "model")
+    loaded = saving.load_layer(run / "model")
     expected = np.argmax(
         np.asarray(loaded.layer.apply(loaded.params, loaded.state, x_test[:20])[0]), -1
     )

@@ -116,7 +116,7 @@ def test_save_and_load_model(tmp_path):
     saving.save_model(
         tmp_path / "m", model, params, state, inputs=[X], compile_config=compile_config
     )
-    loaded = saving.load_model(tmp_path / "m")
+    loaded = saving.load_layer(tmp_path / "m")
     assert loaded.compile_config == compile_config and loaded.inputs == [X]
     x = jax.random.normal(jax.random.key(1), X.shape)
     np.testing.assert_array_equal(
@@ -124,4 +124,51 @@ def test_save_and_load_model(tmp_path):
     )
     saving.save_weights(tmp_path / "w", params, state)
     with pytest.raises(CheckpointError, match=r"holds weights only, not a saved model"):
-        saving.load_model(tmp_path / "w")
+        saving.load_layer(tmp_path / "w")
+
+
+def test_model_save_and_fnn_load_model(tmp_path):
+    from fnn import losses
+    from fnn.layers import BatchNormalization
+
+    (x_train, y_train), (x_test, y_test) = fnn.datasets.load_iris()
+    model = fnn.Sequential(
+        [Dense(16, activation="relu"), BatchNormalization(), Dense(3)], name="iris"
+    )
+    model.compile(
+        optimizer="adam",
+        loss=losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x_train, y_train, epochs=2, batch_size=32, verbose=0)
+    model.save(tmp_path / "iris")
+    loaded = fnn.load_model(tmp_path / "iris")
+    assert type(loaded) is fnn.Sequential and loaded.name == "iris"
+    assert [layer.spec.class_name for layer in loaded.layers] == [
+        "Dense",
+        "BatchNormalization",
+        "Dense",
+    ]
+    for a, b in zip(
+        jax.tree.leaves((model.params, model.state)),
+        jax.tree.leaves((loaded.params, loaded.state)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)  # moving statistics included
+    np.testing.assert_allclose(
+        loaded.predict(x_test, verbose=0), model.predict(x_test, verbose=0), rtol=1e-6
+    )
+    # Compiled with the saved loss and metrics: evaluate works right away and agrees.
+    before = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
+    after = loaded.evaluate(x_test, y_test, verbose=0, return_dict=True)
+    assert after == pytest.approx(before)
+    # Weights-only directories and uncompilable settings give clear messages.
+    fnn.save_weights(tmp_path / "w", model.params, model.state)
+    with pytest.raises(CheckpointError, match=r"holds weights only, not a saved model"):
+        fnn.load_model(tmp_path / "w")
+    import optax
+
+    model.compile(optimizer=optax.sgd(0.1), loss="sparse_categorical_crossentropy")
+    with pytest.warns(UserWarning, match=r"iris: saved without compile settings \(optimizer"):
+        model.save(tmp_path / "uncompiled")
+    assert not fnn.load_model(tmp_path / "uncompiled").compiled
