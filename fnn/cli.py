@@ -699,6 +699,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fnn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `fnn predict ... | head`
+        sys.stderr.close()
+        return 141
 
 
 if __name__ == "__main__":
