@@ -98,6 +98,7 @@ class Run:
         self.loss = config_lib._loss_identifier(cfg["loss"])
         self.loss_name = losses.get(self.loss).class_name or ""
         self.classifier = _snake(self.loss_name) in CLASSIFICATION_LOSSES
+        self.from_logits = bool(cfg["loss"].get("from_logits", False))
         self.num_classes = int(np.max(y_train)) + 1 if self.classifier else None
         # Shape checks before anything is compiled (ShapeError names the layer).
         try:
@@ -488,7 +489,7 @@ def _plots(run: Run, ts, history: list[dict], run_dir: Path) -> list[str]:
     written.append("curves.png")
     if run.classifier:
         logits = run.predict_fn()(ts.params, ts.state, run.x_test)
-        predicted = _classes(logits)
+        predicted = _classes(logits, run.from_logits)
         matrix = confusion_matrix(run.y_test, predicted, max(run.num_classes, 2))
         fig, ax = plt.subplots(figsize=(5.5, 5))
         ax.imshow(matrix, cmap="Blues")
@@ -508,13 +509,12 @@ def _plots(run: Run, ts, history: list[dict], run_dir: Path) -> list[str]:
     return written
 
 
-def _classes(outputs: np.ndarray) -> np.ndarray:
+def _classes(outputs: np.ndarray, from_logits: bool) -> np.ndarray:
+    """Class indices: argmax over classes, or one logit/probability thresholded at 0/0.5."""
     outputs = np.asarray(outputs)
     if outputs.ndim == 1 or outputs.shape[-1] == 1:
-        # One logit/probability per example: binary classification.
         flat = outputs.reshape(len(outputs))
-        threshold = 0.0 if (flat.min() < 0 or flat.max() > 1) else 0.5
-        return (flat > threshold).astype(np.int32)
+        return (flat > (0.0 if from_logits else 0.5)).astype(np.int32)
     return np.argmax(outputs, axis=-1).astype(np.int32)
 
 
@@ -615,7 +615,7 @@ def cmd_predict(args) -> int:
     outputs = run.predict_fn()(ts.params, ts.state, x)
     lines = []
     if run.classifier:
-        classes = _classes(outputs)
+        classes = _classes(outputs, run.from_logits)
         lines.append("index,class")
         lines += [f"{i},{c}" for i, c in enumerate(classes)]
     else:

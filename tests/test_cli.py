@@ -182,3 +182,20 @@ def test_data_parallel_matches_single_device(tmp_path):
         finals[devices] = checkpoint.restore(run / "checkpoints" / f"step_{step:08d}")["params"]
     for x, y in zip(jax.tree.leaves(finals[1]), jax.tree.leaves(finals[8]), strict=True):
         np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+
+
+def test_confusion_matrix_and_class_rules_match_sklearn():
+    from sklearn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 4)).astype(np.float32)
+    y = rng.integers(0, 4, size=50)
+    predicted = cli._classes(logits, from_logits=True)
+    np.testing.assert_array_equal(predicted, logits.argmax(-1))
+    np.testing.assert_array_equal(
+        cli.confusion_matrix(y, predicted, 4), confusion_matrix(y, predicted, labels=range(4))
+    )
+    # One output unit: a logit is positive at > 0, a probability at > 0.5.
+    one = np.array([[0.3], [0.7], [-0.2]], np.float32)
+    assert cli._classes(one, from_logits=True).tolist() == [1, 1, 0]
+    assert cli._classes(one, from_logits=False).tolist() == [0, 1, 0]
