@@ -287,6 +287,21 @@ def test_embedding_style_mask_through_serial_and_return_mask():
     np.testing.assert_allclose(y[0], alone[0], rtol=1e-5, atol=1e-5)
     alone, _ = model.apply(params, state, ids[1:, :2])
     np.testing.assert_allclose(y[1], alone[0], rtol=1e-5, atol=1e-5)
+    # Bidirectional passes the mask on too; stacked over padded data it still matches.
+    model = fnn.serial(
+        fnn.Lambda(embed),
+        Bidirectional(SimpleRNN(U, return_sequences=True, return_mask=True)),
+        LSTM(U),
+    )
+    params_bi, state_bi = model.init(jax.random.key(1), ids)
+    y, _ = model.apply(params_bi, state_bi, ids)
+    alone, _ = model.apply(params_bi, state_bi, ids[:1, :3])
+    np.testing.assert_allclose(y[0], alone[0], rtol=1e-5, atol=1e-5)
+    # With go_backwards the mask is reversed along with the sequence.
+    layer = GRU(U, return_sequences=True, return_mask=True, go_backwards=True)
+    x, mask = embed(ids)
+    (_, mask_out), _ = layer.apply(layer.init(jax.random.key(0), x)[0], {}, x, mask)
+    np.testing.assert_array_equal(mask_out, np.asarray(mask)[:, ::-1])
     # Without a mask, return_mask=True returns an all-True mask.
     (seq, mask), _ = LSTM(U, return_sequences=True, return_mask=True).apply(
         params["l1"], {}, jnp.ones((2, 5, F))
@@ -504,8 +519,8 @@ def test_rank_and_feature_errors():
         layer.apply(params, state, jnp.ones((2, 3, 4, 1)))
     with pytest.raises(
         fnn.ShapeError,
-        match=r"lstm_1: expected inputs with last dimension 4 \(kernel has shape \(4, 24\)\), "
-        r"got inputs of shape \(2, 3, 5\)",
+        match=r"lstm_1: expected inputs with 4 features \(kernel has shape \(4, 24\)\), "
+        r"got inputs of shape \(2, 3, 5\) \[batch, time, features\]\. The layer was built",
     ):
         layer.apply(params, state, jnp.ones((2, 3, 5)))
     with pytest.raises(
