@@ -180,7 +180,7 @@ def _recurrent_layer(
             mask = jnp.asarray(mask).astype(bool)
         batch, _, features = x.shape
 
-        in_mask, rec_mask = dropout_masks(rng, train, batch, features, x.dtype)
+        in_mask, rec_mask = dropout_masks(rng, train, batch, features, kernel.dtype)
         if in_mask is not None:
             # One mask for every time step (variational dropout, as Keras).
             x = x * in_mask[:, None, :]
@@ -269,8 +269,9 @@ def SimpleRNN(
     Params (Keras layout): ``kernel [features, units]`` (W), ``recurrent_kernel
     [units, units]`` (U), ``bias [units]``. ``dropout`` / ``recurrent_dropout`` drop inputs
     / the recurrent state with one mask per sequence (fixed across time) when
-    ``train=True``; the masks come from ``in_key, rec_key = jax.random.split(rng)``.
-    See the module docstring for ``mask``, ``initial_state`` and ``return_mask``.
+    ``train=True``; the masks come from ``in_key, rec_key = jax.random.split(rng)``. LSTM
+    and GRU share these masks across their gates (Keras draws one per gate when
+    ``recurrent_dropout > 0``). See the module docstring for ``mask``, ``initial_state`` and ``return_mask``.
 
     >>> import jax, jax.numpy as jnp, fnn
     >>> rnn = fnn.layers.SimpleRNN(4, return_sequences=True)
