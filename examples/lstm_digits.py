@@ -1,6 +1,6 @@
 """Train an LSTM on scikit-learn's bundled digits, each image read as a sequence of rows.
 
-Run: python examples/lstm_digits.py   (about 30 s on 2 CPU cores)
+Run: python examples/lstm_digits.py   (about 15 s on 2 CPU cores)
 
 Each 8x8 digit becomes a sequence of 8 time steps with 8 pixel features (scaled to
 [0, 1]); LSTM(64) reads the rows top to bottom and Dense(10) classifies its last output.

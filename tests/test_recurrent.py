@@ -287,6 +287,21 @@ def test_embedding_style_mask_through_serial_and_return_mask():
     np.testing.assert_allclose(y[0], alone[0], rtol=1e-5, atol=1e-5)
     alone, _ = model.apply(params, state, ids[1:, :2])
     np.testing.assert_allclose(y[1], alone[0], rtol=1e-5, atol=1e-5)
+    # Bidirectional passes the mask on too; stacked over padded data it still matches.
+    model = fnn.serial(
+        fnn.Lambda(embed),
+        Bidirectional(SimpleRNN(U, return_sequences=True, return_mask=True)),
+        LSTM(U),
+    )
+    params_bi, state_bi = model.init(jax.random.key(1), ids)
+    y, _ = model.apply(params_bi, state_bi, ids)
+    alone, _ = model.apply(params_bi, state_bi, ids[:1, :3])
+    np.testing.assert_allclose(y[0], alone[0], rtol=1e-5, atol=1e-5)
+    # With go_backwards the mask is reversed along with the sequence.
+    layer = GRU(U, return_sequences=True, return_mask=True, go_backwards=True)
+    x, mask = embed(ids)
+    (_, mask_out), _ = layer.apply(layer.init(jax.random.key(0), x)[0], {}, x, mask)
+    np.testing.assert_array_equal(mask_out, np.asarray(mask)[:, ::-1])
     # Without a mask, return_mask=True returns an all-True mask.
     (seq, mask), _ = LSTM(U, return_sequences=True, return_mask=True).apply(
         params["l1"], {}, jnp.ones((2, 5, F))
@@ -504,8 +519,8 @@ def test_rank_and_feature_errors():
         layer.apply(params, state, jnp.ones((2, 3, 4, 1)))
     with pytest.raises(
         fnn.ShapeError,
-        match=r"lstm_1: expected inputs with last dimension 4 \(kernel has shape \(4, 24\)\), "
-        r"got inputs of shape \(2, 3, 5\)",
+        match=r"lstm_1: expected inputs with 4 features \(kernel has shape \(4, 24\)\), "
+        r"got inputs of shape \(2, 3, 5\) \[batch, time, features\]\. The layer was built",
     ):
         layer.apply(params, state, jnp.ones((2, 3, 5)))
     with pytest.raises(
@@ -572,3 +587,51 @@ def test_config_errors():
         Bidirectional(
             LSTM(2), backward_layer=LSTM(2, go_backwards=True, return_sequences=True, name="b")
         )
+
+
+# ------------------------------------------------------------------ Keras itself (optional)
+
+KERAS_CASES = [
+    ("SimpleRNN", {}),
+    ("LSTM", {}),
+    ("GRU", {"reset_after": True}),
+    ("GRU", {"reset_after": False}),
+]
+
+
+@pytest.mark.parametrize(("class_name", "kwargs"), KERAS_CASES)
+def test_keras_weights_give_keras_outputs(class_name, kwargs):
+    """With keras installed (the ``bench`` extra, jax backend), Keras weights load unchanged."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(17)
+    x = rng.normal(size=(B, T, F)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 1, 1, 0, 1]], bool)
+    for return_sequences, go_backwards, m in [(False, False, None), (True, True, mask)]:
+        config = dict(
+            return_sequences=return_sequences, return_state=True, go_backwards=go_backwards
+        )
+        k_layer = getattr(keras.layers, class_name)(U, **config, **kwargs)
+        k_layer.build((B, T, F))
+        for w in k_layer.weights:
+            w.assign(rng.normal(size=w.shape).astype(np.float32) * 0.5)
+        want = k_layer(x, mask=m)
+        layer = getattr(fnn.layers, class_name)(U, **config, **kwargs)
+        params = {w.name: jnp.asarray(w.numpy()) for w in k_layer.weights}
+        got, _ = layer.apply(params, {}, x, m)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, np.asarray(w), rtol=1e-5, atol=1e-5)
+    k_bi = keras.layers.Bidirectional(getattr(keras.layers, class_name)(U, **kwargs))
+    k_bi.build((B, T, F))
+    for w in k_bi.weights:
+        w.assign(rng.normal(size=w.shape).astype(np.float32) * 0.5)
+    bi = Bidirectional(getattr(fnn.layers, class_name)(U, **kwargs))
+    keys = sorted(bi.init(jax.random.key(0), x)[0])  # backward_*, forward_*
+    params = {
+        key: {w.name: jnp.asarray(w.numpy()) for w in k_bi.weights if direction in w.path}
+        for key, direction in zip(keys, ("/backward_", "/forward_"))
+    }
+    got, _ = bi.apply(params, {}, x, mask)
+    np.testing.assert_allclose(got, np.asarray(k_bi(x, mask=mask)), rtol=1e-5, atol=1e-5)

@@ -20,7 +20,9 @@ cannot, because a tuple output is splatted into the next layer. By default the m
 therefore dropped, so ``LSTM(return_sequences=True)`` can feed ``Dense`` directly. For
 stacked recurrent layers over padded data, pass ``return_mask=True`` (an fnn extension,
 only with ``return_sequences=True`` and ``return_state=False``): the output becomes
-``(sequences, mask)`` and the next recurrent layer receives the mask.
+``(sequences, mask)`` and the next recurrent layer receives the mask (time-reversed
+with ``go_backwards=True``, to match the reversed sequence; all True without an input
+mask).
 
 >>> import jax, jax.numpy as jnp, fnn
 >>> from fnn.layers import LSTM, Dense
@@ -42,7 +44,7 @@ import jax.numpy as jnp
 
 from fnn import activations, initializers
 from fnn.core import Layer, get_layer_factory, param_dtype, register_layer
-from fnn.errors import ConfigError, ShapeError, check_last_dim, shape_of
+from fnn.errors import ConfigError, ShapeError, shape_of
 
 _LAYOUT = "[batch, time, features]"
 
@@ -167,11 +169,18 @@ def _recurrent_layer(
     def apply(params, state, x, mask=None, initial_state=None, *, rng=None, train=False):
         _check_sequence(name, x)
         kernel = params["kernel"]
-        check_last_dim(name, x, kernel.shape[0], param="kernel", param_shape=kernel.shape)
+        if x.shape[-1] != kernel.shape[0]:
+            raise ShapeError(
+                f"{name}: expected inputs with {kernel.shape[0]} features (kernel has shape "
+                f"{tuple(kernel.shape)}), got inputs of shape {tuple(x.shape)} "
+                f"{_LAYOUT}. The layer was built for other inputs; rebuild it with init."
+            )
         _check_mask(name, x, mask)
+        if mask is not None:
+            mask = jnp.asarray(mask).astype(bool)
         batch, _, features = x.shape
 
-        in_mask, rec_mask = dropout_masks(rng, train, batch, features, x.dtype)
+        in_mask, rec_mask = dropout_masks(rng, train, batch, features, kernel.dtype)
         if in_mask is not None:
             # One mask for every time step (variational dropout, as Keras).
             x = x * in_mask[:, None, :]
@@ -196,7 +205,7 @@ def _recurrent_layer(
 
             carry, ys = jax.lax.scan(body, carry, xs, reverse=go_backwards)
         else:
-            keep = jnp.swapaxes(jnp.asarray(mask).astype(bool), 0, 1)[..., None]
+            keep = jnp.swapaxes(mask, 0, 1)[..., None]
 
             def body(carry, inputs):
                 xw_t, keep_t = inputs
@@ -218,11 +227,14 @@ def _recurrent_layer(
             output = carry[0]
             if mask is not None and zero_output_for_mask:
                 last_step = 0 if go_backwards else -1
-                output = jnp.where(jnp.asarray(mask)[:, last_step, None], output, 0)
+                output = jnp.where(mask[:, last_step, None], output, 0)
         if return_state:
             return (output, *carry), state
         if return_mask:
-            return (output, mask if mask is not None else jnp.ones(x.shape[:2], bool)), state
+            if mask is None:
+                mask = jnp.ones(x.shape[:2], bool)
+            # The mask follows the output's time order (reversed with go_backwards).
+            return (output, jnp.flip(mask, 1) if go_backwards else mask), state
         return output, state
 
     return Layer(init, apply, name)
@@ -257,8 +269,9 @@ def SimpleRNN(
     Params (Keras layout): ``kernel [features, units]`` (W), ``recurrent_kernel
     [units, units]`` (U), ``bias [units]``. ``dropout`` / ``recurrent_dropout`` drop inputs
     / the recurrent state with one mask per sequence (fixed across time) when
-    ``train=True``; the masks come from ``in_key, rec_key = jax.random.split(rng)``.
-    See the module docstring for ``mask``, ``initial_state`` and ``return_mask``.
+    ``train=True``; the masks come from ``in_key, rec_key = jax.random.split(rng)``. LSTM
+    and GRU share these masks across their gates (Keras draws one per gate when
+    ``recurrent_dropout > 0``). See the module docstring for ``mask``, ``initial_state`` and ``return_mask``.
 
     >>> import jax, jax.numpy as jnp, fnn
     >>> rnn = fnn.layers.SimpleRNN(4, return_sequences=True)
@@ -658,7 +671,8 @@ def Bidirectional(
             output = (y, y_rev)
         output = output if isinstance(output, tuple) else (output,)
         if return_mask:
-            return (*output, mask if mask is not None else jnp.ones(x.shape[:2], bool)), state
+            mask = jnp.ones(x.shape[:2], bool) if mask is None else jnp.asarray(mask).astype(bool)
+            return (*output, mask), state
         if len(output) == 1 and not states:
             return output[0], state
         return (*output, *states), state
