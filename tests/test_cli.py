@@ -6,7 +6,9 @@ import csv
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 import numpy as np
@@ -166,8 +168,29 @@ def test_resume_equals_uninterrupted_training_bitwise(tmp_path, capsys):
     assert "already holds checkpoints; pass --resume" in capsys.readouterr().err
 
 
-def test_data_parallel_matches_single_device(tmp_path):
+class FakeSummaryWriter:
+    """Stands in for tensorboardX.SummaryWriter (an optional extra) to check what is logged."""
+
+    scalars: ClassVar[list] = []
+
+    def __init__(self, logdir):
+        self.logdir = logdir
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, step, value))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_data_parallel_matches_single_device(tmp_path, monkeypatch):
     assert jax.device_count() == 8
+    fake = type(sys)("tensorboardX")
+    fake.SummaryWriter = FakeSummaryWriter
+    monkeypatch.setitem(sys.modules, "tensorboardX", fake)
     finals = {}
     for devices in (1, 8):
         run = tmp_path / f"dp{devices}"
@@ -182,6 +205,19 @@ def test_data_parallel_matches_single_device(tmp_path):
         finals[devices] = checkpoint.restore(run / "checkpoints" / f"step_{step:08d}")["params"]
     for x, y in zip(jax.tree.leaves(finals[1]), jax.tree.leaves(finals[8]), strict=True):
         np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+    # TensorBoard scalars: every metrics.csv column but epoch and time, per epoch, per run.
+    rows = read_csv(tmp_path / "dp8" / "metrics.csv")
+    logged = {
+        (tag, step): value
+        for tag, step, value in FakeSummaryWriter.scalars[len(FakeSummaryWriter.scalars) // 2 :]
+    }
+    expected = {
+        (k, int(r["epoch"])): float(v)
+        for r in rows
+        for k, v in r.items()
+        if k not in ("epoch", cli.TIME_COLUMN)
+    }
+    assert logged == expected and len(expected) == 8
 
 
 def test_confusion_matrix_and_class_rules_match_sklearn():
