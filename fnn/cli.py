@@ -203,8 +203,8 @@ def _snake(name: str) -> str:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
-    lines = text.splitlines()
-    return lines[0] if len(lines) == 1 else " ".join(line.strip() for line in lines)
+    lines = [line.strip() for line in text.splitlines()]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} {'; '.join(lines[1:])}"
 
 
 def _output_shape(model, abstract, spec):

@@ -166,6 +166,15 @@ def test_resume_equals_uninterrupted_training_bitwise(tmp_path, capsys):
     # Training again into a run directory with checkpoints needs --resume or --overwrite.
     assert cli.main(["train", MLP, "--set", f"run_dir={full}", *common]) == 2
     assert "already holds checkpoints; pass --resume" in capsys.readouterr().err
+    # Resuming with another architecture names the mismatched parameters, in one line.
+    wider = [*common, "--set", "model.layers[1].Dense.units=64", "--resume"]
+    assert cli.main(["train", MLP, "--set", f"run_dir={full}", *wider]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not match the target tree" in err
+    assert (
+        "; .params['dense']['kernel']: checkpoint has float32[64, 256], target float32[64, 64]; "
+        in err
+    )
 
 
 class FakeSummaryWriter:
