@@ -396,7 +396,7 @@ def _loss_identifier(loss: Mapping) -> Any:
 def load_config_text(text: str, overrides: Sequence[str] = ()) -> dict:
     """Parse YAML ``text`` (safe loader), apply ``--set`` overrides, validate."""
     try:
-        raw = yaml.safe_load(text)
+        raw = _safe_load(text)
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
@@ -417,6 +417,22 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
         return load_config_text(text, overrides)
     except ConfigError as err:
         raise ConfigError(f"{path.name}: {err}") from None
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no Python objects, no code) that also reads ``1e-3`` as a float;
+    plain YAML 1.1 needs a dot (``1.0e-3``) and would give the string ``'1e-3'``."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_SafeLoader)  # a SafeLoader: no Python objects
 
 
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -450,7 +466,7 @@ def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
         if not sep or not key:
             raise ConfigError(f"--set {item}: expected key=value.")
         try:
-            value = yaml.safe_load(text)
+            value = _safe_load(text)
         except yaml.YAMLError:
             value = text
         parts = _split_key(key.strip())

@@ -64,6 +64,22 @@ def test_defaults_and_overrides():
     assert model.spec.config["layers"][1].spec.config == {"units": 64, "activation": "relu"}
 
 
+def test_exponent_floats_and_no_python_objects():
+    cfg = load_config_text(
+        text() + "optimizer: {learning_rate: 1e-3}\n", ["optimizer.options.epsilon=1E-7"]
+    )
+    assert (
+        cfg["optimizer"]["learning_rate"] == 0.001
+        and cfg["optimizer"]["options"]["epsilon"] == 1e-7
+    )
+    with pytest.raises(fnn.ConfigError, match=r"got -0.0003\.$"):
+        load_config_text(text(), ["optimizer.learning_rate=-3e-4"])
+    with pytest.raises(
+        fnn.ConfigError, match=r"<config>: invalid YAML.*could not determine a constructor"
+    ):
+        load_config_text("epochs: !!python/object/apply:os.system ['true']")
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_validate(path):
     try:
