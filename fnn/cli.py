@@ -95,7 +95,7 @@ class Run:
         self.input_spec = jax.ShapeDtypeStruct(
             (cfg["batch_size"], *self.input_shape), jnp.dtype(x_train.dtype)
         )
-        self.loss = config_lib._loss_identifier(cfg["loss"])
+        self.loss = config_lib.build_loss(cfg["loss"])
         self.loss_name = losses.get(self.loss).class_name or ""
         self.classifier = _snake(self.loss_name) in CLASSIFICATION_LOSSES
         self.from_logits = bool(cfg["loss"].get("from_logits", False))

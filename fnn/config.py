@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULTS",
     "apply_overrides",
     "build_layer",
+    "build_loss",
     "build_model",
     "load_config",
     "load_config_text",
@@ -351,7 +352,7 @@ def validate(raw: Any) -> dict:
         if not isinstance(name, str):
             raise ConfigError(f"metrics[{i}]: expected a metric name, {_got(name)}.")
         try:
-            metrics_lib.get(name, loss=_loss_identifier(cfg["loss"]), num_classes=2)
+            metrics_lib.get(name, loss=build_loss(cfg["loss"]), num_classes=2)
         except FnnError as err:
             raise ConfigError(f"metrics[{i}]: {err}") from None
 
@@ -384,7 +385,8 @@ def validate(raw: Any) -> dict:
     return cfg
 
 
-def _loss_identifier(loss: Mapping) -> Any:
+def build_loss(loss: Mapping) -> Any:
+    """The loss of a validated config's ``loss`` entry: its name, or a configured ``Loss``."""
     from fnn import losses
 
     options = {k: v for k, v in loss.items() if k != "name"}
