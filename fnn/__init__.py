@@ -4,7 +4,20 @@ Models are pure ``init``/``apply`` pairs over explicit parameter pytrees; traini
 uses ``jax.grad`` and optax.
 """
 
-from fnn import activations, callbacks, checkpoint, datasets, errors, initializers, layers, saving
+from fnn import (
+    activations,
+    callbacks,
+    checkpoint,
+    datasets,
+    errors,
+    initializers,
+    layers,
+    losses,
+    metrics,
+    optimizers,
+    saving,
+    train,
+)
 from fnn.combinators import Lambda, fan_out, parallel, residual, serial
 from fnn.core import Layer, LayerSpec, register_layer
 from fnn.errors import ConfigError, FnnError, ShapeError
@@ -34,6 +47,9 @@ __all__ = [
     "layers",
     "load_model",
     "load_weights",
+    "losses",
+    "metrics",
+    "optimizers",
     "parallel",
     "register_layer",
     "residual",
@@ -42,4 +58,5 @@ __all__ = [
     "saving",
     "serial",
     "summary",
+    "train",
 ]
