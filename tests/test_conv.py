@@ -106,7 +106,7 @@ def test_conv1d_every_padding_stride_dilation_matches_loop_and_keras_sizes():
             continue
         w, bias = randn(k, 2, 3), randn(3)
         layer = Conv1D(3, k, strides=s, padding=padding, dilation_rate=d)
-        y = run(layer, x, {"kernel": w, "bias": bias})
+        y = run(layer, x, {"kernel": w, "bias": bias}, jit=True)
         assert y.shape == (2, keras_conv_length(7, k, s, d, padding), 3), (k, s, d, padding)
         pads = [keras_same_pads(7, k, s, d) if padding == "same" else (0, 0)]
         expected = loop_conv(x, w, (s,), (d,), pads) + bias
@@ -238,7 +238,7 @@ def test_conv1d_transpose_every_combination_matches_scatter_add():
         layer = Conv1DTranspose(
             2, k, strides=s, padding=padding, output_padding=op, dilation_rate=d
         )
-        y = run(layer, x, {"kernel": w, "bias": bias})
+        y = run(layer, x, {"kernel": w, "bias": bias}, jit=True)
         assert y.shape == (2, length, 2), (k, s, d, padding, op)
         expected = loop_conv_transpose(x, w, (s,), (d,), padding, None if op is None else (op,))
         np.testing.assert_allclose(
@@ -482,3 +482,18 @@ def test_glorot_fan_uses_receptive_field_and_registry():
     names = fnn.core.registered_layers()
     for cls in (Conv3DTranspose, DepthwiseConv1D, SeparableConv2D):
         assert cls.__name__ in names
+
+
+def test_config_forms_lists_and_numpy_ints():
+    """Arguments as a YAML/JSON config gives them (lists) or numpy integers are accepted."""
+    layer = Conv2D(np.int64(4), [3, 2], strides=[np.int32(2), 1], padding=[[1, 0], [0, 1]])
+    spec = jax.ShapeDtypeStruct((1, 5, 5, 2), jnp.float32)
+    params, state = jax.eval_shape(layer.init, jax.random.key(0), spec)
+    assert params["kernel"].shape == (3, 2, 2, 4)
+    out = fnn.core.output_shapes(layer, params, state, spec).shape
+    assert out == (
+        1,
+        keras_conv_length(5, 3, 2, 1, (1, 0)),
+        keras_conv_length(5, 2, 1, 1, (0, 1)),
+        4,
+    )

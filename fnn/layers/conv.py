@@ -19,9 +19,9 @@ from fnn.layers import _spatial
 
 
 def _positive_int(value, argument: str, layer: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    if not _spatial.is_int(value, minimum=1):
         raise ConfigError(f"{layer}: expected {argument} to be a positive int, got {value!r}.")
-    return value
+    return int(value)
 
 
 def _convolve(x, kernel, rank, *, strides, pads, dilation, groups=1, lhs_dilation=None):
@@ -42,7 +42,7 @@ def _geometry(name, rank, x, window, strides, padding):
     """Rank and window checks shared by init and apply; returns ``(channels, pads)``."""
     spatial, channels = _spatial.check_input(name, x, rank)
     pads = _spatial.resolve_pads(padding, spatial, window, strides)
-    _spatial.check_window_fits(name, x, window, pads)
+    _spatial.check_window_fits(name, x, window, pads, what="kernel_size, dilation included")
     return channels, pads
 
 
