@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 import fnn
 from fnn import train as train_lib
 from fnn.errors import ConfigError, ShapeError
-from fnn.layers import BatchNormalization, Dense
+from fnn.layers import BatchNormalization, Conv2D, Dense, Flatten, MaxPooling2D
 
 BATCH = 32
 
@@ -27,7 +27,7 @@ BATCH = 32
 def digits():
     data = load_digits()
     order = np.random.default_rng(0).permutation(len(data.target))
-    x = (data.data[order] / 16.0).astype(np.float32)
+    x = (data.images[order] / 16.0).astype(np.float32)[..., None]  # [n, 8, 8, 1]
     y = data.target[order].astype(np.int32)
     # 1440 = 45 * 32 samples to train on (a fifth of them validates), 357 to test.
     return x[:1440], y[:1440], x[1440:], y[1440:]
@@ -38,7 +38,10 @@ def trained(digits):
     """The tf.keras snippet with ``tf.keras`` replaced by ``fnn``."""
     x_train, y_train, x_test, y_test = digits
     model = fnn.Sequential()
-    model.add(Dense(128, activation="relu"))
+    model.add(Conv2D(32, (3, 3), activation="relu"))
+    model.add(MaxPooling2D((2, 2)))
+    model.add(Flatten())
+    model.add(Dense(64, activation="relu"))
     model.add(Dense(10, activation="softmax"))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(
@@ -101,10 +104,18 @@ def test_functional_state_is_public_and_assignable(trained, digits):
     model = trained["model"]
     *_, x_test, _ = digits
     params = model.params
-    kernel, bias = params["dense"]["kernel"], params["dense"]["bias"]
-    k2, b2 = params["dense_1"]["kernel"], params["dense_1"]["bias"]
-    hidden = np.maximum(x_test[:5] @ np.asarray(kernel) + np.asarray(bias), 0)
-    logits = hidden @ np.asarray(k2) + np.asarray(b2)
+    p = jax.tree.map(np.asarray, params)
+    x = x_test[:5, :, :, 0]
+    # Plain-numpy forward pass: valid 3x3 convolution loop, 2x2 max pool, flatten, dense.
+    conv = np.zeros((5, 6, 6, 32))
+    for i in range(6):
+        for j in range(6):
+            patch = x[:, i : i + 3, j : j + 3]
+            conv[:, i, j] = np.einsum("bhw,hwo->bo", patch, p["conv2d"]["kernel"][:, :, 0])
+    conv = np.maximum(conv + p["conv2d"]["bias"], 0)
+    pooled = conv.reshape(5, 3, 2, 3, 2, 32).max(axis=(2, 4)).reshape(5, -1)
+    hidden = np.maximum(pooled @ p["dense"]["kernel"] + p["dense"]["bias"], 0)
+    logits = hidden @ p["dense_1"]["kernel"] + p["dense_1"]["bias"]
     ref = np.exp(logits - logits.max(-1, keepdims=True))
     ref /= ref.sum(-1, keepdims=True)
     np.testing.assert_allclose(model.predict_on_batch(x_test[:5]), ref, rtol=1e-4, atol=1e-6)
@@ -300,7 +311,7 @@ def test_model_checkpoint_writes_only_improving(trained, digits, tmp_path):
         np.testing.assert_array_equal(got, ref)
     model.set_weights(current)
     with np.load(tmp_path / "best-03.npz", allow_pickle=False) as f:
-        assert f.files[0] == "0000:dense/kernel"
+        assert f.files[0] == "0000:conv2d/kernel"
     # CSVLogger: one row per epoch, equal to History.
     rows = list(csv.DictReader(csv_path.open()))
     assert [int(r["epoch"]) for r in rows] == history.epoch
