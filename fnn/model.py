@@ -470,6 +470,13 @@ class Model:
             self._train_state = _replace(self._train_state, opt_state=None, metric_states=None)
 
     @property
+    def steps_per_execution(self) -> int:
+        """Training steps per compiled call (``"auto"`` resolved once data was seen)."""
+        if self._resolved is not None:
+            return self._resolved.steps_per_execution
+        return self._require_compiled("steps_per_execution")["steps_per_execution"]
+
+    @property
     def compiled(self) -> bool:
         return self._compile_config is not None
 

@@ -7,6 +7,7 @@ Compiles are the cost here, so most tests reuse one trained model (same batch sh
 """
 
 import csv
+import io
 import logging
 
 import jax
@@ -543,3 +544,67 @@ def test_errors_are_raised_before_compiling(caplog, small):
         model.compile(loss="mse", steps_per_execution=0)
     with pytest.raises(ConfigError, match="needs built parameters"):
         fnn.Sequential([Dense(2)]).get_weights()
+
+
+def test_data_parallel_fit_equals_single_device(small):
+    model, x, y = small
+    model.fit(x, y, batch_size=16, epochs=0, verbose=0)
+    base = jax.tree.map(lambda a: a.copy(), model.train_state)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    want = model.get_weights()
+    restart(model, base)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, devices=jax.devices()[:4])
+    for a, b in zip(model.get_weights(), want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # float32 reduction order
+    assert len(model.params["dense"]["kernel"].sharding.device_set) == 1  # single copy again
+    assert sorted(history.history) == ["accuracy", "loss"]
+
+
+def test_batch_norm_state_updates_through_fit_and_auto_steps():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(16, 4)).astype(np.float32) * 3 + 1
+    y = rng.integers(0, 2, 16).astype(np.int32)
+    model = fnn.Sequential([Dense(5), BatchNormalization(), Dense(2)])
+    model.compile(
+        optimizer="sgd",
+        loss=fnn.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution="auto",
+    )
+    model.fit(x, y, batch_size=16, epochs=0, verbose=0)
+    assert model.steps_per_execution == 8  # dense model: a rolled 8-step scan
+    kernel, bias = model.get_weights()[:2]
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    # One step: moving_mean = 0.99 * 0 + 0.01 * batch mean of the Dense outputs (Keras rule).
+    h = x.astype(np.float64) @ kernel + bias
+    bn = model.state["batch_normalization"]
+    np.testing.assert_allclose(bn["moving_mean"], 0.01 * h.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bn["moving_variance"], 0.99 + 0.01 * h.var(0), rtol=1e-4)
+    # Inference uses the moving statistics (train=False), as Keras's predict.
+    w = model.get_weights()
+    z = (x @ w[0] + w[1] - w[4]) / np.sqrt(w[5] + 1e-3) * w[2] + w[3]
+    np.testing.assert_allclose(model.predict(x, verbose=0), z @ w[6] + w[7], rtol=1e-4, atol=1e-5)
+    conv = fnn.Sequential([fnn.Input((6, 6, 1)), Conv2D(2, 3), Flatten(), Dense(2)])
+    conv.compile(loss="mse", steps_per_execution="auto")
+    conv.fit(np.zeros((4, 6, 6, 1), np.float32), np.zeros((4, 2), np.float32), epochs=0, verbose=0)
+    assert conv.steps_per_execution == 4 and conv._resolved.unroll is True  # unrolled on CPU
+
+
+class TTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_fit_progress_bar_on_a_terminal(trained, digits):
+    model = trained["model"]
+    x_train, y_train, *_ = digits
+    out = TTY()
+    model.fit(
+        x_train[:1152],
+        y_train[:1152],
+        epochs=1,
+        verbose=1,
+        callbacks=[fnn.callbacks.ProgbarLogger(file=out)],
+    )
+    text = out.getvalue()
+    assert "Epoch 1/1" in text and "36/36" in text and "step/s" in text
+    assert "accuracy: " in text and "loss: " in text
