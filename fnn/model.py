@@ -722,8 +722,13 @@ class Model:
                 )
             data, val = data.split(validation_split)
         if validation_data is not None:
-            if data_lib.is_array_tree(validation_data) and isinstance(
-                validation_data, tuple | list
+            batches = isinstance(validation_data, list) and all(
+                isinstance(b, tuple | list) for b in validation_data
+            )
+            if (
+                data_lib.is_array_tree(validation_data)
+                and isinstance(validation_data, tuple | list)
+                and not batches
             ):
                 vx, vy, vsw = data_lib.unpack(tuple(validation_data))
                 val = data_lib.ArrayData(vx, vy, vsw, name="validation_data")
@@ -975,9 +980,9 @@ class Model:
             n_steps = math.ceil(data.n / batch_size)
             n_steps = n_steps if steps is None else min(steps, n_steps)
         else:
-            first_x, first_y, first_sw = next(iter(data.data)) if not data.one_shot else (None,) * 3
-            if first_x is not None:
-                r = self._prepare_training(*data_lib.unpack((first_x, first_y, first_sw)))
+            if not data.one_shot:
+                first = data_lib.unpack(next(iter(data.data)))
+                r = self._prepare_training(*(data_lib.as_arrays(a) for a in first))
             elif self._resolved is None:
                 raise ConfigError(
                     f"{self.name}: evaluate on a one-shot iterator needs a model that has been fit "

@@ -608,3 +608,36 @@ def test_fit_progress_bar_on_a_terminal(trained, digits):
     text = out.getvalue()
     assert "Epoch 1/1" in text and "36/36" in text and "step/s" in text
     assert "accuracy: " in text and "loss: " in text
+
+
+def test_dict_inputs_and_lists_of_batches():
+    """A dict of arrays is one pytree input; a list of (x, y) tuples is a list of batches
+    (for fit, validation_data and evaluate) and gives the same numbers as the arrays."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    dense = Dense(2)
+
+    def init(key, d):
+        return dense.init(key, d["a"])
+
+    def apply(params, state, d, *, rng=None, train=False):
+        return dense.apply(params, state, d["a"] + d["b"])
+
+    model = fnn.Model(fnn.Layer(init, apply, "dict_net"))
+    model.compile(
+        optimizer="adam",
+        loss=fnn.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    inputs = {"a": x, "b": 2 * x}
+    batches = [({"a": x[i : i + 8], "b": 2 * x[i : i + 8]}, y[i : i + 8]) for i in range(0, 40, 8)]
+    history = model.fit(inputs, y, batch_size=8, epochs=1, validation_data=batches, verbose=0)
+    from_list = model.evaluate(batches, verbose=0)
+    from_arrays = model.evaluate(inputs, y, batch_size=8, verbose=0)
+    assert from_list == pytest.approx(from_arrays, rel=1e-6)
+    assert history.history["val_loss"] == pytest.approx([from_arrays[0]], rel=1e-6)
+    k, b = (np.asarray(model.params[n]) for n in ("kernel", "bias"))
+    np.testing.assert_allclose(
+        model.predict(inputs, verbose=0), 3 * x @ k + b, rtol=1e-5, atol=1e-5
+    )
