@@ -182,6 +182,7 @@ class Model:
 
     @property
     def built(self) -> bool:
+        """Whether the parameters exist."""
         return self._train_state is not None
 
     def _require_built(self, what: str):
@@ -1294,10 +1295,6 @@ class Sequential(Model):
         if self.layer is None:
             raise ConfigError(f"{self.name}: the model has no layers; call add(layer) first.")
         super()._build(inputs)
-
-    @property
-    def built(self) -> bool:
-        return self._train_state is not None
 
     def _maybe_build_from_input(self):
         if self._train_state is None and self._build_input is not None and self._layers:

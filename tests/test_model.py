@@ -641,3 +641,25 @@ def test_dict_inputs_and_lists_of_batches():
     np.testing.assert_allclose(
         model.predict(inputs, verbose=0), 3 * x @ k + b, rtol=1e-5, atol=1e-5
     )
+
+
+def test_terminate_on_nan_stops_mid_epoch(small):
+    model, x, y = small
+    model.fit(x, y, batch_size=16, epochs=0, verbose=0)
+    base = jax.tree.map(lambda a: a.copy(), model.train_state)
+    bad = x.copy()
+    bad[:16] = np.nan
+    seen = []
+    record = fnn.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(b))
+    history = model.fit(
+        bad,
+        y,
+        batch_size=16,
+        epochs=3,
+        shuffle=False,
+        callbacks=[fnn.callbacks.TerminateOnNaN(), record],
+        verbose=0,
+    )
+    assert seen == [0]  # stopped after the first batch of the first epoch
+    assert history.epoch == [0] and np.isnan(history.history["loss"][0])
+    restart(model, base)
