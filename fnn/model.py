@@ -182,6 +182,7 @@ class Model:
 
     @property
     def built(self) -> bool:
+        """Whether the parameters exist."""
         return self._train_state is not None
 
     def _require_built(self, what: str):
@@ -478,6 +479,13 @@ class Model:
             self._train_state = _replace(self._train_state, opt_state=None, metric_states=None)
 
     @property
+    def steps_per_execution(self) -> int:
+        """Training steps per compiled call (``"auto"`` resolved once data was seen)."""
+        if self._resolved is not None:
+            return self._resolved.steps_per_execution
+        return self._require_compiled("steps_per_execution")["steps_per_execution"]
+
+    @property
     def compiled(self) -> bool:
         return self._compile_config is not None
 
@@ -600,16 +608,39 @@ class Model:
             fn = train_lib.make_eval_step(self.layer, r.loss, r.metrics)
             fn = jax.jit(fn, donate_argnums=0) if use_jit else fn
         else:
-            step = train_lib.make_train_step(self.layer, r.loss, r.optimizer, r.metrics)
-            if name.startswith("multi"):
-                step = train_lib.make_multi_step(step, unroll=r.unroll)
-            if name.endswith("gather"):
-                core = step
+            core = train_lib.make_train_step(self.layer, r.loss, r.optimizer, r.metrics)
+            unroll = r.unroll
+            if name == "train":  # (ts, batch)
+                step = core
+            elif name == "multi":  # (ts, batches stacked [K, batch, ...])
+                step = train_lib.make_multi_step(core, unroll=unroll)
+            elif name == "train_idx":  # (ts, data, idx): rows idx of device-resident data
 
                 def step(ts, data, idx):
-                    x, y, sw = data_lib.take(data, idx)
-                    return core(ts, _make_batch(x, y, sw))
+                    return core(ts, _make_batch(*data_lib.take(data, idx)))
 
+            elif name.startswith("train_rows"):
+                # (ts, data, rows, base): the epoch's batches are the rows of ``rows``
+                # [steps, batch] (on the device), and step ``ts.step - base`` takes its row,
+                # so no per-step index crosses from the host.
+                k = int(name.removeprefix("train_rows"))
+
+                def gathered(ts, data, rows, base):
+                    row = jax.lax.dynamic_index_in_dim(rows, ts.step - base, keepdims=False)
+                    return core(ts, _make_batch(*data_lib.take(data, row)))
+
+                if k == 1:
+                    step = gathered
+                else:
+
+                    def step(ts, data, rows, base):
+                        multi = train_lib.make_multi_step(
+                            lambda t, _: gathered(t, data, rows, base), unroll=unroll
+                        )
+                        return multi(ts, jnp.arange(k))
+
+            else:
+                raise KeyError(name)
             fn = jax.jit(step, donate_argnums=0) if use_jit else step
         self._programs[name] = fn
         return fn
@@ -700,8 +731,13 @@ class Model:
                 )
             data, val = data.split(validation_split)
         if validation_data is not None:
-            if data_lib.is_array_tree(validation_data) and isinstance(
-                validation_data, tuple | list
+            batches = isinstance(validation_data, list) and all(
+                isinstance(b, tuple | list) for b in validation_data
+            )
+            if (
+                data_lib.is_array_tree(validation_data)
+                and isinstance(validation_data, tuple | list)
+                and not batches
             ):
                 vx, vy, vsw = data_lib.unpack(tuple(validation_data))
                 val = data_lib.ArrayData(vx, vy, vsw, name="validation_data")
@@ -825,20 +861,22 @@ class Model:
 
     def _train_indices(self, on_device, indices: list, spe: int, cl) -> None:
         """One epoch over device-resident data: the batch gather runs inside the step."""
-        single = self._program("train_gather")
-        full = sum(len(i) == len(indices[0]) for i in indices)
+        full = [i for i in indices if len(i) == len(indices[0])]
+        rows = jax.device_put(np.stack(full))
+        base = self._train_state.step + 0  # a fresh buffer: the state's is donated
         i = 0
         while i < len(indices) and not self.stop_training:
-            if spe > 1 and i + spe <= full:
-                idx = np.stack(indices[i : i + spe])
-                multi = self._program("multi_gather")
+            if i < len(full):
+                k = spe if spe > 1 and i + spe <= len(full) else 1
+                fn = self._program(f"train_rows{k}")
                 self._batch_hooks(
-                    cl, i, i + spe - 1, lambda idx=idx: self._run(multi, on_device, idx)
+                    cl, i, i + k - 1, lambda fn=fn: self._run(fn, on_device, rows, base)
                 )
-                i += spe
+                i += k
             else:
+                fn = self._program("train_idx")
                 idx = indices[i]
-                self._batch_hooks(cl, i, i, lambda idx=idx: self._run(single, on_device, idx))
+                self._batch_hooks(cl, i, i, lambda idx=idx: self._run(fn, on_device, idx))
                 i += 1
 
     def _data_parallel_step(self, devices):
@@ -951,9 +989,9 @@ class Model:
             n_steps = math.ceil(data.n / batch_size)
             n_steps = n_steps if steps is None else min(steps, n_steps)
         else:
-            first_x, first_y, first_sw = next(iter(data.data)) if not data.one_shot else (None,) * 3
-            if first_x is not None:
-                r = self._prepare_training(*data_lib.unpack((first_x, first_y, first_sw)))
+            if not data.one_shot:
+                first = data_lib.unpack(next(iter(data.data)))
+                r = self._prepare_training(*(data_lib.as_arrays(a) for a in first))
             elif self._resolved is None:
                 raise ConfigError(
                     f"{self.name}: evaluate on a one-shot iterator needs a model that has been fit "
@@ -1265,10 +1303,6 @@ class Sequential(Model):
         if self.layer is None:
             raise ConfigError(f"{self.name}: the model has no layers; call add(layer) first.")
         super()._build(inputs)
-
-    @property
-    def built(self) -> bool:
-        return self._train_state is not None
 
     def _maybe_build_from_input(self):
         if self._train_state is None and self._build_input is not None and self._layers:

@@ -7,6 +7,7 @@ Compiles are the cost here, so most tests reuse one trained model (same batch sh
 """
 
 import csv
+import io
 import logging
 
 import jax
@@ -18,7 +19,7 @@ from sklearn.datasets import load_digits
 import fnn
 from fnn import train as train_lib
 from fnn.errors import ConfigError, ShapeError
-from fnn.layers import BatchNormalization, Dense
+from fnn.layers import BatchNormalization, Conv2D, Dense, Flatten, MaxPooling2D
 
 BATCH = 32
 
@@ -27,7 +28,7 @@ BATCH = 32
 def digits():
     data = load_digits()
     order = np.random.default_rng(0).permutation(len(data.target))
-    x = (data.data[order] / 16.0).astype(np.float32)
+    x = (data.images[order] / 16.0).astype(np.float32)[..., None]  # [n, 8, 8, 1]
     y = data.target[order].astype(np.int32)
     # 1440 = 45 * 32 samples to train on (a fifth of them validates), 357 to test.
     return x[:1440], y[:1440], x[1440:], y[1440:]
@@ -38,7 +39,10 @@ def trained(digits):
     """The tf.keras snippet with ``tf.keras`` replaced by ``fnn``."""
     x_train, y_train, x_test, y_test = digits
     model = fnn.Sequential()
-    model.add(Dense(128, activation="relu"))
+    model.add(Conv2D(32, (3, 3), activation="relu"))
+    model.add(MaxPooling2D((2, 2)))
+    model.add(Flatten())
+    model.add(Dense(64, activation="relu"))
     model.add(Dense(10, activation="softmax"))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(
@@ -101,10 +105,18 @@ def test_functional_state_is_public_and_assignable(trained, digits):
     model = trained["model"]
     *_, x_test, _ = digits
     params = model.params
-    kernel, bias = params["dense"]["kernel"], params["dense"]["bias"]
-    k2, b2 = params["dense_1"]["kernel"], params["dense_1"]["bias"]
-    hidden = np.maximum(x_test[:5] @ np.asarray(kernel) + np.asarray(bias), 0)
-    logits = hidden @ np.asarray(k2) + np.asarray(b2)
+    p = jax.tree.map(np.asarray, params)
+    x = x_test[:5, :, :, 0]
+    # Plain-numpy forward pass: valid 3x3 convolution loop, 2x2 max pool, flatten, dense.
+    conv = np.zeros((5, 6, 6, 32))
+    for i in range(6):
+        for j in range(6):
+            patch = x[:, i : i + 3, j : j + 3]
+            conv[:, i, j] = np.einsum("bhw,hwo->bo", patch, p["conv2d"]["kernel"][:, :, 0])
+    conv = np.maximum(conv + p["conv2d"]["bias"], 0)
+    pooled = conv.reshape(5, 3, 2, 3, 2, 32).max(axis=(2, 4)).reshape(5, -1)
+    hidden = np.maximum(pooled @ p["dense"]["kernel"] + p["dense"]["bias"], 0)
+    logits = hidden @ p["dense_1"]["kernel"] + p["dense_1"]["bias"]
     ref = np.exp(logits - logits.max(-1, keepdims=True))
     ref /= ref.sum(-1, keepdims=True)
     np.testing.assert_allclose(model.predict_on_batch(x_test[:5]), ref, rtol=1e-4, atol=1e-6)
@@ -300,7 +312,7 @@ def test_model_checkpoint_writes_only_improving(trained, digits, tmp_path):
         np.testing.assert_array_equal(got, ref)
     model.set_weights(current)
     with np.load(tmp_path / "best-03.npz", allow_pickle=False) as f:
-        assert f.files[0] == "0000:dense/kernel"
+        assert f.files[0] == "0000:conv2d/kernel"
     # CSVLogger: one row per epoch, equal to History.
     rows = list(csv.DictReader(csv_path.open()))
     assert [int(r["epoch"]) for r in rows] == history.epoch
@@ -316,7 +328,7 @@ def test_learning_rate_scheduler_changes_lr_without_recompiling(trained, digits)
     record = fnn.callbacks.LambdaCallback(
         on_epoch_end=lambda e, logs: lrs.append(model.learning_rate)
     )
-    step = model._program("train_gather")
+    step = model._program("train_rows1")
     before = step._cache_size()
     history = model.fit(
         x_train[:1152], y_train[:1152], epochs=3, callbacks=[sched, record], verbose=0
@@ -532,3 +544,122 @@ def test_errors_are_raised_before_compiling(caplog, small):
         model.compile(loss="mse", steps_per_execution=0)
     with pytest.raises(ConfigError, match="needs built parameters"):
         fnn.Sequential([Dense(2)]).get_weights()
+
+
+def test_data_parallel_fit_equals_single_device(small):
+    model, x, y = small
+    model.fit(x, y, batch_size=16, epochs=0, verbose=0)
+    base = jax.tree.map(lambda a: a.copy(), model.train_state)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    want = model.get_weights()
+    restart(model, base)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, devices=jax.devices()[:4])
+    for a, b in zip(model.get_weights(), want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # float32 reduction order
+    assert len(model.params["dense"]["kernel"].sharding.device_set) == 1  # single copy again
+    assert sorted(history.history) == ["accuracy", "loss"]
+
+
+def test_batch_norm_state_updates_through_fit_and_auto_steps():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(16, 4)).astype(np.float32) * 3 + 1
+    y = rng.integers(0, 2, 16).astype(np.int32)
+    model = fnn.Sequential([Dense(5), BatchNormalization(), Dense(2)])
+    model.compile(
+        optimizer="sgd",
+        loss=fnn.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution="auto",
+    )
+    model.fit(x, y, batch_size=16, epochs=0, verbose=0)
+    assert model.steps_per_execution == 8  # dense model: a rolled 8-step scan
+    kernel, bias = model.get_weights()[:2]
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    # One step: moving_mean = 0.99 * 0 + 0.01 * batch mean of the Dense outputs (Keras rule).
+    h = x.astype(np.float64) @ kernel + bias
+    bn = model.state["batch_normalization"]
+    np.testing.assert_allclose(bn["moving_mean"], 0.01 * h.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bn["moving_variance"], 0.99 + 0.01 * h.var(0), rtol=1e-4)
+    # Inference uses the moving statistics (train=False), as Keras's predict.
+    w = model.get_weights()
+    z = (x @ w[0] + w[1] - w[4]) / np.sqrt(w[5] + 1e-3) * w[2] + w[3]
+    np.testing.assert_allclose(model.predict(x, verbose=0), z @ w[6] + w[7], rtol=1e-4, atol=1e-5)
+    conv = fnn.Sequential([fnn.Input((6, 6, 1)), Conv2D(2, 3), Flatten(), Dense(2)])
+    conv.compile(loss="mse", steps_per_execution="auto")
+    conv.fit(np.zeros((4, 6, 6, 1), np.float32), np.zeros((4, 2), np.float32), epochs=0, verbose=0)
+    assert conv.steps_per_execution == 4 and conv._resolved.unroll is True  # unrolled on CPU
+
+
+class TTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_fit_progress_bar_on_a_terminal(trained, digits):
+    model = trained["model"]
+    x_train, y_train, *_ = digits
+    out = TTY()
+    model.fit(
+        x_train[:1152],
+        y_train[:1152],
+        epochs=1,
+        verbose=1,
+        callbacks=[fnn.callbacks.ProgbarLogger(file=out)],
+    )
+    text = out.getvalue()
+    assert "Epoch 1/1" in text and "36/36" in text and "step/s" in text
+    assert "accuracy: " in text and "loss: " in text
+
+
+def test_dict_inputs_and_lists_of_batches():
+    """A dict of arrays is one pytree input; a list of (x, y) tuples is a list of batches
+    (for fit, validation_data and evaluate) and gives the same numbers as the arrays."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    dense = Dense(2)
+
+    def init(key, d):
+        return dense.init(key, d["a"])
+
+    def apply(params, state, d, *, rng=None, train=False):
+        return dense.apply(params, state, d["a"] + d["b"])
+
+    model = fnn.Model(fnn.Layer(init, apply, "dict_net"))
+    model.compile(
+        optimizer="adam",
+        loss=fnn.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    inputs = {"a": x, "b": 2 * x}
+    batches = [({"a": x[i : i + 8], "b": 2 * x[i : i + 8]}, y[i : i + 8]) for i in range(0, 40, 8)]
+    history = model.fit(inputs, y, batch_size=8, epochs=1, validation_data=batches, verbose=0)
+    from_list = model.evaluate(batches, verbose=0)
+    from_arrays = model.evaluate(inputs, y, batch_size=8, verbose=0)
+    assert from_list == pytest.approx(from_arrays, rel=1e-6)
+    assert history.history["val_loss"] == pytest.approx([from_arrays[0]], rel=1e-6)
+    k, b = (np.asarray(model.params[n]) for n in ("kernel", "bias"))
+    np.testing.assert_allclose(
+        model.predict(inputs, verbose=0), 3 * x @ k + b, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_terminate_on_nan_stops_mid_epoch(small):
+    model, x, y = small
+    model.fit(x, y, batch_size=16, epochs=0, verbose=0)
+    base = jax.tree.map(lambda a: a.copy(), model.train_state)
+    bad = x.copy()
+    bad[:16] = np.nan
+    seen = []
+    record = fnn.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(b))
+    history = model.fit(
+        bad,
+        y,
+        batch_size=16,
+        epochs=3,
+        shuffle=False,
+        callbacks=[fnn.callbacks.TerminateOnNaN(), record],
+        verbose=0,
+    )
+    assert seen == [0]  # stopped after the first batch of the first epoch
+    assert history.epoch == [0] and np.isnan(history.history["loss"][0])
+    restart(model, base)
