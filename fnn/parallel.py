@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fnn import combinators
+from fnn import combinators, distributed
 from fnn.errors import ConfigError, ShapeError
 
 PyTree = Any
@@ -326,10 +326,7 @@ class DataParallelStep:
             return jax.device_put(shard_batch(batch, self.num_local_devices), self.batch_sharding)
         if not self._multi_process:
             return jax.device_put(batch, self.batch_sharding)
-        return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(x)),
-            batch,
-        )
+        return distributed.global_batch(batch, self.batch_sharding)
 
     # -- the step ---------------------------------------------------------------------------
     def __call__(self, train_state: PyTree, batch: PyTree) -> tuple[PyTree, PyTree]:

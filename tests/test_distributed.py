@@ -1,0 +1,229 @@
+"""Multi-process training: 2 processes x 2 CPU devices must give the 1-process result.
+
+The test starts this file as 2 worker processes on 127.0.0.1 (a free port chosen at run
+time, gloo CPU collectives), each feeding only its own half of every global batch, and
+compares their parameters and metrics after 3 steps with one process running the same
+step with plain ``jax.jit`` on the whole batches. Tolerance: float32, ``atol=rtol=2e-5``.
+Every wait is bounded; workers still running at the deadline are killed.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fnn
+import fnn.distributed as dist
+from fnn.errors import ConfigError
+from fnn.layers import Dense
+
+TOL = {"atol": 2e-5, "rtol": 2e-5}
+STEPS = 3
+GLOBAL_BATCH = 16
+ROOT = Path(__file__).resolve().parents[1]
+WORKER_TIMEOUT_S = 90
+
+
+def make_problem():
+    model = fnn.serial(Dense(16, activation="tanh"), Dense(3))
+    optimizer = optax.adam(1e-2)
+    rng = np.random.default_rng(0)
+    batches = [
+        {
+            "x": rng.normal(size=(GLOBAL_BATCH, 5)).astype(np.float32),
+            "y": rng.integers(0, 3, size=GLOBAL_BATCH).astype(np.int32),
+        }
+        for _ in range(STEPS)
+    ]
+    params, state = model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 5), jnp.float32))
+    ts = {"params": params, "state": state, "opt_state": optimizer.init(params)}
+    return model, optimizer, ts, batches
+
+
+def make_step(model, optimizer, axis_name=None):
+    def loss_fn(params, state, x, y):
+        logits, state = model.apply(params, state, x, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (state, logits)
+
+    def step(ts, batch):
+        (loss, (state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            ts["params"], ts["state"], batch["x"], batch["y"]
+        )
+        correct = jnp.sum(jnp.argmax(logits, -1) == batch["y"])
+        count = jnp.asarray(batch["y"].shape[0])
+        if axis_name is not None:
+            grads, loss = jax.lax.pmean((grads, loss), axis_name)
+            correct, count = jax.lax.psum((correct, count), axis_name)
+        updates, opt_state = optimizer.update(grads, ts["opt_state"], ts["params"])
+        params = optax.apply_updates(ts["params"], updates)
+        return (
+            {"params": params, "state": state, "opt_state": opt_state},
+            {"loss": loss, "accuracy": correct / count},
+        )
+
+    return step
+
+
+def flat(tree):
+    return {
+        jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def worker(process_id: int, port: int, out: str) -> None:
+    """One process of the 2-process run (started by the test with 2 CPU devices)."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    address = f"127.0.0.1:{port}"
+    dist.initialize(address, 2, process_id, timeout_s=30, heartbeat_timeout_s=10)
+    assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
+    from fnn.parallel import data_parallel
+
+    model, optimizer, ts, batches = make_problem()
+    results = {"primary": np.asarray(dist.is_primary())}
+    for method, axis in (("sharded", None), ("pmap", "batch")):
+        dp = data_parallel(make_step(model, optimizer, axis), method=method)
+        state = dp.put_state(ts)
+        for i, batch in enumerate(batches):
+            state, logs = dp(state, dist.process_local_batch(batch))
+            for key, value in logs.items():
+                results[f"{method}/logs/{i}/{key}"] = np.asarray(value)
+        for key, value in flat(dp.get_state(state)["params"]).items():
+            results[f"{method}/params{key}"] = value
+    try:
+        dist.initialize(address, num_processes=3, process_id=process_id)
+    except dist.DistributedError as err:
+        results["count_error"] = np.asarray(str(err))
+    np.savez(out, **results)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_workers(commands, timeout_s):
+    """Start every command, wait at most ``timeout_s`` in all, kill what is left."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for cmd in commands
+    ]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=timeout_s)[0])
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        logs = [proc.communicate()[0][-3000:] for proc in procs]
+        pytest.fail(f"workers still running after {timeout_s} s, killed. Output: {logs}")
+    return [proc.returncode for proc in procs], outputs
+
+
+def test_two_processes_match_one_process(tmp_path):
+    port = free_port()
+    outs = [tmp_path / f"process_{i}.npz" for i in range(2)]
+    commands = [
+        [sys.executable, __file__, "worker", str(i), str(port), str(out)]
+        for i, out in enumerate(outs)
+    ]
+    codes, outputs = run_workers(commands, WORKER_TIMEOUT_S)
+    assert codes == [0, 0], outputs
+
+    model, optimizer, ts, batches = make_problem()
+    step = jax.jit(make_step(model, optimizer))
+    ref_logs = []
+    for batch in batches:
+        ts, logs = step(ts, batch)
+        ref_logs.append(logs)
+    ref_params = flat(ts["params"])
+
+    results = [np.load(out) for out in outs]
+    assert [bool(r["primary"]) for r in results] == [True, False]
+    worst = {}
+    for r in results:
+        assert "expected 3 processes, but JAX is already initialized with 2" in str(
+            r["count_error"]
+        )
+        for method in ("sharded", "pmap"):
+            for key, ref in ref_params.items():
+                np.testing.assert_allclose(r[f"{method}/params{key}"], ref, **TOL)
+                diff = float(np.max(np.abs(r[f"{method}/params{key}"] - ref)))
+                worst[method] = max(worst.get(method, 0.0), diff)
+            for i, logs in enumerate(ref_logs):
+                for key, ref in logs.items():
+                    np.testing.assert_allclose(r[f"{method}/logs/{i}/{key}"], ref, **TOL)
+    print(f"2 processes x 2 devices: max |param diff| = {worst}")
+
+
+def test_unreachable_coordinator_fails_fast(tmp_path):
+    code = textwrap.dedent(
+        f"""
+        import fnn.distributed as dist
+        dist.initialize("127.0.0.1:{free_port()}", num_processes=2, process_id=1, timeout_s=1)
+        """
+    )
+    codes, outputs = run_workers([[sys.executable, "-c", code]], timeout_s=60)
+    assert codes[0] != 0
+    assert (
+        "DistributedError: fnn.distributed.initialize: could not reach the coordinator at "
+        "127.0.0.1:" in outputs[0]
+    )
+    assert "within 1 s (process 1 of 2; last error: Connection refused)" in outputs[0]
+    assert "Start process 0 first" in outputs[0]
+
+
+def test_initialize_errors(monkeypatch):
+    with pytest.raises(ConfigError, match=r"expected num_processes >= 1, got 0"):
+        dist.initialize("127.0.0.1:1234", num_processes=0, process_id=0)
+    with pytest.raises(ConfigError, match=r"expected process_id in 0 \.\. 1, got 2"):
+        dist.initialize("127.0.0.1:1234", num_processes=2, process_id=2)
+    with pytest.raises(ConfigError, match=r"expected coordinator_address 'host:port', got 'nope'"):
+        dist.initialize("nope", num_processes=2, process_id=0)
+    with pytest.raises(ConfigError, match=r"expected timeout_s > 0, got 0"):
+        dist.initialize("127.0.0.1:1234", num_processes=2, process_id=0, timeout_s=0)
+    monkeypatch.setenv("FNN_NUM_PROCESSES", "2")
+    monkeypatch.setenv("FNN_PROCESS_ID", "5")
+    with pytest.raises(ConfigError, match=r"expected process_id in 0 \.\. 1, got 5"):
+        dist.initialize("127.0.0.1:1234")
+    monkeypatch.setenv("FNN_PROCESS_ID", "first")
+    with pytest.raises(ConfigError, match=r"expected an integer in \$FNN_PROCESS_ID, got 'first'"):
+        dist.initialize("127.0.0.1:1234")
+    monkeypatch.setenv("FNN_PROCESS_ID", "1")
+    jax.devices()  # this pytest process already runs JAX on its own
+    with pytest.raises(
+        dist.DistributedError,
+        match=r"JAX is already running on this process's devices alone; call initialize\(\) first",
+    ):
+        dist.initialize("127.0.0.1:1234")
+
+
+def test_process_batch_slices():
+    blocks = [process_batch_slice(12, i, 3) for i in range(3)]
+    assert blocks == [slice(0, 4), slice(4, 8), slice(8, 12)]
+    x = np.arange(12)
+    np.testing.assert_array_equal(np.concatenate([x[b] for b in blocks]), x)
+    with pytest.raises(
+        ConfigError,
+        match=r"expected a global batch size divisible by the 3 processes, got 10\. Use 9 or 12 \(any multiple of 3\)",
+    ):
+        process_batch_slice(10, 0, 3)
+    assert dist.is_primary()
+    batch = {"x": np.ones((8, 2))}
+    assert dist.process_local_batch(batch)["x"].shape == (8, 2)
+
+
+process_batch_slice = dist.process_batch_slice
+
+if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
+    worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
