@@ -276,7 +276,7 @@ class DataParallelStep:
         self._donate = (0,) if donate else ()
         self._fn = None
         self._per_device = None
-        self._checked_treedef = None
+        self._checked_leaves = -1
         if method == "pmap":
             if len(self.mesh.axis_names) != 1:
                 raise ConfigError(
@@ -347,19 +347,20 @@ class DataParallelStep:
         ) and bool(leaves)
 
     def _check_state(self, train_state) -> None:
-        treedef = jax.tree.structure(train_state)
         leaves = jax.tree.leaves(train_state)
-        # Full check once per state structure, then a cheap look at one leaf per call.
-        if self._checked_treedef is not None and treedef == self._checked_treedef and leaves:
+        # Full check on the first call (and when the state changes size), then a cheap look
+        # at one leaf per call: steps return the state placed as they received it.
+        if leaves and len(leaves) == self._checked_leaves:
             first = leaves[0]
             if self.method == "pmap":
-                if np.ndim(first) >= 1 and np.shape(first)[0] == self.num_local_devices:
+                shape = getattr(first, "shape", ())
+                if shape and shape[0] == self.num_local_devices:
                     return
             elif getattr(first, "sharding", None) == self.state_sharding:
                 return
         for path, leaf in jax.tree_util.tree_leaves_with_path(train_state):
             self._check_leaf(path, leaf)
-        self._checked_treedef = treedef
+        self._checked_leaves = len(leaves)
 
     def _check_leaf(self, path, leaf) -> None:
         who = f"data_parallel(method={self.method!r})"
