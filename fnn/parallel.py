@@ -320,18 +320,32 @@ class DataParallelStep:
         ``pmap``: ``[batch, ...] -> [local_devices, batch / local_devices, ...]``;
         ``sharded``: a global array ``[global_batch, ...]`` split over the mesh.
         """
+        batch = self._layout_batch(batch)
+        if self.method == "sharded" and self._multi_process:
+            return batch  # already global arrays
+        return jax.device_put(batch, self.batch_sharding)
+
+    def _layout_batch(self, batch: PyTree) -> PyTree:
+        """Check and lay out a host batch; NumPy stays NumPy (the step copies it faster)."""
         who = f"data_parallel(method={self.method!r})"
         _check_divisible(batch, self.num_local_devices, who, "local devices")
         if self.method == "pmap":
-            return jax.device_put(shard_batch(batch, self.num_local_devices), self.batch_sharding)
-        if not self._multi_process:
-            return jax.device_put(batch, self.batch_sharding)
-        return distributed.global_batch(batch, self.batch_sharding)
+            return shard_batch(batch, self.num_local_devices)
+        if self._multi_process:
+            return distributed.global_batch(batch, self.batch_sharding)
+        return batch
 
     # -- the step ---------------------------------------------------------------------------
     def __call__(self, train_state: PyTree, batch: PyTree) -> tuple[PyTree, PyTree]:
-        if not self._is_placed(batch):
-            batch = self.put_batch(batch)
+        leaves = jax.tree.leaves(batch)
+        placed = [isinstance(x, jax.Array) and x.sharding == self.batch_sharding for x in leaves]
+        if not (leaves and all(placed)):
+            batch = self._layout_batch(batch)
+            if any(isinstance(x, jax.Array) for x in jax.tree.leaves(batch)) and not (
+                self.method == "sharded" and self._multi_process
+            ):
+                # Arrays may be committed to another device; NumPy goes straight to the step.
+                batch = jax.device_put(batch, self.batch_sharding)
         self._check_state(train_state)
         if self._fn is None:
             self._fn = self._build(train_state, batch)
@@ -339,12 +353,6 @@ class DataParallelStep:
         if self._multi_process and self.method == "sharded":
             logs = jax.tree.map(lambda x: x.addressable_data(0), logs)
         return train_state, logs
-
-    def _is_placed(self, batch) -> bool:
-        leaves = jax.tree.leaves(batch)
-        return all(
-            isinstance(x, jax.Array) and x.sharding == self.batch_sharding for x in leaves
-        ) and bool(leaves)
 
     def _check_state(self, train_state) -> None:
         leaves = jax.tree.leaves(train_state)
