@@ -4,10 +4,14 @@ Models are pure ``init``/``apply`` pairs over explicit parameter pytrees; traini
 uses ``jax.grad`` and optax.
 """
 
-from fnn import activations, errors, initializers, layers
+from fnn import activations, distributed, errors, initializers, layers
 from fnn.combinators import Lambda, fan_out, parallel, residual, serial
 from fnn.core import Layer, LayerSpec, register_layer
 from fnn.errors import ConfigError, FnnError, ShapeError
+
+# After the combinator import: this rebinds `fnn.parallel` to the data-parallel module,
+# which stays callable as the `parallel` combinator.
+from fnn.parallel import data_parallel
 from fnn.summary import summary
 
 __version__ = "0.1.0"
@@ -20,6 +24,8 @@ __all__ = [
     "LayerSpec",
     "ShapeError",
     "activations",
+    "data_parallel",
+    "distributed",
     "errors",
     "fan_out",
     "initializers",

@@ -141,8 +141,12 @@ def replicate(tree: PyTree, devices: Sequence[jax.Device] | None = None) -> PyTr
     True
     """
     devices = list(jax.local_devices() if devices is None else devices)
-    sharding = NamedSharding(Mesh(np.array(devices), ("devices",)), P("devices"))
-    return jax.device_put(jax.tree.map(lambda x: _stack_copies(x, len(devices)), tree), sharding)
+    return _replicate(tree, NamedSharding(Mesh(np.array(devices), ("devices",)), P("devices")))
+
+
+def _replicate(tree: PyTree, sharding: NamedSharding) -> PyTree:
+    n = sharding.mesh.size
+    return jax.device_put(jax.tree.map(lambda x: _stack_copies(x, n), tree), sharding)
 
 
 def unreplicate(tree: PyTree) -> PyTree:
@@ -300,7 +304,7 @@ class DataParallelStep:
     def put_state(self, train_state: PyTree) -> PyTree:
         """Place a single-copy train state for this step (replicated over the devices)."""
         if self.method == "pmap":
-            return replicate(train_state, self.local_devices)
+            return _replicate(train_state, self.state_sharding)
         if not self._multi_process:
             if self._donate:
                 # device_put may alias the caller's buffers; donation would delete them.
