@@ -68,6 +68,12 @@ def _divisible_sizes(size: int, n: int) -> str:
 
 def _batch_size(batch: PyTree, who: str) -> int:
     """The common leading size of every leaf of ``batch`` (raises ``ShapeError``)."""
+    shapes = [getattr(x, "shape", ()) for x in jax.tree.leaves(batch)]
+    if shapes and all(shapes):
+        sizes = {shape[0] for shape in shapes}
+        if len(sizes) == 1:
+            return sizes.pop()
+    # Slow path: find the offending leaf for the message.
     leaves = jax.tree_util.tree_leaves_with_path(batch)
     if not leaves:
         raise ShapeError(f"{who}: expected a batch with at least one array, got {batch!r}.")

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -110,18 +111,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_workers(commands, timeout_s):
+def run_workers(commands, timeout_s, env=None):
     """Start every command, wait at most ``timeout_s`` in all, kill what is left."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env = dict(os.environ if env is None else env, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     procs = [
         subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for cmd in commands
     ]
-    outputs = []
+    outputs, deadline = [], time.monotonic() + timeout_s
     try:
         for proc in procs:
-            outputs.append(proc.communicate(timeout=timeout_s)[0])
+            left = max(0.1, deadline - time.monotonic())
+            outputs.append(proc.communicate(timeout=left)[0])
     except subprocess.TimeoutExpired:
         for proc in procs:
             proc.kill()
@@ -170,11 +172,21 @@ def test_unreachable_coordinator_fails_fast(tmp_path):
     code = textwrap.dedent(
         f"""
         import fnn.distributed as dist
+        try:
+            dist.initialize()  # nothing given, no cluster to detect
+        except dist.DistributedError as err:
+            print("NO-SETUP:", err)
         dist.initialize("127.0.0.1:{free_port()}", num_processes=2, process_id=1, timeout_s=1)
         """
     )
-    codes, outputs = run_workers([[sys.executable, "-c", code]], timeout_s=60)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FNN_")}
+    codes, outputs = run_workers([[sys.executable, "-c", code]], timeout_s=60, env=env)
     assert codes[0] != 0
+    assert (
+        "NO-SETUP: fnn.distributed.initialize: JAX could not set up this process: "
+        "coordinator_address should be defined. Pass coordinator_address, num_processes and "
+        "process_id (or set $FNN_COORDINATOR_ADDRESS, $FNN_NUM_PROCESSES, $FNN_PROCESS_ID)."
+    ) in outputs[0]
     assert (
         "DistributedError: fnn.distributed.initialize: could not reach the coordinator at "
         "127.0.0.1:" in outputs[0]
