@@ -195,6 +195,24 @@ def test_unreachable_coordinator_fails_fast(tmp_path):
     assert "Start process 0 first" in outputs[0]
 
 
+def test_missing_peer_stops_with_a_message():
+    """Process 0 of 2 alone: JAX stops it at the deadline (no hang), after our message."""
+    code = textwrap.dedent(
+        f"""
+        import fnn.distributed as dist
+        dist.initialize("127.0.0.1:{free_port()}", num_processes=2, process_id=0, timeout_s=2)
+        print("UNEXPECTED: initialize returned")
+        """
+    )
+    codes, outputs = run_workers([[sys.executable, "-c", code]], timeout_s=60)
+    assert codes[0] != 0 and "UNEXPECTED" not in outputs[0]
+    assert (
+        "fnn.distributed.initialize: process 0 of 2 has waited 2 s for all 2 processes to join "
+        "the coordinator at 127.0.0.1:"
+    ) in outputs[0]
+    assert "Check that every process was started with the same coordinator address" in outputs[0]
+
+
 def test_initialize_errors(monkeypatch):
     with pytest.raises(ConfigError, match=r"expected num_processes >= 1, got 0"):
         dist.initialize("127.0.0.1:1234", num_processes=0, process_id=0)
