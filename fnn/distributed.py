@@ -123,7 +123,7 @@ def initialize(
 
     Arguments left ``None`` (and unset in the environment) are found by JAX's cluster
     detection (SLURM, Open MPI, TPU pods, ...). On CPU the cross-process collectives use
-    gloo. Calling it again with the same set-up does nothing; a different process count
+    gloo unless ``jax_cpu_collectives_implementation`` says otherwise. Calling it again with the same set-up does nothing; a different process count
     raises :class:`DistributedError`.
     """
     coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR_ADDRESS) or None
@@ -176,12 +176,15 @@ def initialize(
         if process_id is not None and num_processes is not None
         else "this process"
     )
+    deadline = time.monotonic() + timeout_s
     if coordinator_address is not None and process_id not in (None, 0):
         _wait_for_coordinator(coordinator_address, timeout_s, who)
+    left = max(1, math.ceil(deadline - time.monotonic()))
 
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if not jax.config.jax_cpu_collectives_implementation:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # older JAX: none
     watchdog = threading.Timer(
-        max(0.0, timeout_s - 0.5),
+        max(0.0, left - 0.5),
         lambda: print(
             f"fnn.distributed.initialize: {who} has waited {timeout_s:g} s for all "
             f"{num_processes or 'the'} processes to join the coordinator at "
@@ -200,7 +203,7 @@ def initialize(
             num_processes,
             process_id,
             local_device_ids,
-            initialization_timeout=max(1, math.ceil(timeout_s)),
+            initialization_timeout=left,
             heartbeat_timeout_seconds=heartbeat_timeout_s,
         )
     except (ValueError, RuntimeError) as err:
