@@ -2,8 +2,9 @@
 
 The test starts this file as 2 worker processes on 127.0.0.1 (a free port chosen at run
 time, gloo CPU collectives), each feeding only its own half of every global batch, and
-compares their parameters and metrics after 3 steps with one process running the same
-step with plain ``jax.jit`` on the whole batches. Tolerance: float32, ``atol=rtol=2e-5``.
+compares their parameters, logs and metrics after 3 steps of ``fnn.train.make_train_step``
+(BatchNormalization synchronised, Adam, accuracy and running loss) with one process
+running the same step with plain ``jax.jit`` on the whole batches. Tolerance: float32, ``atol=rtol=2e-5``.
 Every wait is bounded; workers still running at the deadline are killed.
 """
 
@@ -18,13 +19,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import fnn
 import fnn.distributed as dist
 from fnn.errors import ConfigError
-from fnn.layers import Dense
+from fnn.layers import BatchNormalization, Dense
 
 TOL = {"atol": 2e-5, "rtol": 2e-5}
 STEPS = 3
@@ -34,43 +34,35 @@ WORKER_TIMEOUT_S = 90
 
 
 def make_problem():
-    model = fnn.serial(Dense(16, activation="tanh"), Dense(3))
-    optimizer = optax.adam(1e-2)
+    from fnn.train import init_train_state
+
     rng = np.random.default_rng(0)
     batches = [
-        {
-            "x": rng.normal(size=(GLOBAL_BATCH, 5)).astype(np.float32),
-            "y": rng.integers(0, 3, size=GLOBAL_BATCH).astype(np.int32),
-        }
+        (
+            rng.normal(size=(GLOBAL_BATCH, 5)).astype(np.float32),
+            rng.integers(0, 3, size=GLOBAL_BATCH).astype(np.int32),
+        )
         for _ in range(STEPS)
     ]
-    params, state = model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 5), jnp.float32))
-    ts = {"params": params, "state": state, "opt_state": optimizer.init(params)}
-    return model, optimizer, ts, batches
+    metrics = [fnn.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    ts = init_train_state(model(), "adam", jax.random.key(0), jnp.ones((1, 5)), metrics=metrics)
+    return metrics, ts, batches
 
 
-def make_step(model, optimizer, axis_name=None):
-    def loss_fn(params, state, x, y):
-        logits, state = model.apply(params, state, x, train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (state, logits)
+def model(axis_name=None):
+    return fnn.serial(
+        Dense(16, use_bias=False),
+        BatchNormalization(axis_name=axis_name),
+        Dense(16, activation="tanh"),
+        Dense(3),
+    )
 
-    def step(ts, batch):
-        (loss, (state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            ts["params"], ts["state"], batch["x"], batch["y"]
-        )
-        correct = jnp.sum(jnp.argmax(logits, -1) == batch["y"])
-        count = jnp.asarray(batch["y"].shape[0])
-        if axis_name is not None:
-            grads, loss = jax.lax.pmean((grads, loss), axis_name)
-            correct, count = jax.lax.psum((correct, count), axis_name)
-        updates, opt_state = optimizer.update(grads, ts["opt_state"], ts["params"])
-        params = optax.apply_updates(ts["params"], updates)
-        return (
-            {"params": params, "state": state, "opt_state": opt_state},
-            {"loss": loss, "accuracy": correct / count},
-        )
 
-    return step
+def make_step(metrics, axis_name=None):
+    from fnn.train import make_train_step
+
+    loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return make_train_step(model(axis_name), loss, "adam", metrics, axis_name=axis_name)
 
 
 def flat(tree):
@@ -86,18 +78,22 @@ def worker(process_id: int, port: int, out: str) -> None:
     dist.initialize(address, 2, process_id, timeout_s=30, heartbeat_timeout_s=10)
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
     from fnn.parallel import data_parallel
+    from fnn.train import compute_metrics
 
-    model, optimizer, ts, batches = make_problem()
+    metrics, ts, batches = make_problem()
     results = {"primary": np.asarray(dist.is_primary())}
     for method, axis in (("sharded", None), ("pmap", "batch")):
-        dp = data_parallel(make_step(model, optimizer, axis), method=method)
+        dp = data_parallel(make_step(metrics, axis), method=method)
         state = dp.put_state(ts)
         for i, batch in enumerate(batches):
             state, logs = dp(state, dist.process_local_batch(batch))
             for key, value in logs.items():
                 results[f"{method}/logs/{i}/{key}"] = np.asarray(value)
-        for key, value in flat(dp.get_state(state)["params"]).items():
+        state = dp.get_state(state)
+        for key, value in flat(state.params).items():
             results[f"{method}/params{key}"] = value
+        for key, value in compute_metrics(state.metric_states, metrics).items():
+            results[f"{method}/metrics/{key}"] = np.asarray(value)
     try:
         dist.initialize(address, num_processes=3, process_id=process_id)
     except dist.DistributedError as err:
@@ -142,13 +138,16 @@ def test_two_processes_match_one_process(tmp_path):
     codes, outputs = run_workers(commands, WORKER_TIMEOUT_S)
     assert codes == [0, 0], outputs
 
-    model, optimizer, ts, batches = make_problem()
-    step = jax.jit(make_step(model, optimizer))
+    from fnn.train import compute_metrics
+
+    metrics, ts, batches = make_problem()
+    step = jax.jit(make_step(metrics))
     ref_logs = []
     for batch in batches:
         ts, logs = step(ts, batch)
         ref_logs.append(logs)
-    ref_params = flat(ts["params"])
+    ref_params = flat(ts.params)
+    ref_metrics = compute_metrics(ts.metric_states, metrics)
 
     results = [np.load(out) for out in outs]
     assert [bool(r["primary"]) for r in results] == [True, False]
@@ -162,6 +161,8 @@ def test_two_processes_match_one_process(tmp_path):
                 np.testing.assert_allclose(r[f"{method}/params{key}"], ref, **TOL)
                 diff = float(np.max(np.abs(r[f"{method}/params{key}"] - ref)))
                 worst[method] = max(worst.get(method, 0.0), diff)
+            for key, ref in ref_metrics.items():
+                np.testing.assert_allclose(r[f"{method}/metrics/{key}"], ref, **TOL)
             for i, logs in enumerate(ref_logs):
                 for key, ref in logs.items():
                     np.testing.assert_allclose(r[f"{method}/logs/{i}/{key}"], ref, **TOL)
