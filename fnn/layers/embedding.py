@@ -103,7 +103,8 @@ def Embedding(
                 f"{table.shape}."
             )
         if not isinstance(ids, jax.core.Tracer) and np.size(ids):
-            low, high = int(np.min(ids)), int(np.max(ids))
+            host = np.asarray(ids)  # concrete here (not traced), so this cannot fail
+            low, high = int(host.min()), int(host.max())
             if low < 0 or high >= input_dim:
                 raise ShapeError(
                     f"{name}: expected ids in [0, {input_dim}), got ids in [{low}, {high}] "
