@@ -8,6 +8,11 @@ MLP (64 -> 256 -> 256 -> 10, Adam, global batch 512) is the same in every varian
 step gets a fresh NumPy batch (host-to-device copy included everywhere), and variants are
 timed interleaved, best of ``--repeats`` runs of ``--steps`` steps each. Ratios above 1 mean
 data_parallel is slower than the hand-written equivalent (target: <= 1.05).
+
+Measured on the shared 2-core CPU box (8 fake devices; load ~17, so +-10% noise), best of
+15 x 20 steps: pmap data_parallel / hand-written pmap = 1.004, 0.948, 1.004, 0.994 for
+1/2/4/8 devices; sharded data_parallel / hand-written sharded jit = 0.89-1.05; the
+wrapper's own Python time is 17-25 us per call (~0.3% of a step).
 """
 
 from __future__ import annotations
