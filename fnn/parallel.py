@@ -491,6 +491,10 @@ def data_parallel(
       ``state, logs = dp(state, batch)`` with the global batch ``[batch, ...]`` (per
       process: its own slice), and ``dp.get_state(state)`` for a single-copy state.
 
+    Any ``(carry, batch) -> (carry, logs)`` function fits, e.g. evaluation with
+    ``ev = make_eval_step(..., axis_name=...)`` as
+    ``lambda ts, b: (ts._replace(metric_states=ev(ts.metric_states, ts.params, ts.state, b)), {})``.
+
     >>> import jax, jax.numpy as jnp, numpy as np
     >>> def step(w, batch):  # global view: plain least squares on the whole batch
     ...     loss, g = jax.value_and_grad(lambda w: jnp.mean((batch["x"] @ w - batch["y"]) ** 2))(w)

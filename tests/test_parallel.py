@@ -344,3 +344,27 @@ def assert_same_trees(result, reference):
         float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
         for a, b in zip(jax.tree.leaves(ts.params), jax.tree.leaves(ref_ts.params))
     )
+
+
+@pytest.mark.parametrize("method,axis", [("pmap", "batch"), ("sharded", None)])
+def test_eval_step_through_data_parallel(keras_problem, method, axis):
+    """make_eval_step fits the (carry, batch) contract by carrying the train state."""
+    from fnn.train import compute_metrics, init_metric_states, make_eval_step
+
+    model, loss, metrics, ts, batches = keras_problem
+    ts = ts._replace(metric_states=init_metric_states(metrics))
+    ref = make_eval_step(model(), loss, metrics)
+    ref_states = ts.metric_states
+    for batch in batches:
+        ref_states = ref(ref_states, ts.params, ts.state, batch)
+    evaluate = make_eval_step(model(axis), loss, metrics, axis_name=axis)
+
+    def step(train_state, batch):
+        new = evaluate(train_state.metric_states, train_state.params, train_state.state, batch)
+        return train_state._replace(metric_states=new), {}
+
+    dp = data_parallel(step, devices=4, method=method)
+    out, _ = run(dp, dp.put_state(ts), batches)
+    values = compute_metrics(dp.get_state(out).metric_states, metrics)
+    ref_values = compute_metrics(ref_states, metrics)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), values, ref_values)
