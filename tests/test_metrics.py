@@ -252,6 +252,9 @@ def test_get_resolves_accuracy_from_the_loss_like_keras():
     )
     macro = metrics.get("f1_score", loss="sparse_categorical_crossentropy", num_classes=4)
     assert macro.config["average"] == "macro"
+    auc = metrics.get("auc", loss="sparse_categorical_crossentropy", num_classes=4)
+    expected_auc = skm.roc_auc_score(y, p, multi_class="ovr")
+    assert abs(_stream(auc, y, p) - expected_auc) < 1e-3
     ce = metrics.get("crossentropy", loss="sparse_categorical_crossentropy")
     expected = np.mean(-np.log(p[np.arange(100), y]))
     np.testing.assert_allclose(_stream(ce, y, p), expected, rtol=1e-5)
