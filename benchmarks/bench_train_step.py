@@ -47,7 +47,6 @@ def bench_step_vs_hand_written(steps, repeats, batch=128, width=256):
         logits, _ = model.apply(params, {}, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    @jax.jit
     def hand_step(params, opt_state, x, y):
         value, grads = jax.value_and_grad(hand_loss)(params, x, y)
         updates, opt_state = opt.update(grads, opt_state, params)

@@ -9,6 +9,7 @@ from fnn import (
     callbacks,
     checkpoint,
     datasets,
+    distributed,
     errors,
     initializers,
     layers,
@@ -22,6 +23,10 @@ from fnn.combinators import Lambda, fan_out, parallel, residual, serial
 from fnn.core import Layer, LayerSpec, register_layer
 from fnn.errors import ConfigError, FnnError, ShapeError
 from fnn.model import Input, Model, Sequential
+
+# After the combinator import: this rebinds `fnn.parallel` to the data-parallel module,
+# which stays callable as the `parallel` combinator.
+from fnn.parallel import data_parallel
 from fnn.saving import load_model, load_weights, save_model, save_weights
 from fnn.summary import summary
 
@@ -40,7 +45,9 @@ __all__ = [
     "activations",
     "callbacks",
     "checkpoint",
+    "data_parallel",
     "datasets",
+    "distributed",
     "errors",
     "fan_out",
     "initializers",

@@ -687,7 +687,8 @@ def get(
     ``y_pred_shape`` as Keras 3 does; else exact-match ``Accuracy``. ``"crossentropy"``/
     ``"ce"`` is the loss's cross-entropy. ``"precision"``, ``"recall"`` and ``"f1_score"``
     are binary (Keras), or macro-averaged multi-class when the loss is a categorical
-    cross-entropy and ``num_classes`` is given; ``"confusion_matrix"`` needs
+    cross-entropy and ``num_classes`` is given (``"auc"`` then is one-vs-rest macro
+    AUC, where Keras would pool all entries); ``"confusion_matrix"`` needs
     ``num_classes``. String metrics are named by the string given, as in Keras.
 
     >>> import fnn
@@ -721,6 +722,8 @@ def get(
             return _METRICS[key](
                 average="macro", num_classes=num_classes, from_logits=from_logits, name=name
             )
+        if key == "auc" and multiclass and num_classes:
+            return AUC(multi_label=True, num_labels=num_classes, from_logits=from_logits, name=name)
         if key in ("precision", "recall", "f1_score", "auc", "binary_accuracy") and from_logits:
             return _METRICS[key](from_logits=True, name=name)
         if key in _NEEDS_CLASSES:

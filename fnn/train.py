@@ -289,14 +289,15 @@ def L2(l2: float = 0.01, where=r"(.*/)?kernel"):
 # --------------------------------------------------------------------------- state
 
 
-def init_metric_states(metrics: Sequence = ()) -> dict[str, Any]:
-    """``{"loss": ..., name: metric.init(), ...}`` for ``metrics`` (Metric objects)."""
-    metrics = _resolve_metrics(metrics)
+def init_metric_states(metrics: Sequence = (), *, loss=None) -> dict[str, Any]:
+    """``{"loss": ..., name: metric.init(), ...}`` for ``metrics`` (``Metric`` objects, or
+    names resolved with ``fnn.metrics.get(..., loss=loss)``)."""
+    metrics = _resolve_metrics(metrics, loss)
     return {"loss": LOSS_METRIC.init(), **{m.name: m.init() for m in metrics}}
 
 
-def _resolve_metrics(metrics) -> tuple:
-    return metrics_lib.get_all(metrics) if metrics else ()
+def _resolve_metrics(metrics, loss=None) -> tuple:
+    return metrics_lib.get_all(metrics, loss=loss) if metrics else ()
 
 
 def init_train_state(
@@ -307,13 +308,16 @@ def init_train_state(
     metrics: Sequence = (),
     params=None,
     state=None,
+    loss=None,
     dtype_policy=None,
     loss_scale: float = 2.0**15,
 ) -> TrainState:
     """A fresh ``TrainState``: ``layer.init`` on ``example_inputs`` (arrays or
     ``jax.ShapeDtypeStruct``), unless ``params`` (and ``state``) are given, e.g. after
     ``transfer_params``; ``optimizer.init``; zero metric states; ``rng`` from ``key``.
-    ``dtype_policy="mixed_float16"`` adds a dynamic ``LossScale``.
+    ``dtype_policy="mixed_float16"`` adds a dynamic ``LossScale``. Metric names are
+    resolved with ``loss`` (``"accuracy"`` depends on it); passing ``Metric`` objects from
+    ``fnn.metrics.get_all(names, loss=...)`` to every function avoids repeating it.
     """
     init_key, rng = jax.random.split(key)
     if params is None or state is None:
@@ -333,7 +337,7 @@ def init_train_state(
         state=state,
         opt_state=optimizer.init(params),
         rng=rng,
-        metric_states=init_metric_states(metrics),
+        metric_states=init_metric_states(metrics, loss=loss),
         loss_scale=scale,
     )
 
@@ -447,7 +451,7 @@ def make_train_step(
     """
     loss = losses_lib.get(loss)
     optimizer = optimizers_lib.get(optimizer)
-    metrics = _resolve_metrics(metrics)
+    metrics = _resolve_metrics(metrics, loss)
     dtype = compute_dtype(dtype_policy)
     regularizers = tuple(regularizers)
 
@@ -537,7 +541,7 @@ def make_eval_step(
     (``psum``-ed over ``axis_name`` if given). Start from ``init_metric_states(metrics)``.
     """
     loss = losses_lib.get(loss)
-    metrics = _resolve_metrics(metrics)
+    metrics = _resolve_metrics(metrics, loss)
     dtype = compute_dtype(dtype_policy)
     regularizers = tuple(regularizers)
 

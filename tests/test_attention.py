@@ -285,9 +285,9 @@ def test_encoder_block_causal_dropout_and_grads():
     with pytest.raises(fnn.ConfigError, match=r"needs a PRNG key"):
         block.apply(params, state, x, train=True)
     with jax.enable_x64(True):
-        x64 = jnp.asarray(x, jnp.float64)
-        p64, s64 = block.init(KEY, x64)
-        f = jax.jit(lambda p, x: block.apply(p, s64, x)[0])
+        # Cast the float32 params rather than init again: float64 init compiles the RNG anew.
+        p64, x64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (params, x))
+        f = jax.jit(lambda p, x: block.apply(p, state, x)[0])
         check_grads(f, (p64, x64), order=1, modes=["rev"], atol=1e-4, rtol=1e-4)
 
 

@@ -238,7 +238,8 @@ def TransformerEncoderBlock(
     >>> block = fnn.layers.TransformerEncoderBlock(num_heads=2, key_dim=8, ff_dim=32)
     >>> x = jnp.ones((4, 10, 16))
     >>> params, state = block.init(jax.random.key(0), x)
-    >>> sorted(params), block.apply(params, state, x)[0].shape
+    >>> y, state = jax.jit(block.apply)(params, state, x)
+    >>> sorted(params), y.shape
     (['attention', 'ffn', 'norm1', 'norm2'], (4, 10, 16))
     """
     _positive_int(name, "num_heads", num_heads)

@@ -85,11 +85,11 @@ def _affine(y, params, axes, ndim):
     return y
 
 
-def _first_param(params, state, keys):
-    for tree in (params, state):
-        for k in keys:
-            if k in tree:
-                return k, tree[k]
+def _first_param(params, keys):
+    """``(key, array)`` of the first of ``keys`` present in ``params``, else ``(None, None)``."""
+    for k in keys:
+        if k in params:
+            return k, params[k]
     return None, None
 
 
@@ -251,7 +251,7 @@ def LayerNormalization(
         del rng, train
         check_rank(name, x, min_rank=1, layout="[..., features]")
         axes = _resolve_axes(name, axes_arg, x, allow_batch=True)
-        key, p = _first_param(params, {}, ("gamma", "beta"))
+        key, p = _first_param(params, ("gamma", "beta"))
         if p is not None:
             _check_params_fit(name, x, axes, axes_arg, key, p.shape)
         xc = x.astype(_compute_dtype(x))
@@ -321,7 +321,7 @@ def GroupNormalization(
     def apply(params, state, x, *, rng=None, train=False):
         del rng, train
         ax, g = resolve(x)
-        key, p = _first_param(params, {}, ("gamma", "beta"))
+        key, p = _first_param(params, ("gamma", "beta"))
         if p is not None:
             _check_params_fit(name, x, (ax,), (axis,), key, p.shape)
         shape = shape_of(x)
