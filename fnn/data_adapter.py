@@ -147,12 +147,15 @@ class ArrayData:
     def fits_on_device(self) -> bool:
         return self.nbytes() <= DEVICE_DATA_LIMIT_BYTES
 
+    def order(self, *, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
+        """The sample order of one epoch: a permutation seeded by ``(seed, epoch)``."""
+        if shuffle:
+            return np.random.default_rng([seed, epoch]).permutation(self.n).astype(np.int32)
+        return np.arange(self.n, dtype=np.int32)
+
     def batch_indices(self, *, batch_size: int, epoch: int, shuffle: bool, seed: int):
         """Index vectors of each batch of one epoch; the last one may be shorter."""
-        if shuffle:
-            order = np.random.default_rng([seed, epoch]).permutation(self.n).astype(np.int32)
-        else:
-            order = np.arange(self.n, dtype=np.int32)
+        order = self.order(epoch=epoch, shuffle=shuffle, seed=seed)
         return [order[i : i + batch_size] for i in range(0, self.n, batch_size)]
 
     def spec(self, batch_size: int):

@@ -810,13 +810,13 @@ class Model:
                 self._train_parallel(dp, batches, cl)
                 self._train_state = dp.get_state(self._train_state)
             elif isinstance(data, data_lib.ArrayData):
-                indices = data.batch_indices(
-                    batch_size=batch_size, epoch=epoch, shuffle=shuffle, seed=seed
-                )[:steps]
+                order = data.order(epoch=epoch, shuffle=shuffle, seed=seed)
                 if device_data:
-                    self._train_indices(on_device, indices, spe, cl)
+                    self._train_order(on_device, order, batch_size, steps, spe, cl)
                 else:
-                    self._train_batches(data_lib.prefetch(_host_batches(data, indices)), spe, cl)
+                    indices = [order[i : i + batch_size] for i in range(0, data.n, batch_size)]
+                    batches = data_lib.prefetch(_host_batches(data, indices[:steps]))
+                    self._train_batches(batches, spe, cl)
             else:
                 if first is not None:
                     batches, first = _chain_first(first, iterator), None
@@ -851,25 +851,24 @@ class Model:
             cl.on_train_batch_end(end, logs)
             logs.close()
 
-    def _train_indices(self, on_device, indices: list, spe: int, cl) -> None:
-        """One epoch over device-resident data: the batch gather runs inside the step."""
-        full = [i for i in indices if len(i) == len(indices[0])]
-        rows = jax.device_put(np.stack(full))
-        base = self._train_state.step + 0  # a fresh buffer: the state's is donated
+    def _train_order(self, on_device, order, batch_size: int, steps: int, spe: int, cl) -> None:
+        """One epoch over device-resident data in ``order``: full batches are the rows of a
+        ``[steps, batch]`` index matrix gathered inside the step; a last smaller batch runs
+        as its own program."""
+        n_full = min(len(order) // batch_size, steps)
+        remainder = order[n_full * batch_size :] if steps > n_full else order[:0]
+        if n_full:
+            rows = jax.device_put(order[: n_full * batch_size].reshape(n_full, batch_size))
+            base = self._train_state.step + 0  # a fresh buffer: the state's is donated
         i = 0
-        while i < len(indices) and not self.stop_training:
-            if i < len(full):
-                k = spe if spe > 1 and i + spe <= len(full) else 1
-                fn = self._program(f"train_rows{k}")
-                self._batch_hooks(
-                    cl, i, i + k - 1, lambda fn=fn: self._run(fn, on_device, rows, base)
-                )
-                i += k
-            else:
-                fn = self._program("train_idx")
-                idx = indices[i]
-                self._batch_hooks(cl, i, i, lambda idx=idx: self._run(fn, on_device, idx))
-                i += 1
+        while i < n_full and not self.stop_training:
+            k = spe if spe > 1 and i + spe <= n_full else 1
+            fn = self._program(f"train_rows{k}")
+            self._batch_hooks(cl, i, i + k - 1, lambda fn=fn: self._run(fn, on_device, rows, base))
+            i += k
+        if len(remainder) and not self.stop_training:
+            fn = self._program("train_idx")
+            self._batch_hooks(cl, i, i, lambda: self._run(fn, on_device, remainder))
 
     def _data_parallel_step(self, devices):
         import importlib
