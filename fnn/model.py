@@ -516,7 +516,11 @@ class Model:
             )
             loss = _combined_loss(losses, weights, names)
             y_parts = _as_inputs(y) if not isinstance(y, Mapping) else y
-            metrics = []
+            # Keras logs each output's loss too: "<output>_loss" (mean over examples).
+            metrics = [
+                _output_metric(metrics_lib.MeanMetricWrapper(part_loss, "loss"), key, name)
+                for key, name, part_loss in zip(keys, names, losses)
+            ]
             for key, name, part_loss in zip(keys, names, losses):
                 y_shape = np.shape(y_parts[key]) if y is not None else None
                 for m in cfg["metrics"]:

@@ -476,7 +476,13 @@ def test_multi_input_and_multi_output_models():
         metrics=["accuracy"],
     )
     history = model.fit((x1, x2), (y, x2[:, :1]), batch_size=16, epochs=2, verbose=0)
-    assert sorted(history.history) == ["loss", "output_0_accuracy", "output_1_accuracy"]
+    assert sorted(history.history) == [
+        "loss",
+        "output_0_accuracy",
+        "output_0_loss",
+        "output_1_accuracy",
+        "output_1_loss",
+    ]
     cls, reg = model.predict((x1, x2), verbose=0)
     assert cls.shape == (32, 2) and reg.shape == (32, 1)
     a, b = model.params["parallel"]["a"], model.params["parallel"]["b"]
@@ -494,8 +500,10 @@ def test_multi_input_and_multi_output_models():
     # Total loss = CE + 0.5 * MSE, as Keras weighs outputs.
     ref_ce = np.mean(-(cls - np.log(np.exp(cls).sum(-1, keepdims=True)))[np.arange(32), y])
     ref_mse = np.mean((reg[:, 0] - x2[:, 0]) ** 2)
-    loss = model.evaluate((x1, x2), (y, x2[:, :1]), verbose=0, return_dict=True)["loss"]
-    assert loss == pytest.approx(ref_ce + 0.5 * ref_mse, rel=1e-5)
+    logs = model.evaluate((x1, x2), (y, x2[:, :1]), verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(ref_ce + 0.5 * ref_mse, rel=1e-5)
+    assert logs["output_0_loss"] == pytest.approx(ref_ce, rel=1e-5)
+    assert logs["output_1_loss"] == pytest.approx(ref_mse, rel=1e-5)
 
 
 def compiled_programs(caplog):
@@ -647,6 +655,7 @@ def test_terminate_on_nan_stops_mid_epoch(small):
     model, x, y = small
     model.fit(x, y, batch_size=16, epochs=0, verbose=0)
     base = jax.tree.map(lambda a: a.copy(), model.train_state)
+    held = model.params  # fit donates a private copy of the state, not these arrays
     bad = x.copy()
     bad[:16] = np.nan
     seen = []
@@ -662,4 +671,6 @@ def test_terminate_on_nan_stops_mid_epoch(small):
     )
     assert seen == [0]  # stopped after the first batch of the first epoch
     assert history.epoch == [0] and np.isnan(history.history["loss"][0])
+    assert np.isfinite(np.asarray(held["dense"]["kernel"])).all()  # still readable
+    assert np.isnan(np.asarray(model.params["dense"]["kernel"])).any()
     restart(model, base)
