@@ -836,7 +836,9 @@ class Model:
                 self._train_batches(batches, spe, cl)
             logs = self._read_metrics(self._train_state.metric_states)
             if val is not None:
-                val_logs = self._evaluate_data(val, validation_batch_size or batch_size, None)
+                cl.on_test_begin(None)
+                val_logs = self._evaluate_data(val, validation_batch_size or batch_size, cl)
+                cl.on_test_end(val_logs)
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
             cl.on_epoch_end(epoch, logs)
             if self.stop_training:

@@ -92,13 +92,21 @@ def test_evaluate_agrees_with_numpy_and_functional_eval_step(trained, digits):
 def test_validation_data_logs_keras_keys(trained, digits):
     model = trained["model"]
     x_train, y_train, x_test, y_test = digits
+    tested = []
+    hook = fnn.callbacks.LambdaCallback(on_test_end=lambda logs: tested.append(dict(logs)))
     history = model.fit(
-        x_train[:1152], y_train[:1152], epochs=1, validation_data=(x_test, y_test), verbose=0
+        x_train[:1152],
+        y_train[:1152],
+        epochs=1,
+        validation_data=(x_test, y_test),
+        callbacks=[hook],
+        verbose=0,
     )
     assert sorted(history.history) == ["accuracy", "loss", "val_accuracy", "val_loss"]
     loss, acc = model.evaluate(x_test, y_test, verbose=0)
     assert history.history["val_loss"][0] == pytest.approx(loss)
     assert history.history["val_accuracy"][0] == pytest.approx(acc)
+    assert tested == [{"accuracy": pytest.approx(acc), "loss": pytest.approx(loss)}]
 
 
 def test_functional_state_is_public_and_assignable(trained, digits):
