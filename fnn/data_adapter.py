@@ -235,21 +235,24 @@ def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
     items: queue.Queue = queue.Queue(maxsize=size)
     stop = threading.Event()
 
+    def put(item) -> bool:
+        """Queue ``item`` unless the consumer has gone (then the worker just ends)."""
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for item in iterator:
-                item = jax.device_put(item)
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(jax.device_put(item)):
                     return
-            items.put(_END)
+            put(_END)
         except BaseException as err:  # re-raised in the consumer thread
-            items.put(_Failure(err))
+            put(_Failure(err))
 
     thread = threading.Thread(target=work, daemon=True, name="fnn-prefetch")
     thread.start()

@@ -682,3 +682,26 @@ def test_terminate_on_nan_stops_mid_epoch(small):
     assert np.isfinite(np.asarray(held["dense"]["kernel"])).all()  # still readable
     assert np.isnan(np.asarray(model.params["dense"]["kernel"])).any()
     restart(model, base)
+
+
+def test_prefetch_reraises_errors_and_stops_with_the_consumer():
+    import threading
+    import time
+
+    from fnn import data_adapter
+
+    def broken():
+        yield np.ones(2, np.float32)
+        raise ValueError("broken generator")
+
+    it = data_adapter.prefetch(broken())
+    assert np.asarray(next(it)).tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="broken generator"):
+        next(it)
+    it = data_adapter.prefetch(np.full(3, i, np.float32) for i in range(1000))
+    assert np.asarray(next(it)).tolist() == [0.0, 0.0, 0.0]
+    it.close()  # the consumer leaves early: the worker thread ends too
+    deadline = time.monotonic() + 5
+    while any(t.name == "fnn-prefetch" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "prefetch thread still running"
+        time.sleep(0.05)
