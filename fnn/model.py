@@ -395,6 +395,14 @@ class Model:
             keys = sorted(data.files, key=lambda k: int(k.split(":", 1)[0]))
             self.set_weights([data[k] for k in keys])
 
+    def save(self, filepath: str | os.PathLike) -> None:
+        """Save the architecture (registered layer names and arguments as JSON), weights and
+        compile settings to the directory ``filepath``, atomically; ``fnn.load_model``
+        rebuilds the model without running stored code (see ``fnn.saving``)."""
+        from fnn import saving
+
+        saving.save_model(filepath, self)
+
     # ------------------------------------------------------------------ learning rate
 
     @property

@@ -60,7 +60,7 @@ def output_shape(layer, shape):
 def test_pool1d_every_size_stride_padding_matches_loop(cls, reduce):
     for n in (5, 6):
         x = RNG.normal(size=(2, n, 3)).astype(np.float32)
-        for k, s, padding in itertools.product((1, 2, 3), (None, 1, 2, 3), ("valid", "same")):
+        for k, s, padding in itertools.product((1, 2, 3), (None, 1, 2), ("valid", "same")):
             layer = cls(k, strides=s, padding=padding)
             y = np.asarray(jax.jit(layer.apply)({}, {}, x)[0])
             stride = k if s is None else s

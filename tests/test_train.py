@@ -268,3 +268,223 @@ def test_axis_name_folds_device_index_into_dropout_rng():
     )
     # Same inputs and rng on both devices: identical masks would reproduce the one-device loss.
     assert float(logs["loss"][0]) != float(single_logs["loss"])
+
+
+# --------------------------------------------------------------------------- real data
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int32)
+    return train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+
+
+def _fit(model, loss, opt, x, y, *, epochs, batch_size=64, seed=0, metrics=()):
+    """Epochs of shuffled batches, one compiled multi-step call per epoch."""
+    ts = train.init_train_state(model, opt, jax.random.key(seed), x[:1], metrics=metrics)
+    multi = jax.jit(
+        train.make_multi_step(train.make_train_step(model, loss, opt, metrics)),
+        donate_argnums=0,
+    )
+    order_rng = np.random.default_rng(seed)
+    steps = len(x) // batch_size
+    for _ in range(epochs):
+        idx = order_rng.permutation(len(x))[: steps * batch_size].reshape(steps, batch_size)
+        start = ts.step
+        ts, logs = multi(ts, (x[idx], y[idx]))
+        train.check_finite(logs, start)
+    return ts
+
+
+def _accuracy(model, ts, x, y):
+    logits = jax.jit(train.make_predict_step(model))(ts.params, ts.state, x)
+    return float(np.mean(np.argmax(logits, -1) == y))
+
+
+def test_mlp_on_digits_reaches_97_percent():
+    # (The CNN >= 98% check lands with Conv2D on main.)
+    x_train, x_test, y_train, y_test = _digits()
+    model = fnn.serial(
+        Dense(128, activation="relu"), Dropout(0.1), Dense(64, activation="relu"), Dense(10)
+    )
+    loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
+    metrics = [fnn.metrics.get("accuracy", loss=loss)]
+    ts = _fit(model, loss, "adam", x_train, y_train, epochs=30, metrics=metrics)
+    assert _accuracy(model, ts, x_test, y_test) >= 0.97
+    eval_step = jax.jit(train.make_eval_step(model, loss, metrics))
+    values = train.compute_metrics(
+        eval_step(train.init_metric_states(metrics), ts.params, ts.state, (x_test, y_test)),
+        metrics,
+    )
+    assert values["accuracy"] == pytest.approx(_accuracy(model, ts, x_test, y_test))
+
+
+def test_transfer_learning_digits_0_4_to_5_9():
+    x_train, x_test, y_train, y_test = _digits()
+    loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
+    body = [
+        Dense(128, activation="relu", name="hidden1"),
+        Dense(64, activation="relu", name="hidden2"),
+    ]
+    low, high = y_train < 5, y_train >= 5
+    source_model = fnn.serial(*body, Dense(5, name="head"))
+    source = _fit(source_model, loss, "adam", x_train[low], y_train[low], epochs=15)
+    # New head for 5-9: reuse the body, freeze it.
+    target_model = fnn.serial(*body, Dense(5, name="new_head"))
+    fresh = train.init_train_state(target_model, "adam", jax.random.key(1), x_train[:1])
+    params = train.transfer_params(fresh.params, source.params, where=["hidden1", "hidden2"])
+    opt = train.freeze(fnn.optimizers.get("adam", learning_rate=1e-2), ["hidden1", "hidden2"])
+    ts = train.init_train_state(target_model, opt, jax.random.key(2), x_train[:1], params=params)
+    step = jax.jit(train.make_multi_step(train.make_train_step(target_model, loss, opt)))
+    xs, ys = x_train[high], y_train[high] - 5
+    n = len(xs) // 32 * 32
+    for _ in range(30):
+        ts, _ = step(ts, (xs[:n].reshape(-1, 32, 64), ys[:n].reshape(-1, 32)))
+    for name in ("hidden1", "hidden2"):
+        for leaf in ("kernel", "bias"):
+            assert np.array_equal(ts.params[name][leaf], source.params[name][leaf])
+    test_high = y_test >= 5
+    assert _accuracy(target_model, ts, x_test[test_high], y_test[test_high] - 5) >= 0.9
+
+
+# --------------------------------------------------------------------------- techniques
+
+
+def test_transfer_params_errors_name_paths():
+    small = _mlp()
+    params, _ = small.init(jax.random.key(0), np.zeros((1, 5), np.float32))
+    wide = fnn.serial(Dense(8, name="body"), Dense(3, name="head"))
+    wide_params, _ = wide.init(jax.random.key(0), np.zeros((1, 5), np.float32))
+    with pytest.raises(
+        fnn.ShapeError,
+        match=r"transfer_params: expected 'body/bias' of shape \(16,\) \(the new model's\), got shape \(8,\) in the source",
+    ):
+        train.transfer_params(params, wide_params)
+    copied = train.transfer_params(params, wide_params, where="head/bias")
+    assert np.array_equal(copied["head"]["bias"], wide_params["head"]["bias"])
+    assert np.array_equal(copied["body"]["kernel"], params["body"]["kernel"])
+    with pytest.raises(
+        fnn.ConfigError, match=r"transfer_params: pattern 'encoder' matches no parameter"
+    ):
+        train.transfer_params(params, wide_params, where="encoder")
+    with pytest.raises(
+        fnn.ConfigError, match=r"transfer_params: expected 'head/bias' in the source params"
+    ):
+        train.transfer_params(params, {"body": wide_params["body"]}, where="head")
+
+
+def test_regularizers_are_added_to_the_loss():
+    model = _mlp()
+    x, y = _data()
+    loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
+    ts = train.init_train_state(model, optax.sgd(0.0), jax.random.key(0), x)
+    regs = [train.L2(0.01), train.L1L2(l1=0.001, where="head/bias")]
+    _, logs = train.make_train_step(model, loss, optax.sgd(0.0), regularizers=regs)(ts, (x, y))
+    p = jax.tree.map(np.asarray, ts.params)
+    logits, _ = model.apply(ts.params, ts.state, x)
+    expected = (
+        float(np.mean(loss(y, logits)))
+        + 0.01 * (np.sum(p["body"]["kernel"] ** 2) + np.sum(p["head"]["kernel"] ** 2))
+        + 0.001 * np.sum(np.abs(p["head"]["bias"]))
+    )
+    np.testing.assert_allclose(logs["loss"], expected, rtol=1e-5)
+
+
+def test_mixed_bfloat16_keeps_float32_params_and_tracks_float32_step():
+    model = _mlp()
+    x, y = _data()
+    loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
+    opt = optax.adam(1e-2)
+    ts = train.init_train_state(model, opt, jax.random.key(0), x)
+    f32 = jax.jit(train.make_train_step(model, loss, opt))
+    bf16 = jax.jit(train.make_train_step(model, loss, opt, dtype_policy="mixed_bfloat16"))
+    ts_a, ts_b = ts, ts
+    for _ in range(3):
+        ts_a, la = f32(ts_a, (x, y))
+        ts_b, lb = bf16(ts_b, (x, y))
+        np.testing.assert_allclose(lb["loss"], la["loss"], rtol=3e-2)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(ts_b.params))
+    out = train.make_predict_step(model, dtype_policy="mixed_bfloat16")(ts_b.params, ts_b.state, x)
+    assert out.dtype == jnp.float32
+    _assert_trees_close(ts_b.params, ts_a.params, rtol=0.1, atol=0.02)
+
+
+def test_float16_dynamic_loss_scaling_skips_overflow_and_grows():
+    model = _mlp()
+    x, y = _data()
+    loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
+    opt = optax.sgd(0.1)
+    ts = train.init_train_state(
+        model, opt, jax.random.key(0), x, dtype_policy="mixed_float16", loss_scale=2.0**40
+    )
+    step = jax.jit(
+        train.make_train_step(model, loss, opt, dtype_policy="mixed_float16", loss_scale_period=2)
+    )
+    ts1, logs = step(ts, (x, y))  # 2**40 overflows float16 gradients: skipped, scale halved
+    assert float(ts1.loss_scale.scale) == 2.0**39
+    _assert_trees_close(ts1.params, ts.params, rtol=0, atol=0)
+    small = ts._replace(loss_scale=train.init_loss_scale(8.0))
+    s1, _ = step(small, (x, y))
+    s2, _ = step(s1, (x, y))
+    assert float(s1.loss_scale.scale) == 8.0 and float(s2.loss_scale.scale) == 16.0
+    ref, _ = jax.jit(train.make_train_step(model, loss, opt))(ts, (x, y))
+    _assert_trees_close(s1.params, ref.params, rtol=2e-2, atol=2e-3)
+    with pytest.raises(
+        fnn.ConfigError, match=r"dtype_policy='mixed_float16' needs dynamic loss scaling"
+    ):
+        train.make_train_step(model, loss, opt, dtype_policy="mixed_float16")(
+            ts._replace(loss_scale=None), (x, y)
+        )
+
+
+def test_check_finite_names_the_step():
+    model = _mlp()
+    x, y = _data()
+    x[3, 0] = np.nan
+    ts = train.init_train_state(model, "sgd", jax.random.key(0), x)
+    step = jax.jit(
+        train.make_train_step(
+            model, fnn.losses.SparseCategoricalCrossentropy(from_logits=True), "sgd"
+        )
+    )
+    ts = ts._replace(step=jnp.asarray(7, jnp.int32))
+    start = ts.step
+    _, logs = step(ts, (x, y))
+    with pytest.raises(
+        train.NonFiniteLossError,
+        match=r"training stopped: non-finite loss \(nan\) at step 7 \(counting from 0\)",
+    ):
+        train.check_finite(logs, start)
+    with pytest.raises(FloatingPointError, match=r"at step 12 "):
+        train.check_finite({"loss": np.array([1.0, 2.0, np.inf, np.nan])}, 10)
+    train.check_finite({"loss": np.array([1.0, 2.0])}, 0)
+
+
+def test_check_batch_catches_bad_labels_before_jit():
+    model = _mlp()
+    x, y = _data()
+    ts = train.init_train_state(model, "sgd", jax.random.key(0), x)
+    loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
+    train.check_batch(model, loss, ts.params, ts.state, (x, y))
+    bad = y.copy()
+    bad[5] = 3
+    with pytest.raises(
+        fnn.ConfigError,
+        match=r"sparse_categorical_crossentropy: expected labels in \[0, 3\) for predictions with 3 classes, got label 3",
+    ):
+        train.check_batch(model, loss, ts.params, ts.state, (x, bad))
+    with pytest.raises(
+        fnn.ShapeError,
+        match=r"expected integer labels of shape \(32,\) for predictions of shape \(32, 3\)",
+    ):
+        train.check_batch(model, loss, ts.params, ts.state, (x, y[:16]))
+    with pytest.raises(
+        fnn.ConfigError, match=r"expected a batch \(x, y\) or \(x, y, sample_weight\)"
+    ):
+        train.make_train_step(model, loss, "sgd")(ts, (x,))
+    with pytest.raises(fnn.ConfigError, match=r"unknown dtype_policy 'mixed_int8'"):
+        train.make_train_step(model, loss, "sgd", dtype_policy="mixed_int8")

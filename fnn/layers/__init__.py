@@ -37,6 +37,7 @@ from fnn.layers.pooling import (
     MaxPooling2D,
     MaxPooling3D,
 )
+from fnn.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from fnn.layers.regularization import Dropout
 from fnn.layers.reshaping import (
     Cropping1D,
@@ -53,6 +54,8 @@ from fnn.layers.reshaping import (
 )
 
 __all__ = [
+    "GRU",
+    "LSTM",
     "Activation",
     "Add",
     "Average",
@@ -60,6 +63,7 @@ __all__ = [
     "AveragePooling2D",
     "AveragePooling3D",
     "BatchNormalization",
+    "Bidirectional",
     "Concatenate",
     "Conv1D",
     "Conv1DTranspose",
@@ -95,6 +99,7 @@ __all__ = [
     "Reshape",
     "SeparableConv1D",
     "SeparableConv2D",
+    "SimpleRNN",
     "TransformerEncoderBlock",
     "UpSampling1D",
     "UpSampling2D",

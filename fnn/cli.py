@@ -1,0 +1,708 @@
+"""The ``fnn`` command line: train, evaluate, predict and summarise models from YAML configs.
+
+::
+
+    fnn train CONFIG [--set key=value ...] [--resume | --overwrite]
+    fnn evaluate CONFIG --checkpoint DIR
+    fnn predict CONFIG --checkpoint DIR --input FILE [--output FILE]
+    fnn summary CONFIG
+
+A training run writes to ``run_dir`` (default ``runs/<config name>``): ``config.yaml``
+(the resolved config), ``checkpoints/step_*`` (:mod:`fnn.checkpoint`), ``metrics.csv``
+(one row per epoch), ``tensorboard/`` (if tensorboardX is installed), ``curves.png``
+and, for classifiers, ``confusion_matrix.png``, ``model/`` (architecture + weights,
+:func:`fnn.load_model`) and ``results.json`` (final test metrics).
+
+Training is deterministic: the data order of each epoch comes from ``(seed, epoch)`` and
+every other changing value (params, optimizer state, PRNG key, step) is in the
+checkpoint, so ``--resume`` continues bit for bit where an interrupted run stopped (on
+CPU). Config errors print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fnn.errors import ConfigError, FnnError, ShapeError
+
+CLASSIFICATION_LOSSES = (
+    "sparse_categorical_crossentropy",
+    "categorical_crossentropy",
+    "binary_crossentropy",
+)
+TIME_COLUMN = "time_s"
+
+
+class _UsageError(ConfigError):
+    """A command-line usage problem (exit code 2 like config errors)."""
+
+
+def _say(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Building blocks shared by the commands
+
+
+class Run:
+    """Everything a command needs from a validated config: data, model, loss, metrics,
+    optimizer and the compiled steps (built lazily)."""
+
+    def __init__(self, cfg: dict, config_path: str):
+        import jax
+        import jax.numpy as jnp
+
+        from fnn import config as config_lib
+        from fnn import datasets, losses, train
+
+        self.cfg = cfg
+        self.config_path = config_path
+        data = cfg["dataset"]
+        try:
+            (x_train, y_train), (x_test, y_test) = datasets.load(data["name"], **data["options"])
+        except ConfigError as err:
+            raise ConfigError(f"dataset: {err}") from None
+        if data["validation_split"] > 0:
+            (x_train, y_train), (x_val, y_val) = datasets.split(
+                x_train, y_train, data["validation_split"], seed=cfg["seed"]
+            )
+        else:  # like Keras's validation_data=(x_test, y_test)
+            x_val, y_val = x_test, y_test
+        self.x_train, self.y_train = x_train, y_train
+        self.x_val, self.y_val = x_val, y_val
+        self.x_test, self.y_test = x_test, y_test
+        self.model = config_lib.build_model(cfg)
+        shape = cfg["model"]["input_shape"] or list(x_train.shape[1:])
+        if cfg["model"]["input_shape"] and list(x_train.shape[1:]) != shape:
+            raise ConfigError(
+                f"model.input_shape: expected the dataset's example shape "
+                f"{list(x_train.shape[1:])}, got {shape}."
+            )
+        self.input_shape = tuple(shape)
+        self.input_spec = jax.ShapeDtypeStruct(
+            (cfg["batch_size"], *self.input_shape), jnp.dtype(x_train.dtype)
+        )
+        self.loss = config_lib.build_loss(cfg["loss"])
+        self.loss_name = losses.get(self.loss).class_name or ""
+        self.classifier = _snake(self.loss_name) in CLASSIFICATION_LOSSES
+        self.from_logits = bool(cfg["loss"].get("from_logits", False))
+        self.num_classes = int(np.max(y_train)) + 1 if self.classifier else None
+        # Shape checks before anything is compiled (ShapeError names the layer).
+        try:
+            abstract = jax.eval_shape(self.model.init, jax.random.key(0), self.input_spec)
+            out = _output_shape(self.model, abstract, self.input_spec)
+            batch = (x_train[: cfg["batch_size"]], y_train[: cfg["batch_size"]])
+            train.check_batch(self.model, self.loss, *abstract, batch)
+        except FnnError as err:
+            raise ConfigError(f"model: {_first_line(err)}") from None
+        from fnn import metrics as metrics_lib
+
+        self.metrics = metrics_lib.get_all(
+            cfg["metrics"],
+            loss=self.loss,
+            num_classes=self.num_classes,
+            y_true_shape=y_train[:1].shape,
+            y_pred_shape=tuple(out),
+        )
+        self.metric_names = [m.name for m in self.metrics]
+
+    # Optimizer with its schedule (the number of steps depends on the data).
+    def steps_per_epoch(self) -> int:
+        n, b = len(self.x_train), self.cfg["batch_size"]
+        return n // b if self._drop_remainder() else math.ceil(n / b)
+
+    def _drop_remainder(self) -> bool:
+        return self.cfg["distribute"]["strategy"] == "data_parallel"
+
+    def optimizer(self):
+        import optax
+
+        from fnn import optimizers
+
+        opt = self.cfg["optimizer"]
+        lr = opt["learning_rate"]
+        total = self.cfg["epochs"] * self.steps_per_epoch()
+        warmup = opt["warmup_epochs"] * self.steps_per_epoch()
+        if opt["schedule"] == "cosine":
+            if warmup:
+                lr = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1))
+            else:
+                lr = optax.cosine_decay_schedule(lr, max(total, 1))
+        elif warmup:
+            lr = optax.linear_schedule(0.0, lr, warmup)
+        return optimizers.get(opt["name"], learning_rate=lr, **opt["options"])
+
+    def init_state(self):
+        import jax
+
+        from fnn import train
+
+        key = jax.random.key(self.cfg["seed"])
+        return train.init_train_state(
+            self.model, self.optimizer(), key, self.input_spec, metrics=self.metrics
+        )
+
+    def eval_fn(self):
+        import jax
+
+        from fnn import train
+
+        step = jax.jit(train.make_eval_step(self.model, self.loss, self.metrics))
+
+        def evaluate(params, state, x, y) -> dict[str, float]:
+            metric_states = train.init_metric_states(self.metrics)
+            for xb, yb in _batches(x, y, max(self.cfg["batch_size"], 256)):
+                metric_states = step(metric_states, params, state, (xb, yb))
+            values = train.compute_metrics(metric_states, self.metrics)
+            return _ordered(_scalars(values), self)
+
+        return evaluate
+
+    def predict_fn(self):
+        import jax
+
+        from fnn import train
+
+        step = jax.jit(train.make_predict_step(self.model))
+
+        def predict(params, state, x) -> np.ndarray:
+            outs = [np.asarray(step(params, state, xb)) for xb in _batches(x, None, 256)]
+            return np.concatenate(outs) if outs else np.zeros((0,))
+
+        return predict
+
+    def checkpoint_target(self):
+        import jax
+
+        return jax.eval_shape(self.init_state)
+
+
+def _batches(x, y, batch_size):
+    from fnn.datasets import batches
+
+    return batches(x, y, batch_size)
+
+
+def _snake(name: str) -> str:
+    out = "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+    return out
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    lines = [line.strip() for line in text.splitlines()]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} {'; '.join(lines[1:])}"
+
+
+def _output_shape(model, abstract, spec):
+    from fnn.core import output_shapes
+
+    out = output_shapes(model, *abstract, spec)
+    return tuple(out.shape)
+
+
+def _ordered(logs: dict, run: Run) -> dict[str, float]:
+    """``loss`` first, then the metrics in config order (jit returns dicts key-sorted)."""
+    keys = ["loss", *run.metric_names]
+    return {k: logs[k] for k in keys if k in logs} | {
+        k: v for k, v in logs.items() if k not in keys
+    }
+
+
+def _scalars(values: dict) -> dict[str, float]:
+    out = {}
+    for name, value in values.items():
+        array = np.asarray(value)
+        if array.shape == ():
+            out[name] = float(array)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# train
+
+
+def _run_dir(cfg: dict, config_path: str) -> Path:
+    return Path(cfg["run_dir"] or Path("runs") / Path(config_path).stem)
+
+
+def _read_metrics_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_metrics_csv(path: Path, rows: list[dict]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _format(v) for k, v in row.items()})
+    os.replace(tmp, path)
+
+
+def _format(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)  # exact: resumed and uninterrupted runs compare equal
+    return value
+
+
+class _TensorBoard:
+    def __init__(self, directory: Path, enabled: bool):
+        self.writer = None
+        if not enabled:
+            return
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            _say("tensorboard: skipped (tensorboardX is not installed; pip install tensorboardX)")
+            return
+        self.writer = SummaryWriter(str(directory))
+
+    def write(self, epoch: int, logs: dict) -> None:
+        if self.writer is None:
+            return
+        for key, value in logs.items():
+            if key not in ("epoch", TIME_COLUMN):
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def cmd_train(args) -> int:
+    import jax
+
+    from fnn import config as config_lib
+    from fnn import losses, saving, train
+    from fnn.checkpoint import CheckpointManager
+
+    cfg = config_lib.load_config(args.config, args.set)
+    run_dir = _run_dir(cfg, args.config)
+    ckpt_dir = run_dir / "checkpoints"
+    if args.overwrite and args.resume:
+        raise _UsageError("--resume and --overwrite exclude each other.")
+    if ckpt_dir.exists() and any(ckpt_dir.glob("step_*")) and not args.resume:
+        if not args.overwrite:
+            raise _UsageError(
+                f"run_dir: {run_dir} already holds checkpoints; pass --resume to continue, "
+                "--overwrite to start again, or --set run_dir=... for a new run."
+            )
+        shutil.rmtree(run_dir)
+    run = Run(cfg, args.config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(_dump_yaml(cfg))
+    ck = cfg["checkpoint"]
+    manager = CheckpointManager(
+        ckpt_dir, ck["max_to_keep"], ck["keep_best"], best_metric=ck["monitor"], mode=ck["mode"]
+    )
+    epochs, batch_size, seed = cfg["epochs"], cfg["batch_size"], cfg["seed"]
+    ts = run.init_state()
+    start_epoch = 0
+    history: list[dict] = []
+    if args.resume:
+        latest = manager.latest_step()
+        if latest is None:
+            _say(f"resume: no checkpoint in {ckpt_dir}; starting from scratch")
+        else:
+            ts = manager.restore(latest, target=ts)
+            start_epoch = int(manager.metrics(latest).get("epoch", 0))
+            history = [
+                {k: float(v) if k != "epoch" else int(v) for k, v in row.items()}
+                for row in _read_metrics_csv(run_dir / "metrics.csv")
+                if int(row["epoch"]) <= start_epoch
+            ]
+            _say(f"resumed from {manager.path(latest)} (epoch {start_epoch}, step {latest})")
+    placement = _Placement(cfg)
+    ts = placement.state(ts)
+    step_fn = jax.jit(
+        train.make_train_step(run.model, run.loss, run.optimizer(), run.metrics),
+        donate_argnums=0,
+    )
+    evaluate = run.eval_fn()
+    board = _TensorBoard(run_dir / "tensorboard", cfg["tensorboard"])
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(ts.params))
+    _say(
+        f"training {Path(args.config).name}: {n_params:,} params, {len(run.x_train)} train / "
+        f"{len(run.x_val)} val / {len(run.x_test)} test examples, {epochs} epochs, "
+        f"{jax.device_count() if placement.mesh is not None else 1} device(s) -> {run_dir}"
+    )
+    start = time.perf_counter()
+    try:
+        for epoch in range(start_epoch, epochs):
+            tick = time.perf_counter()
+            ts = train.reset_metrics(ts)
+            order_seed = seed * 1_000_003 + epoch  # the data order depends on (seed, epoch) only
+            from fnn.datasets import batches
+
+            for xb, yb in batches(
+                run.x_train,
+                run.y_train,
+                batch_size,
+                seed=order_seed,
+                drop_remainder=placement.mesh is not None,
+            ):
+                ts, logs = step_fn(ts, placement.batch((xb, yb)))
+            logs = _ordered(_scalars(train.compute_metrics(ts.metric_states, run.metrics)), run)
+            train.check_finite(logs, ts.step)
+            val = evaluate(ts.params, ts.state, run.x_val, run.y_val)
+            row = {"epoch": epoch + 1, **logs, **{f"val_{k}": v for k, v in val.items()}}
+            row[TIME_COLUMN] = round(time.perf_counter() - tick, 3)
+            history.append(row)
+            _write_metrics_csv(run_dir / "metrics.csv", history)
+            board.write(epoch + 1, row)
+            _say(_epoch_line(row, epochs))
+            if (epoch + 1) % ck["every_epochs"] == 0 or epoch + 1 == epochs:
+                step = int(ts.step)
+                metrics = {k: v for k, v in row.items() if k != TIME_COLUMN}
+                manager.save(step, ts, metrics=metrics, metadata={"config": cfg})
+    finally:
+        board.close()
+    wall = time.perf_counter() - start
+    test = evaluate(ts.params, ts.state, run.x_test, run.y_test)
+    results = {"test": test, "epochs": epochs, "wall_time_s": round(wall, 2)}
+    if manager.best_step() is not None:
+        results["best_checkpoint"] = str(manager.path(manager.best_step()))
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    saving.save_model(
+        run_dir / "model",
+        run.model,
+        ts.params,
+        ts.state,
+        inputs=[run.input_spec],
+        # Model.compile arguments, so fnn.load_model(run_dir / "model") is ready to use.
+        compile_config={
+            "optimizer": cfg["optimizer"]["name"],
+            "loss": losses.serialize(losses.get(run.loss)),
+            "metrics": list(cfg["metrics"]),
+        },
+        metadata={"config": cfg},
+    )
+    plots = _plots(run, ts, history, run_dir) if cfg["plots"] else []
+    tests = "  ".join(f"test_{k} {v:.4f}" for k, v in test.items())
+    _say(f"done in {wall:.1f}s: {tests}")
+    _say(
+        f"wrote {run_dir}/: metrics.csv, config.yaml, checkpoints/, model/, results.json"
+        + (", " + ", ".join(plots) if plots else "")
+    )
+    return 0
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}"]
+    for key, value in row.items():
+        if key not in ("epoch", TIME_COLUMN):
+            parts.append(f"{key} {value:.4f}")
+    parts.append(f"({row[TIME_COLUMN]:.2f}s)")
+    return "  ".join(parts)
+
+
+def _dump_yaml(cfg: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+class _Placement:
+    """Where arrays go: one device, or a batch-sharded mesh for ``data_parallel``."""
+
+    def __init__(self, cfg: dict):
+        import jax
+
+        self.mesh = None
+        dist = cfg["distribute"]
+        if dist["strategy"] != "data_parallel":
+            return
+        devices = jax.devices()
+        count = dist["num_devices"] or len(devices)
+        if count > len(devices):
+            raise ConfigError(
+                f"distribute.num_devices: expected at most the {len(devices)} available "
+                f"device(s), got {count}."
+            )
+        if cfg["batch_size"] % count:
+            raise ConfigError(
+                f"batch_size: expected a multiple of the {count} devices, got {cfg['batch_size']}."
+            )
+        self.mesh = jax.sharding.Mesh(np.array(devices[:count]), ("data",))
+
+    def state(self, ts):
+        import jax
+
+        if self.mesh is None:
+            return ts
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        return jax.device_put(ts, replicated)
+
+    def batch(self, batch):
+        import jax
+
+        if self.mesh is None:
+            return batch
+        sharded = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+        return jax.device_put(batch, sharded)
+
+
+def _plots(run: Run, ts, history: list[dict], run_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    written = []
+    keys = [k for k in history[0] if k not in ("epoch", TIME_COLUMN) and not k.startswith("val_")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
+    epochs = [row["epoch"] for row in history]
+    for ax, key in zip(axes[0], keys):
+        ax.plot(epochs, [row[key] for row in history], label=f"train {key}")
+        if f"val_{key}" in history[0]:
+            ax.plot(epochs, [row[f"val_{key}"] for row in history], label=f"val {key}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=100)
+    plt.close(fig)
+    written.append("curves.png")
+    if run.classifier:
+        logits = run.predict_fn()(ts.params, ts.state, run.x_test)
+        predicted = _classes(logits, run.from_logits)
+        matrix = confusion_matrix(run.y_test, predicted, max(run.num_classes, 2))
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), count in np.ndenumerate(matrix):
+            color = "white" if count > matrix.max() / 2 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
+        accuracy = float(np.trace(matrix) / max(matrix.sum(), 1))
+        ax.set_title(f"confusion matrix (test accuracy {accuracy:.4f})")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_xticks(range(len(matrix)))
+        ax.set_yticks(range(len(matrix)))
+        fig.tight_layout()
+        fig.savefig(run_dir / "confusion_matrix.png", dpi=100)
+        plt.close(fig)
+        written.append("confusion_matrix.png")
+    return written
+
+
+def _classes(outputs: np.ndarray, from_logits: bool) -> np.ndarray:
+    """Class indices: argmax over classes, or one logit/probability thresholded at 0/0.5."""
+    outputs = np.asarray(outputs)
+    if outputs.ndim == 1 or outputs.shape[-1] == 1:
+        flat = outputs.reshape(len(outputs))
+        return (flat > (0.0 if from_logits else 0.5)).astype(np.int32)
+    return np.argmax(outputs, axis=-1).astype(np.int32)
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """``[num_classes, num_classes]`` counts, rows true class, columns predicted class."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)), 1)
+    return matrix
+
+
+# ---------------------------------------------------------------------------------------
+# evaluate / predict / summary
+
+
+def _resolve_checkpoint(path: str) -> Path:
+    from fnn.checkpoint import INDEX_FILE, CheckpointError, list_steps
+
+    p = Path(path)
+    if (p / INDEX_FILE).exists():
+        return p
+    for candidate in (p, p / "checkpoints"):
+        steps = list_steps(candidate)
+        if steps:
+            return candidate / f"step_{steps[-1]:08d}"
+    raise CheckpointError(
+        f"--checkpoint {path}: no checkpoint there (expected a checkpoint directory, a "
+        "checkpoints/ directory or a run directory)."
+    )
+
+
+def _restore(run: Run, path: str):
+    from fnn import checkpoint
+
+    directory = _resolve_checkpoint(path)
+    return directory, checkpoint.restore(directory, target=run.checkpoint_target())
+
+
+def cmd_evaluate(args) -> int:
+    from fnn import config as config_lib
+
+    cfg = config_lib.load_config(args.config, args.set)
+    run = Run(cfg, args.config)
+    directory, ts = _restore(run, args.checkpoint)
+    test = run.eval_fn()(ts.params, ts.state, run.x_test, run.y_test)
+    _say(f"checkpoint {directory} (step {int(ts.step)}) on {len(run.x_test)} test examples:")
+    _say("  ".join(f"test_{k} {v:.4f}" for k, v in test.items()))
+    _say(json.dumps({f"test_{k}": v for k, v in test.items()}))
+    return 0
+
+
+def load_inputs(path: str) -> np.ndarray:
+    """Inputs for ``fnn predict``: ``.npy``, ``.npz`` (array ``x`` or its only array) or a
+    numeric ``.csv`` (optional header); never unpickled."""
+    p = Path(path)
+    if not p.is_file():
+        raise _UsageError(f"--input: no such file {path!r}.")
+    try:
+        if p.suffix == ".npy":
+            return np.load(p, allow_pickle=False)
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as data:
+                if "x" in data.files:
+                    return data["x"]
+                if len(data.files) == 1:
+                    return data[data.files[0]]
+                raise _UsageError(f"--input {path}: expected an array 'x', found {data.files}.")
+        if p.suffix == ".csv":
+            with open(p) as f:
+                first = f.readline()
+            try:
+                [float(v) for v in first.split(",")]
+                skip = 0
+            except ValueError:
+                skip = 1
+            return np.loadtxt(p, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float32)
+    except (ValueError, OSError) as err:
+        raise _UsageError(f"--input {path}: cannot read it: {err}") from None
+    raise _UsageError(f"--input {path}: expected a .npy, .npz or .csv file.")
+
+
+def cmd_predict(args) -> int:
+    from fnn import config as config_lib
+
+    cfg = config_lib.load_config(args.config, args.set)
+    run = Run(cfg, args.config)
+    x = load_inputs(args.input)
+    want = run.input_shape
+    if x.shape[1:] != want:
+        if x.ndim >= 2 and int(np.prod(x.shape[1:])) == int(np.prod(want)):
+            x = x.reshape((len(x), *want))  # e.g. flat CSV rows for image models
+        else:
+            raise ShapeError(
+                f"--input {args.input}: expected examples of shape {list(want)}, got array of "
+                f"shape {list(x.shape)}."
+            )
+    x = x.astype(run.x_train.dtype)
+    directory, ts = _restore(run, args.checkpoint)
+    outputs = run.predict_fn()(ts.params, ts.state, x)
+    lines = []
+    if run.classifier:
+        classes = _classes(outputs, run.from_logits)
+        lines.append("index,class")
+        lines += [f"{i},{c}" for i, c in enumerate(classes)]
+    else:
+        flat = outputs.reshape(len(outputs), -1)
+        lines.append("index," + ",".join(f"output_{j}" for j in range(flat.shape[1])))
+        lines += [f"{i}," + ",".join(repr(float(v)) for v in row) for i, row in enumerate(flat)]
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        out = Path(args.output)
+        if out.suffix == ".npz":
+            np.savez(out, outputs=outputs, **({"classes": classes} if run.classifier else {}))
+        else:
+            out.write_text(text)
+        _say(f"wrote {len(outputs)} predictions from {directory} to {out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_summary(args) -> int:
+    import fnn
+    from fnn import config as config_lib
+
+    cfg = config_lib.load_config(args.config, args.set)
+    run = Run(cfg, args.config)
+    _say(
+        f"{Path(args.config).name}: dataset {cfg['dataset']['name']} "
+        f"{list(run.input_shape)} -> loss {run.loss_name}"
+    )
+    fnn.summary(run.model, run.input_spec)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fnn", description="Train, evaluate and inspect fnn models from YAML configs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, help_text, fn):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("config", help="YAML config file (see configs/)")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value, e.g. --set epochs=5 --set optimizer.learning_rate=0.01",
+        )
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("train", "train a model; writes checkpoints, metrics and plots to run_dir", cmd_train)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run_dir first")
+    p = add("evaluate", "evaluate a checkpoint on the test split", cmd_evaluate)
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p = add("predict", "predict with a checkpoint on inputs from a file", cmd_predict)
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--input", required=True, metavar="FILE", help=".npy, .npz or .csv")
+    p.add_argument("--output", metavar="FILE", help=".csv or .npz (default: print CSV)")
+    add("summary", "print the model's layers, shapes and parameter counts", cmd_summary)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fnn`` command line; returns the exit code (2 for config errors)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, ShapeError) as err:
+        print(f"fnn: error: {_first_line(err)}", file=sys.stderr)
+        return 2
+    except FnnError as err:
+        print(f"fnn: error: {_first_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fnn: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `fnn predict ... | head`
+        sys.stderr.close()
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

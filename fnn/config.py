@@ -1,0 +1,500 @@
+"""YAML run configs for the ``fnn`` CLI, validated before anything is built or compiled.
+
+A config names layers by their registered factory (``Dense``, ``Conv2D``, ...) with
+constructor arguments, the dataset, optimizer, loss, metrics and the run settings::
+
+    model:
+      layers:
+        - Flatten
+        - Dense: {units: 128, activation: relu}
+        - Dense: {units: 10}
+    dataset: {name: digits}
+    optimizer: {name: adam, learning_rate: 0.001}
+    loss: {name: sparse_categorical_crossentropy, from_logits: true}
+    metrics: [accuracy]
+    epochs: 20
+    batch_size: 64
+
+Every problem raises a one-line :class:`fnn.errors.ConfigError` that starts with the key
+path, e.g. ``model.layers[2].units: expected units to be a positive int, got -3`` or
+``optimizer.learning_rat: unknown key. Did you mean 'learning_rate'? ...``.
+
+>>> cfg = load_config_text("model: {layers: [Flatten, {Dense: {units: 10}}]}\\n"
+...                        "dataset: {name: digits}\\nepochs: 3")
+>>> cfg["epochs"], cfg["batch_size"], cfg["optimizer"]["name"]
+(3, 32, 'adam')
+>>> load_config_text("epoch: 3")
+Traceback (most recent call last):
+...
+fnn.errors.ConfigError: epoch: unknown key. Did you mean 'epochs'? Valid keys: batch_size, checkpoint, dataset, distribute, epochs, loss, metrics, model, optimizer, plots, run_dir, seed, tensorboard.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fnn.core import Layer, get_layer_factory, registered_layers
+from fnn.errors import ConfigError, FnnError, closest
+
+__all__ = [
+    "DEFAULTS",
+    "apply_overrides",
+    "build_layer",
+    "build_loss",
+    "build_model",
+    "load_config",
+    "load_config_text",
+    "validate",
+]
+
+DEFAULTS: dict[str, Any] = {
+    "model": {"layers": None, "input_shape": None},
+    "dataset": {"name": None, "options": {}, "validation_split": 0.0},
+    "optimizer": {
+        "name": "adam",
+        "learning_rate": 0.001,
+        "schedule": "constant",
+        "warmup_epochs": 0,
+        "options": {},
+    },
+    "loss": {"name": "sparse_categorical_crossentropy", "from_logits": True},
+    "metrics": ["accuracy"],
+    "epochs": 10,
+    "batch_size": 32,
+    "seed": 0,
+    "run_dir": None,
+    "checkpoint": {
+        "every_epochs": 1,
+        "max_to_keep": 3,
+        "keep_best": True,
+        "monitor": "val_loss",
+        "mode": "min",
+    },
+    "distribute": {"strategy": "none", "num_devices": None},
+    "plots": True,
+    "tensorboard": True,
+}
+_REQUIRED = {"": ("model", "dataset"), "model": ("layers",), "dataset": ("name",)}
+_OPEN = ("dataset.options", "optimizer.options", "loss")  # free keyword arguments, checked later
+_SCHEDULES = ("constant", "cosine")
+_STRATEGIES = ("none", "data_parallel")
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__ if value is not None else "null"
+
+
+def _got(value: Any) -> str:
+    return f"got {value!r} ({_type_name(value)})"
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _positive_int(path, value, minimum=1):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ConfigError(f"{path}: expected {what}, {_got(value)}.")
+    return value
+
+
+def _number(path, value, low=None, high=None, *, low_open=False, high_open=False):
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ConfigError(f"{path}: expected a number, {_got(value)}.")
+    bad = (
+        (low is not None and (value < low or (low_open and value == low)))
+        or (high is not None and (value > high or (high_open and value == high)))
+    )  # fmt: skip
+    if bad:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        span = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+        raise ConfigError(f"{path}: expected a number in {span}, got {value!r}.")
+    return float(value)
+
+
+def _bool(path, value):
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: expected true or false, {_got(value)}.")
+    return value
+
+
+def _choice(path, value, choices, what="one of"):
+    if not isinstance(value, str) or value not in choices:
+        hint = closest(str(value), choices) if isinstance(value, str) else ""
+        raise ConfigError(f"{path}: expected {what} {', '.join(choices)}, {_got(value)}.{hint}")
+    return value
+
+
+def _mapping(path, value):
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected a mapping (key: value), {_got(value)}.")
+    for key in value:
+        if not isinstance(key, str):
+            raise ConfigError(f"{path}: expected string keys, got key {key!r} ({_type_name(key)}).")
+    return value
+
+
+def _merge_defaults(path: str, value: Any, defaults: Mapping) -> dict:
+    """``value`` over ``defaults`` with unknown keys rejected (closest valid key suggested)."""
+    value = _mapping(path, value)
+    for key in value:
+        if key not in defaults:
+            valid = sorted(defaults)
+            raise ConfigError(
+                f"{_join(path, key)}: unknown key.{closest(key, valid)} Valid keys: "
+                f"{', '.join(valid)}."
+            )
+    for key in _REQUIRED.get(path, ()):
+        if value.get(key) is None:
+            raise ConfigError(f"{_join(path, key)}: required key is missing.")
+    merged = copy.deepcopy(dict(defaults))
+    for key, item in value.items():
+        sub = _join(path, key)
+        if isinstance(defaults[key], dict) and sub not in _OPEN:
+            merged[key] = _merge_defaults(sub, item, defaults[key])
+        else:
+            merged[key] = copy.deepcopy(item)
+    return merged
+
+
+# ---------------------------------------------------------------------------------------
+# Layers
+
+
+def _layer_entry(path: str, entry: Any) -> tuple[str, dict]:
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, Mapping) and len(entry) == 1:
+        ((name, args),) = entry.items()
+        if args is None:
+            args = {}
+        if not isinstance(args, Mapping):
+            raise ConfigError(
+                f"{path}.{name}: expected the layer's arguments as a mapping, {_got(args)}."
+            )
+        return str(name), dict(args)
+    raise ConfigError(
+        f"{path}: expected a layer name or a one-key mapping like {{Dense: {{units: 10}}}}, "
+        f"{_got(entry)}."
+    )
+
+
+_SIMPLE_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def build_layer(path: str, entry: Any) -> Layer:
+    """Build one layer entry (``Flatten``, ``{Dense: {units: 10}}``, nested lists for
+    ``*layers`` arguments of combinators), every error prefixed with its key path."""
+    name, args = _layer_entry(path, entry)
+    if name not in registered_layers():
+        valid = registered_layers()
+        raise ConfigError(
+            f"{path}: unknown layer {name!r}.{closest(name, valid)} Registered layers: "
+            f"{', '.join(valid)}."
+        )
+    factory = get_layer_factory(name)
+    signature = getattr(factory, "signature", None) or inspect.signature(factory)
+    params = signature.parameters
+    positional: list = []
+    keywords: dict = {}
+    for key, value in args.items():
+        sub = _join(path, str(key))
+        param = params.get(key)
+        if param is None or param.kind is param.VAR_KEYWORD:
+            valid = [p for p, v in params.items() if v.kind is not v.VAR_KEYWORD]
+            raise ConfigError(
+                f"{sub}: unknown argument of {name}.{closest(str(key), valid)} Valid arguments: "
+                f"{', '.join(valid)}."
+            )
+        if param.kind is param.VAR_POSITIONAL:
+            if not isinstance(value, list):
+                raise ConfigError(f"{sub}: expected a list of layers, {_got(value)}.")
+            positional.extend(build_layer(_join(sub, i), item) for i, item in enumerate(value))
+            continue
+        kind = _SIMPLE_TYPES.get(str(param.annotation))
+        if kind is not None and value is not None:
+            bad_bool = kind is not bool and isinstance(value, bool)
+            if bad_bool or not isinstance(value, kind):
+                raise ConfigError(f"{sub}: expected {param.annotation}, {_got(value)}.")
+        keywords[key] = tuple(value) if isinstance(value, list) else value
+    missing = [
+        p
+        for p, v in params.items()
+        if v.default is v.empty
+        and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)
+        and p not in keywords
+    ]
+    if missing:
+        raise ConfigError(f"{_join(path, missing[0])}: required argument of {name} is missing.")
+    try:
+        return factory(*positional, **keywords)
+    except FnnError as err:
+        raise ConfigError(_prefixed(path, args, str(err))) from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: {name}: {err}") from None
+
+
+def _prefixed(path: str, args: Mapping, message: str) -> str:
+    # "dense: expected units to be a positive int, got -3." -> "<path>.units: expected ..."
+    message = re.sub(r"^[A-Za-z_][\w.-]*: ", "", message.splitlines()[0])
+    named = [k for k in args if re.search(rf"\b{re.escape(str(k))}\b", message)]
+    return f"{_join(path, named[0]) if len(named) == 1 else path}: {message}"
+
+
+def build_model(config: Mapping[str, Any]) -> Layer:
+    """The ``serial`` model of a validated config's ``model.layers``."""
+    from fnn.combinators import serial
+
+    layers = [
+        build_layer(f"model.layers[{i}]", entry)
+        for i, entry in enumerate(config["model"]["layers"])
+    ]
+    return serial(*layers)
+
+
+# ---------------------------------------------------------------------------------------
+# Whole config
+
+
+def _check_loss(value: Any) -> dict:
+    if isinstance(value, str):
+        value = {"name": value}
+    value = dict(_mapping("loss", value))
+    if "name" not in value:
+        raise ConfigError("loss.name: required key is missing.")
+    from fnn import losses
+
+    name = value["name"]
+    try:
+        base = losses.get(name)
+    except FnnError as err:
+        raise ConfigError(f"loss.name: {err}") from None
+    options = {k: v for k, v in value.items() if k != "name"}
+    if options:
+        try:
+            losses.get({"class_name": base.class_name, "config": options})
+        except TypeError as err:
+            raise ConfigError(f"loss: {err}.") from None
+        except FnnError as err:
+            raise ConfigError(f"loss: {err}") from None
+    return value
+
+
+def validate(raw: Any) -> dict:
+    """Check a parsed config and fill in defaults; raises a one-line ``ConfigError``."""
+    from fnn import datasets
+
+    if raw is None:
+        raw = {}
+    cfg = _merge_defaults("", _mapping("<config>", raw), DEFAULTS)
+    cfg["loss"] = _check_loss(cfg["loss"])
+
+    layers = cfg["model"]["layers"]
+    if not isinstance(layers, list) or not layers:
+        raise ConfigError(f"model.layers: expected a non-empty list of layers, {_got(layers)}.")
+    for i, entry in enumerate(layers):  # builds nothing heavy: factories only record args
+        build_layer(f"model.layers[{i}]", entry)
+    shape = cfg["model"]["input_shape"]
+    if shape is not None:
+        if not isinstance(shape, list) or not shape:
+            raise ConfigError(f"model.input_shape: expected a list of ints, {_got(shape)}.")
+        for i, dim in enumerate(shape):
+            _positive_int(f"model.input_shape[{i}]", dim)
+
+    data = cfg["dataset"]
+    _choice("dataset.name", data["name"], list(datasets.DATASETS), "a dataset:")
+    options = _mapping("dataset.options", data["options"])
+    loader = datasets.DATASETS[data["name"]]
+    valid = list(inspect.signature(loader).parameters)
+    for key in options:
+        if key not in valid:
+            raise ConfigError(
+                f"dataset.options.{key}: unknown option of the {data['name']} loader."
+                f"{closest(key, valid)} Valid options: {', '.join(valid)}."
+            )
+    if data["name"] in ("npz", "csv") and "path" not in options:
+        raise ConfigError("dataset.options.path: required for npz and csv datasets.")
+    _number("dataset.validation_split", data["validation_split"], 0.0, 1.0, high_open=True)
+
+    opt = cfg["optimizer"]
+    from fnn import optimizers
+
+    _choice("optimizer.name", opt["name"], list(optimizers.names()), "an optimizer:")
+    _number("optimizer.learning_rate", opt["learning_rate"], 0.0, low_open=True)
+    _choice("optimizer.schedule", opt["schedule"], _SCHEDULES)
+    _positive_int("optimizer.warmup_epochs", opt["warmup_epochs"], minimum=0)
+    _mapping("optimizer.options", opt["options"])
+    try:
+        optimizers.get(opt["name"], learning_rate=opt["learning_rate"], **opt["options"])
+    except FnnError as err:
+        raise ConfigError(f"optimizer.options: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"optimizer.options: {err}.") from None
+
+    metrics = cfg["metrics"]
+    if not isinstance(metrics, list):
+        raise ConfigError(f"metrics: expected a list of metric names, {_got(metrics)}.")
+    from fnn import metrics as metrics_lib
+
+    for i, name in enumerate(metrics):
+        if not isinstance(name, str):
+            raise ConfigError(f"metrics[{i}]: expected a metric name, {_got(name)}.")
+        try:
+            metrics_lib.get(name, loss=build_loss(cfg["loss"]), num_classes=2)
+        except FnnError as err:
+            raise ConfigError(f"metrics[{i}]: {err}") from None
+
+    _positive_int("epochs", cfg["epochs"])
+    _positive_int("batch_size", cfg["batch_size"])
+    _positive_int("seed", cfg["seed"], minimum=0)
+    if cfg["run_dir"] is not None and not isinstance(cfg["run_dir"], str):
+        raise ConfigError(f"run_dir: expected a path string, {_got(cfg['run_dir'])}.")
+    _bool("plots", cfg["plots"])
+    _bool("tensorboard", cfg["tensorboard"])
+
+    ckpt = cfg["checkpoint"]
+    _positive_int("checkpoint.every_epochs", ckpt["every_epochs"])
+    _positive_int("checkpoint.max_to_keep", ckpt["max_to_keep"])
+    _bool("checkpoint.keep_best", ckpt["keep_best"])
+    _choice("checkpoint.mode", ckpt["mode"], ["min", "max"])
+    names = [m for m in metrics]
+    monitors = ["loss", "val_loss", *names, *(f"val_{m}" for m in names)]
+    _choice("checkpoint.monitor", ckpt["monitor"], monitors, "a logged value:")
+
+    dist = cfg["distribute"]
+    _choice("distribute.strategy", dist["strategy"], _STRATEGIES)
+    if dist["num_devices"] is not None:
+        _positive_int("distribute.num_devices", dist["num_devices"])
+        if cfg["batch_size"] % dist["num_devices"]:
+            raise ConfigError(
+                f"batch_size: expected a multiple of distribute.num_devices "
+                f"({dist['num_devices']}), got {cfg['batch_size']}."
+            )
+    return cfg
+
+
+def build_loss(loss: Mapping) -> Any:
+    """The loss of a validated config's ``loss`` entry: its name, or a configured ``Loss``."""
+    from fnn import losses
+
+    options = {k: v for k, v in loss.items() if k != "name"}
+    if not options:
+        return loss["name"]
+    return losses.get({"class_name": losses.get(loss["name"]).class_name, "config": options})
+
+
+def load_config_text(text: str, overrides: Sequence[str] = ()) -> dict:
+    """Parse YAML ``text`` (safe loader), apply ``--set`` overrides, validate."""
+    try:
+        raw = _safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"<config>: invalid YAML{line}: {problem}.") from None
+    raw = apply_overrides(raw if raw is not None else {}, overrides)
+    return validate(raw)
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
+    """Read, override and validate the YAML config at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config {str(path)!r}: {err.strerror}.") from None
+    try:
+        return load_config_text(text, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path.name}: {err}") from None
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no Python objects, no code) that also reads ``1e-3`` as a float;
+    plain YAML 1.1 needs a dot (``1.0e-3``) and would give the string ``'1e-3'``."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_SafeLoader)  # a SafeLoader: no Python objects
+
+
+_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _split_key(key: str) -> list[str | int]:
+    parts: list[str | int] = []
+    pos = 0
+    for match in _TOKEN.finditer(key):
+        if match.start() not in (pos, pos + 1):
+            break
+        parts.append(match.group(1) if match.group(1) is not None else int(match.group(2)))
+        pos = match.end()
+    if not parts or pos != len(key) or ".." in key or key.startswith("."):
+        raise ConfigError(
+            f"--set {key}: expected a key path like epochs, optimizer.learning_rate or "
+            "model.layers[1].Dense.units."
+        )
+    return parts
+
+
+def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to the parsed config.
+
+    >>> apply_overrides({"optimizer": {"name": "adam"}}, ["optimizer.learning_rate=0.01"])
+    {'optimizer': {'name': 'adam', 'learning_rate': 0.01}}
+    """
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item}: expected key=value.")
+        try:
+            value = _safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        parts = _split_key(key.strip())
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts[: depth + 1])
+            where = where.lstrip(".")
+            if isinstance(part, int):
+                if not isinstance(node, list) or part >= len(node):
+                    size = len(node) if isinstance(node, list) else 0
+                    raise ConfigError(f"--set {key}: {where} is out of range ({size} items).")
+                node = node[part]
+            else:
+                if not isinstance(node, dict):
+                    parent = where.rsplit(".", 1)[0] if "." in where else "<config>"
+                    raise ConfigError(f"--set {key}: {parent} is not a mapping.")
+                if not isinstance(node.get(part), dict | list):
+                    node[part] = {}
+                node = node[part]
+        last = parts[-1]
+        if isinstance(last, int):
+            if not isinstance(node, list) or last >= len(node):
+                raise ConfigError(f"--set {key}: index {last} is out of range.")
+            node[last] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"--set {key}: cannot set {last!r} inside a {_type_name(node)}.")
+    return raw

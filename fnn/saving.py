@@ -1,0 +1,356 @@
+"""Weights and whole-model saving without pickle or stored code.
+
+- ``save_weights(path, params, state)`` / ``load_weights(path, params, state)``: a
+  :mod:`fnn.checkpoint` directory holding ``{"params": ..., "state": ...}``.
+- ``layer_to_config(layer)`` / ``layer_from_config(config)``: the architecture as JSON,
+  ``{"class_name": "Dense", "config": {"units": 10, ...}}`` from ``Layer.spec`` (the
+  registered factory name and the arguments the user passed), nested layers recursively.
+  Loading looks the factory up with :func:`fnn.core.get_layer_factory` and calls it; no
+  stored code runs. Custom layers must be registered with ``@fnn.register_layer``.
+- ``save_model(path, model)`` / ``load_model(path)`` for a Keras-style ``fnn.Model``
+  (``model.save(path)`` / ``fnn.load_model(path)``), and ``save_model(path, layer, params,
+  state, inputs=...)`` / ``load_layer(path)`` for a functional layer: architecture, input
+  specs, compile settings and weights in one atomic checkpoint directory.
+
+>>> import tempfile, jax, fnn
+>>> from fnn.layers import Dense
+>>> model = fnn.serial(Dense(4, activation="relu"), Dense(2))
+>>> fnn.saving.layer_to_config(model)["config"]["layers"][0]
+{'class_name': 'Dense', 'config': {'units': 4, 'activation': 'relu'}}
+>>> params, state = model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 3), "float32"))
+>>> path = fnn.saving.save_model(tempfile.mkdtemp() + "/m", model, params, state,
+...                              inputs=[jax.ShapeDtypeStruct((1, 3), "float32")])
+>>> loaded = fnn.saving.load_layer(path)
+>>> loaded.layer.spec.class_name, loaded.params["dense_1"]["kernel"].shape
+('serial', (4, 2))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from fnn import activations, checkpoint, initializers
+from fnn.core import Layer, get_layer_factory
+from fnn.errors import ConfigError
+
+__all__ = [
+    "LoadedModel",
+    "layer_from_config",
+    "layer_to_config",
+    "load_layer",
+    "load_model",
+    "load_weights",
+    "save_model",
+    "save_weights",
+]
+
+_MODEL_KEY = "fnn_model"
+_WEIGHTS_KEY = "fnn_weights"
+
+
+# ---------------------------------------------------------------------------------------
+# Weights
+
+
+def save_weights(path: str | os.PathLike, params: Any, state: Any = None) -> Path:
+    """Save ``params`` and ``state`` (default ``{}``) to the checkpoint directory ``path``
+    (replaced atomically if it exists)."""
+    tree = {"params": params, "state": {} if state is None else state}
+    return checkpoint.save(path, tree, metadata={_WEIGHTS_KEY: 1}, overwrite=True)
+
+
+def load_weights(path: str | os.PathLike, params: Any = None, state: Any = None) -> tuple:
+    """``(params, state)`` from ``path``. ``params``/``state`` (arrays or
+    ``jax.ShapeDtypeStruct``, e.g. from ``jax.eval_shape(model.init, ...)``) are the target:
+    a different architecture raises :class:`fnn.checkpoint.CheckpointError` naming every
+    mismatched path."""
+    if params is None:
+        if state is not None:
+            raise ConfigError("load_weights: pass params too when passing state as the target.")
+        tree = checkpoint.restore(path)
+    else:
+        target = {"params": params, "state": {} if state is None else state}
+        tree = checkpoint.restore(path, target=target)
+    return tree["params"], tree["state"]
+
+
+# ---------------------------------------------------------------------------------------
+# Architecture
+
+
+def _callable_name(fn: Any) -> str | None:
+    for registry in (activations._BY_NAME, initializers._BY_NAME):
+        for name, value in registry.items():
+            if value is fn:
+                return name
+    return None
+
+
+def _encode(value: Any, where: str) -> Any:
+    if isinstance(value, Layer):
+        return layer_to_config(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return {"__dict__": {k: _encode(v, f"{where}.{k}") for k, v in value.items()}}
+    if isinstance(value, type | np.dtype) or type(value).__name__ == "_ScalarMeta":
+        try:
+            return {"__dtype__": np.dtype(value).name}
+        except TypeError:
+            pass
+    if callable(value):
+        name = _callable_name(value)
+        if name is not None:
+            return name
+        raise ConfigError(
+            f"{where}: cannot save the callable {getattr(value, '__name__', value)!r}; only "
+            "registered activation/initializer names can be stored. Pass the name (e.g. "
+            "activation='relu') or wrap the layer in a factory decorated with "
+            "@fnn.register_layer."
+        )
+    raise ConfigError(
+        f"{where}: cannot save an argument of type {type(value).__name__} ({value!r}); expected "
+        "JSON values, tuples, dtypes, registered names or layers."
+    )
+
+
+def layer_to_config(layer: Layer) -> dict:
+    """``{"class_name": ..., "config": {...}}`` for ``layer`` and, recursively, its children.
+
+    Raises ``ConfigError`` naming the layer if it was not built by a registered factory or
+    an argument cannot be stored (arbitrary callables)."""
+    if not isinstance(layer, Layer):
+        raise ConfigError(f"expected an fnn Layer, got {type(layer).__name__}.")
+    if layer.spec is None:
+        raise ConfigError(
+            f"cannot save layer {layer.name!r}: it was not built by a registered factory "
+            "(e.g. fnn.Lambda or a hand-made Layer). Write a factory for it decorated with "
+            "@fnn.register_layer."
+        )
+    where = f"{layer.name} ({layer.spec.class_name})"
+    factory = get_layer_factory(layer.spec.class_name)
+    signature = getattr(factory, "signature", None) or inspect.signature(factory)
+    config = {}
+    for key, value in layer.spec.config.items():
+        param = signature.parameters.get(key)
+        if param is not None and param.kind is param.VAR_POSITIONAL:
+            value = list(value)  # *layers: a plain JSON list
+        config[key] = _encode(value, f"{where}.{key}")
+    return {"class_name": layer.spec.class_name, "config": config}
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, dict):
+        if "class_name" in value and "config" in value:
+            return layer_from_config(value)
+        if "__tuple__" in value:
+            return tuple(_decode(v) for v in value["__tuple__"])
+        if "__dict__" in value:
+            return {k: _decode(v) for k, v in value["__dict__"].items()}
+        if "__dtype__" in value:
+            return np.dtype(value["__dtype__"])
+        raise ConfigError(f"unrecognised entry {value!r} in a saved layer config.")
+    return value
+
+
+def layer_from_config(config: Mapping[str, Any]) -> Layer:
+    """Rebuild a layer from :func:`layer_to_config` output via the layer registry."""
+    try:
+        class_name, arguments = config["class_name"], config["config"]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"expected a layer config {{'class_name': ..., 'config': {{...}}}}, got {config!r}."
+        ) from None
+    factory = get_layer_factory(class_name)
+    signature = getattr(factory, "signature", None) or inspect.signature(factory)
+    args, kwargs = [], {}
+    decoded = {k: _decode(v) for k, v in arguments.items()}
+    for name, param in signature.parameters.items():
+        if name not in decoded:
+            continue
+        value = decoded.pop(name)
+        if param.kind is param.VAR_POSITIONAL:
+            args.extend(value)
+        elif param.kind is param.POSITIONAL_ONLY:
+            args.append(value)
+        elif param.kind is param.VAR_KEYWORD:
+            kwargs.update(value)
+        else:
+            kwargs[name] = value
+    if decoded:
+        raise ConfigError(f"{class_name}: unknown saved arguments {sorted(decoded)}.")
+    return factory(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# Whole model
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """What :func:`load_layer` returns: the rebuilt layer, its weights, the input specs it
+    was built for, the compile settings and any extra metadata."""
+
+    layer: Layer
+    params: Any
+    state: Any
+    inputs: list[jax.ShapeDtypeStruct]
+    compile_config: dict | None
+    metadata: dict
+
+
+def _spec_to_json(spec: Any) -> dict:
+    return {"shape": list(spec.shape), "dtype": np.dtype(spec.dtype).name}
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: Any,
+    params: Any = None,
+    state: Any = None,
+    *,
+    inputs: list[Any] | None = None,
+    compile_config: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save architecture (JSON), input specs, compile settings and weights to the checkpoint
+    directory ``path``, atomically.
+
+    ``model`` is a built ``fnn.Model``/``fnn.Sequential`` (everything is read from it), or
+    a ``Layer`` with its ``params``, ``state``, ``inputs`` (arrays or
+    ``jax.ShapeDtypeStruct``, batch dimension included) and a JSON ``compile_config``.
+    The optimizer *state* is not saved (use :mod:`fnn.checkpoint` to resume training).
+    """
+    extra = dict(metadata or {})
+    if not isinstance(model, Layer):
+        from fnn.model import Model, Sequential
+
+        if not isinstance(model, Model):
+            raise ConfigError(
+                f"save_model: expected an fnn.Model or a Layer, got {type(model).__name__}."
+            )
+        params, state = model.params, model.state
+        inputs = list(model._input_spec)
+        compile_config = _compile_to_json(model._compile_config, model.name)
+        extra["model_class"] = "Sequential" if isinstance(model, Sequential) else "Model"
+        extra["name"] = model.name
+        layer = model.layer
+    else:
+        layer = model
+    if params is None:
+        raise ConfigError("save_model: expected the params of the layer, got None.")
+    record = {
+        "architecture": layer_to_config(layer),
+        "inputs": [_spec_to_json(x) for x in (inputs or [])],
+        "compile": dict(compile_config) if compile_config is not None else None,
+        "extra": extra,
+    }
+    tree = {"params": params, "state": {} if state is None else state}
+    return checkpoint.save(path, tree, metadata={_MODEL_KEY: record}, overwrite=True)
+
+
+def _compile_to_json(config: Mapping[str, Any] | None, name: str) -> dict | None:
+    """``Model.compile`` arguments as JSON, or ``None`` (with a warning) if an optimizer,
+    loss or metric is an object that has no registered name."""
+    if config is None:
+        return None
+    from fnn import losses
+
+    out = dict(config)
+    problem = None
+    if not isinstance(out.get("optimizer"), str):
+        problem = f"optimizer {out.get('optimizer')!r}"
+    loss = out.get("loss")
+    if isinstance(loss, losses.Loss):
+        try:
+            out["loss"] = losses.serialize(loss)
+        except ConfigError:
+            problem = f"loss {loss.name!r}"
+    elif not isinstance(loss, str | None):
+        problem = f"loss {loss!r}"
+    if any(not isinstance(m, str) for m in out.get("metrics") or []):
+        problem = "metrics given as objects"
+    try:
+        import json
+
+        json.dumps(out)
+    except TypeError:
+        problem = problem or "a compile argument"
+    if problem:
+        import warnings
+
+        warnings.warn(
+            f"{name}: saved without compile settings ({problem} cannot be stored by name); "
+            "fnn.load_model returns it uncompiled: call compile() again.",
+            stacklevel=3,
+        )
+        return None
+    return out
+
+
+def load_layer(path: str | os.PathLike) -> LoadedModel:
+    """Rebuild the layer saved by :func:`save_model` and restore its weights, checked
+    against the rebuilt layer's own parameter shapes when its input specs were saved."""
+    info = checkpoint.read_info(path)
+    model = info["metadata"].get(_MODEL_KEY)
+    if not isinstance(model, dict) or "architecture" not in model:
+        raise checkpoint.CheckpointError(
+            f"{path} holds weights only, not a saved model; use load_weights with the model "
+            "rebuilt in code."
+        )
+    layer = layer_from_config(model["architecture"])
+    inputs = [jax.ShapeDtypeStruct(tuple(x["shape"]), x["dtype"]) for x in model["inputs"]]
+    if inputs:
+        params, state = jax.eval_shape(layer.init, jax.random.key(0), *inputs)
+        params, state = load_weights(path, params, state)
+    else:
+        params, state = load_weights(path)
+    return LoadedModel(layer, params, state, inputs, model["compile"], model["extra"])
+
+
+def load_model(path: str | os.PathLike, compile: bool = True) -> Any:
+    """Rebuild the ``fnn.Model``/``fnn.Sequential`` saved by ``model.save(path)``: layers
+    from the registry, weights checked against them, and ``compile`` with the saved
+    settings (when there are any and ``compile=True``). No stored code runs."""
+    from fnn.model import Model, Sequential
+
+    loaded = load_layer(path)
+    extra = loaded.metadata
+    name = extra.get("name")
+    layer = loaded.layer
+    if extra.get("model_class") == "Sequential" and layer.spec.class_name == "serial":
+        model = Sequential(list(layer.spec.config.get("layers", ())), name=name)
+    else:
+        model = Model(layer, name=name)
+    if not loaded.inputs:
+        raise checkpoint.CheckpointError(
+            f"{path} has no input specs; rebuild the model in code and use load_weights."
+        )
+    model._build(tuple(loaded.inputs))
+    model.params = loaded.params
+    model.state = loaded.state
+    if compile and loaded.compile_config:
+        settings = dict(loaded.compile_config)
+        loss = settings.get("loss")
+        if isinstance(loss, dict) and "class_name" in loss:
+            from fnn import losses
+
+            settings["loss"] = losses.get(loss)  # a configured Loss (e.g. from_logits=True)
+        model.compile(**settings)
+    return model
