@@ -705,3 +705,14 @@ def test_prefetch_reraises_errors_and_stops_with_the_consumer():
     while any(t.name == "fnn-prefetch" for t in threading.enumerate()):
         assert time.monotonic() < deadline, "prefetch thread still running"
         time.sleep(0.05)
+
+
+def test_model_checkpoint_whole_model_reloads(small, tmp_path):
+    """save_weights_only=False writes model.save directories that fnn.load_model rebuilds."""
+    model, x, y = small
+    ck = fnn.callbacks.ModelCheckpoint(str(tmp_path / "model-{epoch}"), monitor="loss")
+    model.fit(x, y, batch_size=16, epochs=2, callbacks=[ck], verbose=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-1", "model-2"]
+    loaded = fnn.load_model(tmp_path / "model-2")
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
