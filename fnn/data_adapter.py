@@ -147,12 +147,15 @@ class ArrayData:
     def fits_on_device(self) -> bool:
         return self.nbytes() <= DEVICE_DATA_LIMIT_BYTES
 
+    def order(self, *, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
+        """The sample order of one epoch: a permutation seeded by ``(seed, epoch)``."""
+        if shuffle:
+            return np.random.default_rng([seed, epoch]).permutation(self.n).astype(np.int32)
+        return np.arange(self.n, dtype=np.int32)
+
     def batch_indices(self, *, batch_size: int, epoch: int, shuffle: bool, seed: int):
         """Index vectors of each batch of one epoch; the last one may be shorter."""
-        if shuffle:
-            order = np.random.default_rng([seed, epoch]).permutation(self.n).astype(np.int32)
-        else:
-            order = np.arange(self.n, dtype=np.int32)
+        order = self.order(epoch=epoch, shuffle=shuffle, seed=seed)
         return [order[i : i + batch_size] for i in range(0, self.n, batch_size)]
 
     def spec(self, batch_size: int):
@@ -232,21 +235,24 @@ def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
     items: queue.Queue = queue.Queue(maxsize=size)
     stop = threading.Event()
 
+    def put(item) -> bool:
+        """Queue ``item`` unless the consumer has gone (then the worker just ends)."""
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for item in iterator:
-                item = jax.device_put(item)
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(jax.device_put(item)):
                     return
-            items.put(_END)
+            put(_END)
         except BaseException as err:  # re-raised in the consumer thread
-            items.put(_Failure(err))
+            put(_Failure(err))
 
     thread = threading.Thread(target=work, daemon=True, name="fnn-prefetch")
     thread.start()

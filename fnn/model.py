@@ -524,7 +524,11 @@ class Model:
             )
             loss = _combined_loss(losses, weights, names)
             y_parts = _as_inputs(y) if not isinstance(y, Mapping) else y
-            metrics = []
+            # Keras logs each output's loss too: "<output>_loss" (mean over examples).
+            metrics = [
+                _output_metric(metrics_lib.MeanMetricWrapper(part_loss, "loss"), key, name)
+                for key, name, part_loss in zip(keys, names, losses)
+            ]
             for key, name, part_loss in zip(keys, names, losses):
                 y_shape = np.shape(y_parts[key]) if y is not None else None
                 for m in cfg["metrics"]:
@@ -818,13 +822,13 @@ class Model:
                 self._train_parallel(dp, batches, cl)
                 self._train_state = dp.get_state(self._train_state)
             elif isinstance(data, data_lib.ArrayData):
-                indices = data.batch_indices(
-                    batch_size=batch_size, epoch=epoch, shuffle=shuffle, seed=seed
-                )[:steps]
+                order = data.order(epoch=epoch, shuffle=shuffle, seed=seed)
                 if device_data:
-                    self._train_indices(on_device, indices, spe, cl)
+                    self._train_order(on_device, order, batch_size, steps, spe, cl)
                 else:
-                    self._train_batches(data_lib.prefetch(_host_batches(data, indices)), spe, cl)
+                    indices = [order[i : i + batch_size] for i in range(0, data.n, batch_size)]
+                    batches = data_lib.prefetch(_host_batches(data, indices[:steps]))
+                    self._train_batches(batches, spe, cl)
             else:
                 if first is not None:
                     batches, first = _chain_first(first, iterator), None
@@ -840,7 +844,9 @@ class Model:
                 self._train_batches(batches, spe, cl)
             logs = self._read_metrics(self._train_state.metric_states)
             if val is not None:
-                val_logs = self._evaluate_data(val, validation_batch_size or batch_size, None)
+                cl.on_test_begin(None)
+                val_logs = self._evaluate_data(val, validation_batch_size or batch_size, cl)
+                cl.on_test_end(val_logs)
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
             cl.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -859,25 +865,24 @@ class Model:
             cl.on_train_batch_end(end, logs)
             logs.close()
 
-    def _train_indices(self, on_device, indices: list, spe: int, cl) -> None:
-        """One epoch over device-resident data: the batch gather runs inside the step."""
-        full = [i for i in indices if len(i) == len(indices[0])]
-        rows = jax.device_put(np.stack(full))
-        base = self._train_state.step + 0  # a fresh buffer: the state's is donated
+    def _train_order(self, on_device, order, batch_size: int, steps: int, spe: int, cl) -> None:
+        """One epoch over device-resident data in ``order``: full batches are the rows of a
+        ``[steps, batch]`` index matrix gathered inside the step; a last smaller batch runs
+        as its own program."""
+        n_full = min(len(order) // batch_size, steps)
+        remainder = order[n_full * batch_size :] if steps > n_full else order[:0]
+        if n_full:
+            rows = jax.device_put(order[: n_full * batch_size].reshape(n_full, batch_size))
+            base = self._train_state.step + 0  # a fresh buffer: the state's is donated
         i = 0
-        while i < len(indices) and not self.stop_training:
-            if i < len(full):
-                k = spe if spe > 1 and i + spe <= len(full) else 1
-                fn = self._program(f"train_rows{k}")
-                self._batch_hooks(
-                    cl, i, i + k - 1, lambda fn=fn: self._run(fn, on_device, rows, base)
-                )
-                i += k
-            else:
-                fn = self._program("train_idx")
-                idx = indices[i]
-                self._batch_hooks(cl, i, i, lambda idx=idx: self._run(fn, on_device, idx))
-                i += 1
+        while i < n_full and not self.stop_training:
+            k = spe if spe > 1 and i + spe <= n_full else 1
+            fn = self._program(f"train_rows{k}")
+            self._batch_hooks(cl, i, i + k - 1, lambda fn=fn: self._run(fn, on_device, rows, base))
+            i += k
+        if len(remainder) and not self.stop_training:
+            fn = self._program("train_idx")
+            self._batch_hooks(cl, i, i, lambda: self._run(fn, on_device, remainder))
 
     def _data_parallel_step(self, devices):
         import importlib

@@ -92,13 +92,21 @@ def test_evaluate_agrees_with_numpy_and_functional_eval_step(trained, digits):
 def test_validation_data_logs_keras_keys(trained, digits):
     model = trained["model"]
     x_train, y_train, x_test, y_test = digits
+    tested = []
+    hook = fnn.callbacks.LambdaCallback(on_test_end=lambda logs: tested.append(dict(logs)))
     history = model.fit(
-        x_train[:1152], y_train[:1152], epochs=1, validation_data=(x_test, y_test), verbose=0
+        x_train[:1152],
+        y_train[:1152],
+        epochs=1,
+        validation_data=(x_test, y_test),
+        callbacks=[hook],
+        verbose=0,
     )
     assert sorted(history.history) == ["accuracy", "loss", "val_accuracy", "val_loss"]
     loss, acc = model.evaluate(x_test, y_test, verbose=0)
     assert history.history["val_loss"][0] == pytest.approx(loss)
     assert history.history["val_accuracy"][0] == pytest.approx(acc)
+    assert tested == [{"accuracy": pytest.approx(acc), "loss": pytest.approx(loss)}]
 
 
 def test_functional_state_is_public_and_assignable(trained, digits):
@@ -476,7 +484,13 @@ def test_multi_input_and_multi_output_models():
         metrics=["accuracy"],
     )
     history = model.fit((x1, x2), (y, x2[:, :1]), batch_size=16, epochs=2, verbose=0)
-    assert sorted(history.history) == ["loss", "output_0_accuracy", "output_1_accuracy"]
+    assert sorted(history.history) == [
+        "loss",
+        "output_0_accuracy",
+        "output_0_loss",
+        "output_1_accuracy",
+        "output_1_loss",
+    ]
     cls, reg = model.predict((x1, x2), verbose=0)
     assert cls.shape == (32, 2) and reg.shape == (32, 1)
     a, b = model.params["parallel"]["a"], model.params["parallel"]["b"]
@@ -494,8 +508,10 @@ def test_multi_input_and_multi_output_models():
     # Total loss = CE + 0.5 * MSE, as Keras weighs outputs.
     ref_ce = np.mean(-(cls - np.log(np.exp(cls).sum(-1, keepdims=True)))[np.arange(32), y])
     ref_mse = np.mean((reg[:, 0] - x2[:, 0]) ** 2)
-    loss = model.evaluate((x1, x2), (y, x2[:, :1]), verbose=0, return_dict=True)["loss"]
-    assert loss == pytest.approx(ref_ce + 0.5 * ref_mse, rel=1e-5)
+    logs = model.evaluate((x1, x2), (y, x2[:, :1]), verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(ref_ce + 0.5 * ref_mse, rel=1e-5)
+    assert logs["output_0_loss"] == pytest.approx(ref_ce, rel=1e-5)
+    assert logs["output_1_loss"] == pytest.approx(ref_mse, rel=1e-5)
 
 
 def compiled_programs(caplog):
@@ -647,6 +663,7 @@ def test_terminate_on_nan_stops_mid_epoch(small):
     model, x, y = small
     model.fit(x, y, batch_size=16, epochs=0, verbose=0)
     base = jax.tree.map(lambda a: a.copy(), model.train_state)
+    held = model.params  # fit donates a private copy of the state, not these arrays
     bad = x.copy()
     bad[:16] = np.nan
     seen = []
@@ -662,4 +679,40 @@ def test_terminate_on_nan_stops_mid_epoch(small):
     )
     assert seen == [0]  # stopped after the first batch of the first epoch
     assert history.epoch == [0] and np.isnan(history.history["loss"][0])
+    assert np.isfinite(np.asarray(held["dense"]["kernel"])).all()  # still readable
+    assert np.isnan(np.asarray(model.params["dense"]["kernel"])).any()
     restart(model, base)
+
+
+def test_prefetch_reraises_errors_and_stops_with_the_consumer():
+    import threading
+    import time
+
+    from fnn import data_adapter
+
+    def broken():
+        yield np.ones(2, np.float32)
+        raise ValueError("broken generator")
+
+    it = data_adapter.prefetch(broken())
+    assert np.asarray(next(it)).tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="broken generator"):
+        next(it)
+    it = data_adapter.prefetch(np.full(3, i, np.float32) for i in range(1000))
+    assert np.asarray(next(it)).tolist() == [0.0, 0.0, 0.0]
+    it.close()  # the consumer leaves early: the worker thread ends too
+    deadline = time.monotonic() + 5
+    while any(t.name == "fnn-prefetch" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "prefetch thread still running"
+        time.sleep(0.05)
+
+
+def test_model_checkpoint_whole_model_reloads(small, tmp_path):
+    """save_weights_only=False writes model.save directories that fnn.load_model rebuilds."""
+    model, x, y = small
+    ck = fnn.callbacks.ModelCheckpoint(str(tmp_path / "model-{epoch}"), monitor="loss")
+    model.fit(x, y, batch_size=16, epochs=2, callbacks=[ck], verbose=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-1", "model-2"]
+    loaded = fnn.load_model(tmp_path / "model-2")
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
