@@ -583,6 +583,19 @@ def make_multi_step(step: Callable, *, unroll: int | bool = 1) -> Callable:
     return multi_step
 
 
+def make_multi_eval_step(eval_step: Callable, *, unroll: int | bool = 1) -> Callable:
+    """``multi_eval(metric_states, params, state, batches) -> metric_states``: ``eval_step``
+    over batches stacked on a leading axis ``[K, batch, ...]`` in one ``lax.scan``."""
+
+    def multi_eval(metric_states, params, state, batches):
+        def body(ms, batch):
+            return eval_step(ms, params, state, batch), None
+
+        return jax.lax.scan(body, metric_states, batches, unroll=unroll)[0]
+
+    return multi_eval
+
+
 # --------------------------------------------------------------------------- host checks
 
 

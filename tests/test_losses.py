@@ -207,7 +207,7 @@ def test_gradients_in_float64():
             lambda z: losses.Huber()(jnp.zeros_like(z), z),
             lambda z: losses.CosineSimilarity()(jnp.ones_like(z), z),
         ):
-            check_grads(fn, (z,), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+            check_grads(jax.jit(fn), (z,), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 def test_vmap_over_examples_equals_batch():

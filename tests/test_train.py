@@ -152,6 +152,14 @@ def test_eval_step_and_predict_step():
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-6)
     np.testing.assert_allclose(values["acc"], np.mean(np.argmax(ref_logits, -1) == y), rtol=1e-6)
     np.testing.assert_allclose(values["loss"], np.mean(np.asarray(loss(y, ref_logits))), rtol=1e-5)
+    multi = jax.jit(train.make_multi_eval_step(train.make_eval_step(model, loss, metrics)))
+    ms_multi = multi(
+        train.init_metric_states(metrics),
+        ts.params,
+        ts.state,
+        (x.reshape(4, 5, 5), y.reshape(4, 5)),
+    )
+    _assert_trees_close(ms_multi, ms, rtol=1e-5)
 
 
 def test_frozen_params_bit_identical_and_no_optimizer_state():
