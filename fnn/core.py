@@ -70,6 +70,9 @@ class Layer:
     apply: ApplyFn
     name: str
     spec: LayerSpec | None = None
+    # Keras's ``input_shape=`` / ``input_dim=`` on a first layer (without the batch axis):
+    # only ``Sequential`` reads it, to build without an explicit ``fnn.Input``.
+    input_shape: tuple[int, ...] | None = None
 
     def __post_init__(self):
         check_name(self.name)
@@ -127,18 +130,49 @@ def register_layer(factory: Callable[..., Layer] | None = None, *, name: str | N
 
         @functools.wraps(fn)
         def build(*args, **kwargs) -> Layer:
+            input_shape = _pop_input_shape(key, signature, kwargs)
             try:
                 bound = signature.bind(*args, **kwargs)
             except TypeError as err:
                 raise TypeError(f"{key}: {err}") from None
             layer = fn(*args, **kwargs)
-            return dataclasses.replace(layer, spec=LayerSpec(key, dict(bound.arguments)))
+            config = dict(bound.arguments)
+            if input_shape is not None:
+                config["input_shape"] = input_shape
+            return dataclasses.replace(layer, spec=LayerSpec(key, config), input_shape=input_shape)
 
         build.signature = signature
         _REGISTRY[key] = build
         return build
 
     return wrap(factory) if factory is not None else wrap
+
+
+def _pop_input_shape(key: str, signature: inspect.Signature, kwargs: dict):
+    """Remove Keras's ``input_shape=``/``input_dim=`` from ``kwargs`` (unless the factory takes
+    them itself) and return the shape as a tuple of ints, or None."""
+    shape = None
+    if "input_shape" in kwargs and "input_shape" not in signature.parameters:
+        shape = kwargs.pop("input_shape")
+    if "input_dim" in kwargs and "input_dim" not in signature.parameters:
+        if shape is not None:
+            raise ConfigError(f"{key}: pass input_shape or input_dim, not both.")
+        shape = (kwargs.pop("input_dim"),)
+    if shape is None:
+        return None
+    given = shape
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        shape = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise ConfigError(
+            f"{key}: expected input_shape to be a tuple of positive ints without the batch "
+            f"axis, e.g. (784,) or (28, 28, 1), got {given!r}."
+        )
+    return shape
 
 
 def get_layer_factory(class_name: str) -> Callable[..., Layer]:

@@ -1295,6 +1295,9 @@ class Sequential(Model):
             raise ConfigError(
                 f"{self.name}: expected an fnn Layer, got {type(layer).__name__} ({layer!r})."
             )
+        if layer.input_shape is not None and not self._layers and self._build_input is None:
+            # tf.keras style: Dense(64, input_shape=(784,)) as the first layer.
+            self._build_input = Input(layer.input_shape)
         self._layers.append(layer)
         self._layer = None
 

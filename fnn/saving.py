@@ -193,6 +193,8 @@ def layer_from_config(config: Mapping[str, Any]) -> Layer:
             kwargs.update(value)
         else:
             kwargs[name] = value
+    if "input_shape" in decoded:  # Keras-style input_shape=, taken by register_layer itself
+        kwargs["input_shape"] = tuple(decoded.pop("input_shape"))
     if decoded:
         raise ConfigError(f"{class_name}: unknown saved arguments {sorted(decoded)}.")
     return factory(*args, **kwargs)
