@@ -106,6 +106,11 @@ class Run:
             out = _output_shape(self.model, abstract, self.input_spec)
             batch = (x_train[: cfg["batch_size"]], y_train[: cfg["batch_size"]])
             train.check_batch(self.model, self.loss, *abstract, batch)
+            if "sparse" in _snake(self.loss_name):
+                # check_batch sees one batch; an out-of-range label later would be silently
+                # dropped under jit, so every split is checked once on the host.
+                for split_name, labels in (("train", y_train), ("val", y_val), ("test", y_test)):
+                    losses.check_sparse_labels(f"{split_name} labels", labels, out[-1])
         except FnnError as err:
             raise ConfigError(f"model: {_first_line(err)}") from None
         from fnn import metrics as metrics_lib

@@ -11,6 +11,7 @@ fan_in = in * prod(receptive_field) and fan_out = out * prod(receptive_field).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -72,26 +73,44 @@ def truncated_normal(mean: float = 0.0, stddev: float = 0.05) -> Initializer:
     return init
 
 
-def _scaling(scale: float, mode: str, distribution: str) -> Initializer:
-    base = jinit.variance_scaling(scale, mode, distribution, in_axis=-2, out_axis=-1)
+def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Keras's fan_in/fan_out: a vector uses its length for both; a kernel
+    ``[*receptive_field, in, out]`` multiplies both by the receptive field size."""
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    receptive = math.prod(shape[:-2])
+    return shape[-2] * receptive, shape[-1] * receptive
 
+
+def _scaling(scale: float, mode: str, distribution: str, name: str) -> Initializer:
     def init(key, shape, dtype=jnp.float32):
-        if len(shape) < 2:
-            # Keras treats a vector as fan_in = fan_out = its length.
-            return jinit.variance_scaling(scale, mode, distribution, in_axis=0, out_axis=0)(
-                key, (shape[0], 1) if shape else (1, 1), dtype
-            ).reshape(shape)
-        return base(key, shape, dtype)
+        shape = tuple(shape)
+        fan_in, fan_out = _fans(shape)
+        fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+        variance = scale / max(1.0, fan)
+        if distribution == "uniform":
+            limit = math.sqrt(3.0 * variance)
+            return jax.random.uniform(key, shape, dtype, -limit, limit)
+        # Truncated to two standard deviations, rescaled so the variance is ``variance``.
+        stddev = math.sqrt(variance) / 0.87962566103423978
+        return stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
 
+    init.__name__ = name
+    init.__doc__ = (
+        f"Keras ``{name}``: {distribution.replace('_', ' ')} with variance "
+        f"{scale:g} / {mode} (``(key, shape, dtype) -> Array``)."
+    )
     return init
 
 
-glorot_uniform = _scaling(1.0, "fan_avg", "uniform")
-glorot_normal = _scaling(1.0, "fan_avg", "truncated_normal")
-he_uniform = _scaling(2.0, "fan_in", "uniform")
-he_normal = _scaling(2.0, "fan_in", "truncated_normal")
-lecun_uniform = _scaling(1.0, "fan_in", "uniform")
-lecun_normal = _scaling(1.0, "fan_in", "truncated_normal")
+glorot_uniform = _scaling(1.0, "fan_avg", "uniform", "glorot_uniform")
+glorot_normal = _scaling(1.0, "fan_avg", "truncated_normal", "glorot_normal")
+he_uniform = _scaling(2.0, "fan_in", "uniform", "he_uniform")
+he_normal = _scaling(2.0, "fan_in", "truncated_normal", "he_normal")
+lecun_uniform = _scaling(1.0, "fan_in", "uniform", "lecun_uniform")
+lecun_normal = _scaling(1.0, "fan_in", "truncated_normal", "lecun_normal")
 
 
 def orthogonal(gain: float = 1.0) -> Initializer:

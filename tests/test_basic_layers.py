@@ -168,3 +168,13 @@ def test_check_grads_float64():
                 return layer.apply(p, state, x)[0]
 
             check_grads(f, (params, x), order=2, modes=["rev", "fwd"], atol=1e-6, rtol=1e-6)
+
+
+def test_vector_initializers_use_keras_fans():
+    # Keras: a vector of length n has fan_in = fan_out = n.
+    n = 10_000
+    w = fnn.initializers.get("glorot_uniform")(jax.random.key(0), (n,), jnp.float32)
+    limit = np.sqrt(6 / (n + n))
+    assert float(jnp.max(jnp.abs(w))) <= limit and float(jnp.max(jnp.abs(w))) > 0.9 * limit
+    assert fnn.initializers.glorot_uniform.__name__ == "glorot_uniform"
+    assert "fan_avg" in fnn.initializers.glorot_uniform.__doc__

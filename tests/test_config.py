@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -82,12 +83,7 @@ def test_exponent_floats_and_no_python_objects():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_validate(path):
-    try:
-        cfg = load_config(path)
-    except fnn.ConfigError as err:
-        if "unknown layer" in str(err):
-            pytest.skip(f"layer not merged yet: {err}")
-        raise
+    cfg = load_config(path)
     assert cfg["run_dir"] == f"runs/{path.stem}"
     build_model(cfg)
 
@@ -325,3 +321,20 @@ def test_console_entry_point_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == "fnn: error: bad.yaml: epochs: expected a positive int, got 0 (int).\n"
     assert "Traceback" not in proc.stdout
+
+
+def test_cli_checks_every_label_before_compiling(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 64)).astype(np.float32)
+    y = np.zeros(200, np.int32)
+    y[-1] = 12  # only in the test split's last rows: beyond the first batch
+    np.savez(
+        tmp_path / "data.npz", x_train=x[:150], y_train=y[:150], x_test=x[150:], y_test=y[150:]
+    )
+    cfg = tmp_path / "labels.yaml"
+    cfg.write_text(
+        text(**{"dataset.name": "npz", "dataset.options": {"path": str(tmp_path / "data.npz")}})
+    )
+    assert cli.main(["train", str(cfg), "--set", f"run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert "labels: expected labels in [0, 10)" in err and "got label 12" in err

@@ -1,0 +1,63 @@
+"""get_weights/set_weights move weights both ways between Keras 3 and fnn (same predictions)."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import numpy as np
+import pytest
+
+import fnn
+from fnn import layers as fl
+
+keras = pytest.importorskip("keras")
+
+
+def _pair():
+    k = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, padding="same"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Activation("relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Reshape((4, 16)),
+            keras.layers.LSTM(6, return_sequences=True),
+            keras.layers.GRU(5),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    f = fnn.Sequential(
+        [
+            fnn.Input((8, 8, 1)),
+            fl.Conv2D(4, 3, padding="same"),
+            fl.BatchNormalization(),
+            fl.Activation("relu"),
+            fl.MaxPooling2D(),
+            fl.Reshape((4, 16)),
+            fl.LSTM(6, return_sequences=True),
+            fl.GRU(5),
+            fl.Dense(3, activation="softmax"),
+        ]
+    )
+    return k, f
+
+
+def _randomize(weights, seed):
+    rng = np.random.default_rng(seed)
+    # Variances must stay positive for BatchNormalization's moving_variance.
+    return [np.abs(rng.normal(size=w.shape)).astype(np.float32) * 0.5 + 0.1 for w in weights]
+
+
+def test_keras_to_fnn_and_back_give_identical_predictions():
+    k, f = _pair()
+    x = np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype(np.float32)
+    assert [w.shape for w in f.get_weights()] == [w.shape for w in k.get_weights()]
+
+    k.set_weights(_randomize(k.get_weights(), 1))
+    f.set_weights(k.get_weights())
+    np.testing.assert_allclose(f.predict(x, verbose=0), k.predict(x, verbose=0), atol=1e-5)
+
+    f.set_weights(_randomize(f.get_weights(), 2))
+    k.set_weights(f.get_weights())
+    np.testing.assert_allclose(k.predict(x, verbose=0), f.predict(x, verbose=0), atol=1e-5)
