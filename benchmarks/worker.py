@@ -1,0 +1,102 @@
+"""Run one framework's variants on one scenario in this process and print a JSON record.
+
+``python -m benchmarks.worker FRAMEWORK SCENARIO --steps N --repeats R [--variants a,b]``.
+The runner starts one worker per (framework, scenario), so peak RSS is per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+import traceback
+
+from benchmarks.common import UnavailableError
+from benchmarks.frameworks import FRAMEWORKS
+from benchmarks.scenarios import SCENARIOS, make_pool
+
+MARKER = "BENCH-RESULT "
+
+
+def time_bench(bench, steps: int, repeats: int) -> dict:
+    """First call (compile + one execution), a second untimed call (warm-up), then
+    ``repeats`` timed blocks of ``steps`` steps; per-step microseconds."""
+    t0 = time.perf_counter()
+    bench.run(bench.unit)
+    first_call_s = time.perf_counter() - t0
+    bench.run(bench.unit)
+    per_step = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        bench.run(steps)
+        per_step.append((time.perf_counter() - t0) / steps * 1e6)
+    return {
+        "median_us": statistics.median(per_step),
+        "min_us": min(per_step),
+        "max_us": max(per_step),
+        "samples_us": per_step,
+        "first_call_s": first_call_s,
+        "steps_per_block": steps,
+        "steps_per_call": bench.unit,
+        **({"note": bench.note} if bench.note else {}),
+    }
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("framework", choices=sorted(FRAMEWORKS))
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--repeats", type=int, required=True)
+    parser.add_argument("--variants", default="")
+    args = parser.parse_args(argv)
+    fw, scenario = FRAMEWORKS[args.framework], SCENARIOS[args.scenario]
+    wanted = [v for v, _ in fw.variants]
+    if args.variants:
+        wanted = [v for v in wanted if v in args.variants.split(",")]
+    record = {"framework": fw.name, "scenario": scenario.name, "variants": {}}
+    try:
+        module = importlib.import_module(f"benchmarks.{fw.module}")
+    except ImportError as err:
+        record["skipped"] = f"not installed ({err})"
+        return record
+    import jax
+
+    record["versions"] = {d: _version(d) for d in ("jax", "jaxlib", *fw.packages)}
+    record["device"] = str(jax.devices()[0].device_kind)
+    record["python"] = platform.python_version()
+    x, y = make_pool(scenario)
+    # Pay the process's one-time JIT start-up here, not in the first variant's compile time.
+    jax.block_until_ready(jax.jit(lambda a: a * 2 + 1)(jax.numpy.ones((4, 4))))
+    for key in wanted:
+        bench = None
+        try:
+            bench = module.VARIANTS[key](scenario, x, y)
+            result = {"status": "ok", **time_bench(bench, args.steps, args.repeats)}
+        except UnavailableError as err:
+            result = {"status": "unavailable", "reason": str(err)}
+        except Exception as err:
+            traceback.print_exc(file=sys.stderr)
+            result = {"status": "error", "reason": f"{type(err).__name__}: {err}"[:300]}
+        record["variants"][key] = result
+        del bench
+    # ru_maxrss is in KiB on Linux.
+    record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return record
+
+
+if __name__ == "__main__":
+    print(MARKER + json.dumps(main()), flush=True)
