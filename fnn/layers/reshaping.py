@@ -1,11 +1,17 @@
-"""Shape-changing layers without parameters: Flatten, Reshape."""
+"""Shape-changing layers without parameters: Flatten, Reshape, and channels-last
+``UpSampling1D/2D/3D``, ``ZeroPadding1D/2D/3D``, ``Cropping1D/2D/3D`` (one N-d
+implementation each)."""
 
 from __future__ import annotations
 
 import math
 
+import jax
+import jax.numpy as jnp
+
 from fnn.core import Layer, register_layer
 from fnn.errors import ConfigError, ShapeError, check_rank, shape_of
+from fnn.layers import _spatial
 
 
 def _no_params(key, *inputs):
@@ -61,3 +67,153 @@ def Reshape(target_shape, name: str = "reshape") -> Layer:
         return x.reshape((x.shape[0], *target_shape)), state
 
     return Layer(_no_params, apply, name)
+
+
+def _upsampling(rank: int, size, interpolation: str, name: str) -> Layer:
+    size = _spatial.int_tuple(size, rank, "size", name)
+    allowed = ("nearest", "bilinear") if rank == 2 else ("nearest",)
+    if interpolation not in allowed:
+        raise ConfigError(
+            f"{name}: expected interpolation {' or '.join(map(repr, allowed))}, "
+            f"got {interpolation!r}."
+        )
+
+    def apply(params, state, x, *, rng=None, train=False):
+        del params, rng, train
+        spatial, _ = _spatial.check_input(name, x, rank)
+        if interpolation == "bilinear":
+            shape = (x.shape[0], *(n * s for n, s in zip(spatial, size)), x.shape[-1])
+            dtype = jnp.result_type(x, jnp.float32)
+            return jax.image.resize(x.astype(dtype), shape, "bilinear", antialias=False), state
+        for axis, s in enumerate(size, start=1):
+            x = jnp.repeat(x, s, axis=axis)
+        return x, state
+
+    return Layer(_no_params, apply, name)
+
+
+def _zero_padding(rank: int, padding, name: str) -> Layer:
+    pads = _spatial.int_pairs(padding, rank, "padding", name)
+
+    def apply(params, state, x, *, rng=None, train=False):
+        del params, rng, train
+        _spatial.check_input(name, x, rank)
+        return jnp.pad(x, ((0, 0), *pads, (0, 0))), state
+
+    return Layer(_no_params, apply, name)
+
+
+def _cropping(rank: int, cropping, name: str) -> Layer:
+    crops = _spatial.int_pairs(cropping, rank, "cropping", name)
+
+    def apply(params, state, x, *, rng=None, train=False):
+        del params, rng, train
+        spatial, _ = _spatial.check_input(name, x, rank)
+        if any(lo + hi >= n for n, (lo, hi) in zip(spatial, crops)):
+            raise ShapeError(
+                f"{name}: expected cropping {crops} to leave at least one position per axis, "
+                f"got inputs of shape {shape_of(x)} (spatial {spatial})."
+            )
+        index = tuple(slice(lo, n - hi) for n, (lo, hi) in zip(spatial, crops))
+        return x[(slice(None), *index)], state
+
+    return Layer(_no_params, apply, name)
+
+
+_UPSAMPLING_DOC = """Repeat each {rank}-D position ``size`` times per axis:
+    ``{layout} -> [batch, *(n * size), channels]``.{extra}
+
+    >>> import jax.numpy as jnp, fnn
+    >>> fnn.layers.{cls}(2).apply({{}}, {{}}, jnp.ones({shape}))[0].shape
+    {out_shape}
+    """
+
+
+def _upsampling_factory(rank: int):
+    def factory(size=2, interpolation="nearest", name: str = f"up_sampling{rank}d") -> Layer:
+        return _upsampling(rank, size, interpolation, name)
+
+    extra = (
+        ' ``interpolation="bilinear"`` interpolates with half-pixel centres instead '
+        "(``jax.image.resize``, as Keras on JAX)."
+        if rank == 2
+        else ""
+    )
+    return _spatial.register_ranked(
+        factory,
+        f"UpSampling{rank}D",
+        _UPSAMPLING_DOC,
+        rank=rank,
+        extra=extra,
+        shape=(2, *(3,) * rank, 4),
+        out_shape=(2, *(6,) * rank, 4),
+    )
+
+
+_PADDING_DOC = """Pad the {rank}-D positions with zeros: ``{layout} -> [batch, *(n + before + after),
+    channels]``. ``padding`` is an int (every side), {forms}.
+
+    >>> import jax.numpy as jnp, fnn
+    >>> fnn.layers.{cls}({example}).apply({{}}, {{}}, jnp.ones({shape}))[0].shape
+    {out_shape}
+    """
+
+_CROPPING_DOC = """Crop the {rank}-D positions: ``{layout} -> [batch, *(n - before - after),
+    channels]``. ``cropping`` is an int (every side), {forms}.
+
+    >>> import jax.numpy as jnp, fnn
+    >>> fnn.layers.{cls}({example}).apply({{}}, {{}}, jnp.ones({shape}))[0].shape
+    {out_shape}
+    """
+
+
+def _forms(rank: int) -> str:
+    if rank == 1:
+        return "or a pair ``(before, after)``"
+    return f"{rank} ints (symmetric per axis) or {rank} pairs ``(before, after)``"
+
+
+def _zero_padding_factory(rank: int):
+    def factory(padding=1, name: str = f"zero_padding{rank}d") -> Layer:
+        return _zero_padding(rank, padding, name)
+
+    example = "(1, 2)" if rank == 1 else repr(((1, 2),) + ((1, 1),) * (rank - 1))
+    return _spatial.register_ranked(
+        factory,
+        f"ZeroPadding{rank}D",
+        _PADDING_DOC,
+        rank=rank,
+        forms=_forms(rank),
+        example=example,
+        shape=(2, *(4,) * rank, 3),
+        out_shape=(2, 7, *(6,) * (rank - 1), 3),
+    )
+
+
+def _cropping_factory(rank: int):
+    # Keras defaults: Cropping1D crops one step each side, Cropping2D/3D nothing.
+    def factory(cropping=1 if rank == 1 else 0, name: str = f"cropping{rank}d") -> Layer:
+        return _cropping(rank, cropping, name)
+
+    example = "(1, 2)" if rank == 1 else repr(((1, 2),) + ((1, 1),) * (rank - 1))
+    return _spatial.register_ranked(
+        factory,
+        f"Cropping{rank}D",
+        _CROPPING_DOC,
+        rank=rank,
+        forms=_forms(rank),
+        example=example,
+        shape=(2, *(6,) * rank, 3),
+        out_shape=(2, 3, *(4,) * (rank - 1), 3),
+    )
+
+
+UpSampling1D = _upsampling_factory(1)
+UpSampling2D = _upsampling_factory(2)
+UpSampling3D = _upsampling_factory(3)
+ZeroPadding1D = _zero_padding_factory(1)
+ZeroPadding2D = _zero_padding_factory(2)
+ZeroPadding3D = _zero_padding_factory(3)
+Cropping1D = _cropping_factory(1)
+Cropping2D = _cropping_factory(2)
+Cropping3D = _cropping_factory(3)
