@@ -1,7 +1,7 @@
 """Run the benchmark suite: every framework in its own process, one after another.
 
     python -m benchmarks.run                 # full suite -> benchmarks/RESULTS.md, results.json
-    python -m benchmarks.run --quick         # smoke check (< 2 min) -> RESULTS-quick.md
+    python -m benchmarks.run --quick         # smoke check on tiny_mlp (< 2 min) -> RESULTS-quick.md
     python -m benchmarks.run --scenarios mlp,cnn --frameworks jax,fnn,keras --repeats 7
 
 A framework whose package is not installed is reported as skipped. Ratios are to the
@@ -20,13 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.frameworks import FRAMEWORKS
+from benchmarks.frameworks import BASELINE, FRAMEWORKS, LABELS
 from benchmarks.report import summarize, write_markdown
 from benchmarks.scenarios import SCENARIOS
 from benchmarks.worker import MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK_SCENARIOS = ("tiny_mlp", "mlp")
+QUICK_SCENARIOS = ("tiny_mlp",)
 
 
 def _csv(value: str, known, what: str) -> list[str]:
@@ -55,7 +55,13 @@ def _load() -> list[float] | None:
 
 
 def run_worker(
-    python: str, framework: str, scenario: str, steps: int, repeats: int, timeout: float
+    python: str,
+    framework: str,
+    scenario: str,
+    steps: int,
+    repeats: int,
+    timeout: float,
+    variants: list[str] = (),
 ) -> dict:
     """One worker process; its JSON record, or an error record if it failed."""
     fw = FRAMEWORKS[framework]
@@ -77,6 +83,7 @@ def run_worker(
         str(steps),
         "--repeats",
         str(repeats),
+        *(["--variants", ",".join(variants)] if variants else []),
     ]
     t0 = time.perf_counter()
     try:
@@ -112,10 +119,13 @@ def main(argv=None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="few steps and repeats, two small scenarios (< 2 min)"
+        "--quick", action="store_true", help="few steps and repeats, tiny_mlp only (< 2 min)"
     )
     parser.add_argument("--scenarios", default="", help=f"comma list of {', '.join(SCENARIOS)}")
     parser.add_argument("--frameworks", default="", help=f"comma list of {', '.join(FRAMEWORKS)}")
+    parser.add_argument(
+        "--variants", default="", help="comma list of implementations (default: all); see LABELS"
+    )
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed blocks per variant (default 5, quick 2)"
     )
@@ -138,6 +148,9 @@ def main(argv=None) -> dict:
         QUICK_SCENARIOS if args.quick else SCENARIOS
     )
     frameworks = _csv(args.frameworks, FRAMEWORKS, "frameworks") or list(FRAMEWORKS)
+    variants = _csv(args.variants, LABELS, "variants")
+    if variants and BASELINE not in variants:
+        variants.append(BASELINE)
     if "jax" not in frameworks:
         frameworks.insert(0, "jax")  # the baseline of every ratio
     repeats = args.repeats or (2 if args.quick else 5)
@@ -173,7 +186,12 @@ def main(argv=None) -> dict:
                 file=sys.stderr,
                 flush=True,
             )
-            record = run_worker(args.python, framework, scenario_name, steps, repeats, args.timeout)
+            wanted = [key for key, _ in FRAMEWORKS[framework].variants if key in variants]
+            if variants and not wanted:
+                continue
+            record = run_worker(
+                args.python, framework, scenario_name, steps, repeats, args.timeout, wanted
+            )
             records.append(record)
             status = (
                 record.get("skipped")

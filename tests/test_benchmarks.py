@@ -17,6 +17,8 @@ def test_quick_run_writes_consistent_results(tmp_path):
             "tiny_mlp",
             "--frameworks",
             "jax,fnn",
+            "--variants",
+            "jax_scan10,fnn_step",
             "--repeats",
             "2",
             "--steps-scale",
