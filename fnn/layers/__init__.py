@@ -29,6 +29,7 @@ from fnn.layers.pooling import (
     MaxPooling2D,
     MaxPooling3D,
 )
+from fnn.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from fnn.layers.regularization import Dropout
 from fnn.layers.reshaping import (
     Cropping1D,
@@ -45,12 +46,15 @@ from fnn.layers.reshaping import (
 )
 
 __all__ = [
+    "GRU",
+    "LSTM",
     "Activation",
     "Add",
     "Average",
     "AveragePooling1D",
     "AveragePooling2D",
     "AveragePooling3D",
+    "Bidirectional",
     "Concatenate",
     "Conv1D",
     "Conv1DTranspose",
@@ -80,6 +84,7 @@ __all__ = [
     "Reshape",
     "SeparableConv1D",
     "SeparableConv2D",
+    "SimpleRNN",
     "UpSampling1D",
     "UpSampling2D",
     "UpSampling3D",
