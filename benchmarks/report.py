@@ -138,13 +138,20 @@ def write_markdown(results: dict, path: Path) -> None:
         "# fnn benchmark results"
         + (" (quick smoke run, not for quoting)" if meta["quick"] else ""),
         "",
+        *(
+            []
+            if meta.get("complete", True)
+            else ["- **Incomplete run (interrupted or still running).**"]
+        ),
         f"- Date: {meta['date_utc']}; command: `{meta['command']}`; total {meta['total_s']} s.",
         f"- Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['platform']}, Python {m['python']}; "
         f"JAX device: {', '.join(sorted(devices)) or 'n/a'}.",
         f"- Load average (1, 5, 15 min) at start {meta['load_average_start']}, at end {meta['load_average_end']}.",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".",
-        f"- Each figure: median over {meta['repeats']} timed blocks of per-step time (compile and a warm-up "
-        "call excluded, `block_until_ready` at the end of each block); spread is min-max over the blocks; "
+        f"- Each figure: median over {meta['repeats']} timed blocks of per-step time (the compiling first "
+        "call and a warm-up call excluded, `block_until_ready` at the end of each block; a block of a slow "
+        f"variant is shrunk to about {meta.get('block_seconds', 0)} s, never below one call; the steps per "
+        "block are in results.json); spread is min-max over the blocks; "
         "ratios are to the hand-written JAX jit step in the same run; first call = the call that compiles "
         "(one step, or one 10-step execution) including its run; peak RSS is per worker process "
         "(one process per framework and scenario).",

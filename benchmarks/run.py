@@ -62,6 +62,7 @@ def run_worker(
     repeats: int,
     timeout: float,
     variants: list[str] = (),
+    block_seconds: float = 0.0,
 ) -> dict:
     """One worker process; its JSON record, or an error record if it failed."""
     fw = FRAMEWORKS[framework]
@@ -84,6 +85,7 @@ def run_worker(
         "--repeats",
         str(repeats),
         *(["--variants", ",".join(variants)] if variants else []),
+        *(["--block-seconds", str(block_seconds)] if block_seconds else []),
     ]
     t0 = time.perf_counter()
     try:
@@ -135,6 +137,13 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--output", type=Path, default=None, help="folder for the Markdown and JSON files"
     )
+    parser.add_argument(
+        "--block-seconds",
+        type=float,
+        default=None,
+        help="shrink a timed block of a slow variant to about this long (default 2, quick 0.3; "
+        "0 keeps the scenario's steps)",
+    )
     parser.add_argument("--note", action="append", default=[], help="a line added to the report")
     parser.add_argument(
         "--python", default=sys.executable, help="interpreter for the worker processes"
@@ -154,6 +163,9 @@ def main(argv=None) -> dict:
     if "jax" not in frameworks:
         frameworks.insert(0, "jax")  # the baseline of every ratio
     repeats = args.repeats or (2 if args.quick else 5)
+    block_seconds = args.block_seconds
+    if block_seconds is None:
+        block_seconds = 0.3 if args.quick else 2.0
     output = args.output or Path(__file__).resolve().parent
     suffix = "-quick" if args.quick else ""
 
@@ -164,6 +176,7 @@ def main(argv=None) -> dict:
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "quick": args.quick,
         "repeats": repeats,
+        "block_seconds": block_seconds,
         "machine": {
             "cpu": _cpu_model(),
             "logical_cpus": os.cpu_count(),
@@ -190,7 +203,14 @@ def main(argv=None) -> dict:
             if variants and not wanted:
                 continue
             record = run_worker(
-                args.python, framework, scenario_name, steps, repeats, args.timeout, wanted
+                args.python,
+                framework,
+                scenario_name,
+                steps,
+                repeats,
+                args.timeout,
+                wanted,
+                block_seconds,
             )
             records.append(record)
             status = (
@@ -199,13 +219,22 @@ def main(argv=None) -> dict:
                 or f"{record.get('wall_s', 0):.1f} s"
             )
             print(f" {status}", file=sys.stderr, flush=True)
+            # Rewritten after every worker, so an interrupted run still leaves its tables.
+            results = _write(meta, records, scenarios, output, suffix, t_start, done=False)
+    results = _write(meta, records, scenarios, output, suffix, t_start, done=True)
+    print(f"[bench] wrote {output / f'RESULTS{suffix}.md'} in {meta['total_s']} s", file=sys.stderr)
+    return results
+
+
+def _write(meta, records, scenarios, output: Path, suffix: str, t_start: float, done: bool):
     meta["load_average_end"] = _load()
     meta["total_s"] = round(time.perf_counter() - t_start, 1)
-    results = {"meta": meta, "scenarios": summarize(records, scenarios), "records": records}
+    meta["complete"] = done
+    done_scenarios = [s for s in scenarios if any(r["scenario"] == s for r in records)]
+    results = {"meta": meta, "scenarios": summarize(records, done_scenarios), "records": records}
     output.mkdir(parents=True, exist_ok=True)
     (output / f"results{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
     write_markdown(results, output / f"RESULTS{suffix}.md")
-    print(f"[bench] wrote {output / f'RESULTS{suffix}.md'} in {meta['total_s']} s", file=sys.stderr)
     return results
 
 

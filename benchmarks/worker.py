@@ -24,13 +24,23 @@ from benchmarks.scenarios import SCENARIOS, make_pool
 MARKER = "BENCH-RESULT "
 
 
-def time_bench(bench, steps: int, repeats: int) -> dict:
-    """First call (compile + one execution), a second untimed call (warm-up), then
-    ``repeats`` timed blocks of ``steps`` steps; per-step microseconds."""
+def time_bench(bench, steps: int, repeats: int, block_seconds: float = 0.0) -> dict:
+    """First call (compile + one execution), a second call (warm-up, and the time of
+    one call), then ``repeats`` timed blocks of ``steps`` steps; per-step microseconds.
+
+    With ``block_seconds`` a block shrinks (to no less than one call) so that it lasts
+    about that long: slow variants on a busy machine still finish in bounded time.
+    """
+    unit = bench.unit
     t0 = time.perf_counter()
-    bench.run(bench.unit)
+    bench.run(unit)
     first_call_s = time.perf_counter() - t0
-    bench.run(bench.unit)
+    t0 = time.perf_counter()
+    bench.run(unit)
+    call_s = time.perf_counter() - t0
+    if block_seconds > 0:
+        fits = int(block_seconds / max(call_s, 1e-9)) * unit
+        steps = max(unit, min(steps, fits))
     per_step = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -62,6 +72,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--repeats", type=int, required=True)
     parser.add_argument("--variants", default="")
+    parser.add_argument("--block-seconds", type=float, default=0.0)
     args = parser.parse_args(argv)
     fw, scenario = FRAMEWORKS[args.framework], SCENARIOS[args.scenario]
     wanted = [v for v, _ in fw.variants]
@@ -85,7 +96,10 @@ def main(argv=None) -> dict:
         bench = None
         try:
             bench = module.VARIANTS[key](scenario, x, y)
-            result = {"status": "ok", **time_bench(bench, args.steps, args.repeats)}
+            result = {
+                "status": "ok",
+                **time_bench(bench, args.steps, args.repeats, args.block_seconds),
+            }
         except UnavailableError as err:
             result = {"status": "unavailable", "reason": str(err)}
         except Exception as err:
