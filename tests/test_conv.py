@@ -106,7 +106,7 @@ def test_conv1d_every_padding_stride_dilation_matches_loop_and_keras_sizes():
             continue
         w, bias = randn(k, 2, 3), randn(3)
         layer = Conv1D(3, k, strides=s, padding=padding, dilation_rate=d)
-        y = run(layer, x, {"kernel": w, "bias": bias})
+        y = run(layer, x, {"kernel": w, "bias": bias}, jit=True)
         assert y.shape == (2, keras_conv_length(7, k, s, d, padding), 3), (k, s, d, padding)
         pads = [keras_same_pads(7, k, s, d) if padding == "same" else (0, 0)]
         expected = loop_conv(x, w, (s,), (d,), pads) + bias
@@ -238,7 +238,7 @@ def test_conv1d_transpose_every_combination_matches_scatter_add():
         layer = Conv1DTranspose(
             2, k, strides=s, padding=padding, output_padding=op, dilation_rate=d
         )
-        y = run(layer, x, {"kernel": w, "bias": bias})
+        y = run(layer, x, {"kernel": w, "bias": bias}, jit=True)
         assert y.shape == (2, length, 2), (k, s, d, padding, op)
         expected = loop_conv_transpose(x, w, (s,), (d,), padding, None if op is None else (op,))
         np.testing.assert_allclose(

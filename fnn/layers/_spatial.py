@@ -123,7 +123,7 @@ def check_window_fits(layer: str, x, window, pads, *, what: str = "kernel_size")
         extra = "" if padded == spatial else f" (padded to {padded})"
         raise ShapeError(
             f"{layer}: expected spatial size at least the window {tuple(window)} "
-            f"({what}, dilation included), got inputs of shape {shape_of(x)}{extra}. "
+            f"({what}), got inputs of shape {shape_of(x)}{extra}. "
             "Use padding='same', a smaller window, or larger inputs."
         )
 

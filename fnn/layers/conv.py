@@ -42,7 +42,7 @@ def _geometry(name, rank, x, window, strides, padding):
     """Rank and window checks shared by init and apply; returns ``(channels, pads)``."""
     spatial, channels = _spatial.check_input(name, x, rank)
     pads = _spatial.resolve_pads(padding, spatial, window, strides)
-    _spatial.check_window_fits(name, x, window, pads)
+    _spatial.check_window_fits(name, x, window, pads, what="kernel_size, dilation included")
     return channels, pads
 
 

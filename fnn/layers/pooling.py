@@ -7,6 +7,7 @@ One N-d implementation on ``jax.lax.reduce_window``; the factories fix the rank.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from fnn.core import Layer
@@ -34,13 +35,14 @@ def _pool(kind: str, rank: int, pool_size, strides, padding, name: str) -> Layer
         if kind == "max":
             dtype = x.dtype
             lowest = -jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min
-            y = lax.reduce_window(x, jnp.array(lowest, dtype), lax.max, window, steps, pads)
+            # A concrete (numpy) init value lets JAX use its differentiable max/add windows.
+            y = lax.reduce_window(x, np.array(lowest, dtype), lax.max, window, steps, pads)
             return y, state
         x = x.astype(jnp.result_type(x, jnp.float32))
-        total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, window, steps, pads)
+        total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, window, steps, pads)
         # Keras "same" averages only the inputs inside each window, not the zero padding.
         ones = jnp.ones((1, *spatial, 1), x.dtype)
-        count = lax.reduce_window(ones, jnp.array(0, x.dtype), lax.add, window, steps, pads)
+        count = lax.reduce_window(ones, np.array(0, x.dtype), lax.add, window, steps, pads)
         return total / count, state
 
     return Layer(_no_params, apply, name)
