@@ -25,6 +25,8 @@ class Bench:
     run: Callable[[int], None]
     unit: int = 1
     note: str = ""  # shown beside the figures (e.g. a stand-in implementation)
+    # (jitted step, example arguments) for static inspection (benchmarks.hlo), if any.
+    lowerable: tuple | None = None
 
 
 def step_loop(
@@ -49,7 +51,8 @@ def step_loop(
         jax.block_until_ready((c, aux))
         holder[0] = c
 
-    return Bench(run, unit)
+    example = (carry, (xs[0], ys[0])) if pack else (carry, xs[0], ys[0])
+    return Bench(run, unit, lowerable=(step, example))
 
 
 def device_pool(x: np.ndarray, y: np.ndarray, unit: int = 1, layout=None):
