@@ -45,6 +45,9 @@ def test_quick_run_writes_consistent_results(tmp_path):
         assert row["steps_per_block"] == 10
         assert row["steps_per_call"] == (10 if key == "jax_scan10" else 1)
         assert math.isclose(row["ratio"], row["median_us"] / rows["jax_jit"]["median_us"])
+        assert len(row["cpu_samples_us"]) == 2 and row["cpu_median_us"] > 0
+        cpu_ratio = row["cpu_median_us"] / rows["jax_jit"]["cpu_median_us"]
+        assert math.isclose(row["cpu_ratio"], cpu_ratio)
     assert rows["jax_jit"]["ratio"] == 1.0
     # Compile ratios compare calls that run the same number of steps.
     assert rows["jax_scan10"]["compile_ratio"] == 1.0
@@ -56,10 +59,11 @@ def test_quick_run_writes_consistent_results(tmp_path):
     step_target = targets["fnn_step time / jax_jit"]
     assert step_target["limit"] == 1.03
     assert step_target["met"] == (step_target["value"] <= 1.03)
+    assert step_target["cpu_met"] == (step_target["cpu_value"] <= 1.03)
     markdown = (tmp_path / "RESULTS-quick.md").read_text()
     assert "Date: " in markdown and "Versions: " in markdown and "jax 0.10.2" in markdown
     assert "Note: test run" in markdown
-    assert f"| {LABELS['jax_jit']} | 1.00x |" in markdown
+    assert f"| {LABELS['jax_jit']} | 1.00x (1.00x) |" in markdown
     assert "## tiny_mlp: tiny MLP 64-64-64-10, batch 32" in markdown
 
 
