@@ -25,6 +25,8 @@ class Bench:
     run: Callable[[int], None]
     unit: int = 1
     note: str = ""  # shown beside the figures (e.g. a stand-in implementation)
+    # fit-style runs may compile per dataset length: warm up on a full block first.
+    warm_block: bool = False
     # (jitted step, example arguments) for static inspection (benchmarks.hlo), if any.
     lowerable: tuple | None = None
 

@@ -81,7 +81,7 @@ def _build_fit(scenario: Scenario, x, y, spe: int) -> Bench:
         model.fit(xf, yf, batch_size=scenario.batch, epochs=1, verbose=0, shuffle=False)
         _sync(model)
 
-    return Bench(run, spe)
+    return Bench(run, spe, warm_block=True)
 
 
 def build_fit(scenario: Scenario, x, y) -> Bench:
