@@ -4,7 +4,7 @@ Models are pure ``init``/``apply`` pairs over explicit parameter pytrees; traini
 uses ``jax.grad`` and optax.
 """
 
-from fnn import activations, errors, initializers, layers
+from fnn import activations, errors, initializers, layers, losses, metrics, optimizers, train
 from fnn.combinators import Lambda, fan_out, parallel, residual, serial
 from fnn.core import Layer, LayerSpec, register_layer
 from fnn.errors import ConfigError, FnnError, ShapeError
@@ -24,9 +24,13 @@ __all__ = [
     "fan_out",
     "initializers",
     "layers",
+    "losses",
+    "metrics",
+    "optimizers",
     "parallel",
     "register_layer",
     "residual",
     "serial",
     "summary",
+    "train",
 ]

@@ -1,0 +1,617 @@
+"""The functional training core: a ``TrainState`` pytree and pure step functions.
+
+``make_train_step(layer, loss, optimizer, metrics)`` returns a pure
+``step(train_state, batch) -> (train_state, logs)``: ``jax.value_and_grad`` of the
+loss, one optax update, the rng split, the metric states accumulated. Compile it with
+``jax.jit(step, donate_argnums=0)``; ``make_multi_step`` runs K steps per compiled
+call over batches stacked on a leading axis.
+
+>>> import jax, jax.numpy as jnp, fnn
+>>> from fnn.layers import Dense
+>>> model = fnn.serial(Dense(16, activation="relu"), Dense(3))
+>>> loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
+>>> metrics = [fnn.metrics.get("accuracy", loss=loss)]
+>>> ts = fnn.train.init_train_state(model, "adam", jax.random.key(0),
+...                                 jnp.zeros((8, 4)), metrics=metrics)
+>>> step = jax.jit(fnn.train.make_train_step(model, loss, "adam", metrics), donate_argnums=0)
+>>> ts, logs = step(ts, (jnp.ones((8, 4)), jnp.zeros(8, jnp.int32)))
+>>> sorted(fnn.train.compute_metrics(ts.metric_states, metrics))
+['accuracy', 'loss']
+>>> int(ts.step)
+1
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fnn import losses as losses_lib
+from fnn import metrics as metrics_lib
+from fnn import optimizers as optimizers_lib
+from fnn.core import Layer, output_shapes
+from fnn.errors import ConfigError, FnnError, ShapeError
+
+PyTree = Any
+
+# The running mean of the loss kept in every TrainState's metric_states["loss"].
+LOSS_METRIC = metrics_lib.Mean("loss")
+
+
+class LossScale(NamedTuple):
+    """Dynamic loss scaling state for float16 (as in Keras's ``LossScaleOptimizer``):
+    the scale doubles after ``period`` finite steps and halves on a non-finite gradient,
+    which skips that update."""
+
+    scale: jax.Array  # float32 scalar
+    good_steps: jax.Array  # int32 scalar: finite steps since the last change
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training, as one pytree (donate it to ``jit``).
+
+    ``step`` int32 scalar; ``params``/``state`` the layer's; ``opt_state`` optax's;
+    ``rng`` a PRNG key split every step; ``metric_states`` ``{name: metric state}``
+    including ``"loss"``; ``loss_scale`` a ``LossScale`` for float16 training, else None.
+    """
+
+    step: jax.Array
+    params: PyTree
+    state: PyTree
+    opt_state: PyTree
+    rng: jax.Array
+    metric_states: dict[str, Any]
+    loss_scale: LossScale | None = None
+
+
+class NonFiniteLossError(FnnError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------- precision
+
+
+_POLICIES = {
+    None: None,
+    "float32": None,
+    "mixed_bfloat16": jnp.bfloat16,
+    "mixed_float16": jnp.float16,
+}
+
+
+def compute_dtype(dtype_policy) -> Any:
+    """Compute dtype of a Keras dtype policy name (``None`` for plain float32)."""
+    if dtype_policy in _POLICIES:
+        return _POLICIES[dtype_policy]
+    try:
+        dtype = jnp.dtype(dtype_policy)
+    except TypeError:
+        dtype = None
+    if dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return dtype.type
+    if dtype == jnp.dtype(jnp.float32):
+        return None
+    raise ConfigError(
+        f"unknown dtype_policy {dtype_policy!r}. Valid policies: float32, mixed_bfloat16, "
+        "mixed_float16 (or the compute dtype bfloat16 / float16)."
+    )
+
+
+def _cast_floats(tree, dtype):
+    def cast(x):
+        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating):
+            return x.astype(dtype)
+        return x
+
+    return jax.tree.map(cast, tree)
+
+
+def _restore_dtypes(tree, like):
+    return jax.tree.map(lambda x, ref: jnp.asarray(x).astype(ref.dtype), tree, like)
+
+
+def init_loss_scale(initial_scale: float = 2.0**15) -> LossScale:
+    """Dynamic loss scale starting at ``initial_scale`` (Keras's default 2**15)."""
+    return LossScale(jnp.asarray(initial_scale, jnp.float32), jnp.zeros([], jnp.int32))
+
+
+def _next_loss_scale(ls: LossScale, finite, period: int, factor: float = 2.0) -> LossScale:
+    grown = ls.good_steps + 1 >= period
+    scale = jnp.where(
+        finite, jnp.where(grown, ls.scale * factor, ls.scale), jnp.maximum(ls.scale / factor, 1.0)
+    )
+    good = jnp.where(finite & ~grown, ls.good_steps + 1, 0)
+    return LossScale(scale.astype(jnp.float32), good.astype(jnp.int32))
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _key_str(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def tree_paths(tree) -> list[str]:
+    """``"/"``-joined paths of every leaf, e.g. ``["dense/bias", "dense/kernel"]``."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return ["/".join(_key_str(k) for k in path) for path, _ in leaves]
+
+
+def _map_with_path(fn, tree):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: fn("/".join(_key_str(k) for k in path), x), tree
+    )
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _subtree_names(tree) -> list[str]:
+    names = set()
+    for p in tree_paths(tree):
+        names.update(_prefixes(p))
+    return sorted(names)
+
+
+def path_matcher(where, tree, *, what: str) -> Callable[[str, Any], bool]:
+    """Predicate ``(path, leaf) -> bool`` from ``where``: a regex (or list of regexes)
+    full-matched against a leaf's path or any of its ancestors' (``"dense"`` selects
+    ``dense/kernel`` and ``dense/bias``), or a predicate ``(path, leaf) -> bool``.
+    A pattern that selects nothing in ``tree`` is a ``ConfigError``.
+    """
+    if callable(where):
+        return where
+    patterns = [where] if isinstance(where, str) else list(where)
+    if not patterns or not all(isinstance(p, str) for p in patterns):
+        raise ConfigError(
+            f"{what}: expected a regex, a list of regexes or a predicate (path, leaf) -> bool, "
+            f"got {where!r}."
+        )
+    compiled = [re.compile(p) for p in patterns]
+    paths = tree_paths(tree)
+    for pattern, regex in zip(patterns, compiled):
+        if not any(regex.fullmatch(q) for p in paths for q in _prefixes(p)):
+            raise ConfigError(
+                f"{what}: pattern {pattern!r} matches no parameter. Parameter paths: "
+                f"{', '.join(_subtree_names(tree))}."
+            )
+
+    def match(path, leaf):
+        del leaf
+        return any(r.fullmatch(q) for r in compiled for q in _prefixes(path))
+
+    return match
+
+
+# --------------------------------------------------------------------------- techniques
+
+
+def freeze(optimizer, where) -> optax.GradientTransformation:
+    """``optimizer`` with the parameters selected by ``where`` frozen: they get exactly zero
+    updates and the optimizer allocates no state for them (``optax.multi_transform`` with
+    ``set_to_zero``). ``where``: see ``path_matcher`` (regexes on ``"layer/param"`` paths,
+    or a predicate). Pass the result to both ``init_train_state`` and ``make_train_step``.
+
+    >>> import fnn
+    >>> opt = fnn.train.freeze("adam", ["dense", "dense_1"])
+    """
+    optimizer = optimizers_lib.get(optimizer)
+
+    def labels(params):
+        match = path_matcher(where, params, what="freeze")
+        return _map_with_path(lambda p, x: "frozen" if match(p, x) else "trainable", params)
+
+    return optax.multi_transform({"trainable": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
+def transfer_params(params, source, where=None):
+    """``params`` with the leaves selected by ``where`` (default: every path present in both)
+    copied from ``source`` (cast to ``params``' dtypes): reuse a trained body under a new
+    head. Raises ``ShapeError`` naming the path on a shape mismatch, ``ConfigError`` if a
+    selected path is missing from ``source`` or nothing is copied.
+    """
+    flat_source = dict(zip(tree_paths(source), jax.tree.leaves(source)))
+    match = path_matcher(where, params, what="transfer_params") if where is not None else None
+    copied = []
+
+    def take(path, leaf):
+        if match is None:
+            if path not in flat_source:
+                return leaf
+        elif not match(path, leaf):
+            return leaf
+        elif path not in flat_source:
+            raise ConfigError(
+                f"transfer_params: expected {path!r} in the source params, got paths "
+                f"{', '.join(_subtree_names(source))}."
+            )
+        value = flat_source[path]
+        if jnp.shape(value) != jnp.shape(leaf):
+            raise ShapeError(
+                f"transfer_params: expected {path!r} of shape {jnp.shape(leaf)} (the new "
+                f"model's), got shape {jnp.shape(value)} in the source. Select only the layers "
+                "that keep their shape (where=...)."
+            )
+        copied.append(path)
+        return jnp.asarray(value, dtype=jnp.result_type(leaf))
+
+    out = _map_with_path(take, params)
+    if not copied:
+        raise ConfigError(
+            "transfer_params: no parameter path is shared by the two models. New model: "
+            f"{', '.join(_subtree_names(params))}; source: {', '.join(_subtree_names(source))}."
+        )
+    return out
+
+
+def L1L2(l1: float = 0.0, l2: float = 0.0, where=r"(.*/)?kernel") -> Callable[[PyTree], Any]:
+    """Regularization term ``l1 * sum|w| + l2 * sum w^2`` over the parameters selected by
+    ``where`` (default: every ``kernel``, as Keras's ``kernel_regularizer``); pass it to
+    ``make_train_step(..., regularizers=[...])`` and it is added to the loss.
+    """
+
+    def penalty(params):
+        match = path_matcher(where, params, what="L1L2")
+        total = jnp.zeros([], jnp.float32)
+        for path, leaf in zip(tree_paths(params), jax.tree.leaves(params)):
+            if match(path, leaf):
+                leaf = leaf.astype(jnp.float32)
+                if l1:
+                    total = total + l1 * jnp.sum(jnp.abs(leaf))
+                if l2:
+                    total = total + l2 * jnp.sum(jnp.square(leaf))
+        return total
+
+    return penalty
+
+
+def L1(l1: float = 0.01, where=r"(.*/)?kernel"):
+    """``l1 * sum|w|`` over the selected parameters (Keras default 0.01)."""
+    return L1L2(l1=l1, where=where)
+
+
+def L2(l2: float = 0.01, where=r"(.*/)?kernel"):
+    """``l2 * sum w^2`` over the selected parameters (Keras default 0.01, no 1/2)."""
+    return L1L2(l2=l2, where=where)
+
+
+# --------------------------------------------------------------------------- state
+
+
+def init_metric_states(metrics: Sequence = ()) -> dict[str, Any]:
+    """``{"loss": ..., name: metric.init(), ...}`` for ``metrics`` (Metric objects)."""
+    metrics = _resolve_metrics(metrics)
+    return {"loss": LOSS_METRIC.init(), **{m.name: m.init() for m in metrics}}
+
+
+def _resolve_metrics(metrics) -> tuple:
+    return metrics_lib.get_all(metrics) if metrics else ()
+
+
+def init_train_state(
+    layer: Layer,
+    optimizer,
+    key: jax.Array,
+    *example_inputs,
+    metrics: Sequence = (),
+    params=None,
+    state=None,
+    dtype_policy=None,
+    loss_scale: float = 2.0**15,
+) -> TrainState:
+    """A fresh ``TrainState``: ``layer.init`` on ``example_inputs`` (arrays or
+    ``jax.ShapeDtypeStruct``), unless ``params`` (and ``state``) are given, e.g. after
+    ``transfer_params``; ``optimizer.init``; zero metric states; ``rng`` from ``key``.
+    ``dtype_policy="mixed_float16"`` adds a dynamic ``LossScale``.
+    """
+    init_key, rng = jax.random.split(key)
+    if params is None or state is None:
+        if not example_inputs:
+            raise ConfigError(
+                "init_train_state: expected example inputs (arrays or jax.ShapeDtypeStruct with "
+                "the batch axis) to build the params, got none."
+            )
+        new_params, new_state = layer.init(init_key, *example_inputs)
+        params = new_params if params is None else params
+        state = new_state if state is None else state
+    optimizer = optimizers_lib.get(optimizer)
+    scale = init_loss_scale(loss_scale) if compute_dtype(dtype_policy) is jnp.float16 else None
+    return TrainState(
+        step=jnp.zeros([], jnp.int32),
+        params=params,
+        state=state,
+        opt_state=optimizer.init(params),
+        rng=rng,
+        metric_states=init_metric_states(metrics),
+        loss_scale=scale,
+    )
+
+
+def reset_metrics(train_state: TrainState) -> TrainState:
+    """``train_state`` with every metric state (the running loss included) zeroed."""
+    zeros = jax.tree.map(jnp.zeros_like, train_state.metric_states)
+    return train_state._replace(metric_states=zeros)
+
+
+def compute_metrics(metric_states: dict, metrics: Sequence = ()) -> dict[str, Any]:
+    """``{name: value}`` for every state in ``metric_states`` (``"loss"`` included)."""
+    by_name = {m.name: m for m in _resolve_metrics(metrics)}
+    by_name["loss"] = LOSS_METRIC
+    out = {}
+    for name, s in metric_states.items():
+        if name not in by_name:
+            raise ConfigError(
+                f"compute_metrics: no metric named {name!r} among {sorted(by_name)}; pass the "
+                "same metrics as to init_train_state."
+            )
+        out[name] = by_name[name].compute(s)
+    return out
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _unpack(batch):
+    if not isinstance(batch, tuple | list) or len(batch) not in (2, 3):
+        raise ConfigError(
+            "expected a batch (x, y) or (x, y, sample_weight), got "
+            f"{type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}."
+        )
+    x, y = batch[0], batch[1]
+    sample_weight = batch[2] if len(batch) == 3 else None
+    inputs = tuple(x) if isinstance(x, tuple | list) else (x,)
+    return inputs, y, sample_weight
+
+
+def _batch_size(inputs) -> int:
+    return jax.tree.leaves(inputs)[0].shape[0]
+
+
+def _forward(layer, params, state, inputs, rng, train, dtype):
+    if dtype is not None:
+        params, inputs = _cast_floats(params, dtype), _cast_floats(inputs, dtype)
+    y_pred, new_state = layer.apply(params, state, *inputs, rng=rng, train=train)
+    if dtype is not None:
+        # Loss and metrics in float32; state (e.g. moving averages) keeps its own dtype.
+        y_pred = _cast_floats(y_pred, jnp.float32)
+        new_state = _restore_dtypes(new_state, state)
+    return y_pred, new_state
+
+
+def _batch_loss(loss, regularizers, params, y, y_pred, sample_weight):
+    per_example = loss(y, y_pred)
+    total = losses_lib.reduce(per_example, sample_weight, loss.mask(y))
+    for reg in regularizers:
+        total = total + reg(params)
+    return total
+
+
+def _update_metrics(metric_states, metrics, loss_value, n, y, y_pred, sw, axis_name):
+    def contribution(metric_state, metric, *args):
+        if axis_name is None:
+            return metric.update(metric_state, *args)
+        delta = metric.update(metric.init(), *args)
+        delta = jax.lax.psum(delta, axis_name)
+        return jax.tree.map(jnp.add, metric_state, delta)
+
+    new = dict(metric_states)
+    if "loss" in metric_states:
+        new["loss"] = contribution(
+            metric_states["loss"], LOSS_METRIC, loss_value, jnp.asarray(n, jnp.float32)
+        )
+    for m in metrics:
+        new[m.name] = contribution(metric_states[m.name], m, y, y_pred, sw)
+    return new
+
+
+def make_train_step(
+    layer: Layer,
+    loss,
+    optimizer,
+    metrics: Sequence = (),
+    *,
+    axis_name: str | None = None,
+    regularizers: Sequence[Callable[[PyTree], Any]] = (),
+    dtype_policy=None,
+    loss_scale_period: int = 2000,
+) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """Pure ``step(train_state, batch) -> (train_state, logs)``.
+
+    ``batch`` is ``(x, y)`` or ``(x, y, sample_weight)``; ``x`` a tuple for multi-input
+    layers. The step splits ``train_state.rng``, runs ``layer.apply(..., train=True)``,
+    reduces ``loss`` (a name, ``Loss`` or callable) with ``fnn.losses.reduce`` plus the
+    ``regularizers`` terms, takes ``jax.value_and_grad``, applies one ``optimizer`` update
+    and adds the batch to every metric state. ``logs = {"loss": batch loss}`` (plus
+    ``"loss_scale"`` under float16).
+
+    ``axis_name`` (inside ``pmap``/``shard_map``): the gradients, loss and float model
+    state are ``pmean``-ed and metric updates ``psum``-ed over that axis, so every device
+    keeps identical params; each device's dropout rng is folded with its axis index.
+
+    ``dtype_policy``: ``"mixed_bfloat16"``/``"mixed_float16"`` run the layer on float
+    params and inputs cast to that dtype (params stay float32), cast outputs to float32
+    for the loss and metrics; float16 uses ``train_state.loss_scale`` (dynamic loss
+    scaling: non-finite gradients skip the step and halve the scale, ``loss_scale_period``
+    finite steps double it).
+    """
+    loss = losses_lib.get(loss)
+    optimizer = optimizers_lib.get(optimizer)
+    metrics = _resolve_metrics(metrics)
+    dtype = compute_dtype(dtype_policy)
+    regularizers = tuple(regularizers)
+
+    def objective(params, model_state, inputs, y, sw, rng, scale):
+        y_pred, new_state = _forward(layer, params, model_state, inputs, rng, True, dtype)
+        total = _batch_loss(loss, regularizers, params, y, y_pred, sw)
+        scaled = total if scale is None else total * scale
+        return scaled, (total, y_pred, new_state)
+
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+
+    def step(train_state: TrainState, batch):
+        inputs, y, sw = _unpack(batch)
+        ls = train_state.loss_scale
+        if dtype is jnp.float16 and ls is None:
+            raise ConfigError(
+                "dtype_policy='mixed_float16' needs dynamic loss scaling: build the state with "
+                "init_train_state(..., dtype_policy='mixed_float16')."
+            )
+        rng, step_rng = jax.random.split(train_state.rng)
+        if axis_name is not None:
+            step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
+        scale = None if ls is None else ls.scale
+        (_, (loss_value, y_pred, new_state)), grads = grad_fn(
+            train_state.params, train_state.state, inputs, y, sw, step_rng, scale
+        )
+        if ls is not None:
+            grads = jax.tree.map(lambda g: g / scale.astype(g.dtype), grads)
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+            loss_value = jax.lax.pmean(loss_value, axis_name)
+            new_state = jax.tree.map(
+                lambda s: (
+                    jax.lax.pmean(s, axis_name) if jnp.issubdtype(s.dtype, jnp.floating) else s
+                ),
+                new_state,
+            )
+        updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
+        params = optax.apply_updates(train_state.params, updates)
+        logs = {"loss": loss_value}
+        if ls is not None:
+            finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+
+            def keep(new, old):
+                return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+            params = keep(params, train_state.params)
+            opt_state = keep(opt_state, train_state.opt_state)
+            new_state = keep(new_state, train_state.state)
+            ls = _next_loss_scale(ls, finite, loss_scale_period)
+            logs["loss_scale"] = ls.scale
+        metric_states = _update_metrics(
+            train_state.metric_states,
+            metrics,
+            loss_value,
+            _batch_size(inputs),
+            y,
+            y_pred,
+            sw,
+            axis_name,
+        )
+        new_train_state = TrainState(
+            step=train_state.step + 1,
+            params=params,
+            state=new_state,
+            opt_state=opt_state,
+            rng=rng,
+            metric_states=metric_states,
+            loss_scale=ls,
+        )
+        return new_train_state, logs
+
+    return step
+
+
+def make_eval_step(
+    layer: Layer,
+    loss,
+    metrics: Sequence = (),
+    *,
+    axis_name: str | None = None,
+    regularizers: Sequence[Callable[[PyTree], Any]] = (),
+    dtype_policy=None,
+) -> Callable[..., dict]:
+    """Pure ``eval_step(metric_states, params, state, batch) -> metric_states``: the layer
+    with ``train=False``, the loss into ``metric_states["loss"]`` and every metric updated
+    (``psum``-ed over ``axis_name`` if given). Start from ``init_metric_states(metrics)``.
+    """
+    loss = losses_lib.get(loss)
+    metrics = _resolve_metrics(metrics)
+    dtype = compute_dtype(dtype_policy)
+    regularizers = tuple(regularizers)
+
+    def eval_step(metric_states, params, state, batch):
+        inputs, y, sw = _unpack(batch)
+        y_pred, _ = _forward(layer, params, state, inputs, None, False, dtype)
+        loss_value = _batch_loss(loss, regularizers, params, y, y_pred, sw)
+        if axis_name is not None:
+            loss_value = jax.lax.pmean(loss_value, axis_name)
+        return _update_metrics(
+            metric_states, metrics, loss_value, _batch_size(inputs), y, y_pred, sw, axis_name
+        )
+
+    return eval_step
+
+
+def make_predict_step(layer: Layer, *, dtype_policy=None) -> Callable[..., Any]:
+    """Pure ``predict(params, state, x) -> outputs`` with ``train=False`` (``x`` a tuple for
+    multi-input layers); outputs are float32 under a mixed policy."""
+    dtype = compute_dtype(dtype_policy)
+
+    def predict(params, state, x):
+        inputs = tuple(x) if isinstance(x, tuple | list) else (x,)
+        return _forward(layer, params, state, inputs, None, False, dtype)[0]
+
+    return predict
+
+
+def make_multi_step(step: Callable, *, unroll: int | bool = 1) -> Callable:
+    """``multi_step(train_state, batches) -> (train_state, logs)``: ``step`` over batches
+    stacked on a leading axis ``[K, batch, ...]`` in one ``lax.scan``; ``logs`` values get a
+    leading ``[K]`` axis. ``unroll=True`` unrolls the loop completely (faster for conv
+    nets on XLA:CPU, where a rolled loop can be slower than single steps; benchmark).
+    """
+
+    def multi_step(train_state, batches):
+        return jax.lax.scan(step, train_state, batches, unroll=unroll)
+
+    return multi_step
+
+
+# --------------------------------------------------------------------------- host checks
+
+
+def check_finite(logs: dict, step) -> None:
+    """Raise ``NonFiniteLossError`` naming the step if ``logs["loss"]`` is NaN or inf.
+
+    Host-side (it reads the value back): call it after each compiled call. ``step`` is
+    ``train_state.step`` *before* the call; multi-step logs ``[K]`` name the first bad step.
+    """
+    values = np.atleast_1d(np.asarray(logs["loss"], dtype=np.float64))
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        at = int(np.asarray(step)) + int(bad[0])
+        raise NonFiniteLossError(
+            f"training stopped: non-finite loss ({values[bad[0]]}) at step {at} (counting "
+            "from 0). Lower the learning rate, clip gradients (global_clipnorm=...), check "
+            "the inputs for NaN, or use dynamic loss scaling with float16."
+        )
+
+
+def check_batch(layer: Layer, loss, params, state, batch) -> None:
+    """Validate a concrete batch on the host before jitting: the label shapes against the
+    layer's output shape and integer labels in range (raises ``ShapeError``/``ConfigError``).
+    """
+    loss = losses_lib.get(loss)
+    inputs, y, sw = _unpack(batch)
+    out = output_shapes(layer, params, state, *inputs)
+    y = np.asarray(y)
+    # The loss's own shape and range checks, evaluated abstractly against the output shape
+    # with the concrete labels closed over (so their values are checked too).
+    jax.eval_shape(lambda y_pred: loss(y, y_pred), out)
+    if sw is not None and np.shape(sw) not in ((), (y.shape[0],), (y.shape[0], 1)):
+        raise ShapeError(
+            f"expected sample_weight of shape ({y.shape[0]},) (one per example), got shape "
+            f"{np.shape(sw)}."
+        )
