@@ -482,3 +482,18 @@ def test_glorot_fan_uses_receptive_field_and_registry():
     names = fnn.core.registered_layers()
     for cls in (Conv3DTranspose, DepthwiseConv1D, SeparableConv2D):
         assert cls.__name__ in names
+
+
+def test_config_forms_lists_and_numpy_ints():
+    """Arguments as a YAML/JSON config gives them (lists) or numpy integers are accepted."""
+    layer = Conv2D(np.int64(4), [3, 2], strides=[np.int32(2), 1], padding=[[1, 0], [0, 1]])
+    spec = jax.ShapeDtypeStruct((1, 5, 5, 2), jnp.float32)
+    params, state = jax.eval_shape(layer.init, jax.random.key(0), spec)
+    assert params["kernel"].shape == (3, 2, 2, 4)
+    out = fnn.core.output_shapes(layer, params, state, spec).shape
+    assert out == (
+        1,
+        keras_conv_length(5, 3, 2, 1, (1, 0)),
+        keras_conv_length(5, 2, 1, 1, (0, 1)),
+        4,
+    )

@@ -1,6 +1,7 @@
 """The layer catalogue: Keras names and arguments, each layer an ``init``/``apply`` pair."""
 
 from fnn.layers.activation import Activation
+from fnn.layers.attention import MultiHeadAttention, TransformerEncoderBlock
 from fnn.layers.conv import (
     Conv1D,
     Conv1DTranspose,
@@ -14,7 +15,14 @@ from fnn.layers.conv import (
     SeparableConv2D,
 )
 from fnn.layers.dense import Dense
+from fnn.layers.embedding import Embedding, PositionalEmbedding
 from fnn.layers.merging import Add, Average, Concatenate, Maximum, Multiply, add, concatenate
+from fnn.layers.normalization import (
+    BatchNormalization,
+    GroupNormalization,
+    LayerNormalization,
+    RMSNormalization,
+)
 from fnn.layers.pooling import (
     AveragePooling1D,
     AveragePooling2D,
@@ -54,6 +62,7 @@ __all__ = [
     "AveragePooling1D",
     "AveragePooling2D",
     "AveragePooling3D",
+    "BatchNormalization",
     "Bidirectional",
     "Concatenate",
     "Conv1D",
@@ -69,6 +78,7 @@ __all__ = [
     "DepthwiseConv1D",
     "DepthwiseConv2D",
     "Dropout",
+    "Embedding",
     "Flatten",
     "GlobalAveragePooling1D",
     "GlobalAveragePooling2D",
@@ -76,15 +86,21 @@ __all__ = [
     "GlobalMaxPooling1D",
     "GlobalMaxPooling2D",
     "GlobalMaxPooling3D",
+    "GroupNormalization",
+    "LayerNormalization",
     "MaxPooling1D",
     "MaxPooling2D",
     "MaxPooling3D",
     "Maximum",
+    "MultiHeadAttention",
     "Multiply",
+    "PositionalEmbedding",
+    "RMSNormalization",
     "Reshape",
     "SeparableConv1D",
     "SeparableConv2D",
     "SimpleRNN",
+    "TransformerEncoderBlock",
     "UpSampling1D",
     "UpSampling2D",
     "UpSampling3D",

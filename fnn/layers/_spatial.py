@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 from fnn.core import register_layer
@@ -30,18 +31,23 @@ def check_input(layer: str, x, rank: int) -> tuple[tuple[int, ...], int]:
     return shape[1:-1], shape[-1]
 
 
+def is_int(value, minimum: int = 0) -> bool:
+    """True for a Python or numpy integer (not a bool) ``>= minimum``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
 def int_tuple(value, rank: int, argument: str, layer: str, *, minimum: int = 1) -> tuple[int, ...]:
     """An int or ``rank`` ints as a tuple of ints ``>= minimum`` (Keras argument forms)."""
-    items = (value,) * rank if isinstance(value, int) else value
+    items = (value,) * rank if isinstance(value, numbers.Integral) else value
     ok = isinstance(items, Sequence) and len(items) == rank
-    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in items)
+    ok = ok and all(is_int(v, minimum) for v in items)
     if not ok:
         what = "a non-negative int" if minimum == 0 else "a positive int"
         raise ConfigError(
             f"{layer}: expected {argument} to be {what} or a tuple of {rank} such ints, "
             f"got {value!r}."
         )
-    return tuple(items)
+    return tuple(int(v) for v in items)
 
 
 def int_pairs(value, rank: int, argument: str, layer: str) -> tuple[tuple[int, int], ...]:
@@ -49,21 +55,18 @@ def int_pairs(value, rank: int, argument: str, layer: str) -> tuple[tuple[int, i
     ``rank`` ints (symmetric per axis) or ``rank`` pairs; for rank 1 a pair means
     ``(before, after)``, as in Keras ``ZeroPadding1D`` and ``Cropping1D``."""
 
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
     def is_pair(v):
         return isinstance(v, Sequence) and len(v) == 2 and all(is_int(u) for u in v)
 
     if is_int(value):
-        return ((value, value),) * rank
+        return ((int(value), int(value)),) * rank
     if rank == 1 and is_pair(value):
-        return (tuple(value),)
+        return ((int(value[0]), int(value[1])),)
     if isinstance(value, Sequence) and len(value) == rank:
         if all(is_int(v) for v in value):
-            return tuple((v, v) for v in value)
+            return tuple((int(v), int(v)) for v in value)
         if all(is_pair(v) for v in value):
-            return tuple(tuple(v) for v in value)
+            return tuple((int(a), int(b)) for a, b in value)
     forms = (
         "an int or a pair (before, after)"
         if rank == 1

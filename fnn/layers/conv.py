@@ -19,9 +19,9 @@ from fnn.layers import _spatial
 
 
 def _positive_int(value, argument: str, layer: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    if not _spatial.is_int(value, minimum=1):
         raise ConfigError(f"{layer}: expected {argument} to be a positive int, got {value!r}.")
-    return value
+    return int(value)
 
 
 def _convolve(x, kernel, rank, *, strides, pads, dilation, groups=1, lhs_dilation=None):

@@ -1,0 +1,670 @@
+"""Keras-style callbacks for ``Model.fit``/``evaluate``/``predict``.
+
+A callback is an object with hook methods named as in Keras (``on_train_begin``,
+``on_epoch_end``, ``on_train_batch_end``, ...). ``fit`` calls only the batch hooks a
+callback overrides, and the batch ``logs`` it passes are lazy: the device is synchronised
+only when a callback reads them, so callbacks that act per epoch cost nothing per step.
+
+>>> import fnn
+>>> seen = []
+>>> cb = fnn.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(epoch))
+>>> cb.on_epoch_end(0, {"loss": 1.0})
+>>> seen
+[0]
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from fnn.errors import ConfigError
+
+__all__ = [
+    "CSVLogger",
+    "Callback",
+    "CallbackList",
+    "EarlyStopping",
+    "History",
+    "LambdaCallback",
+    "LearningRateScheduler",
+    "ModelCheckpoint",
+    "ProgbarLogger",
+    "ReduceLROnPlateau",
+    "TensorBoard",
+    "TerminateOnNaN",
+]
+
+_BATCH_HOOKS = (
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_test_batch_begin",
+    "on_test_batch_end",
+    "on_predict_batch_begin",
+    "on_predict_batch_end",
+)
+_HOOKS = (
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_test_begin",
+    "on_test_end",
+    "on_predict_begin",
+    "on_predict_end",
+    *_BATCH_HOOKS,
+)
+
+
+class Callback:
+    """Base class: override any hook. ``self.model`` is the ``fnn.Model`` being trained and
+    ``self.params`` holds ``epochs``, ``steps`` and ``verbose`` (as in Keras).
+
+    Batch ``logs`` are lazy mappings: read them inside the hook (reading synchronises with
+    the device); keep ``dict(logs)`` if you need them later.
+    """
+
+    def __init__(self):
+        self.model = None
+        self.params: dict[str, Any] = {}
+
+    def set_model(self, model) -> None:
+        self.model = model
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def on_train_begin(self, logs=None): ...
+    def on_train_end(self, logs=None): ...
+    def on_epoch_begin(self, epoch, logs=None): ...
+    def on_epoch_end(self, epoch, logs=None): ...
+    def on_test_begin(self, logs=None): ...
+    def on_test_end(self, logs=None): ...
+    def on_predict_begin(self, logs=None): ...
+    def on_predict_end(self, logs=None): ...
+    def on_train_batch_begin(self, batch, logs=None): ...
+    def on_train_batch_end(self, batch, logs=None): ...
+    def on_test_batch_begin(self, batch, logs=None): ...
+    def on_test_batch_end(self, batch, logs=None): ...
+    def on_predict_batch_begin(self, batch, logs=None): ...
+    def on_predict_batch_end(self, batch, logs=None): ...
+
+    def monitored_keys(self) -> tuple[str, ...]:
+        """Log keys this callback needs (checked by ``fit`` before anything compiles)."""
+        monitor = getattr(self, "monitor", None)
+        return (monitor,) if isinstance(monitor, str) else ()
+
+
+def _overrides(callback: Callback, hook: str) -> bool:
+    given = getattr(callback, "_given", None)  # LambdaCallback: hooks set per instance
+    if given is not None:
+        return hook in given
+    return getattr(type(callback), hook, None) is not getattr(Callback, hook)
+
+
+class CallbackList:
+    """Calls a hook on every callback; batch hooks only on callbacks that override them."""
+
+    def __init__(self, callbacks: Iterable[Callback] = (), *, model=None, **params):
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise ConfigError(
+                    f"callbacks: expected fnn.callbacks.Callback instances, got "
+                    f"{type(cb).__name__} ({cb!r})."
+                )
+        self._users = {hook: [c for c in self.callbacks if _overrides(c, hook)] for hook in _HOOKS}
+        if model is not None:
+            self.set_model(model)
+        self.set_params(params)
+
+    def set_model(self, model) -> None:
+        for cb in self.callbacks:
+            cb.set_model(model)
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            cb.set_params(params)
+
+    def wants(self, hook: str) -> bool:
+        """Whether any callback overrides ``hook`` (lets the loop skip building logs)."""
+        return bool(self._users[hook])
+
+    def call(self, hook: str, *args) -> None:
+        for cb in self._users[hook]:
+            getattr(cb, hook)(*args)
+
+    def __getattr__(self, hook: str):
+        if hook in _HOOKS:
+            return lambda *args: self.call(hook, *args)
+        raise AttributeError(hook)
+
+
+def check_monitors(callbacks: Iterable[Callback], available: Iterable[str]) -> None:
+    """Raise ``ConfigError`` if a callback monitors a key that ``fit`` will not log."""
+    available = list(available)
+    for cb in callbacks:
+        for key in cb.monitored_keys():
+            if key not in available:
+                from fnn.errors import closest
+
+                hint = closest(key, available)
+                val = (
+                    ""
+                    if any(k.startswith("val_") for k in available)
+                    else (" (val_* keys need validation_data or validation_split)")
+                )
+                raise ConfigError(
+                    f"{type(cb).__name__}: monitor {key!r} is not logged by this fit.{hint} "
+                    f"Available keys: {', '.join(available)}{val}."
+                )
+
+
+def _to_float(value) -> float:
+    return float(np.asarray(value))
+
+
+class History(Callback):
+    """Records the epoch logs: ``history.history["loss"]`` is one float per epoch.
+
+    ``fit`` returns it (and sets ``model.history``).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch: list[int] = []
+        self.history: dict[str, list[float]] = {}
+
+    def on_train_begin(self, logs=None):
+        self.epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+        if self.model is not None:
+            self.model.history = self
+
+
+def _mode_op(name: str, monitor: str, mode: str):
+    """``np.less`` or ``np.greater`` for a monitored key (Keras's "auto" rule)."""
+    if mode not in ("auto", "min", "max"):
+        raise ConfigError(f"{name}: expected mode 'auto', 'min' or 'max', got {mode!r}.")
+    if mode == "auto":
+        base = monitor.removeprefix("val_")
+        higher = base.endswith(("acc", "accuracy", "auc", "precision", "recall", "f1_score"))
+        mode = "max" if higher else "min"
+    return np.greater if mode == "max" else np.less
+
+
+class EarlyStopping(Callback):
+    """Stop training when ``monitor`` stopped improving for ``patience`` epochs.
+
+    Keras semantics: an improvement beats the best value by more than ``min_delta``;
+    epochs before ``start_from_epoch`` are ignored; with ``baseline`` the wait only resets
+    on values better than the baseline; with ``restore_best_weights`` the weights of the
+    best epoch are set back when training ends.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        min_delta: float = 0.0,
+        patience: int = 0,
+        verbose: int = 0,
+        mode: str = "auto",
+        baseline: float | None = None,
+        restore_best_weights: bool = False,
+        start_from_epoch: int = 0,
+    ):
+        super().__init__()
+        self.monitor = monitor
+        self.patience = patience
+        self.verbose = verbose
+        self.baseline = baseline
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = start_from_epoch
+        self.monitor_op = _mode_op("EarlyStopping", monitor, mode)
+        self.min_delta = abs(min_delta) if self.monitor_op is np.greater else -abs(min_delta)
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best = None
+        self.best_weights = None
+        self.best_epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best = None
+        self.best_weights = None
+        self.best_epoch = 0
+
+    def _is_improvement(self, value, reference) -> bool:
+        if reference is None:
+            return True
+        return bool(self.monitor_op(value - self.min_delta, reference))
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None or epoch < self.start_from_epoch:
+            return
+        current = _to_float(current)
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.get_weights()
+        self.wait += 1
+        if self._is_improvement(current, self.best):
+            self.best = current
+            self.best_epoch = epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or self._is_improvement(current, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                print(
+                    f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}."
+                )
+            self.model.set_weights(self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Save the weights after every epoch, or only when ``monitor`` improved.
+
+    ``filepath`` may hold format fields filled from the epoch logs, e.g.
+    ``"ckpt/weights.{epoch:02d}-{val_loss:.3f}.npz"`` (``epoch`` counts from 1, as in Keras).
+    Weights are written with ``model.save_weights`` (a NumPy ``.npz`` in Keras's
+    ``get_weights`` order, no pickle); with ``save_weights_only=False`` the model's
+    ``save`` is used when it has one.
+    """
+
+    def __init__(
+        self,
+        filepath: str | os.PathLike,
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "auto",
+        save_freq: str = "epoch",
+        initial_value_threshold: float | None = None,
+    ):
+        super().__init__()
+        if save_freq != "epoch":
+            raise ConfigError(
+                f"ModelCheckpoint: only save_freq='epoch' is supported, got {save_freq!r}."
+            )
+        self.filepath = os.fspath(filepath)
+        self.monitor = monitor
+        self.verbose = verbose
+        self.save_best_only = save_best_only
+        self.save_weights_only = save_weights_only
+        self.monitor_op = _mode_op("ModelCheckpoint", monitor, mode)
+        self.initial_value_threshold = initial_value_threshold
+        self.best = initial_value_threshold
+        self.saved: list[str] = []
+
+    def monitored_keys(self):
+        return (self.monitor,) if self.save_best_only else ()
+
+    def on_train_begin(self, logs=None):
+        self.best = self.initial_value_threshold
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.save_best_only:
+            current = logs.get(self.monitor)
+            if current is None:
+                return
+            current = _to_float(current)
+            if self.best is not None and not self.monitor_op(current, self.best):
+                if self.verbose > 0:
+                    print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                return
+            if self.verbose > 0:
+                prev = "inf" if self.best is None else f"{self.best:.5f}"
+                print(f"Epoch {epoch + 1}: {self.monitor} improved from {prev} to {current:.5f}")
+            self.best = current
+        path = self.filepath.format(epoch=epoch + 1, **logs)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if self.save_weights_only or not hasattr(self.model, "save"):
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
+        self.saved.append(path)
+
+
+def _get_lr(model) -> float:
+    return float(model.learning_rate)
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)``.
+
+    The learning rate lives in ``model.opt_state`` (the optimizer is built with
+    ``optax.inject_hyperparams``), so changing it recompiles nothing.
+    """
+
+    def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0):
+        super().__init__()
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr = self.schedule(epoch, _get_lr(self.model))
+        if not isinstance(lr, int | float | np.floating) or not math.isfinite(float(lr)):
+            raise ConfigError(
+                f"LearningRateScheduler: the schedule must return a finite float, got {lr!r}."
+            )
+        self.model.learning_rate = float(lr)
+        if self.verbose > 0:
+            print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = _get_lr(self.model)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` stopped improving for
+    ``patience`` epochs (Keras semantics, with ``cooldown`` and ``min_lr``)."""
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        verbose: int = 0,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+    ):
+        super().__init__()
+        if factor >= 1.0:
+            raise ConfigError(f"ReduceLROnPlateau: expected factor < 1.0, got {factor!r}.")
+        self.monitor = monitor
+        self.factor = factor
+        self.patience = patience
+        self.verbose = verbose
+        self.min_delta = min_delta
+        self.cooldown = cooldown
+        self.min_lr = min_lr
+        op = _mode_op("ReduceLROnPlateau", monitor, mode)
+        if op is np.less:
+            self.monitor_op = lambda a, b: np.less(a, b - self.min_delta)
+            self._worst = np.inf
+        else:
+            self.monitor_op = lambda a, b: np.greater(a, b + self.min_delta)
+            self._worst = -np.inf
+        self._reset()
+
+    def _reset(self):
+        self.best = self._worst
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs["learning_rate"] = _get_lr(self.model)
+        current = logs.get(self.monitor)
+        if current is None:
+            return
+        current = _to_float(current)
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self.monitor_op(current, self.best):
+            self.best = current
+            self.wait = 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = _get_lr(self.model)
+                if old > np.float32(self.min_lr):
+                    new = max(old * self.factor, self.min_lr)
+                    self.model.learning_rate = new
+                    if self.verbose > 0:
+                        print(
+                            f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}."
+                        )
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+
+class CSVLogger(Callback):
+    """Write one row per epoch (``epoch`` then the log keys in sorted order) to a CSV file."""
+
+    def __init__(self, filename: str | os.PathLike, separator: str = ",", append: bool = False):
+        super().__init__()
+        self.filename = os.fspath(filename)
+        self.sep = separator
+        self.append = append
+        self.keys: list[str] | None = None
+        self._file = None
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        has_rows = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename)
+        self._file = open(self.filename, "a" if self.append else "w", newline="")  # noqa: SIM115
+        self._has_header = bool(has_rows)
+        self.keys = None
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.keys is None:
+            self.keys = sorted(logs)
+        if self._writer is None:
+            self._writer = csv.DictWriter(
+                self._file, fieldnames=["epoch", *self.keys], delimiter=self.sep
+            )
+            if not self._has_header:
+                self._writer.writeheader()
+        row = {"epoch": epoch}
+        row.update({k: _format_csv(logs.get(k, "NA")) for k in self.keys})
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _format_csv(value):
+    if isinstance(value, str):
+        return value
+    value = np.asarray(value)
+    return repr(float(value)) if value.ndim == 0 else " ".join(map(str, value.ravel()))
+
+
+class TensorBoard(Callback):
+    """Write epoch scalars as TensorBoard event files (``log_dir/train`` and
+    ``log_dir/validation``, tags ``epoch_<name>``) with tensorboardX.
+
+    tensorboardX is an optional extra (``pip install 'fnn[tensorboard]'``); without it
+    this callback prints one line saying it skipped and does nothing.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike = "logs", update_freq: str = "epoch"):
+        super().__init__()
+        if update_freq != "epoch":
+            raise ConfigError(
+                f"TensorBoard: only update_freq='epoch' is supported, got {update_freq!r}."
+            )
+        self.log_dir = os.fspath(log_dir)
+        self._writers: dict[str, Any] = {}
+        self.enabled = True
+
+    def on_train_begin(self, logs=None):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            self.enabled = False
+            print(
+                "TensorBoard: tensorboardX is not installed (pip install 'fnn[tensorboard]'); "
+                "skipped writing event files.",
+                file=sys.stderr,
+            )
+            return
+        self._writers = {
+            "train": SummaryWriter(os.path.join(self.log_dir, "train")),
+            "validation": SummaryWriter(os.path.join(self.log_dir, "validation")),
+        }
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.enabled or not self._writers:
+            return
+        for key, value in (logs or {}).items():
+            split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            self._writers[split].add_scalar(f"epoch_{name}", _to_float(value), epoch)
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
+class TerminateOnNaN(Callback):
+    """Stop training when the batch loss is NaN or infinite.
+
+    It reads the loss after every step, which synchronises with the device each step.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(_to_float(loss)):
+            print(f"Batch {batch}: invalid loss, terminating training")
+            self.model.stop_training = True
+
+
+class LambdaCallback(Callback):
+    """A callback from plain functions, e.g. ``LambdaCallback(on_epoch_end=lambda e, logs: ...)``.
+
+    Any hook name is accepted as a keyword; misspelled names raise ``ConfigError``.
+    """
+
+    def __init__(
+        self,
+        on_epoch_begin=None,
+        on_epoch_end=None,
+        on_train_begin=None,
+        on_train_end=None,
+        on_train_batch_begin=None,
+        on_train_batch_end=None,
+        **kwargs,
+    ):
+        super().__init__()
+        hooks = {
+            "on_epoch_begin": on_epoch_begin,
+            "on_epoch_end": on_epoch_end,
+            "on_train_begin": on_train_begin,
+            "on_train_end": on_train_end,
+            "on_train_batch_begin": on_train_batch_begin,
+            "on_train_batch_end": on_train_batch_end,
+            **kwargs,
+        }
+        for hook, fn in hooks.items():
+            if hook not in _HOOKS:
+                from fnn.errors import unknown_name
+
+                raise unknown_name("callback hook", hook, _HOOKS)
+            if fn is not None:
+                setattr(self, hook, fn)
+        self._given = {h for h, fn in hooks.items() if fn is not None}
+
+
+class ProgbarLogger(Callback):
+    """The progress display of ``fit``/``evaluate``/``predict`` (added automatically when
+    ``verbose`` is not 0): a tqdm bar with live loss/metrics and steps/s on a terminal,
+    one line per epoch otherwise. The bar reads the logs at most every ``interval``
+    seconds, so it adds no per-step device synchronisation.
+    """
+
+    def __init__(self, interval: float = 0.2, file=None):
+        super().__init__()
+        self.interval = interval
+        self.file = file
+        self._progress = None
+        self._in_fit = False
+
+    def _make(self, total, desc, *, final_line: bool):
+        from fnn.progress import Progress
+
+        verbose = self.params.get("verbose", 1)
+        return Progress(
+            total,
+            desc=desc,
+            verbose=verbose,
+            interval=self.interval,
+            file=self.file,
+            final_line=final_line,
+        )
+
+    def on_train_begin(self, logs=None):
+        self._in_fit = True
+
+    def on_train_end(self, logs=None):
+        self._in_fit = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        epochs = self.params.get("epochs", 1)
+        self._progress = self._make(
+            self.params.get("steps"), f"Epoch {epoch + 1}/{epochs}", final_line=True
+        )
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._progress is not None:
+            self._progress.update(batch + 1, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._progress is not None:
+            self._progress.close(logs)
+            self._progress = None
+
+    def on_test_begin(self, logs=None):
+        if not self._in_fit:
+            self._progress = self._make(self.params.get("steps"), "Evaluate", final_line=True)
+
+    def on_test_batch_end(self, batch, logs=None):
+        if not self._in_fit and self._progress is not None:
+            self._progress.update(batch + 1, logs)
+
+    def on_test_end(self, logs=None):
+        if not self._in_fit and self._progress is not None:
+            self._progress.close(logs)
+            self._progress = None
+
+    def on_predict_begin(self, logs=None):
+        self._progress = self._make(self.params.get("steps"), "Predict", final_line=False)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        if self._progress is not None:
+            self._progress.update(batch + 1, None)
+
+    def on_predict_end(self, logs=None):
+        if self._progress is not None:
+            self._progress.close(None)
+            self._progress = None
+
+
+def as_logs(logs: Mapping | None) -> dict[str, float]:
+    """Plain ``{key: float}`` copy of (possibly lazy) logs."""
+    return {k: _to_float(v) for k, v in (logs or {}).items()}

@@ -1,0 +1,275 @@
+"""Feeding ``Model.fit``/``evaluate``/``predict``: arrays, dicts of arrays and iterables.
+
+In-memory arrays are copied to the device once and batches are gathered there inside
+the compiled step, so per step only a small index vector crosses from the host.
+Iterables and generators run in a background thread that also copies each batch to the
+device, so Python and the device overlap. Shuffling is a seeded permutation per epoch.
+
+>>> import numpy as np
+>>> data = ArrayData((np.arange(10.0)[:, None], np.arange(10)), None, name="fit")
+>>> [len(i) for i in data.batch_indices(batch_size=4, epoch=0, shuffle=False, seed=0)]
+[4, 4, 2]
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn.errors import ConfigError, ShapeError
+
+# Arrays up to this size live on the device for the whole fit; larger ones are batched on
+# the host and prefetched.
+DEVICE_DATA_LIMIT_BYTES = 1 << 30
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, np.ndarray | jax.Array) or (
+        hasattr(x, "__array__") and not isinstance(x, list | tuple | dict)
+    )
+
+
+def is_array_tree(x) -> bool:
+    """Arrays, or tuples/lists/dicts of arrays (not generators or datasets)."""
+    if x is None:
+        return True
+    if isinstance(x, dict):
+        return all(is_array_tree(v) for v in x.values())
+    if isinstance(x, list | tuple):
+        return all(is_array_tree(v) for v in x)
+    return _is_array(x) or isinstance(x, int | float)
+
+
+def to_array(a):
+    """NumPy (or JAX) array with Keras's dtypes: float64 -> float32, int64 -> int32."""
+    if isinstance(a, jax.Array):
+        return a
+    a = np.asarray(a)
+    if a.dtype == np.float64:
+        return a.astype(np.float32)
+    if a.dtype == np.int64 and not jax.config.jax_enable_x64:
+        return a.astype(np.int32)
+    if a.dtype == np.uint64 and not jax.config.jax_enable_x64:
+        return a.astype(np.uint32)
+    return a
+
+
+def as_arrays(tree):
+    """Convert every leaf to an array (lists/tuples stay containers, as in Keras)."""
+    if tree is None:
+        return None
+    if isinstance(tree, dict):
+        return {k: as_arrays(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return tuple(as_arrays(v) for v in tree)
+    return to_array(tree)
+
+
+def _leading(tree, what: str) -> list[tuple[str, int, tuple]]:
+    out = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        shape = tuple(np.shape(leaf))
+        if not shape:
+            raise ShapeError(
+                f"{what}: expected arrays with a leading sample axis, got a scalar"
+                f"{' at ' + jax.tree_util.keystr(path) if path else ''}."
+            )
+        out.append((what + jax.tree_util.keystr(path), shape[0], shape))
+    return out
+
+
+def num_samples(caller: str, **trees) -> int:
+    """The common leading dimension of all arrays in ``trees`` (``ShapeError`` if they differ)."""
+    entries = [e for name, t in trees.items() if t is not None for e in _leading(t, name)]
+    if not entries:
+        raise ConfigError(f"{caller}: expected input data, got none (x is None).")
+    sizes = {n for _, n, _ in entries}
+    if len(sizes) > 1:
+        listing = ", ".join(f"{name} has {n} (shape {shape})" for name, n, shape in entries)
+        raise ShapeError(
+            f"{caller}: expected the same number of samples in x, y and sample_weight, got "
+            f"{listing}. Pass arrays with one row per sample."
+        )
+    return entries[0][1]
+
+
+def take(tree, idx):
+    """Rows ``idx`` of every array (works on NumPy and JAX arrays, inside jit too)."""
+    return jax.tree.map(lambda a: a[idx], tree)
+
+
+class ArrayData:
+    """In-memory ``(x, y, sample_weight)`` arrays."""
+
+    def __init__(self, x, y=None, sample_weight=None, *, name: str = "fit"):
+        self.x, self.y, self.sample_weight = as_arrays(x), as_arrays(y), as_arrays(sample_weight)
+        self.n = num_samples(name, x=self.x, y=self.y, sample_weight=self.sample_weight)
+        self._device = None
+
+    @property
+    def arrays(self):
+        return (self.x, self.y, self.sample_weight)
+
+    def split(self, validation_split: float):
+        """Keras's split: the *last* ``validation_split`` fraction (before shuffling) validates."""
+        at = int(self.n * (1.0 - validation_split))
+        if at == 0 or at == self.n:
+            raise ConfigError(
+                f"fit: validation_split={validation_split} leaves "
+                f"{'no training' if at == 0 else 'no validation'} samples out of {self.n}."
+            )
+        head = ArrayData.__new__(ArrayData)
+        tail = ArrayData.__new__(ArrayData)
+        for part, sl in ((head, slice(0, at)), (tail, slice(at, None))):
+            part.x, part.y, part.sample_weight = jax.tree.map(lambda a: a[sl], self.arrays)
+            part.n = sl.stop - sl.start if sl.stop else self.n - at
+            part._device = None
+        return head, tail
+
+    def nbytes(self) -> int:
+        return sum(
+            int(np.prod(np.shape(a))) * np.dtype(a.dtype).itemsize
+            for a in jax.tree.leaves(self.arrays)
+        )
+
+    def on_device(self):
+        """The arrays on the default device (copied once, then cached)."""
+        if self._device is None:
+            self._device = jax.device_put(self.arrays)
+        return self._device
+
+    def fits_on_device(self) -> bool:
+        return self.nbytes() <= DEVICE_DATA_LIMIT_BYTES
+
+    def batch_indices(self, *, batch_size: int, epoch: int, shuffle: bool, seed: int):
+        """Index vectors of each batch of one epoch; the last one may be shorter."""
+        if shuffle:
+            order = np.random.default_rng([seed, epoch]).permutation(self.n).astype(np.int32)
+        else:
+            order = np.arange(self.n, dtype=np.int32)
+        return [order[i : i + batch_size] for i in range(0, self.n, batch_size)]
+
+    def spec(self, batch_size: int):
+        """Abstract ``(x, y, sample_weight)`` of one batch."""
+        return jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct((batch_size, *np.shape(a)[1:]), a.dtype), self.arrays
+        )
+
+
+def unpack(data) -> tuple[Any, Any, Any]:
+    """``x``, ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)`` -> ``(x, y, sample_weight)``."""
+    if isinstance(data, list):
+        data = tuple(data)
+    if not isinstance(data, tuple):
+        return data, None, None
+    if len(data) == 1:
+        return data[0], None, None
+    if len(data) == 2:
+        return data[0], data[1], None
+    if len(data) == 3:
+        return data
+    raise ConfigError(
+        f"expected batches as (x,), (x, y) or (x, y, sample_weight), got a tuple of {len(data)} "
+        "items. Wrap multiple inputs in a tuple: ((x1, x2), y)."
+    )
+
+
+class IterableData:
+    """Batches from a Python iterable or generator of ``(x, y[, sample_weight])``.
+
+    A re-iterable (e.g. a list) restarts every epoch; a one-shot iterator is consumed
+    across epochs, ``steps_per_epoch`` batches at a time.
+    """
+
+    def __init__(self, data: Iterable, *, name: str = "fit"):
+        if not isinstance(data, Iterable):
+            raise ConfigError(
+                f"{name}: expected arrays, a dict of arrays or an iterable of batches, got "
+                f"{type(data).__name__}."
+            )
+        self.data = data
+        self.name = name
+        self.one_shot = iter(data) is data
+        self._iterator: Iterator | None = None
+        self.exhausted = False
+
+    def epoch(self, steps: int | None) -> Iterator:
+        """The batches of one epoch, as ``(x, y, sample_weight)`` on the device."""
+        if self.one_shot:
+            it = self.data
+        else:
+            it = iter(self.data)
+
+        def batches():
+            for count, item in enumerate(it, start=1):
+                x, y, sw = unpack(item)
+                yield as_arrays(x), as_arrays(y), as_arrays(sw)
+                if steps is not None and count >= steps:
+                    return
+            if self.one_shot:
+                self.exhausted = True
+
+        return prefetch(batches())
+
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
+    """Run ``iterator`` in a background thread, copying each item to the device, with up to
+    ``size`` items ready ahead. Errors in the iterator are re-raised in the caller."""
+    items: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in iterator:
+                item = jax.device_put(item)
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(_END)
+        except BaseException as err:  # re-raised in the consumer thread
+            items.put(_Failure(err))
+
+    thread = threading.Thread(target=work, daemon=True, name="fnn-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+
+
+def pad_rows(tree, size: int):
+    """Pad every array's leading axis with zeros up to ``size`` rows."""
+
+    def pad(a):
+        n = np.shape(a)[0]
+        if n == size:
+            return a
+        widths = [(0, size - n)] + [(0, 0)] * (np.ndim(a) - 1)
+        return jnp.pad(a, widths) if isinstance(a, jax.Array) else np.pad(a, widths)
+
+    return jax.tree.map(pad, tree)
