@@ -116,6 +116,10 @@ def _us(v: float | None) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
 
 
+def _s(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
 def _yes(met: bool) -> str:
     return "yes" if met else "**no**"
 
@@ -152,7 +156,8 @@ def write_markdown(results: dict, path: Path) -> None:
         f"variant is shrunk to about {meta.get('block_seconds', 0)} s, never below one call; the steps per "
         "block are in results.json); spread is min-max over the blocks; "
         "ratios are to the hand-written JAX jit step in the same run; first call = the call that compiles "
-        "(one step, or one 10-step execution) including its run; peak RSS is per worker process "
+        "(one step, or one 10-step execution) including its run; setup = building the model, its "
+        "parameters, optimizer state and device batches; peak RSS is per worker process "
         "(one process per framework and scenario).",
     ]
     lines += [f"- Note: {n}" for n in meta.get("notes", [])]
@@ -197,24 +202,24 @@ def write_markdown(results: dict, path: Path) -> None:
         lines += ["", f"## {n}: {s['title']}", ""]
         lines.append(
             "| implementation | us/step (median) | spread (min-max) | x JAX | CPU us/step | x JAX (CPU) "
-            "| first call (s) | x JAX first call | peak RSS (MB) |"
+            "| setup (s) | first call (s) | x JAX first call | peak RSS (MB) |"
         )
-        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for key, row in s["rows"].items():
             if row["status"] != "ok":
                 lines.append(
-                    f"| {LABELS[key]} | {row['status']}: {row.get('reason', '')} | | | | | | | |"
+                    f"| {LABELS[key]} | {row['status']}: {row.get('reason', '')} | | | | | | | | |"
                 )
                 continue
             label = LABELS[key] + (f" ({row['note']})" if row.get("note") else "")
             lines.append(
                 f"| {label} | {_us(row['median_us'])} | {_us(row['min_us'])}-{_us(row['max_us'])} "
                 f"| {_x(row['ratio'])} | {_us(row.get('cpu_median_us'))} | {_x(row.get('cpu_ratio'))} "
-                f"| {row['first_call_s']:.2f} | {_x(row['compile_ratio'])} "
+                f"| {_s(row.get('setup_s'))} | {row['first_call_s']:.2f} | {_x(row['compile_ratio'])} "
                 f"| {row['peak_rss_mb']:.0f} |"
             )
         for fw, why in s["skipped"].items():
-            lines.append(f"| {fw} | skipped: {why} | | | | | | | |")
+            lines.append(f"| {fw} | skipped: {why} | | | | | | | | |")
     lines += [
         "",
         "## Reproduce",

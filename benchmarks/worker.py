@@ -105,11 +105,11 @@ def main(argv=None) -> dict:
     for key in wanted:
         bench = None
         try:
+            t0 = time.perf_counter()
             bench = module.VARIANTS[key](scenario, x, y)
-            result = {
-                "status": "ok",
-                **time_bench(bench, args.steps, args.repeats, args.block_seconds),
-            }
+            setup_s = time.perf_counter() - t0
+            timings = time_bench(bench, args.steps, args.repeats, args.block_seconds)
+            result = {"status": "ok", "setup_s": setup_s, **timings}
         except UnavailableError as err:
             result = {"status": "unavailable", "reason": str(err)}
         except Exception as err:
