@@ -38,43 +38,18 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
-        Scenario(
-            "tiny_mlp",
-            "tiny MLP 64-64-64-10, batch 32",
-            "mlp",
-            (64,),
-            32,
-            500,
-            100,
-            hidden=(64, 64),
-        ),
-        Scenario(
-            "mlp", "MLP 784-512-512-10, batch 128", "mlp", (784,), 128, 100, 20, hidden=(512, 512)
-        ),
-        Scenario(
-            "cnn",
-            "CNN 28x28x1 conv32-pool-conv64-pool-128-10, batch 128",
-            "cnn",
-            (28, 28, 1),
-            128,
-            20,
-            10,
-        ),
-        Scenario(
-            "lstm", "LSTM seq 32, in 16, hidden 128 -> 10, batch 64", "lstm", (32, 16), 64, 50, 10
-        ),
-        Scenario(
-            "deep_mlp",
-            "deep MLP 50 x Dense(128) -> 10, batch 32",
-            "mlp",
-            (128,),
-            32,
-            200,
-            50,
-            hidden=(128,) * 50,
-        ),
+        Scenario("tiny_mlp", "tiny MLP 64-64-64-10, batch 32", "mlp", (64,), 32, 300, 100,
+                 hidden=(64, 64)),
+        Scenario("mlp", "MLP 784-512-512-10, batch 128", "mlp", (784,), 128, 50, 20,
+                 hidden=(512, 512)),
+        Scenario("deep_mlp", "deep MLP 50 x Dense(128) -> 10, batch 32", "mlp", (128,), 32,
+                 50, 20, hidden=(128,) * 50),
+        Scenario("lstm", "LSTM seq 32, in 16, hidden 128 -> 10, batch 64", "lstm", (32, 16), 64,
+                 20, 10),
+        Scenario("cnn", "CNN 28x28x1 conv32-pool-conv64-pool-128-10, batch 128", "cnn",
+                 (28, 28, 1), 128, 10, 10),
     )
-}
+}  # fmt: skip
 
 # The CNN and the LSTM layer sizes, shared by every implementation.
 CNN_FILTERS = (32, 64)
