@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
         "--block-seconds",
         type=float,
         default=None,
-        help="shrink a timed block of a slow variant to about this long (default 2, quick 0.3; "
+        help="shrink a timed block of a slow variant to about this long (default 1, quick 0.3; "
         "0 keeps the scenario's steps)",
     )
     parser.add_argument("--note", action="append", default=[], help="a line added to the report")
@@ -165,7 +165,7 @@ def main(argv=None) -> dict:
     repeats = args.repeats or (2 if args.quick else 5)
     block_seconds = args.block_seconds
     if block_seconds is None:
-        block_seconds = 0.3 if args.quick else 2.0
+        block_seconds = 0.3 if args.quick else 1.0
     output = args.output or Path(__file__).resolve().parent
     suffix = "-quick" if args.quick else ""
 

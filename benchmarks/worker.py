@@ -27,9 +27,9 @@ MARKER = "BENCH-RESULT "
 def time_bench(bench, steps: int, repeats: int, block_seconds: float = 0.0) -> dict:
     """First call (compile + one execution), a second call (warm-up, and the time of
     one call), then ``repeats`` timed blocks of ``steps`` steps; per-step microseconds.
-    ``fit``-style benches (one block = one epoch of ``steps`` batches, never shrunk) first
-    run one untimed block of the same length (a dataset of a new length may compile
-    again; a user's later epochs would not).
+    ``fit``-style benches (one block = one epoch of ``steps`` batches, never shrunk) warm
+    up with one untimed epoch of that length instead (a dataset of a new length may
+    compile again; a user's later epochs would not).
 
     With ``block_seconds`` a block shrinks (to no less than one call) so that it lasts
     about that long: slow variants on a busy machine still finish in bounded time.
@@ -38,15 +38,16 @@ def time_bench(bench, steps: int, repeats: int, block_seconds: float = 0.0) -> d
     t0 = time.perf_counter()
     bench.run(unit)
     first_call_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    bench.run(unit)
-    call_s = time.perf_counter() - t0
-    # A fit-style block is one epoch whose fixed cost is part of the figure: its length stays.
-    if block_seconds > 0 and not bench.warm_block:
-        fits = int(block_seconds / max(call_s, 1e-9)) * unit
-        steps = max(unit, min(steps, fits))
     if bench.warm_block:
+        # A fit-style block is one epoch whose fixed cost is part of the figure: its length stays.
         bench.run(steps)
+    else:
+        t0 = time.perf_counter()
+        bench.run(unit)
+        call_s = time.perf_counter() - t0
+        if block_seconds > 0:
+            fits = int(block_seconds / max(call_s, 1e-9)) * unit
+            steps = max(unit, min(steps, fits))
     per_step, cpu_per_step = [], []
     for _ in range(repeats):
         c0, t0 = time.process_time(), time.perf_counter()
