@@ -23,6 +23,8 @@ def test_quick_run_writes_consistent_results(tmp_path):
             "2",
             "--steps-scale",
             "0.1",
+            "--block-seconds",
+            "0",  # blocks keep their 10 steps however loaded the machine is
             "--output",
             str(tmp_path),
             "--note",
