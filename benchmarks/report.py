@@ -1,4 +1,7 @@
-"""Turn the workers' records into ratios, target checks and the Markdown report."""
+"""Turn the workers' records into ratios, target checks and the Markdown report.
+
+``python -m benchmarks.report benchmarks/results.json`` re-renders ``RESULTS.md`` beside it.
+"""
 
 from __future__ import annotations
 
@@ -197,6 +200,7 @@ def write_markdown(results: dict, path: Path) -> None:
             lines.append(
                 f"| {n} | {t['what']} | {t['value']:.2f} | {t['limit']:.2f} | {_yes(t['met'])} | {cpu} |"
             )
+    lines += ["", "Why the misses happen and what would fix them: [README.md](README.md#findings)."]
     for n in names:
         s = scen[n]
         lines += ["", f"## {n}: {s['title']}", ""]
@@ -231,3 +235,13 @@ def write_markdown(results: dict, path: Path) -> None:
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    source = Path(sys.argv[1])
+    data = json.loads(source.read_text())
+    name = "RESULTS-quick.md" if data["meta"].get("quick") else "RESULTS.md"
+    write_markdown(data, source.parent / name)
