@@ -1,0 +1,1 @@
+"""Benchmarks: fnn against hand-written JAX and the peer frameworks (see README.md here)."""

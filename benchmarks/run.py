@@ -1,0 +1,242 @@
+"""Run the benchmark suite: every framework in its own process, one after another.
+
+    python -m benchmarks.run                 # full suite -> benchmarks/RESULTS.md, results.json
+    python -m benchmarks.run --quick         # smoke check on tiny_mlp (< 2 min) -> RESULTS-quick.md
+    python -m benchmarks.run --scenarios mlp,cnn --frameworks jax,fnn,keras --repeats 7
+
+A framework whose package is not installed is reported as skipped. Ratios are to the
+hand-written JAX jit step measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.frameworks import BASELINE, FRAMEWORKS, LABELS
+from benchmarks.report import summarize, write_markdown
+from benchmarks.scenarios import SCENARIOS
+from benchmarks.worker import MARKER
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK_SCENARIOS = ("tiny_mlp",)
+
+
+def _csv(value: str, known, what: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what} {unknown}; choose from {sorted(known)}")
+    return names
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def run_worker(
+    python: str,
+    framework: str,
+    scenario: str,
+    steps: int,
+    repeats: int,
+    timeout: float,
+    variants: list[str] = (),
+    block_seconds: float = 0.0,
+) -> dict:
+    """One worker process; its JSON record, or an error record if it failed."""
+    fw = FRAMEWORKS[framework]
+    env = dict(os.environ)
+    env.update(fw.env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # The test suite forces fake CPU devices; a benchmark process uses the real ones.
+    flags = [
+        f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f
+    ]
+    env["XLA_FLAGS"] = " ".join(flags)
+    cmd = [
+        python,
+        "-m",
+        "benchmarks.worker",
+        framework,
+        scenario,
+        "--steps",
+        str(steps),
+        "--repeats",
+        str(repeats),
+        *(["--variants", ",".join(variants)] if variants else []),
+        *(["--block-seconds", str(block_seconds)] if block_seconds else []),
+    ]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {
+            "framework": framework,
+            "scenario": scenario,
+            "error": f"timed out after {timeout:.0f} s",
+        }
+    wall = time.perf_counter() - t0
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(MARKER):
+            record = json.loads(line[len(MARKER) :])
+            record["wall_s"] = wall
+            if proc.stderr.strip() and any(
+                v.get("status") == "error" for v in record["variants"].values()
+            ):
+                record["stderr_tail"] = proc.stderr[-2000:]
+            return record
+    tail = (proc.stderr or proc.stdout)[-1500:]
+    return {
+        "framework": framework,
+        "scenario": scenario,
+        "error": f"exit code {proc.returncode}: {tail}",
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="few steps and repeats, tiny_mlp only (< 2 min)"
+    )
+    parser.add_argument("--scenarios", default="", help=f"comma list of {', '.join(SCENARIOS)}")
+    parser.add_argument("--frameworks", default="", help=f"comma list of {', '.join(FRAMEWORKS)}")
+    parser.add_argument(
+        "--variants", default="", help="comma list of implementations (default: all); see LABELS"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed blocks per variant (default 5, quick 2)"
+    )
+    parser.add_argument(
+        "--steps-scale", type=float, default=1.0, help="multiply the steps per timed block"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=None, help="folder for the Markdown and JSON files"
+    )
+    parser.add_argument(
+        "--block-seconds",
+        type=float,
+        default=None,
+        help="shrink a timed block of a slow variant to about this long (default 1, quick 0.3; "
+        "0 keeps the scenario's steps)",
+    )
+    parser.add_argument("--note", action="append", default=[], help="a line added to the report")
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter for the worker processes"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds allowed per worker process"
+    )
+    args = parser.parse_args(argv)
+
+    scenarios = _csv(args.scenarios, SCENARIOS, "scenarios") or list(
+        QUICK_SCENARIOS if args.quick else SCENARIOS
+    )
+    frameworks = _csv(args.frameworks, FRAMEWORKS, "frameworks") or list(FRAMEWORKS)
+    variants = _csv(args.variants, LABELS, "variants")
+    if variants and BASELINE not in variants:
+        variants.append(BASELINE)
+    if "jax" not in frameworks:
+        frameworks.insert(0, "jax")  # the baseline of every ratio
+    repeats = args.repeats or (2 if args.quick else 5)
+    block_seconds = args.block_seconds
+    if block_seconds is None:
+        block_seconds = 0.3 if args.quick else 1.0
+    output = args.output or Path(__file__).resolve().parent
+    suffix = "-quick" if args.quick else ""
+
+    started = datetime.datetime.now(datetime.UTC)
+    meta = {
+        "date_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python -m benchmarks.run "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "quick": args.quick,
+        "repeats": repeats,
+        "block_seconds": block_seconds,
+        "machine": {
+            "cpu": _cpu_model(),
+            "logical_cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "load_average_start": _load(),
+        "notes": args.note,
+    }
+    records = []
+    t_start = time.perf_counter()
+    for scenario_name in scenarios:
+        scenario = SCENARIOS[scenario_name]
+        base = scenario.quick_steps if args.quick else scenario.steps
+        steps = max(10, round(base * args.steps_scale / 10) * 10)
+        for framework in frameworks:
+            print(
+                f"[bench] {scenario_name:9s} {framework:11s} ...",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+            wanted = [key for key, _ in FRAMEWORKS[framework].variants if key in variants]
+            if variants and not wanted:
+                continue
+            record = run_worker(
+                args.python,
+                framework,
+                scenario_name,
+                steps,
+                repeats,
+                args.timeout,
+                wanted,
+                block_seconds,
+            )
+            records.append(record)
+            status = (
+                record.get("skipped")
+                or record.get("error", "")[:200]
+                or f"{record.get('wall_s', 0):.1f} s"
+            )
+            print(f" {status}", file=sys.stderr, flush=True)
+            # Rewritten after every worker, so an interrupted run still leaves its tables.
+            results = _write(meta, records, scenarios, output, suffix, t_start, done=False)
+    results = _write(meta, records, scenarios, output, suffix, t_start, done=True)
+    print(f"[bench] wrote {output / f'RESULTS{suffix}.md'} in {meta['total_s']} s", file=sys.stderr)
+    return results
+
+
+def _write(meta, records, scenarios, output: Path, suffix: str, t_start: float, done: bool):
+    meta["load_average_end"] = _load()
+    meta["total_s"] = round(time.perf_counter() - t_start, 1)
+    meta["complete"] = done
+    done_scenarios = [s for s in scenarios if any(r["scenario"] == s for r in records)]
+    results = {"meta": meta, "scenarios": summarize(records, done_scenarios), "records": records}
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"results{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_markdown(results, output / f"RESULTS{suffix}.md")
+    return results
+
+
+if __name__ == "__main__":
+    main()
