@@ -2,7 +2,7 @@
 
 ``make_train_step(layer, loss, optimizer, metrics)`` returns a pure
 ``step(train_state, batch) -> (train_state, logs)``: ``jax.value_and_grad`` of the
-loss, one optax update, the rng split, the metric states accumulated. Compile it with
+loss, one optax update, a per-step key fold_in(rng, step), the metric states accumulated. Compile it with
 ``jax.jit(step, donate_argnums=0)``; ``make_multi_step`` runs K steps per compiled
 call over batches stacked on a leading axis.
 
@@ -57,7 +57,7 @@ class TrainState(NamedTuple):
     """Everything that changes during training, as one pytree (donate it to ``jit``).
 
     ``step`` int32 scalar; ``params``/``state`` the layer's; ``opt_state`` optax's;
-    ``rng`` a PRNG key split every step; ``metric_states`` ``{name: metric state}``
+    ``rng`` the base PRNG key (step keys are ``fold_in(rng, step)``); ``metric_states`` ``{name: metric state}``
     including ``"loss"``; ``loss_scale`` a ``LossScale`` for float16 training, else None.
     """
 
@@ -433,7 +433,7 @@ def make_train_step(
     """Pure ``step(train_state, batch) -> (train_state, logs)``.
 
     ``batch`` is ``(x, y)`` or ``(x, y, sample_weight)``; ``x`` a tuple for multi-input
-    layers. The step splits ``train_state.rng``, runs ``layer.apply(..., train=True)``,
+    layers. The step derives its key as ``fold_in(train_state.rng, step)``, runs ``layer.apply(..., train=True)``,
     reduces ``loss`` (a name, ``Loss`` or callable) with ``fnn.losses.reduce`` plus the
     ``regularizers`` terms, takes ``jax.value_and_grad``, applies one ``optimizer`` update
     and adds the batch to every metric state. ``logs = {"loss": batch loss}`` (plus
@@ -471,7 +471,11 @@ def make_train_step(
                 "dtype_policy='mixed_float16' needs dynamic loss scaling: build the state with "
                 "init_train_state(..., dtype_policy='mixed_float16')."
             )
-        rng, step_rng = jax.random.split(train_state.rng)
+        # The step's key is derived from (rng, step) instead of splitting and storing a new
+        # rng: a model without dropout then compiles no key arithmetic at all (XLA drops the
+        # unused fold_in), and a resumed run reproduces the same keys from the saved step.
+        rng = train_state.rng
+        step_rng = jax.random.fold_in(rng, train_state.step)
         if axis_name is not None:
             step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
         scale = None if ls is None else ls.scale

@@ -95,7 +95,7 @@ def test_sample_weights_and_multi_input():
     np.testing.assert_allclose(logs["loss"], expected, rtol=1e-5)
 
 
-def test_rng_is_split_each_step_so_dropout_masks_differ():
+def test_step_key_comes_from_rng_and_step_so_dropout_masks_differ():
     model = _mlp(dropout=0.5)
     x, y = _data()
     ts = train.init_train_state(model, optax.sgd(0.0), jax.random.key(0), x)
@@ -109,7 +109,9 @@ def test_rng_is_split_each_step_so_dropout_masks_differ():
     assert float(l1["loss"]) != float(l2["loss"])
     ts1b, l1b = step(ts, (x, y))
     assert float(l1["loss"]) == float(l1b["loss"])  # deterministic given the state
-    assert not np.array_equal(jax.random.key_data(ts1.rng), jax.random.key_data(ts.rng))
+    # The base key stays; each step folds in its step number.
+    assert np.array_equal(jax.random.key_data(ts2.rng), jax.random.key_data(ts.rng))
+    assert int(ts2.step) == 2
 
 
 def test_multi_step_scan_equals_single_steps():
