@@ -295,7 +295,7 @@ class Model:
         from fnn.summary import summary
 
         self._require_built("summary")
-        summary(self.layer, *self._input_spec, print_fn=print_fn)
+        summary(self.layer, *self._input_spec, print_fn=print_fn, batch_label="None")
 
     # ------------------------------------------------------------------ Keras weights
 

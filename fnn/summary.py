@@ -28,9 +28,19 @@ def count_bytes(tree: Any) -> int:
     )
 
 
-def _shape_text(outputs: Any) -> str:
+def _shape_text(outputs: Any, batch_label: str | None = None) -> str:
+    def text(shape):
+        if batch_label is None or not shape:
+            return str(shape)
+        return (
+            "("
+            + ", ".join([batch_label, *map(str, shape[1:])])
+            + ("," if len(shape) == 1 else "")
+            + ")"
+        )
+
     shapes = [tuple(leaf.shape) for leaf in jax.tree.leaves(outputs)]
-    return str(shapes[0]) if len(shapes) == 1 else ", ".join(map(str, shapes))
+    return ", ".join(text(shape) for shape in shapes)
 
 
 def _human_bytes(n: int) -> str:
@@ -41,7 +51,9 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def summary_rows(layer: Layer, *inputs: Any, key: jax.Array | None = None) -> list[dict]:
+def summary_rows(
+    layer: Layer, *inputs: Any, key: jax.Array | None = None, batch_label: str | None = None
+) -> list[dict]:
     """One dict per layer call (name, depth, class name, output shape, param count), in order."""
     key = jax.random.key(0) if key is None else key
     abstract_inputs = as_shape_struct(inputs)
@@ -59,7 +71,7 @@ def summary_rows(layer: Layer, *inputs: Any, key: jax.Array | None = None) -> li
             "name": path[-1],
             "depth": len(path) - 1,
             "kind": child.spec.class_name if child.spec else "Layer",
-            "output_shape": _shape_text(out),
+            "output_shape": _shape_text(out, batch_label),
             "params": count_params(p) + count_params(s),
         }
         for path, child, out, p, s in records
@@ -71,7 +83,7 @@ def summary_rows(layer: Layer, *inputs: Any, key: jax.Array | None = None) -> li
                 "name": layer.name,
                 "depth": 0,
                 "kind": kind,
-                "output_shape": _shape_text(outputs),
+                "output_shape": _shape_text(outputs, batch_label),
                 "params": count_params(params) + count_params(state),
             }
         ]
@@ -84,11 +96,16 @@ def summary_rows(layer: Layer, *inputs: Any, key: jax.Array | None = None) -> li
 
 
 def summary(
-    layer: Layer, *inputs: Any, print_fn: Callable[[str], Any] = print, key: jax.Array | None = None
+    layer: Layer,
+    *inputs: Any,
+    print_fn: Callable[[str], Any] = print,
+    key: jax.Array | None = None,
+    batch_label: str | None = None,
 ) -> None:
     """Print a table of ``layer``'s children with output shapes and parameter counts.
 
-    ``inputs`` are arrays or ``jax.ShapeDtypeStruct`` (batch dimension included).
+    ``inputs`` are arrays or ``jax.ShapeDtypeStruct`` (batch dimension included);
+    ``batch_label="None"`` prints the batch axis as Keras does.
 
     >>> import jax, fnn
     >>> from fnn.layers import Dense, Flatten
@@ -104,7 +121,7 @@ def summary(
     Trainable params: 1,210
     Non-trainable params: 0
     """
-    rows, totals = summary_rows(layer, *inputs, key=key)
+    rows, totals = summary_rows(layer, *inputs, key=key, batch_label=batch_label)
     names = ["  " * r["depth"] + f"{r['name']} ({r['kind']})" for r in rows]
     w_name = max(len("Layer (type)"), *(len(n) for n in names)) + 4
     w_shape = max(len("Output shape"), *(len(r["output_shape"]) for r in rows)) + 4

@@ -32,3 +32,13 @@ def test_summary_of_single_layer_and_nested():
     fnn.summary(nested, jnp.ones((2, 4)), print_fn=lines.append)
     assert any(line.startswith("  dense (Dense)") for line in lines)
     assert any("residual (residual)" in line for line in lines)
+
+
+def test_batch_label_prints_keras_style_none_and_model_summary_uses_it():
+    lines = []
+    fnn.summary(Dense(3), jnp.ones((2, 4)), print_fn=lines.append, batch_label="None")
+    assert any("(None, 3)" in line for line in lines)
+    model = fnn.Sequential([Dense(3, input_shape=(4,)), Dense(1)])
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert any(line.startswith("dense_1 (Dense)") and "(None, 1)" in line for line in lines)
