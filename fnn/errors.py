@@ -88,3 +88,15 @@ def check_num_inputs(layer: str, inputs: Sequence, expected: int) -> None:
     """Raise ``ShapeError`` unless exactly ``expected`` inputs were given."""
     if len(inputs) != expected:
         raise ShapeError(f"{layer}: expected {expected} input(s), got {len(inputs)}.")
+
+
+def check_mask(layer: str, x, mask, *, what: str = "a mask") -> None:
+    """Raise ``ShapeError`` unless ``mask`` (if given) is ``[batch, time]`` of inputs ``x``."""
+    if mask is None:
+        return
+    want = shape_of(x)[:2]
+    if shape_of(mask) != want:
+        raise ShapeError(
+            f"{layer}: expected {what} of shape {want} ([batch, time] of the inputs), got shape "
+            f"{shape_of(mask)} (inputs shape {shape_of(x)}); True marks real steps."
+        )

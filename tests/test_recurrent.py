@@ -525,8 +525,8 @@ def test_rank_and_feature_errors():
         layer.apply(params, state, jnp.ones((2, 3, 5)))
     with pytest.raises(
         fnn.ShapeError,
-        match=r"lstm_1: expected mask of shape \[batch, time\] = \(2, 3\) \(True = real step\), "
-        r"got shape \(2, 4\)",
+        match=r"lstm_1: expected a mask of shape \(2, 3\) \(\[batch, time\] of the inputs\), "
+        r"got shape \(2, 4\) \(inputs shape \(2, 3, 4\)\); True marks real steps",
     ):
         layer.apply(params, state, jnp.ones((2, 3, 4)), jnp.ones((2, 4), bool))
 

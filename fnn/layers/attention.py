@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from fnn import initializers
 from fnn.combinators import call_child, serial, split_rng
 from fnn.core import Layer, param_dtype, register_layer
-from fnn.errors import ConfigError, ShapeError, check_rank, shape_of
+from fnn.errors import ConfigError, ShapeError, check_mask, check_rank, shape_of
 from fnn.layers.dense import Dense
 from fnn.layers.normalization import LayerNormalization
 from fnn.layers.regularization import Dropout
@@ -265,11 +265,7 @@ def TransformerEncoderBlock(
 
     def check(x, mask):
         check_rank(name, x, rank=3, layout=_SEQ)
-        if mask is not None and shape_of(mask) != shape_of(x)[:2]:
-            raise ShapeError(
-                f"{name}: expected a padding mask of shape {shape_of(x)[:2]} ([batch, time] of "
-                f"the inputs), got shape {shape_of(mask)}."
-            )
+        check_mask(name, x, mask, what="a padding mask")
 
     def init(key, x, mask=None):
         check(x, mask)

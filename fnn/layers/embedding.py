@@ -18,23 +18,12 @@ import numpy as np
 
 from fnn import initializers
 from fnn.core import Layer, param_dtype, register_layer
-from fnn.errors import ConfigError, ShapeError, check_rank, shape_of
+from fnn.errors import ConfigError, ShapeError, check_mask, check_rank, shape_of
 
 
 def _positive_int(name: str, arg: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{name}: expected {arg} to be a positive int, got {value!r}.")
-
-
-def _check_mask(name: str, x, mask) -> None:
-    if mask is None:
-        return
-    want = shape_of(x)[:2]
-    if shape_of(mask) != want:
-        raise ShapeError(
-            f"{name}: expected a mask of shape {want} ([batch, time] of the inputs), got shape "
-            f"{shape_of(mask)} (inputs shape {shape_of(x)})."
-        )
 
 
 @register_layer
@@ -179,7 +168,7 @@ def PositionalEmbedding(
                 f"{name}: expected at most sequence_length={sequence_length} time steps, got "
                 f"{length} (shape {shape_of(x)})."
             )
-        _check_mask(name, x, mask)
+        check_mask(name, x, mask)
 
     def init(key, x, mask=None):
         check(x, mask)

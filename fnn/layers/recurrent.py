@@ -44,7 +44,7 @@ import jax.numpy as jnp
 
 from fnn import activations, initializers
 from fnn.core import Layer, get_layer_factory, param_dtype, register_layer
-from fnn.errors import ConfigError, ShapeError, shape_of
+from fnn.errors import ConfigError, ShapeError, check_mask, shape_of
 
 _LAYOUT = "[batch, time, features]"
 
@@ -69,17 +69,6 @@ def _check_sequence(name: str, x: Any) -> None:
             f"{name}: expected inputs of rank 3 {_LAYOUT}, got rank {len(shape)} "
             f"(shape {shape}). Recurrent layers read sequences; add a time axis "
             "(e.g. x[:, None, :] for one step) or a feature axis (x[..., None])."
-        )
-
-
-def _check_mask(name: str, x: Any, mask: Any) -> None:
-    if mask is None:
-        return
-    want = shape_of(x)[:2]
-    if shape_of(mask) != want:
-        raise ShapeError(
-            f"{name}: expected mask of shape [batch, time] = {want} (True = real step), "
-            f"got shape {shape_of(mask)} for inputs of shape {shape_of(x)}."
         )
 
 
@@ -143,7 +132,7 @@ def _recurrent_layer(
 
     def init(key, x, mask=None, initial_state=None):
         _check_sequence(name, x)
-        _check_mask(name, x, mask)
+        check_mask(name, x, mask)
         if initial_state is not None:
             _as_state_tuple(name, initial_state, n_states, x.shape[0], units)
         return make_params(key, x.shape[-1], param_dtype(x, dtype)), {}
@@ -175,7 +164,7 @@ def _recurrent_layer(
                 f"{tuple(kernel.shape)}), got inputs of shape {tuple(x.shape)} "
                 f"{_LAYOUT}. The layer was built for other inputs; rebuild it with init."
             )
-        _check_mask(name, x, mask)
+        check_mask(name, x, mask)
         if mask is not None:
             mask = jnp.asarray(mask).astype(bool)
         batch, _, features = x.shape
