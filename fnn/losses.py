@@ -86,7 +86,7 @@ def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def _match_ranks(name: str, y_true, y_pred, *, what: str = "targets"):
+def match_ranks(name: str, y_true, y_pred, *, what: str = "targets"):
     """Squeeze a trailing size-1 axis so ranks agree (Keras does the same), then require
     equal shapes."""
     t, p = shape_of(y_true), shape_of(y_pred)
@@ -101,7 +101,8 @@ def _match_ranks(name: str, y_true, y_pred, *, what: str = "targets"):
     return y_true, y_pred
 
 
-def _check_batch(name: str, y_pred) -> None:
+def check_batch_axis(name: str, y_pred) -> None:
+    """Raise ``ShapeError`` if ``y_pred`` has no batch axis (a scalar)."""
     if len(shape_of(y_pred)) < 1:
         raise ShapeError(
             f"{name}: expected predictions with a batch axis [batch, ...], got a scalar "
@@ -138,7 +139,7 @@ def check_sparse_labels(name: str, y_true, num_classes: int, *, ignore_class=Non
 
 def _sparse_labels(name, y_true, y_pred, ignore_class):
     """Validate sparse labels ``[batch, ...]`` against scores ``[batch, ..., classes]``."""
-    _check_batch(name, y_pred)
+    check_batch_axis(name, y_pred)
     t, p = shape_of(y_true), shape_of(y_pred)
     labels = y_true
     if len(t) == len(p) and t[-1:] == (1,) and len(p) >= 2:
@@ -176,7 +177,7 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
     Label smoothing: ``y_true * (1 - ls) + ls / C``.
     """
     name = "categorical_crossentropy"
-    _check_batch(name, y_pred)
+    check_batch_axis(name, y_pred)
     if shape_of(y_true) != shape_of(y_pred):
         t, p = shape_of(y_true), shape_of(y_pred)
         hint = " Integer labels need 'sparse_categorical_crossentropy'." if t == p[:-1] else ""
@@ -223,8 +224,8 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0):
     Label smoothing: ``y_true * (1 - ls) + ls / 2``.
     """
     name = "binary_crossentropy"
-    _check_batch(name, y_pred)
-    y_true, y_pred = _match_ranks(name, y_true, y_pred)
+    check_batch_axis(name, y_pred)
+    y_true, y_pred = match_ranks(name, y_true, y_pred)
     y_pred = _float(y_pred)
     y_true = _float(y_true).astype(y_pred.dtype)
     if label_smoothing:
@@ -239,8 +240,8 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0):
 
 def _regression(name, elementwise):
     def fn(y_true, y_pred):
-        _check_batch(name, y_pred)
-        y_true, y_pred = _match_ranks(name, y_true, y_pred)
+        check_batch_axis(name, y_pred)
+        y_true, y_pred = match_ranks(name, y_true, y_pred)
         y_pred = _float(y_pred)
         return per_example_mean(elementwise(_float(y_true).astype(y_pred.dtype), y_pred))
 
@@ -282,8 +283,8 @@ squared_hinge = _regression(
 def huber(y_true, y_pred, delta=1.0):
     """``0.5 e^2`` if ``|e| <= delta`` else ``delta (|e| - 0.5 delta)``, averaged to ``[batch]``."""
     name = "huber"
-    _check_batch(name, y_pred)
-    y_true, y_pred = _match_ranks(name, y_true, y_pred)
+    check_batch_axis(name, y_pred)
+    y_true, y_pred = match_ranks(name, y_true, y_pred)
     y_pred = _float(y_pred)
     err = y_pred - _float(y_true).astype(y_pred.dtype)
     abs_err = jnp.abs(err)
@@ -295,8 +296,8 @@ def kl_divergence(y_true, y_pred):
     """``sum(y_true * log(y_true / y_pred))`` over the last axis (both clipped to
     ``[EPSILON, 1]``), averaged to ``[batch]``."""
     name = "kl_divergence"
-    _check_batch(name, y_pred)
-    y_true, y_pred = _match_ranks(name, y_true, y_pred, what="target distributions")
+    check_batch_axis(name, y_pred)
+    y_true, y_pred = match_ranks(name, y_true, y_pred, what="target distributions")
     y_pred = jnp.clip(_float(y_pred), EPSILON, 1.0)
     y_true = jnp.clip(_float(y_true).astype(y_pred.dtype), EPSILON, 1.0)
     kl = jnp.sum(y_true * jnp.log(y_true / y_pred), axis=-1)
@@ -310,8 +311,8 @@ def _l2_normalize(x, axis=-1):
 def cosine_similarity(y_true, y_pred, axis=-1):
     """Negative cosine similarity over ``axis`` (Keras's loss sign: -1 is best), to ``[batch]``."""
     name = "cosine_similarity"
-    _check_batch(name, y_pred)
-    y_true, y_pred = _match_ranks(name, y_true, y_pred)
+    check_batch_axis(name, y_pred)
+    y_true, y_pred = match_ranks(name, y_true, y_pred)
     y_pred = _float(y_pred)
     y_true = _float(y_true).astype(y_pred.dtype)
     sim = jnp.sum(_l2_normalize(y_true, axis) * _l2_normalize(y_pred, axis), axis=axis)
@@ -321,8 +322,8 @@ def cosine_similarity(y_true, y_pred, axis=-1):
 def categorical_hinge(y_true, y_pred):
     """``max(0, 1 + max_{wrong} p - p_true)`` for one-hot targets, to ``[batch]``."""
     name = "categorical_hinge"
-    _check_batch(name, y_pred)
-    y_true, y_pred = _match_ranks(name, y_true, y_pred)
+    check_batch_axis(name, y_pred)
+    y_true, y_pred = match_ranks(name, y_true, y_pred)
     y_pred = _float(y_pred)
     y_true = _float(y_true).astype(y_pred.dtype)
     pos = jnp.sum(y_true * y_pred, axis=-1)

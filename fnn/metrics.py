@@ -90,26 +90,12 @@ def _broadcast_weights(w: jax.Array, shape: tuple) -> jax.Array:
 
 
 def _batch_size(name, y_pred) -> int:
-    shape = shape_of(y_pred)
-    if not shape:
-        raise ShapeError(
-            f"{name}: expected predictions with a batch axis [batch, ...], got a scalar."
-        )
-    return shape[0]
+    losses_lib.check_batch_axis(name, y_pred)
+    return shape_of(y_pred)[0]
 
 
 def _match_ranks(name, y_true, y_pred):
-    y_true, y_pred = jnp.asarray(y_true), jnp.asarray(y_pred)
-    if y_pred.ndim == y_true.ndim + 1 and y_pred.shape[-1] == 1:
-        y_pred = y_pred[..., 0]
-    elif y_true.ndim == y_pred.ndim + 1 and y_true.shape[-1] == 1:
-        y_true = y_true[..., 0]
-    if y_true.shape != y_pred.shape:
-        raise ShapeError(
-            f"{name}: expected targets of the same shape as the predictions {y_pred.shape}, got "
-            f"shape {y_true.shape}."
-        )
-    return y_true, y_pred
+    return losses_lib.match_ranks(name, jnp.asarray(y_true), jnp.asarray(y_pred))
 
 
 def _sparse_labels(name, y_true, y_pred):
