@@ -56,6 +56,7 @@ import safetensors
 import safetensors.numpy
 
 from fnn.errors import ConfigError, FnnError
+from fnn.pytree import describe_path, key_name, slash_path
 
 __all__ = [
     "ARRAYS_FILE",
@@ -143,10 +144,6 @@ def _entry_from_json(entry: list) -> Any:
     }[kind](value)
 
 
-def _keystr(path: tuple) -> str:
-    return jax.tree_util.keystr(path) if path else "<root>"
-
-
 def _leaf_info(x: Any, path: str) -> dict:
     """Kind, dtype and shape of a leaf (array, ShapeDtypeStruct, PRNG key or Python scalar)."""
     if isinstance(x, bool | int | float | str):
@@ -207,19 +204,12 @@ def _decode_plain(node: dict, leaves: list) -> Any:
         return [c for _, c in children]
     if kind == "tuple":
         return tuple(c for _, c in children)
-    return {_entry_name(e): c for e, c in children}
-
-
-def _entry_name(entry: Any) -> str | int:
-    for attr in ("key", "idx", "name"):
-        if hasattr(entry, attr):
-            return getattr(entry, attr)
-    raise AssertionError(entry)
+    return {key_name(e): c for e, c in children}
 
 
 def _tensor_names(paths: list[tuple]) -> list[str]:
     """Readable safetensors names (``params/dense/kernel``); positional if they would clash."""
-    names = ["/".join(str(_entry_name(e)) for e in path) or "root" for path in paths]
+    names = [slash_path(path) or "root" for path in paths]
     if len(set(names)) != len(names):
         names = [f"leaf_{i}" for i in range(len(names))]
     return names
@@ -294,7 +284,7 @@ def save(
     names = _tensor_names([p for p, _ in leaves])
     records, tensors = [], {}
     for (path, value), name in zip(leaves, names, strict=True):
-        info = {"path": jax.tree_util.keystr(path), **_leaf_info(value, _keystr(path))}
+        info = {"path": jax.tree_util.keystr(path), **_leaf_info(value, describe_path(path))}
         if info["kind"] == "python":
             info["value"] = value
         else:
@@ -495,7 +485,7 @@ def _describe(info: dict) -> str:
 
 
 def _diff(saved, saved_leaves, target, target_leaves, path, problems) -> None:
-    where = _keystr(path)
+    where = describe_path(path)
     if "leaf" in saved or "leaf" in target:
         if "leaf" not in saved:
             problems.append(f"{where}: checkpoint has a subtree, target has a leaf")
@@ -526,13 +516,13 @@ def _diff(saved, saved_leaves, target, target_leaves, path, problems) -> None:
     for key, (entry, child) in t_children.items():
         child_path = (*path, _entry_from_json(entry))
         if key not in s_children:
-            problems.append(f"{_keystr(child_path)}: missing from the checkpoint")
+            problems.append(f"{describe_path(child_path)}: missing from the checkpoint")
         else:
             _diff(s_children[key][1], saved_leaves, child, target_leaves, child_path, problems)
     for key, (entry, _) in s_children.items():
         if key not in t_children:
             child_path = (*path, _entry_from_json(entry))
-            problems.append(f"{_keystr(child_path)}: in the checkpoint but not in the target")
+            problems.append(f"{describe_path(child_path)}: in the checkpoint but not in the target")
 
 
 def _to_target(value: Any, like: Any) -> Any:

@@ -42,6 +42,7 @@ from jax.sharding import PartitionSpec as P
 
 from fnn import combinators, distributed
 from fnn.errors import ConfigError, ShapeError
+from fnn.pytree import describe_path
 
 PyTree = Any
 Step = Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]
@@ -59,10 +60,6 @@ _METHODS = ("sharded", "pmap")
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _path_str(path) -> str:
-    return jax.tree_util.keystr(path) or "<root>"
 
 
 def _divisible_sizes(size: int, n: int) -> str:
@@ -88,14 +85,14 @@ def _batch_size(batch: PyTree, who: str) -> int:
         if not shape:
             raise ShapeError(
                 f"{who}: expected batch arrays with a leading batch axis, got a scalar at "
-                f"{_path_str(path)}."
+                f"{describe_path(path)}."
             )
         if size is None:
-            size, first = shape[0], _path_str(path)
+            size, first = shape[0], describe_path(path)
         elif shape[0] != size:
             raise ShapeError(
                 f"{who}: expected every batch array to have the same batch size, got {size} "
-                f"at {first} and {shape[0]} at {_path_str(path)} (shape {shape})."
+                f"at {first} and {shape[0]} at {describe_path(path)} (shape {shape})."
             )
     return size
 
@@ -393,7 +390,7 @@ class DataParallelStep:
             if not shape or shape[0] != n:
                 raise ConfigError(
                     f"{who}: expected a train state replicated over {n} devices (every array "
-                    f"with a leading axis of {n}), got shape {shape} at {_path_str(path)}. "
+                    f"with a leading axis of {n}), got shape {shape} at {describe_path(path)}. "
                     "Place it once with step.put_state(state) (fnn.parallel.replicate) and "
                     "get it back with step.get_state(state) (fnn.parallel.unreplicate)."
                 )
@@ -402,7 +399,7 @@ class DataParallelStep:
         if sharding is not None and not sharding.is_equivalent_to(self.state_sharding, len(shape)):
             raise ConfigError(
                 f"{who}: expected a train state replicated over the {self.num_devices} mesh "
-                f"devices, got {_describe(sharding)} at {_path_str(path)} (shape {shape}). "
+                f"devices, got {_describe(sharding)} at {describe_path(path)} (shape {shape}). "
                 "Place it once with step.put_state(state); step.get_state(state) gives it back."
             )
 

@@ -37,6 +37,7 @@ from fnn import metrics as metrics_lib
 from fnn import optimizers as optimizers_lib
 from fnn.core import Layer, output_shapes
 from fnn.errors import ConfigError, FnnError, ShapeError
+from fnn.pytree import slash_path
 
 PyTree = Any
 
@@ -133,23 +134,14 @@ def _next_loss_scale(ls: LossScale, finite, period: int, factor: float = 2.0) ->
 # --------------------------------------------------------------------------- paths
 
 
-def _key_str(k) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
 def tree_paths(tree) -> list[str]:
     """``"/"``-joined paths of every leaf, e.g. ``["dense/bias", "dense/kernel"]``."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return ["/".join(_key_str(k) for k in path) for path, _ in leaves]
+    return [slash_path(path) for path, _ in leaves]
 
 
 def _map_with_path(fn, tree):
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: fn("/".join(_key_str(k) for k in path), x), tree
-    )
+    return jax.tree_util.tree_map_with_path(lambda path, x: fn(slash_path(path), x), tree)
 
 
 def _prefixes(path: str) -> list[str]:
