@@ -1,4 +1,4 @@
-"""Step time of fnn.parallel.data_parallel against hand-written pmap / sharded-jit steps.
+"""Step time of fnn.distributed.data_parallel against hand-written pmap / sharded-jit steps.
 
 Run: python benchmarks/bench_parallel.py [--devices 1,2,4,8] [--steps 50] [--repeats 7]
 
@@ -34,8 +34,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import fnn
+from fnn.distributed import batch_mesh, data_parallel, replicate, shard_batch
 from fnn.layers import Dense
-from fnn.parallel import batch_mesh, data_parallel, replicate, shard_batch
 
 GLOBAL_BATCH = 512
 

@@ -30,8 +30,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import fnn
+from fnn.distributed import data_parallel
 from fnn.layers import BatchNormalization, Dense
-from fnn.parallel import data_parallel
 from fnn.train import (
     compute_metrics,
     init_train_state,

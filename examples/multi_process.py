@@ -65,8 +65,8 @@ def train(epochs: int, batch_size: int, seed: int, out: str | None) -> float:
     import numpy as np
 
     import fnn
+    from fnn.distributed import data_parallel
     from fnn.layers import Dense, Dropout
-    from fnn.parallel import data_parallel
     from fnn.train import (
         compute_metrics,
         init_train_state,

@@ -2,35 +2,52 @@
 
 Models are pure ``init``/``apply`` pairs over explicit parameter pytrees; training
 uses ``jax.grad`` and optax.
+
+The package is layered; each folder imports only the folders before it:
+``core`` (layer protocol, combinators, initializers, activations, errors) <- ``layers`` <-
+``training`` (losses, metrics, optimizers, pure steps, the host loop) <- ``distributed``
+(placement on devices and processes) <- ``io`` (checkpoints, model files, datasets, input
+adapters) <- ``shell`` (Keras-style Model, callbacks) <- ``cli``. The public API is flat:
+everything users need is an attribute of ``fnn`` (``fnn.serial``, ``fnn.layers.Dense``,
+``fnn.train.make_train_step``, ``fnn.Sequential``, ...).
 """
 
-from fnn import (
-    activations,
-    callbacks,
-    checkpoint,
-    datasets,
-    distributed,
-    errors,
-    initializers,
-    layers,
-    losses,
-    metrics,
-    optimizers,
-    saving,
-    train,
-)
-from fnn.combinators import Lambda, fan_out, parallel, residual, serial
-from fnn.core import Layer, LayerSpec, register_layer
-from fnn.errors import ConfigError, FnnError, ShapeError
-from fnn.model import Input, Model, Sequential
+import sys as _sys
 
-# After the combinator import: this rebinds `fnn.parallel` to the data-parallel module,
-# which stays callable as the `parallel` combinator.
-from fnn.parallel import data_parallel
-from fnn.saving import load_model, load_weights, save_model, save_weights
-from fnn.summary import summary
+from fnn import core, distributed, layers
+from fnn.core import activations, errors, initializers
+from fnn.core.combinators import Lambda, fan_out, parallel, residual, serial
+from fnn.core.errors import ConfigError, FnnError, ShapeError
+from fnn.core.layer import Layer, LayerSpec, register_layer
+from fnn.core.summary import summary
+from fnn.distributed import data_parallel
+from fnn.io import checkpoint, datasets, saving
+from fnn.io.saving import load_weights, save_weights
+from fnn.shell import callbacks
+from fnn.shell.model import Input, Model, Sequential
+from fnn.shell.saving import load_model, save_model
+from fnn.training import losses, metrics, optimizers
+from fnn.training import step as train
 
 __version__ = "0.1.0"
+
+# ``from fnn.train import make_train_step`` and friends: the public module names, each an
+# alias of the module that implements it (one entry per public module, nothing else).
+for _name, _module in {
+    "activations": activations,
+    "callbacks": callbacks,
+    "checkpoint": checkpoint,
+    "datasets": datasets,
+    "errors": errors,
+    "initializers": initializers,
+    "losses": losses,
+    "metrics": metrics,
+    "optimizers": optimizers,
+    "saving": saving,
+    "train": train,
+}.items():
+    _sys.modules.setdefault(f"fnn.{_name}", _module)
+del _name, _module
 
 __all__ = [
     "ConfigError",
@@ -45,6 +62,7 @@ __all__ = [
     "activations",
     "callbacks",
     "checkpoint",
+    "core",
     "data_parallel",
     "datasets",
     "distributed",

@@ -2,6 +2,6 @@
 
 import sys
 
-from fnn.cli import main
+from fnn.cli.commands import main
 
 sys.exit(main())

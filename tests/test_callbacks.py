@@ -10,7 +10,7 @@ import pytest
 
 from fnn import callbacks as cbs
 from fnn.errors import ConfigError
-from fnn.progress import Progress, format_logs
+from fnn.shell.progress import Progress, format_logs
 
 
 class FakeModel:

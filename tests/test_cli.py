@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn import checkpoint, cli, datasets, saving
+from fnn import checkpoint, datasets, saving
+from fnn.cli import commands as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = str(ROOT / "configs" / "digits_mlp.yaml")

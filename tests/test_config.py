@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 import fnn
-from fnn import cli
-from fnn.config import apply_overrides, build_model, load_config, load_config_text
+from fnn.cli import commands as cli
+from fnn.cli.config import apply_overrides, build_model, load_config, load_config_text
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

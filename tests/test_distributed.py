@@ -77,7 +77,7 @@ def worker(process_id: int, port: int, out: str) -> None:
     address = f"127.0.0.1:{port}"
     dist.initialize(address, 2, process_id, timeout_s=30, heartbeat_timeout_s=10)
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
-    from fnn.parallel import data_parallel
+    from fnn.distributed import data_parallel
     from fnn.train import compute_metrics
 
     metrics, ts, batches = make_problem()

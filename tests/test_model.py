@@ -688,7 +688,7 @@ def test_prefetch_reraises_errors_and_stops_with_the_consumer():
     import threading
     import time
 
-    from fnn import data_adapter
+    from fnn.io import data_adapter
 
     def broken():
         yield np.ones(2, np.float32)

@@ -17,9 +17,9 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import fnn
+from fnn.distributed import data_parallel, replicate, shard_batch, unreplicate
 from fnn.errors import ConfigError, ShapeError
 from fnn.layers import BatchNormalization, Dense, Dropout
-from fnn.parallel import data_parallel, replicate, shard_batch, unreplicate
 
 TOL = {"atol": 2e-5, "rtol": 2e-5}
 STEPS = 3
@@ -166,11 +166,13 @@ def test_shard_batch_and_replicate_round_trip():
     )
 
 
-def test_combinator_still_callable_after_import():
-    import fnn.parallel as module
+def test_parallel_is_only_the_combinator():
+    """``fnn.parallel`` is the layer combinator; data parallelism lives in fnn.distributed."""
+    import fnn.distributed.placement as module
 
-    layer = fnn.parallel(Dense(2), Dense(3))  # the attribute is now the module
-    assert module is fnn.parallel
+    assert fnn.parallel is fnn.core.combinators.parallel
+    assert fnn.data_parallel is module.data_parallel is fnn.distributed.data_parallel
+    layer = fnn.parallel(Dense(2), Dense(3))
     params, _ = layer.init(jax.random.key(0), jnp.ones((1, 4)), jnp.ones((1, 5)))
     assert params["dense_1"]["kernel"].shape == (5, 3)
 

@@ -7,8 +7,8 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 
-from fnn.core import register_layer
-from fnn.errors import ConfigError, ShapeError, check_rank, shape_of
+from fnn.core.errors import ConfigError, ShapeError, check_rank, shape_of
+from fnn.core.layer import register_layer
 
 _AXES = {1: ("steps",), 2: ("height", "width"), 3: ("depth", "height", "width")}
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fnn import activations
-from fnn.core import Layer, register_layer
+from fnn.core import activations
+from fnn.core.layer import Layer, register_layer
 
 
 @register_layer

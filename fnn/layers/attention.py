@@ -7,10 +7,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from fnn import initializers
-from fnn.combinators import call_child, serial, split_rng
-from fnn.core import Layer, param_dtype, register_layer
-from fnn.errors import ConfigError, ShapeError, check_mask, check_rank, shape_of
+from fnn.core import initializers
+from fnn.core.combinators import call_child, serial, split_rng
+from fnn.core.errors import ConfigError, ShapeError, check_mask, check_rank, shape_of
+from fnn.core.layer import Layer, param_dtype, register_layer
 from fnn.layers.dense import Dense
 from fnn.layers.normalization import LayerNormalization
 from fnn.layers.regularization import Dropout

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fnn import activations, initializers
-from fnn.core import Layer, param_dtype
-from fnn.errors import ConfigError, ShapeError, shape_of
+from fnn.core import activations, initializers
+from fnn.core.errors import ConfigError, ShapeError, shape_of
+from fnn.core.layer import Layer, param_dtype
 from fnn.layers import _spatial
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import jax
 
-from fnn import activations, initializers
-from fnn.core import Layer, param_dtype, register_layer
-from fnn.errors import check_last_dim, check_rank
+from fnn.core import activations, initializers
+from fnn.core.errors import check_last_dim, check_rank
+from fnn.core.layer import Layer, param_dtype, register_layer
 
 
 @register_layer
@@ -30,7 +30,7 @@ def Dense(
     (2, 4)
     """
     if not isinstance(units, int) or units <= 0:
-        from fnn.errors import ConfigError
+        from fnn.core.errors import ConfigError
 
         raise ConfigError(f"{name}: expected units to be a positive int, got {units!r}.")
     act = activations.get(activation)

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn import initializers
-from fnn.core import Layer, param_dtype, register_layer
-from fnn.errors import ConfigError, ShapeError, check_mask, check_rank, shape_of
+from fnn.core import initializers
+from fnn.core.errors import ConfigError, ShapeError, check_mask, check_rank, shape_of
+from fnn.core.layer import Layer, param_dtype, register_layer
 
 
 def _positive_int(name: str, arg: str, value) -> None:

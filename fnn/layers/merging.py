@@ -6,8 +6,8 @@ import functools
 
 import jax.numpy as jnp
 
-from fnn.core import Layer, register_layer
-from fnn.errors import ShapeError, shape_of
+from fnn.core.errors import ShapeError, shape_of
+from fnn.core.layer import Layer, register_layer
 
 
 def _no_params(key, *inputs):

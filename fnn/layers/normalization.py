@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from fnn import initializers
-from fnn.core import Layer, param_dtype, register_layer
-from fnn.errors import ConfigError, ShapeError, check_rank, shape_of
+from fnn.core import initializers
+from fnn.core.errors import ConfigError, ShapeError, check_rank, shape_of
+from fnn.core.layer import Layer, param_dtype, register_layer
 
 
 def _check_axis_arg(name: str, axis, *, allow_many: bool) -> tuple[int, ...]:

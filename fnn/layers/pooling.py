@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fnn.core import Layer
-from fnn.errors import ConfigError
+from fnn.core.errors import ConfigError
+from fnn.core.layer import Layer
 from fnn.layers import _spatial
 
 

@@ -42,9 +42,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fnn import activations, initializers
-from fnn.core import Layer, get_layer_factory, param_dtype, register_layer
-from fnn.errors import ConfigError, ShapeError, check_mask, shape_of
+from fnn.core import activations, initializers
+from fnn.core.errors import ConfigError, ShapeError, check_mask, shape_of
+from fnn.core.layer import Layer, get_layer_factory, param_dtype, register_layer
 
 _LAYOUT = "[batch, time, features]"
 

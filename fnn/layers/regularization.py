@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fnn.core import Layer, register_layer
-from fnn.errors import ConfigError
+from fnn.core.errors import ConfigError
+from fnn.core.layer import Layer, register_layer
 
 
 @register_layer

@@ -9,8 +9,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from fnn.core import Layer, register_layer
-from fnn.errors import ConfigError, ShapeError, check_rank, shape_of
+from fnn.core.errors import ConfigError, ShapeError, check_rank, shape_of
+from fnn.core.layer import Layer, register_layer
 from fnn.layers import _spatial
 
 

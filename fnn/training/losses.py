@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.errors import ConfigError, ShapeError, shape_of, unknown_name
+from fnn.core.errors import ConfigError, ShapeError, shape_of, unknown_name
 
 # Keras's backend.epsilon(): probabilities are clipped to [EPSILON, 1 - EPSILON].
 EPSILON = 1e-7

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn import losses as losses_lib
-from fnn.errors import ConfigError, ShapeError, shape_of, unknown_name
+from fnn.core.errors import ConfigError, ShapeError, shape_of, unknown_name
+from fnn.training import losses as losses_lib
 
 State = Any
 

@@ -9,8 +9,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from fnn.combinators import record_calls
-from fnn.core import Layer, as_shape_struct
+from fnn.core.combinators import record_calls
+from fnn.core.layer import Layer, as_shape_struct
 
 
 def count_params(tree: Any) -> int:

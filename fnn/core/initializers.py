@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.nn import initializers as jinit
 
-from fnn.errors import ConfigError, unknown_name
+from fnn.core.errors import ConfigError, unknown_name
 
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 

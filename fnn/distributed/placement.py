@@ -22,15 +22,10 @@ steps fold the device index into the key, so their masks differ (equally random)
 
 With several processes (see :mod:`fnn.distributed`) every process calls the same
 step with only its own slice of the global batch.
-
-Note: ``fnn.parallel`` is also the name of the ``parallel`` layer combinator;
-calling this module, ``fnn.parallel(layer_a, layer_b)``, still builds that combinator.
 """
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -40,9 +35,9 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fnn import combinators, distributed
-from fnn.errors import ConfigError, ShapeError
-from fnn.pytree import describe_path
+from fnn.core.errors import ConfigError, ShapeError
+from fnn.core.pytree import describe_path
+from fnn.distributed import runtime as distributed
 
 PyTree = Any
 Step = Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]
@@ -119,7 +114,7 @@ def shard_batch(batch: PyTree, num_devices: int) -> PyTree:
     >>> shard_batch(np.zeros((6, 3)), 4)
     Traceback (most recent call last):
     ...
-    fnn.errors.ShapeError: shard_batch: expected a batch size divisible by the 4 devices, got batch size 6. Use a batch size of 4 or 8 (any multiple of 4), or drop the last incomplete batch.
+    fnn.core.errors.ShapeError: shard_batch: expected a batch size divisible by the 4 devices, got batch size 6. Use a batch size of 4 or 8 (any multiple of 4), or drop the last incomplete batch.
     """
     if not isinstance(num_devices, int) or num_devices < 1:
         raise ConfigError(f"shard_batch: expected num_devices >= 1, got {num_devices!r}.")
@@ -391,8 +386,8 @@ class DataParallelStep:
                 raise ConfigError(
                     f"{who}: expected a train state replicated over {n} devices (every array "
                     f"with a leading axis of {n}), got shape {shape} at {describe_path(path)}. "
-                    "Place it once with step.put_state(state) (fnn.parallel.replicate) and "
-                    "get it back with step.get_state(state) (fnn.parallel.unreplicate)."
+                    "Place it once with step.put_state(state) (fnn.distributed.replicate) and "
+                    "get it back with step.get_state(state) (fnn.distributed.unreplicate)."
                 )
             return
         sharding = getattr(leaf, "sharding", None)
@@ -506,14 +501,3 @@ def data_parallel(
     return DataParallelStep(
         step, devices=devices, method=method, axis_name=axis_name, donate=donate
     )
-
-
-class _ParallelModule(types.ModuleType):
-    """Keeps ``fnn.parallel(layer_a, layer_b)`` (the combinator) working once this module
-    has been imported, since importing it rebinds the ``fnn.parallel`` attribute."""
-
-    def __call__(self, *layers, name: str = "parallel"):
-        return combinators.parallel(*layers, name=name)
-
-
-sys.modules[__name__].__class__ = _ParallelModule

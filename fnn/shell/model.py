@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn import callbacks as callbacks_lib
-from fnn import data_adapter as data_lib
-from fnn.combinators import record_calls, serial
-from fnn.core import Layer, as_shape_struct, output_shapes
-from fnn.errors import ConfigError, ShapeError
+from fnn.core.combinators import record_calls, serial
+from fnn.core.errors import ConfigError, ShapeError
+from fnn.core.layer import Layer, as_shape_struct, output_shapes
+from fnn.io import data_adapter as data_lib
+from fnn.shell import callbacks as callbacks_lib
 
 __all__ = ["Input", "Model", "Sequential"]
 
@@ -262,7 +262,7 @@ class Model:
         self._build(self._input_struct(input_shape))
 
     def _build(self, inputs: tuple) -> None:
-        from fnn import train as train_lib
+        from fnn.training import step as train_lib
 
         layer = self.layer
         if layer is None:
@@ -292,7 +292,7 @@ class Model:
 
     def summary(self, print_fn: Callable[[str], Any] = print) -> None:
         """Print the layer table (``fnn.summary``) for the built input shape."""
-        from fnn.summary import summary
+        from fnn.core.summary import summary
 
         self._require_built("summary")
         summary(self.layer, *self._input_spec, print_fn=print_fn, batch_label="None")
@@ -395,13 +395,24 @@ class Model:
             keys = sorted(data.files, key=lambda k: int(k.split(":", 1)[0]))
             self.set_weights([data[k] for k in keys])
 
-    def save(self, filepath: str | os.PathLike) -> None:
+    def save(self, filepath: str | os.PathLike):
         """Save the architecture (registered layer names and arguments as JSON), weights and
         compile settings to the directory ``filepath``, atomically; ``fnn.load_model``
         rebuilds the model without running stored code (see ``fnn.saving``)."""
-        from fnn import saving
+        from fnn.io import saving
 
-        saving.save_model(filepath, self)
+        return saving.save_model(
+            filepath,
+            self.layer,
+            self.params,
+            self.state,
+            inputs=list(self._input_spec),
+            compile_config=_compile_to_json(self._compile_config, self.name),
+            metadata={
+                "model_class": "Sequential" if isinstance(self, Sequential) else "Model",
+                "name": self.name,
+            },
+        )
 
     # ------------------------------------------------------------------ learning rate
 
@@ -446,7 +457,7 @@ class Model:
         backend). ``jit=False`` runs the steps eagerly (debugging). ``seed`` seeds the
         parameter initialisation, dropout and shuffling.
         """
-        from fnn import optimizers as optimizers_lib
+        from fnn.training import optimizers as optimizers_lib
 
         if loss is None:
             raise ConfigError(
@@ -501,8 +512,8 @@ class Model:
 
     def _resolve(self, inputs_spec: tuple, y) -> _Resolved:
         """Loss, metrics ("accuracy" as Keras resolves it) and optimizer for these shapes."""
-        from fnn import losses as losses_lib
-        from fnn import metrics as metrics_lib
+        from fnn.training import losses as losses_lib
+        from fnn.training import metrics as metrics_lib
 
         cfg = self._compile_config
         if self._resolved is not None:
@@ -562,7 +573,7 @@ class Model:
 
     def _prepare_training(self, x, y, sample_weight=None, *, check_labels=True) -> _Resolved:
         """Build, resolve and check the data against the loss, all before compiling."""
-        from fnn import train as train_lib
+        from fnn.training import step as train_lib
 
         self._ensure_built(x)
         inputs = _as_inputs(x)
@@ -597,7 +608,7 @@ class Model:
         """Compiled step functions (built once per compile; jit caches per shape)."""
         if name in self._programs:
             return self._programs[name]
-        from fnn import train as train_lib
+        from fnn.training import step as train_lib
 
         r = self._resolved
         use_jit = self._compile_config["jit"] if self._compile_config else True
@@ -658,7 +669,7 @@ class Model:
 
     def reset_metrics(self) -> None:
         """Zero the running loss and metric states (as ``fit`` does at each epoch start)."""
-        from fnn import train as train_lib
+        from fnn.training import step as train_lib
 
         ts = self._require_built("reset_metrics")
         if ts.metric_states is not None:
@@ -715,7 +726,7 @@ class Model:
         ``x``/``y``: arrays (or tuples/dicts of arrays), or ``x`` an iterable of
         ``(x, y[, sample_weight])`` batches. Shuffling is a permutation seeded by
         ``compile(seed=...)`` and the epoch. ``devices`` (a list of devices or a count):
-        data-parallel training with ``fnn.parallel.data_parallel(method="sharded")``; the
+        data-parallel training with ``fnn.data_parallel(method="sharded")``; the
         batch size must divide by the device count (a last smaller batch that does not is
         skipped).
         """
@@ -888,14 +899,12 @@ class Model:
             self._batch_hooks(cl, i, i, lambda: self._run(fn, on_device, remainder))
 
     def _data_parallel_step(self, devices):
-        import importlib
-
-        parallel_lib = importlib.import_module("fnn.parallel")
-        from fnn import train as train_lib
+        from fnn.distributed import data_parallel
+        from fnn.training import step as train_lib
 
         r = self._resolved
         step = train_lib.make_train_step(self.layer, r.loss, r.optimizer, r.metrics)
-        return parallel_lib.data_parallel(step, devices=devices, method="sharded", donate=True)
+        return data_parallel(step, devices=devices, method="sharded", donate=True)
 
     def _train_parallel(self, dp, batches, cl) -> None:
         for i, batch in enumerate(batches):
@@ -951,7 +960,7 @@ class Model:
     def _evaluate_data(
         self, data, batch_size: int, cl, steps: int | None = None
     ) -> dict[str, float]:
-        from fnn import train as train_lib
+        from fnn.training import step as train_lib
 
         r = self._resolved
         eval_step = self._program("eval")
@@ -1106,7 +1115,7 @@ class Model:
 
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
         """Loss and metrics on exactly this batch (fresh metric states)."""
-        from fnn import train as train_lib
+        from fnn.training import step as train_lib
 
         self._require_compiled("test_on_batch")
         data = self._fit_data(x, y, sample_weight, None, "test_on_batch")
@@ -1252,7 +1261,7 @@ def _injectable_optimizer(optimizer):
     in ``opt_state`` (schedulers change it without recompiling); objects are used as given."""
     import optax
 
-    from fnn import optimizers as optimizers_lib
+    from fnn.training import optimizers as optimizers_lib
 
     if not isinstance(optimizer, str):
         return optimizers_lib.get(optimizer)
@@ -1358,7 +1367,7 @@ def _by_output(value, names, what):
 
 def _combined_loss(losses, weights, names):
     """One Loss over tuple/dict outputs: the weighted sum of per-output per-example losses."""
-    from fnn import losses as losses_lib
+    from fnn.training import losses as losses_lib
 
     keys = names if names and not names[0].startswith("output_") else range(len(losses))
 
@@ -1372,7 +1381,7 @@ def _combined_loss(losses, weights, names):
 
 
 def _output_metric(metric, key, prefix):
-    from fnn.metrics import Metric
+    from fnn.training.metrics import Metric
 
     def update(state, y_true, y_pred, sample_weight=None):
         return metric.update(state, y_true[key], y_pred[key], sample_weight)
@@ -1389,3 +1398,42 @@ class _Resolved:
         self.optimizer = optimizer
         self.metric_names = ["loss", *(m.name for m in metrics)]
         self.unroll = unroll
+
+
+def _compile_to_json(config: Mapping[str, Any] | None, name: str) -> dict | None:
+    """``Model.compile`` arguments as JSON, or ``None`` (with a warning) if an optimizer,
+    loss or metric is an object that has no registered name."""
+    if config is None:
+        return None
+    from fnn.training import losses
+
+    out = dict(config)
+    problem = None
+    if not isinstance(out.get("optimizer"), str):
+        problem = f"optimizer {out.get('optimizer')!r}"
+    loss = out.get("loss")
+    if isinstance(loss, losses.Loss):
+        try:
+            out["loss"] = losses.serialize(loss)
+        except ConfigError:
+            problem = f"loss {loss.name!r}"
+    elif not isinstance(loss, str | None):
+        problem = f"loss {loss!r}"
+    if any(not isinstance(m, str) for m in out.get("metrics") or []):
+        problem = "metrics given as objects"
+    try:
+        import json
+
+        json.dumps(out)
+    except TypeError:
+        problem = problem or "a compile argument"
+    if problem:
+        import warnings
+
+        warnings.warn(
+            f"{name}: saved without compile settings ({problem} cannot be stored by name); "
+            "fnn.load_model returns it uncompiled: call compile() again.",
+            stacklevel=3,
+        )
+        return None
+    return out

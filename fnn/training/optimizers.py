@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fnn.errors import ConfigError, unknown_name
+from fnn.core.errors import ConfigError, unknown_name
 
 # Keras default learning rates.
 DEFAULT_LEARNING_RATE = {"sgd": 0.01}

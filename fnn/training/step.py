@@ -32,12 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fnn import losses as losses_lib
-from fnn import metrics as metrics_lib
-from fnn import optimizers as optimizers_lib
-from fnn.core import Layer, output_shapes
-from fnn.errors import ConfigError, FnnError, ShapeError
-from fnn.pytree import slash_path
+from fnn.core.errors import ConfigError, FnnError, ShapeError
+from fnn.core.layer import Layer, output_shapes
+from fnn.core.pytree import slash_path
+from fnn.training import losses as losses_lib
+from fnn.training import metrics as metrics_lib
+from fnn.training import optimizers as optimizers_lib
 
 PyTree = Any
 

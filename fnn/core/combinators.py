@@ -22,8 +22,8 @@ from typing import Any
 
 import jax
 
-from fnn.core import Layer, as_shape_struct, output_shapes, register_layer
-from fnn.errors import ConfigError, ShapeError, shape_of
+from fnn.core.errors import ConfigError, ShapeError, shape_of
+from fnn.core.layer import Layer, as_shape_struct, output_shapes, register_layer
 
 # Active only inside fnn.summary: a list that collects (path, layer, outputs, params, state)
 # for every child call while summary traces the model abstractly.

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from fnn.errors import ConfigError
+from fnn.core.errors import ConfigError
 
 PyTree = Any
 Params = dict[str, Any]
@@ -177,7 +177,7 @@ def _pop_input_shape(key: str, signature: inspect.Signature, kwargs: dict):
 
 def get_layer_factory(class_name: str) -> Callable[..., Layer]:
     """The registered factory called ``class_name`` (raises ``ConfigError`` listing valid ones)."""
-    from fnn.errors import unknown_name
+    from fnn.core.errors import unknown_name
 
     if class_name not in _REGISTRY:
         raise unknown_name("layer", class_name, _REGISTRY)

@@ -55,8 +55,8 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from fnn.errors import ConfigError, FnnError
-from fnn.pytree import describe_path, key_name, slash_path
+from fnn.core.errors import ConfigError, FnnError
+from fnn.core.pytree import describe_path, key_name, slash_path
 
 __all__ = [
     "ARRAYS_FILE",
@@ -568,7 +568,7 @@ class CheckpointManager:
     (``mode="min"`` or ``"max"``) among the metrics passed to ``save``.
 
     >>> import tempfile, jax.numpy as jnp
-    >>> from fnn.checkpoint import CheckpointManager
+    >>> from fnn.io.checkpoint import CheckpointManager
     >>> manager = CheckpointManager(tempfile.mkdtemp(), max_to_keep=2, best_metric="loss")
     >>> for step, loss in [(1, 0.5), (2, 0.1), (3, 0.3), (4, 0.4)]:
     ...     _ = manager.save(step, {"w": jnp.full(2, step)}, metrics={"loss": loss})

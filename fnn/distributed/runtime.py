@@ -9,7 +9,7 @@ On a cluster JAX finds the three values itself (SLURM, Open MPI, TPU pods, Kuber
 jobs, ...), so ``dist.initialize()`` with no arguments is enough; the environment
 variables ``FNN_COORDINATOR_ADDRESS``, ``FNN_NUM_PROCESSES``, ``FNN_PROCESS_ID`` and
 ``FNN_LOCAL_DEVICE_IDS`` fill in missing arguments. Then ``jax.devices()`` lists every
-process's devices, :func:`fnn.parallel.data_parallel` spans all of them, each process feeds
+process's devices, :func:`fnn.distributed.data_parallel` spans all of them, each process feeds
 only its own slice of the global batch (:func:`process_batch_slice`) and only the primary
 process (:func:`is_primary`) writes logs and checkpoints.
 """
@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from jax.sharding import Sharding
 
-from fnn.errors import ConfigError, FnnError
+from fnn.core.errors import ConfigError, FnnError
 
 __all__ = [
     "DistributedError",
@@ -239,7 +239,7 @@ def process_batch_slice(
 ) -> slice:
     """The rows of a global batch that one process feeds: a contiguous block.
 
-    Matches the device order of :func:`fnn.parallel.data_parallel` (devices sorted by
+    Matches the device order of :func:`fnn.distributed.data_parallel` (devices sorted by
     process), so the blocks of processes ``0, 1, ...`` make up the global batch in order.
 
     >>> process_batch_slice(32, process_index=1, process_count=4)
@@ -278,10 +278,10 @@ def global_batch(local_batch: PyTree, sharding: Sharding) -> PyTree:
 
     ``local_batch`` leaves ``[global_batch / processes, ...]`` become global arrays
     ``[global_batch, ...]`` placed by ``sharding`` (e.g. ``dp.batch_sharding`` of a
-    sharded :func:`fnn.parallel.data_parallel` step, which does this itself).
+    sharded :func:`fnn.distributed.data_parallel` step, which does this itself).
 
     >>> import jax, numpy as np
-    >>> from fnn.parallel import data_parallel
+    >>> from fnn.distributed.placement import data_parallel
     >>> dp = data_parallel(lambda s, b: (s, {}), devices=1)
     >>> global_batch({"x": np.ones((4, 2))}, dp.batch_sharding)["x"].shape
     (4, 2)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fnn.errors import ConfigError
+from fnn.core.errors import ConfigError
 
 __all__ = [
     "CSVLogger",
@@ -152,7 +152,7 @@ def check_monitors(callbacks: Iterable[Callback], available: Iterable[str]) -> N
     for cb in callbacks:
         for key in cb.monitored_keys():
             if key not in available:
-                from fnn.errors import closest
+                from fnn.core.errors import closest
 
                 hint = closest(key, available)
                 val = (
@@ -583,7 +583,7 @@ class LambdaCallback(Callback):
         }
         for hook, fn in hooks.items():
             if hook not in _HOOKS:
-                from fnn.errors import unknown_name
+                from fnn.core.errors import unknown_name
 
                 raise unknown_name("callback hook", hook, _HOOKS)
             if fn is not None:
@@ -606,7 +606,7 @@ class ProgbarLogger(Callback):
         self._in_fit = False
 
     def _make(self, total, desc, *, final_line: bool):
-        from fnn.progress import Progress
+        from fnn.shell.progress import Progress
 
         verbose = self.params.get("verbose", 1)
         return Progress(

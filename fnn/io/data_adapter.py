@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.errors import ConfigError, ShapeError
+from fnn.core.errors import ConfigError, ShapeError
 
 # Arrays up to this size live on the device for the whole fit; larger ones are batched on
 # the host and prefetched.

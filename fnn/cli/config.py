@@ -26,7 +26,7 @@ path, e.g. ``model.layers[2].units: expected units to be a positive int, got -3`
 >>> load_config_text("epoch: 3")
 Traceback (most recent call last):
 ...
-fnn.errors.ConfigError: epoch: unknown key. Did you mean 'epochs'? Valid keys: batch_size, checkpoint, dataset, distribute, epochs, loss, metrics, model, optimizer, plots, run_dir, seed, tensorboard.
+fnn.core.errors.ConfigError: epoch: unknown key. Did you mean 'epochs'? Valid keys: batch_size, checkpoint, dataset, distribute, epochs, loss, metrics, model, optimizer, plots, run_dir, seed, tensorboard.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from typing import Any
 
 import yaml
 
-from fnn.core import Layer, get_layer_factory, registered_layers
-from fnn.errors import ConfigError, FnnError, closest
+from fnn.core.errors import ConfigError, FnnError, closest
+from fnn.core.layer import Layer, get_layer_factory, registered_layers
 
 __all__ = [
     "DEFAULTS",
@@ -255,7 +255,7 @@ def _prefixed(path: str, args: Mapping, message: str) -> str:
 
 def build_model(config: Mapping[str, Any]) -> Layer:
     """The ``serial`` model of a validated config's ``model.layers``."""
-    from fnn.combinators import serial
+    from fnn.core.combinators import serial
 
     layers = [
         build_layer(f"model.layers[{i}]", entry)
@@ -274,7 +274,7 @@ def _check_loss(value: Any) -> dict:
     value = dict(_mapping("loss", value))
     if "name" not in value:
         raise ConfigError("loss.name: required key is missing.")
-    from fnn import losses
+    from fnn.training import losses
 
     name = value["name"]
     try:
@@ -294,7 +294,7 @@ def _check_loss(value: Any) -> dict:
 
 def validate(raw: Any) -> dict:
     """Check a parsed config and fill in defaults; raises a one-line ``ConfigError``."""
-    from fnn import datasets
+    from fnn.io import datasets
 
     if raw is None:
         raw = {}
@@ -329,7 +329,7 @@ def validate(raw: Any) -> dict:
     _number("dataset.validation_split", data["validation_split"], 0.0, 1.0, high_open=True)
 
     opt = cfg["optimizer"]
-    from fnn import optimizers
+    from fnn.training import optimizers
 
     _choice("optimizer.name", opt["name"], list(optimizers.names()), "an optimizer:")
     _number("optimizer.learning_rate", opt["learning_rate"], 0.0, low_open=True)
@@ -346,7 +346,7 @@ def validate(raw: Any) -> dict:
     metrics = cfg["metrics"]
     if not isinstance(metrics, list):
         raise ConfigError(f"metrics: expected a list of metric names, {_got(metrics)}.")
-    from fnn import metrics as metrics_lib
+    from fnn.training import metrics as metrics_lib
 
     for i, name in enumerate(metrics):
         if not isinstance(name, str):
@@ -387,7 +387,7 @@ def validate(raw: Any) -> dict:
 
 def build_loss(loss: Mapping) -> Any:
     """The loss of a validated config's ``loss`` entry: its name, or a configured ``Loss``."""
-    from fnn import losses
+    from fnn.training import losses
 
     options = {k: v for k, v in loss.items() if k != "name"}
     if not options:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from fnn.errors import ConfigError, FnnError, ShapeError
+from fnn.core.errors import ConfigError, FnnError, ShapeError
 
 CLASSIFICATION_LOSSES = (
     "sparse_categorical_crossentropy",
@@ -65,8 +65,10 @@ class Run:
         import jax
         import jax.numpy as jnp
 
-        from fnn import config as config_lib
-        from fnn import datasets, losses, train
+        from fnn.cli import config as config_lib
+        from fnn.io import datasets
+        from fnn.training import losses
+        from fnn.training import step as train
 
         self.cfg = cfg
         self.config_path = config_path
@@ -113,7 +115,7 @@ class Run:
                     losses.check_sparse_labels(f"{split_name} labels", labels, out[-1])
         except FnnError as err:
             raise ConfigError(f"model: {_first_line(err)}") from None
-        from fnn import metrics as metrics_lib
+        from fnn.training import metrics as metrics_lib
 
         self.metrics = metrics_lib.get_all(
             cfg["metrics"],
@@ -135,7 +137,7 @@ class Run:
     def optimizer(self):
         import optax
 
-        from fnn import optimizers
+        from fnn.training import optimizers
 
         opt = self.cfg["optimizer"]
         lr = opt["learning_rate"]
@@ -153,7 +155,7 @@ class Run:
     def init_state(self):
         import jax
 
-        from fnn import train
+        from fnn.training import step as train
 
         key = jax.random.key(self.cfg["seed"])
         return train.init_train_state(
@@ -163,7 +165,7 @@ class Run:
     def eval_fn(self):
         import jax
 
-        from fnn import train
+        from fnn.training import step as train
 
         step = jax.jit(train.make_eval_step(self.model, self.loss, self.metrics))
 
@@ -179,7 +181,7 @@ class Run:
     def predict_fn(self):
         import jax
 
-        from fnn import train
+        from fnn.training import step as train
 
         step = jax.jit(train.make_predict_step(self.model))
 
@@ -196,7 +198,7 @@ class Run:
 
 
 def _batches(x, y, batch_size):
-    from fnn.datasets import batches
+    from fnn.io.datasets import batches
 
     return batches(x, y, batch_size)
 
@@ -213,7 +215,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def _output_shape(model, abstract, spec):
-    from fnn.core import output_shapes
+    from fnn.core.layer import output_shapes
 
     out = output_shapes(model, *abstract, spec)
     return tuple(out.shape)
@@ -298,9 +300,11 @@ class _TensorBoard:
 def cmd_train(args) -> int:
     import jax
 
-    from fnn import config as config_lib
-    from fnn import losses, saving, train
-    from fnn.checkpoint import CheckpointManager
+    from fnn.cli import config as config_lib
+    from fnn.io import saving
+    from fnn.io.checkpoint import CheckpointManager
+    from fnn.training import losses
+    from fnn.training import step as train
 
     cfg = config_lib.load_config(args.config, args.set)
     run_dir = _run_dir(cfg, args.config)
@@ -358,7 +362,7 @@ def cmd_train(args) -> int:
             tick = time.perf_counter()
             ts = train.reset_metrics(ts)
             order_seed = seed * 1_000_003 + epoch  # the data order depends on (seed, epoch) only
-            from fnn.datasets import batches
+            from fnn.io.datasets import batches
 
             for xb, yb in batches(
                 run.x_train,
@@ -535,7 +539,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
 
 
 def _resolve_checkpoint(path: str) -> Path:
-    from fnn.checkpoint import INDEX_FILE, CheckpointError, list_steps
+    from fnn.io.checkpoint import INDEX_FILE, CheckpointError, list_steps
 
     p = Path(path)
     if (p / INDEX_FILE).exists():
@@ -551,14 +555,14 @@ def _resolve_checkpoint(path: str) -> Path:
 
 
 def _restore(run: Run, path: str):
-    from fnn import checkpoint
+    from fnn.io import checkpoint
 
     directory = _resolve_checkpoint(path)
     return directory, checkpoint.restore(directory, target=run.checkpoint_target())
 
 
 def cmd_evaluate(args) -> int:
-    from fnn import config as config_lib
+    from fnn.cli import config as config_lib
 
     cfg = config_lib.load_config(args.config, args.set)
     run = Run(cfg, args.config)
@@ -601,7 +605,7 @@ def load_inputs(path: str) -> np.ndarray:
 
 
 def cmd_predict(args) -> int:
-    from fnn import config as config_lib
+    from fnn.cli import config as config_lib
 
     cfg = config_lib.load_config(args.config, args.set)
     run = Run(cfg, args.config)
@@ -642,7 +646,7 @@ def cmd_predict(args) -> int:
 
 def cmd_summary(args) -> int:
     import fnn
-    from fnn import config as config_lib
+    from fnn.cli import config as config_lib
 
     cfg = config_lib.load_config(args.config, args.set)
     run = Run(cfg, args.config)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from fnn.errors import ConfigError, unknown_name
+from fnn.core.errors import ConfigError, unknown_name
 
 Activation = Callable[[jax.Array], jax.Array]
 

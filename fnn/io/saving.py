@@ -7,10 +7,10 @@
   registered factory name and the arguments the user passed), nested layers recursively.
   Loading looks the factory up with :func:`fnn.core.get_layer_factory` and calls it; no
   stored code runs. Custom layers must be registered with ``@fnn.register_layer``.
-- ``save_model(path, model)`` / ``load_model(path)`` for a Keras-style ``fnn.Model``
-  (``model.save(path)`` / ``fnn.load_model(path)``), and ``save_model(path, layer, params,
-  state, inputs=...)`` / ``load_layer(path)`` for a functional layer: architecture, input
-  specs, compile settings and weights in one atomic checkpoint directory.
+- ``save_model(path, layer, params, state, inputs=...)`` / ``load_layer(path)`` for a
+  functional layer: architecture, input specs, compile settings and weights in one atomic
+  checkpoint directory. The Keras-style ``model.save(path)`` / ``fnn.load_model(path)``
+  (``fnn.shell.saving``) write and read the same directory.
 
 >>> import tempfile, jax, fnn
 >>> from fnn.layers import Dense
@@ -37,16 +37,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from fnn import activations, checkpoint, initializers
-from fnn.core import Layer, get_layer_factory
-from fnn.errors import ConfigError
+from fnn.core import activations, initializers
+from fnn.core.errors import ConfigError
+from fnn.core.layer import Layer, get_layer_factory
+from fnn.io import checkpoint
 
 __all__ = [
     "LoadedModel",
     "layer_from_config",
     "layer_to_config",
     "load_layer",
-    "load_model",
     "load_weights",
     "save_model",
     "save_weights",
@@ -234,27 +234,17 @@ def save_model(
     """Save architecture (JSON), input specs, compile settings and weights to the checkpoint
     directory ``path``, atomically.
 
-    ``model`` is a built ``fnn.Model``/``fnn.Sequential`` (everything is read from it), or
-    a ``Layer`` with its ``params``, ``state``, ``inputs`` (arrays or
-    ``jax.ShapeDtypeStruct``, batch dimension included) and a JSON ``compile_config``.
+    ``model`` is a ``Layer`` with its ``params``, ``state``, ``inputs`` (arrays or
+    ``jax.ShapeDtypeStruct``, batch dimension included) and a JSON ``compile_config``
+    (``fnn.save_model`` also takes a Keras-style ``fnn.Model``).
     The optimizer *state* is not saved (use :mod:`fnn.checkpoint` to resume training).
     """
-    extra = dict(metadata or {})
     if not isinstance(model, Layer):
-        from fnn.model import Model, Sequential
-
-        if not isinstance(model, Model):
-            raise ConfigError(
-                f"save_model: expected an fnn.Model or a Layer, got {type(model).__name__}."
-            )
-        params, state = model.params, model.state
-        inputs = list(model._input_spec)
-        compile_config = _compile_to_json(model._compile_config, model.name)
-        extra["model_class"] = "Sequential" if isinstance(model, Sequential) else "Model"
-        extra["name"] = model.name
-        layer = model.layer
-    else:
-        layer = model
+        raise ConfigError(
+            f"save_model: expected a Layer with its params, got {type(model).__name__}; save a "
+            "Keras-style fnn.Model with model.save(path) or fnn.save_model(path, model)."
+        )
+    layer, extra = model, dict(metadata or {})
     if params is None:
         raise ConfigError("save_model: expected the params of the layer, got None.")
     record = {
@@ -265,45 +255,6 @@ def save_model(
     }
     tree = {"params": params, "state": {} if state is None else state}
     return checkpoint.save(path, tree, metadata={_MODEL_KEY: record}, overwrite=True)
-
-
-def _compile_to_json(config: Mapping[str, Any] | None, name: str) -> dict | None:
-    """``Model.compile`` arguments as JSON, or ``None`` (with a warning) if an optimizer,
-    loss or metric is an object that has no registered name."""
-    if config is None:
-        return None
-    from fnn import losses
-
-    out = dict(config)
-    problem = None
-    if not isinstance(out.get("optimizer"), str):
-        problem = f"optimizer {out.get('optimizer')!r}"
-    loss = out.get("loss")
-    if isinstance(loss, losses.Loss):
-        try:
-            out["loss"] = losses.serialize(loss)
-        except ConfigError:
-            problem = f"loss {loss.name!r}"
-    elif not isinstance(loss, str | None):
-        problem = f"loss {loss!r}"
-    if any(not isinstance(m, str) for m in out.get("metrics") or []):
-        problem = "metrics given as objects"
-    try:
-        import json
-
-        json.dumps(out)
-    except TypeError:
-        problem = problem or "a compile argument"
-    if problem:
-        import warnings
-
-        warnings.warn(
-            f"{name}: saved without compile settings ({problem} cannot be stored by name); "
-            "fnn.load_model returns it uncompiled: call compile() again.",
-            stacklevel=3,
-        )
-        return None
-    return out
 
 
 def load_layer(path: str | os.PathLike) -> LoadedModel:
@@ -324,35 +275,3 @@ def load_layer(path: str | os.PathLike) -> LoadedModel:
     else:
         params, state = load_weights(path)
     return LoadedModel(layer, params, state, inputs, model["compile"], model["extra"])
-
-
-def load_model(path: str | os.PathLike, compile: bool = True) -> Any:
-    """Rebuild the ``fnn.Model``/``fnn.Sequential`` saved by ``model.save(path)``: layers
-    from the registry, weights checked against them, and ``compile`` with the saved
-    settings (when there are any and ``compile=True``). No stored code runs."""
-    from fnn.model import Model, Sequential
-
-    loaded = load_layer(path)
-    extra = loaded.metadata
-    name = extra.get("name")
-    layer = loaded.layer
-    if extra.get("model_class") == "Sequential" and layer.spec.class_name == "serial":
-        model = Sequential(list(layer.spec.config.get("layers", ())), name=name)
-    else:
-        model = Model(layer, name=name)
-    if not loaded.inputs:
-        raise checkpoint.CheckpointError(
-            f"{path} has no input specs; rebuild the model in code and use load_weights."
-        )
-    model._build(tuple(loaded.inputs))
-    model.params = loaded.params
-    model.state = loaded.state
-    if compile and loaded.compile_config:
-        settings = dict(loaded.compile_config)
-        loss = settings.get("loss")
-        if isinstance(loss, dict) and "class_name" in loss:
-            from fnn import losses
-
-            settings["loss"] = losses.get(loss)  # a configured Loss (e.g. from_logits=True)
-        model.compile(**settings)
-    return model

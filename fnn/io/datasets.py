@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fnn.errors import ConfigError
+from fnn.core.errors import ConfigError
 
 __all__ = [
     "DATASETS",
@@ -266,7 +266,7 @@ DATASETS: dict[str, Callable[..., Split]] = {
 def load(name: str, **options) -> Split:
     """Load a dataset by name (``digits``, ``breast_cancer``, ``wine``, ``iris``, ``sequence``,
     ``npz``, ``csv``) with the keyword options of its loader."""
-    from fnn.errors import unknown_name
+    from fnn.core.errors import unknown_name
 
     if name not in DATASETS:
         raise unknown_name("dataset", name, DATASETS)

@@ -1,0 +1,43 @@
+"""Placement on devices and processes: the one data-parallel mechanism
+(:func:`data_parallel`) and multi-process start-up on ``jax.distributed`` (:func:`initialize`).
+Imports only ``fnn.core`` and ``fnn.training``."""
+
+from fnn.distributed.placement import (
+    DataParallelStep,
+    batch_mesh,
+    data_parallel,
+    replicate,
+    shard_batch,
+    unreplicate,
+)
+from fnn.distributed.runtime import (
+    ENV_COORDINATOR_ADDRESS,
+    ENV_LOCAL_DEVICE_IDS,
+    ENV_NUM_PROCESSES,
+    ENV_PROCESS_ID,
+    DistributedError,
+    global_batch,
+    initialize,
+    is_primary,
+    process_batch_slice,
+    process_local_batch,
+)
+
+__all__ = [
+    "ENV_COORDINATOR_ADDRESS",
+    "ENV_LOCAL_DEVICE_IDS",
+    "ENV_NUM_PROCESSES",
+    "ENV_PROCESS_ID",
+    "DataParallelStep",
+    "DistributedError",
+    "batch_mesh",
+    "data_parallel",
+    "global_batch",
+    "initialize",
+    "is_primary",
+    "process_batch_slice",
+    "process_local_batch",
+    "replicate",
+    "shard_batch",
+    "unreplicate",
+]
