@@ -645,8 +645,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    import fnn
     from fnn.cli import config as config_lib
+    from fnn.core.summary import summary
 
     cfg = config_lib.load_config(args.config, args.set)
     run = Run(cfg, args.config)
@@ -654,7 +654,7 @@ def cmd_summary(args) -> int:
         f"{Path(args.config).name}: dataset {cfg['dataset']['name']} "
         f"{list(run.input_shape)} -> loss {run.loss_name}"
     )
-    fnn.summary(run.model, run.input_spec)
+    summary(run.model, run.input_spec)
     return 0
 
 

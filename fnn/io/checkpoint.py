@@ -63,6 +63,7 @@ __all__ = [
     "INDEX_FILE",
     "CheckpointError",
     "CheckpointManager",
+    "check_directory_path",
     "list_steps",
     "read_info",
     "restore",
@@ -262,6 +263,32 @@ def _json_default(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"{type(x).__name__} is not JSON serializable")
+
+
+# Suffixes that promise a single file in another library's format; fnn writes directories.
+_FOREIGN_SUFFIXES = (".keras", ".h5", ".hdf5", ".npz", ".pkl", ".pickle", ".pt")
+
+
+def check_directory_path(path: str | os.PathLike, who: str) -> Path:
+    """``path`` as a ``Path`` if it can name a checkpoint directory; ``ConfigError`` when its
+    suffix promises a single file of another format (``x.keras``, ``x.weights.h5``, ...), so
+    no directory with such a name is ever written.
+
+    >>> check_directory_path("runs/best.keras", "ModelCheckpoint")
+    Traceback (most recent call last):
+    ...
+    fnn.core.errors.ConfigError: ModelCheckpoint: cannot write 'runs/best.keras': fnn saves checkpoint directories (arrays.safetensors + checkpoint.json), not .keras files. Use a path without that suffix, e.g. 'runs/best'.
+    """
+    p = Path(path)
+    suffix = next((s for s in _FOREIGN_SUFFIXES if p.name.lower().endswith(s)), None)
+    if suffix is not None:
+        stem = p.name[: -len(suffix)].removesuffix(".weights") or "checkpoint"
+        raise ConfigError(
+            f"{who}: cannot write {str(path)!r}: fnn saves checkpoint directories "
+            f"({ARRAYS_FILE} + {INDEX_FILE}), not {suffix} files. Use a path without that "
+            f"suffix, e.g. {str(p.with_name(stem))!r}."
+        )
+    return p
 
 
 def save(
