@@ -54,9 +54,7 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_every_module_lives_in_a_layer_folder():
-    loose = sorted(
-        m for m in _modules() if _folder(m) is None and m not in ("fnn", "fnn.__main__")
-    )
+    loose = sorted(m for m in _modules() if _folder(m) is None and m not in ("fnn", "fnn.__main__"))
     assert not loose, f"modules outside {ORDER}: {loose}"
 
 
