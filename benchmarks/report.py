@@ -87,9 +87,9 @@ def pool_rounds(results: list[dict]) -> dict:
     RSS and the shortest block. A failed round makes the row that failure."""
     if len(results) == 1:
         return results[0]
-    for res in results:
+    for i, res in enumerate(results):
         if res["status"] != "ok":
-            return {**res, "reason": f"{res.get('reason', '')} (one of {len(results)} rounds)"}
+            return {**res, "reason": f"round {i + 1} of {len(results)}: {res.get('reason', '')}"}
     samples = [v for res in results for v in res["samples_us"]]
     cpu = [v for res in results for v in res.get("cpu_samples_us", ())]
     setup = [res["setup_s"] for res in results if "setup_s" in res]
