@@ -193,7 +193,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f"JAX device: {', '.join(sorted(devices)) or 'n/a'}.",
         f"- Load average (1, 5, 15 min) at start {meta['load_average_start']}, at end {meta['load_average_end']}.",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".",
-        f"- Each figure: median over {meta['repeats']} timed blocks of per-step time (the compiling first "
+        f"- Each figure: median over {meta['repeats'] * meta.get('rounds', 1)} timed blocks of per-step time (the compiling first "
         "call and a warm-up call excluded, `block_until_ready` at the end of each block; a block of a slow "
         f"variant is shrunk to about {meta.get('block_seconds', 0)} s, never below one call; the steps per "
         "block are in results.json); spread is min-max over the blocks; "
@@ -210,7 +210,8 @@ def write_markdown(results: dict, path: Path) -> None:
     if meta.get("rounds", 1) > 1:
         lines.append(
             f"- {meta['rounds']} rounds: each scenario's workers ran {meta['rounds']} times, in "
-            "reversed order every other round; each figure pools the blocks of all rounds."
+            "reversed order every other round; each figure pools the blocks of all rounds "
+            f"({meta['repeats']} per worker)."
         )
     lines += [f"- Note: {n}" for n in meta.get("notes", [])]
     lines += [
