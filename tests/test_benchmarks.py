@@ -6,6 +6,7 @@ import math
 import shutil
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -286,3 +287,15 @@ def test_summarize_pools_the_rounds_of_a_variant():
     assert rows["fnn_fit"]["reason"] == "round 2 of 2: boom"
     assert variant_label("fnn_base_step", row) == "fnn functional step (base abc1234)"
     assert variant_label("fnn_fit") == LABELS["fnn_fit"]
+
+
+def test_fnn_base_worker_refuses_an_fnn_from_elsewhere(tmp_path, monkeypatch):
+    # In this process fnn is already imported from this tree, so the checkout cannot win.
+    (tmp_path / "fnn").mkdir()
+    (tmp_path / "fnn" / "__init__.py").write_text("")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the worker prepends the checkout
+    argv = ["fnn_base", "tiny_mlp", "--steps", "10", "--repeats", "1", "--checkout", str(tmp_path)]
+    record = worker.main(argv)
+    here = Path(fnn.__file__).resolve().parent.parent
+    assert record["error"] == f"fnn was imported from {here}, not {tmp_path.resolve()}"
+    assert record["variants"] == {}
