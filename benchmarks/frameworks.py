@@ -13,6 +13,9 @@ class Framework:
     packages: tuple[str, ...]  # distributions whose versions the report names
     variants: tuple[tuple[str, str], ...]  # (variant key, label in the tables)
     env: tuple[tuple[str, str], ...] = ()
+    # Imports fnn from the checkout given by ``--fnn-base`` (first on ``sys.path``); the
+    # labels' ``{commit}`` is that checkout's commit. Without the option it is skipped.
+    base_checkout: bool = False
 
 
 FRAMEWORKS: dict[str, Framework] = {
@@ -36,6 +39,17 @@ FRAMEWORKS: dict[str, Framework] = {
                 ("fnn_fit", "fnn Model.fit"),
                 ("fnn_fit10", "fnn Model.fit, steps_per_execution=10"),
             ),
+        ),
+        Framework(
+            "fnn_base",
+            "impl_fnn",
+            (),  # the installed fnn's version is not the checkout's: the label names its commit
+            (
+                ("fnn_base_step", "fnn functional step (base {commit})"),
+                ("fnn_base_fit", "fnn Model.fit (base {commit})"),
+                ("fnn_base_fit10", "fnn Model.fit, steps_per_execution=10 (base {commit})"),
+            ),
+            base_checkout=True,
         ),
         Framework(
             "flax_linen",

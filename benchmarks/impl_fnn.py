@@ -1,6 +1,7 @@
 """fnn: the functional training step (``fnn.train.make_train_step`` jitted with the
 train state donated) and the Keras-style ``Model.fit`` with ``steps_per_execution`` 1
-and 10. Layers or APIs that this checkout of fnn lacks make a variant "unavailable"."""
+and 10. Layers or APIs that this checkout of fnn lacks make a variant "unavailable".
+The ``fnn_base_*`` variants are the same code run against the ``--fnn-base`` checkout."""
 
 from __future__ import annotations
 
@@ -118,4 +119,12 @@ def build_fit10(scenario: Scenario, x, y) -> Bench:
     return _build_fit(scenario, x, y, MULTI)
 
 
-VARIANTS = {"fnn_step": build_step, "fnn_fit": build_fit, "fnn_fit10": build_fit10}
+VARIANTS = {
+    "fnn_step": build_step,
+    "fnn_fit": build_fit,
+    "fnn_fit10": build_fit10,
+    # The ``fnn_base`` framework: the same builders in a worker that imports another checkout.
+    "fnn_base_step": build_step,
+    "fnn_base_fit": build_fit,
+    "fnn_base_fit10": build_fit10,
+}

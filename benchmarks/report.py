@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from benchmarks.frameworks import BASELINE, FRAMEWORKS, LABELS
@@ -41,20 +42,25 @@ ORDER = [key for f in FRAMEWORKS.values() for key, _ in f.variants]
 
 def summarize(records: list[dict], scenarios: list[str]) -> dict:
     """Per scenario: one row per variant with its ratios to hand-written JAX, the
-    skipped frameworks, and the target checks."""
+    skipped frameworks, and the target checks. A variant measured by several workers
+    (``--rounds``) gets one row of their pooled blocks."""
     out = {}
     for name in scenarios:
-        rows, skipped = {}, {}
+        parts, skipped = {}, {}
         for rec in (r for r in records if r["scenario"] == name):
             if "skipped" in rec or "error" in rec:
                 skipped[rec["framework"]] = rec.get("skipped") or f"error: {rec['error']}"
                 continue
             for key, res in rec["variants"].items():
-                rows[key] = {
-                    "framework": rec["framework"],
-                    "peak_rss_mb": rec.get("peak_rss_mb"),
-                    **res,
-                }
+                parts.setdefault(key, []).append(
+                    {
+                        "framework": rec["framework"],
+                        "peak_rss_mb": rec.get("peak_rss_mb"),
+                        **({"fnn_source": rec["fnn_source"]} if "fnn_source" in rec else {}),
+                        **res,
+                    }
+                )
+        rows = {key: pool_rounds(results) for key, results in parts.items()}
         base = rows.get(BASELINE, {}).get("median_us")
         for row in rows.values():
             if row["status"] != "ok":
@@ -73,6 +79,39 @@ def summarize(records: list[dict], scenarios: list[str]) -> dict:
             "targets": _targets(rows),
         }
     return out
+
+
+def pool_rounds(results: list[dict]) -> dict:
+    """One row from a variant's results in successive workers: all their timed blocks
+    (median and min-max over the lot), the median first call and setup, the largest peak
+    RSS and the shortest block. A failed round makes the row that failure."""
+    if len(results) == 1:
+        return results[0]
+    for i, res in enumerate(results):
+        if res["status"] != "ok":
+            return {**res, "reason": f"round {i + 1} of {len(results)}: {res.get('reason', '')}"}
+    samples = [v for res in results for v in res["samples_us"]]
+    cpu = [v for res in results for v in res.get("cpu_samples_us", ())]
+    setup = [res["setup_s"] for res in results if "setup_s" in res]
+    return {
+        **results[0],
+        "samples_us": samples,
+        "median_us": statistics.median(samples),
+        "min_us": min(samples),
+        "max_us": max(samples),
+        **({"cpu_samples_us": cpu, "cpu_median_us": statistics.median(cpu)} if cpu else {}),
+        "first_call_s": statistics.median(res["first_call_s"] for res in results),
+        **({"setup_s": statistics.median(setup)} if setup else {}),
+        "peak_rss_mb": max((r["peak_rss_mb"] for r in results if r["peak_rss_mb"]), default=None),
+        "steps_per_block": min(res["steps_per_block"] for res in results),
+        "rounds": len(results),
+    }
+
+
+def variant_label(key: str, row: dict | None = None) -> str:
+    """The table label of a variant; an ``fnn_base`` label names the commit its row ran."""
+    commit = ((row or {}).get("fnn_source") or {}).get("commit", "unknown commit")
+    return LABELS[key].format(commit=commit)
 
 
 def _ok(rows, key):
@@ -154,7 +193,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f"JAX device: {', '.join(sorted(devices)) or 'n/a'}.",
         f"- Load average (1, 5, 15 min) at start {meta['load_average_start']}, at end {meta['load_average_end']}.",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".",
-        f"- Each figure: median over {meta['repeats']} timed blocks of per-step time (the compiling first "
+        f"- Each figure: median over {meta['repeats'] * meta.get('rounds', 1)} timed blocks of per-step time (the compiling first "
         "call and a warm-up call excluded, `block_until_ready` at the end of each block; a block of a slow "
         f"variant is shrunk to about {meta.get('block_seconds', 0)} s, never below one call; the steps per "
         "block are in results.json); spread is min-max over the blocks; "
@@ -163,6 +202,17 @@ def write_markdown(results: dict, path: Path) -> None:
         "parameters, optimizer state and device batches; peak RSS is per worker process "
         "(one process per framework and scenario).",
     ]
+    sources = {r["framework"]: r["fnn_source"] for r in results["records"] if "fnn_source" in r}
+    lines += [
+        f"- fnn imported by `{fw}` from {src['path']} at {src['commit']}."
+        for fw, src in sorted(sources.items())
+    ]
+    if meta.get("rounds", 1) > 1:
+        lines.append(
+            f"- {meta['rounds']} rounds: each scenario's workers ran {meta['rounds']} times, in "
+            "reversed order every other round; each figure pools the blocks of all rounds "
+            f"({meta['repeats']} per worker)."
+        )
     lines += [f"- Note: {n}" for n in meta.get("notes", [])]
     lines += [
         "",
@@ -176,9 +226,10 @@ def write_markdown(results: dict, path: Path) -> None:
     lines.append("| implementation | " + " | ".join(names) + " |")
     lines.append("| --- |" + " ---: |" * len(names))
     for key in ORDER:
-        cells = []
+        cells, first = [], None
         for n in names:
             row = scen[n]["rows"].get(key)
+            first = first or row
             if row is None:
                 cells.append("skipped")
             elif row["status"] != "ok":
@@ -186,7 +237,7 @@ def write_markdown(results: dict, path: Path) -> None:
             else:
                 cells.append(f"{_x(row['ratio'])} ({_x(row.get('cpu_ratio'))})")
         if any(c != "skipped" for c in cells):
-            lines.append(f"| {LABELS[key]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {variant_label(key, first)} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## fnn targets",
@@ -212,10 +263,11 @@ def write_markdown(results: dict, path: Path) -> None:
         for key, row in s["rows"].items():
             if row["status"] != "ok":
                 lines.append(
-                    f"| {LABELS[key]} | {row['status']}: {row.get('reason', '')} | | | | | | | | |"
+                    f"| {variant_label(key, row)} | {row['status']}: {row.get('reason', '')} "
+                    "| | | | | | | | |"
                 )
                 continue
-            label = LABELS[key] + (f" ({row['note']})" if row.get("note") else "")
+            label = variant_label(key, row) + (f" ({row['note']})" if row.get("note") else "")
             lines.append(
                 f"| {label} | {_us(row['median_us'])} | {_us(row['min_us'])}-{_us(row['max_us'])} "
                 f"| {_x(row['ratio'])} | {_us(row.get('cpu_median_us'))} | {_x(row.get('cpu_ratio'))} "

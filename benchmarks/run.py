@@ -3,9 +3,13 @@
     python -m benchmarks.run                 # full suite -> benchmarks/RESULTS.md, results.json
     python -m benchmarks.run --quick         # smoke check on tiny_mlp (< 2 min) -> RESULTS-quick.md
     python -m benchmarks.run --scenarios mlp,cnn --frameworks jax,fnn,keras --repeats 7
+    python -m benchmarks.run --fnn-base ../old --frameworks jax,fnn,fnn_base --rounds 2
 
 A framework whose package is not installed is reported as skipped. Ratios are to the
-hand-written JAX jit step measured in the same run.
+hand-written JAX jit step measured in the same run. ``--fnn-base PATH`` adds the
+``fnn_base`` rows: the fnn variants run against another checkout of fnn, next to the
+current ones; ``--rounds`` interleaves the workers of a scenario to expose both to the
+same machine noise.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ def run_worker(
     timeout: float,
     variants: list[str] = (),
     block_seconds: float = 0.0,
+    checkout: Path | None = None,
 ) -> dict:
     """One worker process; its JSON record, or an error record if it failed."""
     fw = FRAMEWORKS[framework]
@@ -86,6 +91,7 @@ def run_worker(
         str(repeats),
         *(["--variants", ",".join(variants)] if variants else []),
         *(["--block-seconds", str(block_seconds)] if block_seconds else []),
+        *(["--checkout", str(checkout)] if checkout else []),
     ]
     t0 = time.perf_counter()
     try:
@@ -144,6 +150,20 @@ def main(argv=None) -> dict:
         help="shrink a timed block of a slow variant to about this long (default 1, quick 0.3; "
         "0 keeps the scenario's steps)",
     )
+    parser.add_argument(
+        "--fnn-base",
+        type=Path,
+        default=None,
+        help="another fnn checkout (a folder holding fnn/): the fnn_base framework runs the fnn "
+        "variants against it (without this option fnn_base is skipped)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run each scenario's workers this many times, in reversed order every other round "
+        "(A B C, C B A, ...), and pool their blocks: each worker times --repeats blocks",
+    )
     parser.add_argument("--note", action="append", default=[], help="a line added to the report")
     parser.add_argument(
         "--python", default=sys.executable, help="interpreter for the worker processes"
@@ -156,7 +176,14 @@ def main(argv=None) -> dict:
     scenarios = _csv(args.scenarios, SCENARIOS, "scenarios") or list(
         QUICK_SCENARIOS if args.quick else SCENARIOS
     )
-    frameworks = _csv(args.frameworks, FRAMEWORKS, "frameworks") or list(FRAMEWORKS)
+    fnn_base = args.fnn_base.resolve() if args.fnn_base else None
+    if fnn_base is not None and not (fnn_base / "fnn" / "__init__.py").is_file():
+        raise SystemExit(f"--fnn-base {args.fnn_base}: no fnn/__init__.py in that folder")
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
+    frameworks = _csv(args.frameworks, FRAMEWORKS, "frameworks") or [
+        f for f in FRAMEWORKS if fnn_base or not FRAMEWORKS[f].base_checkout
+    ]
     variants = _csv(args.variants, LABELS, "variants")
     if variants and BASELINE not in variants:
         variants.append(BASELINE)
@@ -184,6 +211,7 @@ def main(argv=None) -> dict:
             "python": platform.python_version(),
         },
         "load_average_start": _load(),
+        "rounds": args.rounds,
         "notes": args.note,
     }
     records = []
@@ -192,16 +220,25 @@ def main(argv=None) -> dict:
         scenario = SCENARIOS[scenario_name]
         base = scenario.quick_steps if args.quick else scenario.steps
         steps = max(10, round(base * args.steps_scale / 10) * 10)
-        for framework in frameworks:
+        # Odd rounds run the frameworks in reverse, so a drift in the machine's load falls
+        # on every framework alike.
+        order = [
+            (r, fw)
+            for r in range(args.rounds)
+            for fw in (frameworks[::-1] if r % 2 else frameworks)
+        ]
+        for round_index, framework in order:
+            wanted = [key for key, _ in FRAMEWORKS[framework].variants if key in variants]
+            if variants and not wanted:
+                continue
             print(
-                f"[bench] {scenario_name:9s} {framework:11s} ...",
+                f"[bench] {scenario_name:9s} {framework:11s}"
+                + (f" round {round_index + 1}/{args.rounds}" if args.rounds > 1 else "")
+                + " ...",
                 end="",
                 file=sys.stderr,
                 flush=True,
             )
-            wanted = [key for key, _ in FRAMEWORKS[framework].variants if key in variants]
-            if variants and not wanted:
-                continue
             record = run_worker(
                 args.python,
                 framework,
@@ -211,6 +248,7 @@ def main(argv=None) -> dict:
                 args.timeout,
                 wanted,
                 block_seconds,
+                fnn_base if FRAMEWORKS[framework].base_checkout else None,
             )
             records.append(record)
             status = (

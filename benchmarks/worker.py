@@ -1,7 +1,8 @@
 """Run one framework's variants on one scenario in this process and print a JSON record.
 
-``python -m benchmarks.worker FRAMEWORK SCENARIO --steps N --repeats R [--variants a,b]``.
-The runner starts one worker per (framework, scenario), so peak RSS is per process.
+``python -m benchmarks.worker FRAMEWORK SCENARIO --steps N --repeats R [--variants a,b]
+[--checkout PATH]``. The runner starts one worker per (framework, scenario), so peak RSS is
+per process. ``--checkout`` (the ``fnn_base`` framework) imports fnn from that checkout.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import json
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 
 from benchmarks.common import UnavailableError
 from benchmarks.frameworks import FRAMEWORKS
@@ -94,6 +97,24 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def fnn_source() -> dict | None:
+    """Where the imported fnn comes from: its checkout folder and that folder's git commit
+    (``+dirty`` if tracked files under ``fnn/`` differ from it), or None if fnn is not imported."""
+    fnn = sys.modules.get("fnn")
+    if fnn is None:
+        return None
+    root = Path(fnn.__file__).resolve().parent.parent
+
+    def git(*cmd):
+        proc = subprocess.run(["git", "-C", str(root), *cmd], capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "--short=7", "HEAD")
+    if commit and git("status", "--porcelain", "--untracked-files=no", "--", "fnn"):
+        commit += "+dirty"
+    return {"path": str(root), "commit": commit or "no git commit"}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("framework", choices=sorted(FRAMEWORKS))
@@ -102,16 +123,30 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, required=True)
     parser.add_argument("--variants", default="")
     parser.add_argument("--block-seconds", type=float, default=0.0)
+    parser.add_argument("--checkout", default="", help="fnn checkout imported first")
     args = parser.parse_args(argv)
     fw, scenario = FRAMEWORKS[args.framework], SCENARIOS[args.scenario]
     wanted = [v for v, _ in fw.variants]
     if args.variants:
         wanted = [v for v in wanted if v in args.variants.split(",")]
     record = {"framework": fw.name, "scenario": scenario.name, "variants": {}}
+    checkout = Path(args.checkout).resolve() if args.checkout else None
+    if fw.base_checkout:
+        if checkout is None:
+            record["skipped"] = "no --fnn-base checkout given"
+            return record
+        # Before anything imports fnn; ``benchmarks`` itself is already this tree's.
+        sys.path.insert(0, str(checkout))
     try:
         module = importlib.import_module(f"benchmarks.{fw.module}")
     except ImportError as err:
         record["skipped"] = f"not installed ({err})"
+        return record
+    source = fnn_source()
+    if source:
+        record["fnn_source"] = source
+    if fw.base_checkout and (source is None or Path(source["path"]) != checkout):
+        record["error"] = f"fnn was imported from {source and source['path']}, not {checkout}"
         return record
     import jax
 

@@ -3,10 +3,20 @@ checks the records, the ratios it derives and the files it writes, never the spe
 
 import json
 import math
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
 
-from benchmarks import run
-from benchmarks.frameworks import LABELS
-from benchmarks.report import summarize
+import numpy as np
+import pytest
+
+import fnn
+from benchmarks import run, worker
+from benchmarks.frameworks import FRAMEWORKS, LABELS
+from benchmarks.report import summarize, variant_label
+from benchmarks.run import ROOT
 
 
 def test_quick_run_writes_consistent_results(tmp_path):
@@ -126,3 +136,166 @@ def test_summarize_reports_skipped_and_failed_workers():
         "fnn_step first call / jax_jit": True,  # 1.10 <= 1.2
         "fnn_fit10 first call / jax_scan10": False,  # 1.50 > 1.2
     }
+
+
+def _git(repo, *cmd):
+    args = ["git", "-C", str(repo), "-c", "user.name=bench", "-c", "user.email=bench@test", *cmd]
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_fnn_base_runs_another_checkout_beside_the_current_one(tmp_path):
+    # The "base" checkout: a git copy of this fnn in which fnn.Sequential is gone, so its
+    # fit variant must be unavailable while its step runs, and an edit after the commit
+    # must show as +dirty.
+    base = tmp_path / "base"
+    shutil.copytree(
+        Path(fnn.__file__).parent, base / "fnn", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    _git(base, "init", "-q")
+    _git(base, "add", "-A")
+    _git(base, "commit", "-qm", "base")
+    commit = _git(base, "rev-parse", "--short=7", "HEAD")
+    with open(base / "fnn" / "__init__.py", "a") as f:
+        f.write("\nSequential = None\n")
+    out = tmp_path / "out"
+    run.main(
+        [
+            "--quick",
+            "--scenarios",
+            "tiny_mlp",
+            "--frameworks",
+            "jax,fnn,fnn_base",
+            "--variants",
+            "fnn_step,fnn_fit,fnn_base_step,fnn_base_fit",
+            "--fnn-base",
+            str(base),
+            "--repeats",
+            "2",
+            "--steps-scale",
+            "0.1",
+            "--block-seconds",
+            "0",
+            "--output",
+            str(out),
+        ]
+    )
+    on_disk = json.loads((out / "results-quick.json").read_text())
+    records = {r["framework"]: r for r in on_disk["records"]}
+    assert list(records) == ["jax", "fnn", "fnn_base"]
+    here = Path(fnn.__file__).resolve().parent.parent
+    assert records["fnn"]["fnn_source"]["path"] == str(here)
+    assert records["fnn_base"]["fnn_source"] == {
+        "path": str(base.resolve()),
+        "commit": f"{commit}+dirty",
+    }
+    rows = on_disk["scenarios"]["tiny_mlp"]["rows"]
+    assert list(rows) == ["jax_jit", "fnn_step", "fnn_fit", "fnn_base_step", "fnn_base_fit"]
+    assert rows["fnn_fit"]["status"] == "ok"
+    assert rows["fnn_base_fit"] == {
+        "framework": "fnn_base",
+        "peak_rss_mb": records["fnn_base"]["peak_rss_mb"],
+        "fnn_source": records["fnn_base"]["fnn_source"],
+        "status": "unavailable",
+        "reason": "fnn.Sequential is not in this checkout",
+    }
+    for key in ("fnn_step", "fnn_base_step"):
+        row = rows[key]
+        assert row["status"] == "ok" and len(row["samples_us"]) == 2
+        assert math.isclose(row["ratio"], row["median_us"] / rows["jax_jit"]["median_us"])
+    markdown = (out / "RESULTS-quick.md").read_text()
+    assert f"| fnn functional step (base {commit}+dirty) | " in markdown
+    assert f"- fnn imported by `fnn_base` from {base.resolve()} at {commit}+dirty." in markdown
+    assert f"| fnn Model.fit (base {commit}+dirty) | unavailable: fnn.Sequential" in markdown
+
+
+def test_rounds_alternate_the_order_and_fnn_base_needs_a_checkout(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_worker(python, framework, scenario, *args):
+        calls.append((framework, scenario, args[-1]))
+        return {"framework": framework, "scenario": scenario, "skipped": "fake"}
+
+    monkeypatch.setattr(run, "run_worker", fake_worker)
+    common = ["--quick", "--scenarios", "tiny_mlp,mlp", "--output", str(tmp_path)]
+    run.main([*common, "--frameworks", "fnn,fnn_base", "--fnn-base", str(ROOT), "--rounds", "3"])
+    abc = [("jax", None), ("fnn", None), ("fnn_base", ROOT)]
+    order = abc + abc[::-1] + abc
+    assert calls == [(fw, s, path) for s in ("tiny_mlp", "mlp") for fw, path in order]
+    # By default every framework runs, fnn_base only when a checkout is given.
+    calls.clear()
+    run.main(common)
+    assert [fw for fw, s, _ in calls if s == "mlp"] == [f for f in FRAMEWORKS if f != "fnn_base"]
+    calls.clear()
+    run.main([*common, "--fnn-base", str(ROOT)])
+    assert [fw for fw, s, _ in calls if s == "mlp"] == list(FRAMEWORKS)
+    with pytest.raises(SystemExit, match=r"--fnn-base .*: no fnn/__init__.py in that folder"):
+        run.main([*common, "--fnn-base", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--rounds must be at least 1, got 0"):
+        run.main([*common, "--rounds", "0"])
+
+
+def test_fnn_base_worker_without_a_checkout_is_skipped():
+    record = worker.main(["fnn_base", "tiny_mlp", "--steps", "10", "--repeats", "1"])
+    assert record["skipped"] == "no --fnn-base checkout given"
+    assert "fnn_source" not in record and record["variants"] == {}
+
+
+def test_summarize_pools_the_rounds_of_a_variant():
+    def rec(framework, variants, rss):
+        return {"framework": framework, "scenario": "mlp", "peak_rss_mb": rss, "variants": variants}
+
+    def ok(samples, cpu, first, steps):
+        return {
+            "status": "ok",
+            "samples_us": samples,
+            "median_us": statistics.median(samples),
+            "min_us": min(samples),
+            "max_us": max(samples),
+            "cpu_samples_us": cpu,
+            "cpu_median_us": statistics.median(cpu),
+            "first_call_s": first,
+            "setup_s": first / 2,
+            "steps_per_block": steps,
+            "steps_per_call": 1,
+        }
+
+    source = {"path": "/old", "commit": "abc1234"}
+    records = [
+        rec("jax", {"jax_jit": ok([4.0, 6.0], [4.0, 4.0], 1.0, 50)}, 100.0),
+        {**rec("fnn_base", {"fnn_base_step": ok([9.0, 1.0], [2.0, 8.0], 3.0, 50)}, 90.0),
+         "fnn_source": source},
+        {**rec("fnn_base", {"fnn_base_step": ok([5.0, 7.0], [6.0, 6.0], 5.0, 40)}, 95.0),
+         "fnn_source": source},
+        rec("jax", {"jax_jit": ok([10.0, 8.0], [12.0, 4.0], 2.0, 50)}, 110.0),
+        rec("fnn", {"fnn_fit": ok([1.0], [1.0], 1.0, 50)}, 80.0),
+        rec("fnn", {"fnn_fit": {"status": "error", "reason": "boom"}}, 80.0),
+    ]  # fmt: skip
+    rows = summarize(records, ["mlp"])["mlp"]["rows"]
+    base = rows["jax_jit"]
+    assert base["samples_us"] == [4.0, 6.0, 10.0, 8.0]
+    assert base["median_us"] == np.median([4.0, 6.0, 10.0, 8.0]) == 7.0
+    assert (base["min_us"], base["max_us"]) == (4.0, 10.0)
+    assert base["peak_rss_mb"] == 110.0 and base["rounds"] == 2
+    row = rows["fnn_base_step"]
+    assert row["median_us"] == np.median([9.0, 1.0, 5.0, 7.0]) == 6.0
+    assert row["cpu_median_us"] == np.median([2.0, 8.0, 6.0, 6.0]) == 6.0
+    assert (row["first_call_s"], row["setup_s"], row["steps_per_block"]) == (4.0, 2.0, 40)
+    assert math.isclose(row["ratio"], 6.0 / 7.0)
+    assert math.isclose(row["cpu_ratio"], 6.0 / np.median([4.0, 4.0, 12.0, 4.0]))
+    assert math.isclose(row["compile_ratio"], 4.0 / 1.5)
+    assert rows["fnn_fit"]["status"] == "error"
+    assert rows["fnn_fit"]["reason"] == "round 2 of 2: boom"
+    assert variant_label("fnn_base_step", row) == "fnn functional step (base abc1234)"
+    assert variant_label("fnn_fit") == LABELS["fnn_fit"]
+
+
+def test_fnn_base_worker_refuses_an_fnn_from_elsewhere(tmp_path, monkeypatch):
+    # In this process fnn is already imported from this tree, so the checkout cannot win.
+    (tmp_path / "fnn").mkdir()
+    (tmp_path / "fnn" / "__init__.py").write_text("")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the worker prepends the checkout
+    argv = ["fnn_base", "tiny_mlp", "--steps", "10", "--repeats", "1", "--checkout", str(tmp_path)]
+    record = worker.main(argv)
+    here = Path(fnn.__file__).resolve().parent.parent
+    assert record["error"] == f"fnn was imported from {here}, not {tmp_path.resolve()}"
+    assert record["variants"] == {}
