@@ -12,7 +12,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from fnn.core.errors import ConfigError, unknown_name
+from fnn.core.errors import lookup
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -78,13 +78,7 @@ def get(identifier: str | Activation | None) -> Activation:
     """Activation from a Keras name (``"relu"``, ``"softmax"``, ...), a callable, or ``None`` (linear)."""
     if identifier is None:
         return linear
-    if callable(identifier):
-        return identifier
-    if isinstance(identifier, str):
-        if identifier in _BY_NAME:
-            return _BY_NAME[identifier]
-        raise unknown_name("activation", identifier, _BY_NAME)
-    raise ConfigError(f"expected an activation name or callable, got {type(identifier).__name__}.")
+    return lookup("activation", identifier, _BY_NAME)
 
 
 def names() -> tuple[str, ...]:

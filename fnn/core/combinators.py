@@ -114,6 +114,18 @@ def _init_children(keys, layers, rng, inputs_per_child):
     return params, state
 
 
+def _apply_children(keys, layers, params, state, inputs_per_child, rng, train):
+    """Each child on its own inputs: ``(outputs tuple, new state)`` (side-by-side children)."""
+    outs, new_state = [], {}
+    rngs = split_rng(rng, len(layers))
+    for k, child, inputs, r in zip(keys, layers, inputs_per_child, rngs, strict=True):
+        out, s = call_child(k, child, params.get(k, {}), state.get(k, {}), inputs, r, train)
+        outs.append(out)
+        if s:
+            new_state[k] = s
+    return tuple(outs), new_state
+
+
 @register_layer
 def serial(*layers: Layer, name: str = "sequential") -> Layer:
     """Chain layers: each child's outputs are the next child's inputs (tuples are splatted).
@@ -167,13 +179,7 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
 
     def apply(params, state, *inputs, rng=None, train=False):
         check(inputs)
-        outs, new_state = [], {}
-        for k, child, x, r in zip(keys, layers, inputs, split_rng(rng, len(layers))):
-            out, s = call_child(k, child, params.get(k, {}), state.get(k, {}), (x,), r, train)
-            outs.append(out)
-            if s:
-                new_state[k] = s
-        return tuple(outs), new_state
+        return _apply_children(keys, layers, params, state, [(x,) for x in inputs], rng, train)
 
     return Layer(init, apply, name)
 
@@ -192,13 +198,7 @@ def fan_out(*layers: Layer, name: str = "fan_out") -> Layer:
         return _init_children(keys, layers, rngs, [xs] * len(layers))
 
     def apply(params, state, *inputs, rng=None, train=False):
-        outs, new_state = [], {}
-        for k, child, r in zip(keys, layers, split_rng(rng, len(layers))):
-            out, s = call_child(k, child, params.get(k, {}), state.get(k, {}), inputs, r, train)
-            outs.append(out)
-            if s:
-                new_state[k] = s
-        return tuple(outs), new_state
+        return _apply_children(keys, layers, params, state, [inputs] * len(layers), rng, train)
 
     return Layer(init, apply, name)
 

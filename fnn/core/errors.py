@@ -7,7 +7,8 @@ and are raised in Python before XLA sees the arrays.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 
 
 class FnnError(ValueError):
@@ -34,6 +35,19 @@ def unknown_name(kind: str, name: object, valid: Iterable[str]) -> ConfigError:
     return ConfigError(
         f"unknown {kind} {name!r}.{closest(str(name), valid)} Valid {kind}s: {', '.join(valid)}."
     )
+
+
+def lookup(kind: str, identifier, table: Mapping, aliases: Mapping = MappingProxyType({})):
+    """``identifier`` itself if callable, else ``table[name]`` (after ``aliases``); a
+    ``ConfigError`` listing the valid names otherwise (activations, initializers)."""
+    if callable(identifier):
+        return identifier
+    if isinstance(identifier, str):
+        key = aliases.get(identifier, identifier)
+        if key in table:
+            return table[key]
+        raise unknown_name(kind, identifier, table)
+    raise ConfigError(f"expected an {kind} name or callable, got {type(identifier).__name__}.")
 
 
 def shape_of(x) -> tuple[int, ...]:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.nn import initializers as jinit
 
-from fnn.core.errors import ConfigError, unknown_name
+from fnn.core.errors import lookup
 
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
@@ -137,14 +137,7 @@ _ALIASES = {"xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal"
 
 def get(identifier: str | Initializer) -> Initializer:
     """Initializer from a Keras name (``"glorot_uniform"``, ``"zeros"``, ...) or a callable."""
-    if callable(identifier):
-        return identifier
-    if isinstance(identifier, str):
-        key = _ALIASES.get(identifier, identifier)
-        if key in _BY_NAME:
-            return _BY_NAME[key]
-        raise unknown_name("initializer", identifier, _BY_NAME)
-    raise ConfigError(f"expected an initializer name or callable, got {type(identifier).__name__}.")
+    return lookup("initializer", identifier, _BY_NAME, _ALIASES)
 
 
 def names() -> tuple[str, ...]:
