@@ -232,7 +232,7 @@ def _recurrent_layer(
 # --------------------------------------------------------------------------- layers
 
 
-@register_layer
+@register_layer(weight_order=("kernel", "recurrent_kernel", "bias"))
 def SimpleRNN(
     units: int,
     activation="tanh",
@@ -311,7 +311,7 @@ def SimpleRNN(
     )
 
 
-@register_layer
+@register_layer(weight_order=("kernel", "recurrent_kernel", "bias"))
 def LSTM(
     units: int,
     activation="tanh",
@@ -412,7 +412,7 @@ def LSTM(
     )
 
 
-@register_layer
+@register_layer(weight_order=("kernel", "recurrent_kernel", "bias"))
 def GRU(
     units: int,
     activation="tanh",
@@ -528,7 +528,9 @@ def _removeprefix(text: str, prefix: str) -> str:
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-@register_layer
+# The forward direction first, as Keras (its children are not traced as calls, so the
+# directions' own orders are declared here too).
+@register_layer(weight_order=("forward_*", "kernel", "recurrent_kernel", "bias"))
 def Bidirectional(
     layer: Layer, merge_mode="concat", backward_layer: Layer | None = None, name="bidirectional"
 ) -> Layer:
