@@ -61,3 +61,33 @@ def test_keras_to_fnn_and_back_give_identical_predictions():
     f.set_weights(_randomize(f.get_weights(), 2))
     k.set_weights(f.get_weights())
     np.testing.assert_allclose(k.predict(x, verbose=0), f.predict(x, verbose=0), atol=1e-5)
+
+
+def test_bidirectional_weights_move_between_keras_and_fnn():
+    """Keras lists a Bidirectional's forward layer before its backward one; both directions
+    have the same shapes, so only the predictions show a swap."""
+    k = keras.Sequential(
+        [
+            keras.Input((6, 3)),
+            keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True)),
+            keras.layers.Bidirectional(keras.layers.GRU(3), merge_mode="sum"),
+            keras.layers.Dense(2),
+        ]
+    )
+    f = fnn.Sequential(
+        [
+            fnn.Input((6, 3)),
+            fl.Bidirectional(fl.LSTM(4, return_sequences=True)),
+            fl.Bidirectional(fl.GRU(3), merge_mode="sum"),
+            fl.Dense(2),
+        ]
+    )
+    x = np.random.default_rng(0).normal(size=(5, 6, 3)).astype(np.float32)
+    assert [w.shape for w in f.get_weights()] == [w.shape for w in k.get_weights()]
+    rng = np.random.default_rng(1)
+    k.set_weights([rng.normal(size=w.shape).astype(np.float32) * 0.5 for w in k.get_weights()])
+    f.set_weights(k.get_weights())
+    np.testing.assert_allclose(f.predict(x, verbose=0), k.predict(x, verbose=0), atol=1e-5)
+    f.set_weights([rng.normal(size=w.shape).astype(np.float32) * 0.5 for w in f.get_weights()])
+    k.set_weights(f.get_weights())
+    np.testing.assert_allclose(k.predict(x, verbose=0), f.predict(x, verbose=0), atol=1e-5)
