@@ -250,14 +250,20 @@ def test_weight_order_inside_a_layer_is_the_declared_keras_order():
         "norm/moving_mean",
         "norm/moving_variance",
     ]
-    plain = fnn.Model(fnn.serial(fnn.Layer(init, apply, "lstm"), fnn.Layer(norm_init, norm_apply, "norm")))
+    plain = fnn.Model(
+        fnn.serial(fnn.Layer(init, apply, "lstm"), fnn.Layer(norm_init, norm_apply, "norm"))
+    )
     plain.build((None, 2))
     stored = [f"lstm/{k}" for k in plain.params["lstm"]]
-    stored += [f"norm/{k}" for k in plain.params["norm"]] + [f"norm/{k}" for k in plain.state["norm"]]
+    stored += [f"norm/{k}" for k in plain.params["norm"]] + [
+        f"norm/{k}" for k in plain.state["norm"]
+    ]
     assert plain.weight_names() == stored
     with pytest.raises(ConfigError, match=r"lstm: expected weight_order to be a tuple of "):
         fnn.Layer(init, apply, "lstm", weight_order="kernel")
-    with pytest.raises(ConfigError, match=r"Odd: expected weight_order to be a tuple .* got \(1,\)"):
+    with pytest.raises(
+        ConfigError, match=r"Odd: expected weight_order to be a tuple .* got \(1,\)"
+    ):
         fnn.register_layer(lambda: lstm, name="Odd", weight_order=(1,))
 
 
