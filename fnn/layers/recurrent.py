@@ -528,8 +528,9 @@ def _removeprefix(text: str, prefix: str) -> str:
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-# The forward direction first, as Keras (its children are not traced as calls, so the
-# directions' own orders are declared here too).
+# The forward direction first, as Keras. The directions are not called through
+# call_child (so not traced as children), hence their own order is declared here too;
+# once they are, each direction's own order applies and this is redundant.
 @register_layer(weight_order=("forward_*", "kernel", "recurrent_kernel", "bias"))
 def Bidirectional(
     layer: Layer, merge_mode="concat", backward_layer: Layer | None = None, name="bidirectional"
