@@ -450,3 +450,14 @@ def test_two_processes_only_process_0_writes_and_both_restore(tmp_path):
     # One process, one device: the gathered global array.
     restored = checkpoint.restore(tmp_path / "ckpt")
     np.testing.assert_array_equal(restored["x"], np.arange(24, dtype=np.float32).reshape(8, 3))
+
+
+def test_check_directory_path_rejects_single_file_names_for_writing_and_reading(tmp_path):
+    for name in ("best.keras", "model.weights.h5", "w.hdf5", "w.npz", "w.pkl", "m.PT"):
+        with pytest.raises(fnn.ConfigError, match=r"^who: cannot write .* Use a path without that"):
+            checkpoint.check_directory_path(tmp_path / name, "who")
+        with pytest.raises(fnn.ConfigError, match=r"^who: cannot read .*written by save_weights"):
+            checkpoint.check_directory_path(tmp_path / name, "who", action="read")
+    assert checkpoint.check_directory_path(tmp_path / "run.v2", "who") == tmp_path / "run.v2"
+    with pytest.raises(fnn.ConfigError, match=r"expected action 'write' or 'read', got 'delete'"):
+        checkpoint.check_directory_path(tmp_path / "w", "who", action="delete")

@@ -208,9 +208,10 @@ def test_get_set_weights_follow_keras_order():
         model.set_weights([np.zeros((3, 3))] + new[1:])
 
 
-def test_weight_order_inside_a_layer_is_keras_creation_order():
+def test_weight_order_inside_a_layer_is_the_declared_keras_order():
     """A layer that stores its arrays in another key order (an LSTM-like and a BN-like
-    layer) still lists them in Keras's order."""
+    layer) lists them in the Keras order it declares (``Layer.weight_order``); without a
+    declaration it keeps its stored order."""
 
     def init(key, x):
         del key
@@ -235,8 +236,9 @@ def test_weight_order_inside_a_layer_is_keras_creation_order():
     def norm_apply(params, state, x, *, rng=None, train=False):
         return x, state
 
-    lstm = fnn.Layer(init, apply, "lstm")
-    norm = fnn.Layer(norm_init, norm_apply, "norm")
+    lstm = fnn.Layer(init, apply, "lstm", weight_order=("kernel", "recurrent_kernel", "bias"))
+    norm_order = ("gamma", "beta", "moving_mean", "moving_variance")
+    norm = fnn.Layer(norm_init, norm_apply, "norm", weight_order=norm_order)
     model = fnn.Model(fnn.serial(lstm, norm))
     model.build((None, 2))
     assert model.weight_names() == [
@@ -248,6 +250,21 @@ def test_weight_order_inside_a_layer_is_keras_creation_order():
         "norm/moving_mean",
         "norm/moving_variance",
     ]
+    plain = fnn.Model(
+        fnn.serial(fnn.Layer(init, apply, "lstm"), fnn.Layer(norm_init, norm_apply, "norm"))
+    )
+    plain.build((None, 2))
+    stored = [f"lstm/{k}" for k in plain.params["lstm"]]
+    stored += [f"norm/{k}" for k in plain.params["norm"]] + [
+        f"norm/{k}" for k in plain.state["norm"]
+    ]
+    assert plain.weight_names() == stored
+    with pytest.raises(ConfigError, match=r"lstm: expected weight_order to be a tuple of "):
+        fnn.Layer(init, apply, "lstm", weight_order="kernel")
+    with pytest.raises(
+        ConfigError, match=r"Odd: expected weight_order to be a tuple .* got \(1,\)"
+    ):
+        fnn.register_layer(lambda: lstm, name="Odd", weight_order=(1,))
 
 
 def scripted(values, key="loss"):
@@ -292,7 +309,7 @@ def test_model_checkpoint_writes_only_improving(trained, digits, tmp_path):
     x_train, y_train, *_ = digits
     values = [1.0, 1.2, 0.9, 0.95, 0.3]
     weights = []
-    path = tmp_path / "best-{epoch:02d}.npz"
+    path = tmp_path / "best-{epoch:02d}"
     ck = fnn.callbacks.ModelCheckpoint(
         str(path), monitor="loss", save_best_only=True, save_weights_only=True
     )
@@ -309,18 +326,20 @@ def test_model_checkpoint_writes_only_improving(trained, digits, tmp_path):
         ],
         verbose=0,
     )
-    assert sorted(p.name for p in tmp_path.glob("best-*.npz")) == [
-        "best-01.npz",
-        "best-03.npz",
-        "best-05.npz",
+    assert sorted(p.name for p in tmp_path.glob("best-*")) == [
+        "best-01",
+        "best-03",
+        "best-05",
     ]
     current = model.get_weights()
-    model.load_weights(tmp_path / "best-03.npz")
+    model.load_weights(tmp_path / "best-03")
     for got, ref in zip(model.get_weights(), weights[2]):
         np.testing.assert_array_equal(got, ref)
     model.set_weights(current)
-    with np.load(tmp_path / "best-03.npz", allow_pickle=False) as f:
-        assert f.files[0] == "0000:conv2d/kernel"
+    # A checkpoint directory whose arrays are named by their path, not their position.
+    saved = fnn.checkpoint.restore(tmp_path / "best-03")
+    assert model.weight_names()[0] == "conv2d/kernel"
+    np.testing.assert_array_equal(saved["params"]["conv2d"]["kernel"], weights[2][0])
     # CSVLogger: one row per epoch, equal to History.
     rows = list(csv.DictReader(csv_path.open()))
     assert [int(r["epoch"]) for r in rows] == history.epoch

@@ -172,3 +172,148 @@ def test_model_save_and_fnn_load_model(tmp_path):
     with pytest.warns(UserWarning, match=r"iris: saved without compile settings \(optimizer"):
         model.save(tmp_path / "uncompiled")
     assert not fnn.load_model(tmp_path / "uncompiled").compiled
+
+
+def bn_model(units=4, name="bn_net", **dense):
+    from fnn.layers import BatchNormalization
+
+    return fnn.Sequential(
+        [fnn.Input((3,)), Dense(units, **dense), BatchNormalization(), Dense(2)], name=name
+    )
+
+
+def trained_bn_model():
+    model = bn_model()
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 3)).astype("float32"), rng.normal(size=(64, 2))
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)  # moving statistics move too
+    return model, x
+
+
+def test_model_save_weights_is_the_fnn_checkpoint_directory(tmp_path):
+    model, x = trained_bn_model()
+    model.save_weights(tmp_path / "w")
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [
+        "arrays.safetensors",
+        "checkpoint.json",
+    ]
+    # The same directory as fnn.save_weights: the functional loader reads it ...
+    params, state = fnn.load_weights(tmp_path / "w")
+    for a, b in zip(
+        jax.tree.leaves((model.params, model.state)), jax.tree.leaves((params, state)), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    # ... and a fresh model of the same architecture gets every array, state included.
+    fresh = bn_model()
+    fresh.set_weights([np.zeros_like(w) + 0.5 for w in fresh.get_weights()])
+    fresh.load_weights(tmp_path / "w")
+    for a, b in zip(fresh.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fresh.predict(x, verbose=0), model.predict(x, verbose=0))
+    # What fnn.save_weights writes, Model.load_weights reads.
+    fnn.save_weights(tmp_path / "f", model.params, model.state)
+    other = bn_model()
+    other.load_weights(tmp_path / "f")
+    np.testing.assert_array_equal(other.predict(x, verbose=0), model.predict(x, verbose=0))
+    with pytest.raises(fnn.ConfigError, match=r"bn_net: load_weights needs built parameters"):
+        fnn.Sequential([Dense(2)], name="bn_net").load_weights(tmp_path / "w")
+
+
+def test_weights_are_matched_by_path_not_by_position(tmp_path):
+    """Two layers of the same shape called in the opposite order: loading by list position
+    would swap them, loading by path keeps each array with its layer."""
+    first = fnn.Sequential([fnn.Input((3,)), Dense(3, name="b"), Dense(3, name="a")])
+    second = fnn.Sequential([fnn.Input((3,)), Dense(3, name="a"), Dense(3, name="b")])
+    assert first.weight_names()[0] == "b/kernel" and second.weight_names()[0] == "a/kernel"
+    first.save_weights(tmp_path / "w")
+    second.load_weights(tmp_path / "w")
+    for name in ("a", "b"):
+        for key in ("kernel", "bias"):
+            np.testing.assert_array_equal(second.params[name][key], first.params[name][key])
+    # model.save / fnn.load_model match by path too.
+    first.save(tmp_path / "m")
+    loaded = fnn.load_model(tmp_path / "m")
+    assert loaded.weight_names() == first.weight_names()
+    for a, b in zip(loaded.get_weights(), first.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Model.load_weights reads a model.save directory as well (it holds params and state).
+    second.load_weights(tmp_path / "m")
+    np.testing.assert_array_equal(second.params["b"]["kernel"], first.params["b"]["kernel"])
+
+
+def test_model_load_weights_of_another_architecture_names_every_mismatch(tmp_path):
+    model, _ = trained_bn_model()
+    model.save_weights(tmp_path / "w")
+    before = bn_model(units=5).get_weights()
+    wider = bn_model(units=5)
+    with pytest.raises(CheckpointError) as info:
+        wider.load_weights(tmp_path / "w")
+    message = str(info.value)
+    assert "['params']['dense']['kernel']: checkpoint has float32[3, 4], target float32[3, 5]" in (
+        message
+    )
+    assert "['state']['batch_normalization']['moving_mean']: checkpoint has float32[4]" in message
+    for a, b in zip(wider.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(a, b)  # a failed load changes nothing
+    missing = fnn.Sequential(
+        [fnn.Input((3,)), Dense(4), fnn.layers.BatchNormalization(), Dense(2), Dense(1)]
+    )
+    with pytest.raises(CheckpointError, match=r"\['params'\]\['dense_2'\]: missing from the"):
+        missing.load_weights(tmp_path / "w")
+    extra = fnn.Sequential([fnn.Input((3,)), Dense(4), Dense(2)])
+    with pytest.raises(CheckpointError) as info:
+        extra.load_weights(tmp_path / "w")
+    assert "['params']['batch_normalization']: in the checkpoint but not in the target" in str(
+        info.value
+    )
+    assert "['state']['batch_normalization']: in the checkpoint but not in the target" in str(
+        info.value
+    )
+    other_dtype = bn_model(dtype="bfloat16")
+    with pytest.raises(CheckpointError, match=r"checkpoint has float32\[3, 4\], target bfloat16"):
+        other_dtype.load_weights(tmp_path / "w")
+
+
+@pytest.mark.parametrize("name", ["x.keras", "x.weights.h5", "x.npz", "X.H5"])
+def test_single_file_names_are_a_clear_error(tmp_path, name):
+    model = bn_model()
+    path = tmp_path / name
+    suffix = name[name.rindex(".") :].lower()
+    with pytest.raises(fnn.ConfigError, match=rf"bn_net: save_weights: cannot write .*\{suffix} "):
+        model.save_weights(path)
+    with pytest.raises(fnn.ConfigError, match=rf"bn_net: save: cannot write .*not \{suffix} files"):
+        model.save(path)
+    with pytest.raises(fnn.ConfigError, match=r"^save_weights: cannot write"):
+        fnn.save_weights(path, model.params, model.state)
+    assert not path.exists()  # no directory named like a file of another format
+    path.write_bytes(b"a file of another library")
+    with pytest.raises(fnn.ConfigError, match=rf"bn_net: load_weights: cannot read .*\{suffix}"):
+        model.load_weights(path)
+    with pytest.raises(fnn.ConfigError, match=r"^load_weights: cannot read .*get_weights\(\)"):
+        fnn.load_weights(path)
+    with pytest.raises(fnn.ConfigError, match=r"^load_model: cannot read"):
+        fnn.load_model(path)
+
+
+@pytest.mark.parametrize("stage", ["arrays_written", "before_rename"])
+def test_failed_model_save_weights_keeps_the_previous_weights(tmp_path, monkeypatch, stage):
+    from fnn import checkpoint
+
+    model, x = trained_bn_model()
+    model.save_weights(tmp_path / "w")
+    saved = model.get_weights()
+    model.set_weights([w + 1.0 for w in saved])
+
+    def crash(at, tmp):
+        if at == stage:
+            raise RuntimeError(f"disk full at {at}")
+
+    monkeypatch.setattr(checkpoint, "_TEST_HOOK", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        model.save_weights(tmp_path / "w")
+    monkeypatch.setattr(checkpoint, "_TEST_HOOK", None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # no temporary left over
+    model.load_weights(tmp_path / "w")
+    for a, b in zip(model.get_weights(), saved, strict=True):
+        np.testing.assert_array_equal(a, b)

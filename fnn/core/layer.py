@@ -73,9 +73,18 @@ class Layer:
     # Keras's ``input_shape=`` / ``input_dim=`` on a first layer (without the batch axis):
     # only ``Sequential`` reads it, to build without an explicit ``fnn.Input``.
     input_shape: tuple[int, ...] | None = None
+    # Keras's ``get_weights`` order of this layer's own arrays: key names (or ``fnmatch``
+    # patterns such as ``"forward_*"``) ranked at every depth of its params, then of its
+    # state. Keys it does not name keep their stored order, after the named ones. Needed
+    # because jax returns dicts with sorted keys, so creation order is not kept.
+    weight_order: tuple[str, ...] | None = None
 
     def __post_init__(self):
         check_name(self.name)
+        if self.weight_order is not None:
+            object.__setattr__(
+                self, "weight_order", _check_weight_order(self.name, self.weight_order)
+            )
 
     def __iter__(self):
         return iter((self.init, self.apply))
@@ -98,6 +107,15 @@ class Layer:
         return dataclasses.replace(self, name=name, spec=spec)
 
 
+def _check_weight_order(who: str, order: Any) -> tuple[str, ...]:
+    if not isinstance(order, tuple | list) or not all(isinstance(k, str) and k for k in order):
+        raise ConfigError(
+            f"{who}: expected weight_order to be a tuple of parameter key names such as "
+            f"('kernel', 'bias'), got {order!r}."
+        )
+    return tuple(order)
+
+
 def check_name(name: object) -> None:
     """Raise ``ConfigError`` unless ``name`` is a usable parameter key."""
     if not isinstance(name, str) or not _NAME_PATTERN.match(name):
@@ -110,11 +128,17 @@ def check_name(name: object) -> None:
 _REGISTRY: dict[str, Callable[..., Layer]] = {}
 
 
-def register_layer(factory: Callable[..., Layer] | None = None, *, name: str | None = None):
+def register_layer(
+    factory: Callable[..., Layer] | None = None,
+    *,
+    name: str | None = None,
+    weight_order: tuple[str, ...] | None = None,
+):
     """Register a layer factory by name so saved configs can rebuild it.
 
     The returned factory records the arguments it was called with in
-    ``layer.spec``. Use it on your own layer factories too:
+    ``layer.spec``. ``weight_order`` declares the Keras ``get_weights`` order of the
+    layer's arrays (see ``Layer.weight_order``). Use it on your own layer factories too:
 
     >>> import fnn
     >>> @fnn.register_layer
@@ -127,6 +151,7 @@ def register_layer(factory: Callable[..., Layer] | None = None, *, name: str | N
     def wrap(fn: Callable[..., Layer]) -> Callable[..., Layer]:
         key = name or fn.__name__
         signature = inspect.signature(fn)
+        order = None if weight_order is None else _check_weight_order(key, weight_order)
 
         @functools.wraps(fn)
         def build(*args, **kwargs) -> Layer:
@@ -139,7 +164,12 @@ def register_layer(factory: Callable[..., Layer] | None = None, *, name: str | N
             config = dict(bound.arguments)
             if input_shape is not None:
                 config["input_shape"] = input_shape
-            return dataclasses.replace(layer, spec=LayerSpec(key, config), input_shape=input_shape)
+            return dataclasses.replace(
+                layer,
+                spec=LayerSpec(key, config),
+                input_shape=input_shape,
+                weight_order=order or layer.weight_order,
+            )
 
         build.signature = signature
         _REGISTRY[key] = build

@@ -269,26 +269,38 @@ def _json_default(x: Any) -> Any:
 _FOREIGN_SUFFIXES = (".keras", ".h5", ".hdf5", ".npz", ".pkl", ".pickle", ".pt")
 
 
-def check_directory_path(path: str | os.PathLike, who: str) -> Path:
+def check_directory_path(path: str | os.PathLike, who: str, *, action: str = "write") -> Path:
     """``path`` as a ``Path`` if it can name a checkpoint directory; ``ConfigError`` when its
     suffix promises a single file of another format (``x.keras``, ``x.weights.h5``, ...), so
-    no directory with such a name is ever written.
+    no directory with such a name is ever written (``action="write"``) or looked for
+    (``action="read"``).
 
     >>> check_directory_path("runs/best.keras", "ModelCheckpoint")
     Traceback (most recent call last):
     ...
     fnn.core.errors.ConfigError: ModelCheckpoint: cannot write 'runs/best.keras': fnn saves checkpoint directories (arrays.safetensors + checkpoint.json), not .keras files. Use a path without that suffix, e.g. 'runs/best'.
     """
+    if action not in ("write", "read"):
+        raise ConfigError(
+            f"check_directory_path: expected action 'write' or 'read', got {action!r}."
+        )
     p = Path(path)
     suffix = next((s for s in _FOREIGN_SUFFIXES if p.name.lower().endswith(s)), None)
-    if suffix is not None:
-        stem = p.name[: -len(suffix)].removesuffix(".weights") or "checkpoint"
+    if suffix is None:
+        return p
+    if action == "read":
         raise ConfigError(
-            f"{who}: cannot write {str(path)!r}: fnn saves checkpoint directories "
-            f"({ARRAYS_FILE} + {INDEX_FILE}), not {suffix} files. Use a path without that "
-            f"suffix, e.g. {str(p.with_name(stem))!r}."
+            f"{who}: cannot read {str(path)!r}: fnn reads checkpoint directories "
+            f"({ARRAYS_FILE} + {INDEX_FILE}) written by save_weights or save, not {suffix} "
+            "files. Move weights from Keras with keras_model.get_weights() and "
+            "model.set_weights(...)."
         )
-    return p
+    stem = p.name[: -len(suffix)].removesuffix(".weights") or "checkpoint"
+    raise ConfigError(
+        f"{who}: cannot write {str(path)!r}: fnn saves checkpoint directories "
+        f"({ARRAYS_FILE} + {INDEX_FILE}), not {suffix} files. Use a path without that "
+        f"suffix, e.g. {str(p.with_name(stem))!r}."
+    )
 
 
 def save(

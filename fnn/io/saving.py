@@ -1,7 +1,8 @@
 """Weights and whole-model saving without pickle or stored code.
 
 - ``save_weights(path, params, state)`` / ``load_weights(path, params, state)``: a
-  :mod:`fnn.checkpoint` directory holding ``{"params": ..., "state": ...}``.
+  :mod:`fnn.checkpoint` directory holding ``{"params": ..., "state": ...}``, matched by
+  path on loading. ``Model.save_weights`` / ``Model.load_weights`` write and read it too.
 - ``layer_to_config(layer)`` / ``layer_from_config(config)``: the architecture as JSON,
   ``{"class_name": "Dense", "config": {"units": 10, ...}}`` from ``Layer.spec`` (the
   registered factory name and the arguments the user passed), nested layers recursively.
@@ -63,6 +64,7 @@ _WEIGHTS_KEY = "fnn_weights"
 def save_weights(path: str | os.PathLike, params: Any, state: Any = None) -> Path:
     """Save ``params`` and ``state`` (default ``{}``) to the checkpoint directory ``path``
     (replaced atomically if it exists)."""
+    checkpoint.check_directory_path(path, "save_weights")
     tree = {"params": params, "state": {} if state is None else state}
     return checkpoint.save(path, tree, metadata={_WEIGHTS_KEY: 1}, overwrite=True)
 
@@ -71,7 +73,9 @@ def load_weights(path: str | os.PathLike, params: Any = None, state: Any = None)
     """``(params, state)`` from ``path``. ``params``/``state`` (arrays or
     ``jax.ShapeDtypeStruct``, e.g. from ``jax.eval_shape(model.init, ...)``) are the target:
     a different architecture raises :class:`fnn.checkpoint.CheckpointError` naming every
-    mismatched path."""
+    mismatched path (missing or extra arrays, other shapes or dtypes): arrays are matched
+    by their path (``params/dense/kernel``), never by position."""
+    checkpoint.check_directory_path(path, "load_weights", action="read")
     if params is None:
         if state is not None:
             raise ConfigError("load_weights: pass params too when passing state as the target.")
@@ -244,6 +248,7 @@ def save_model(
             f"save_model: expected a Layer with its params, got {type(model).__name__}; save a "
             "Keras-style fnn.Model with model.save(path) or fnn.save_model(path, model)."
         )
+    checkpoint.check_directory_path(path, "save_model")
     layer, extra = model, dict(metadata or {})
     if params is None:
         raise ConfigError("save_model: expected the params of the layer, got None.")
@@ -260,6 +265,7 @@ def save_model(
 def load_layer(path: str | os.PathLike) -> LoadedModel:
     """Rebuild the layer saved by :func:`save_model` and restore its weights, checked
     against the rebuilt layer's own parameter shapes when its input specs were saved."""
+    checkpoint.check_directory_path(path, "load_layer", action="read")
     info = checkpoint.read_info(path)
     model = info["metadata"].get(_MODEL_KEY)
     if not isinstance(model, dict) or "architecture" not in model:

@@ -131,9 +131,11 @@ def check_window_fits(layer: str, x, window, pads, *, what: str = "kernel_size")
         )
 
 
-def register_ranked(fn: Callable, class_name: str, doc: str, *, rank: int, **values) -> Callable:
+def register_ranked(
+    fn: Callable, class_name: str, doc: str, *, rank: int, weight_order=None, **values
+) -> Callable:
     """Name ``fn`` ``class_name``, fill its docstring template and ``register_layer`` it:
     one N-d implementation serves the 1-D, 2-D and 3-D factories."""
     fn.__name__ = fn.__qualname__ = class_name
     fn.__doc__ = doc.format(cls=class_name, rank=rank, layout=layout(rank), **values)
-    return register_layer(fn)
+    return register_layer(fn, weight_order=weight_order)

@@ -36,7 +36,7 @@ def causal_mask(query_length: int, value_length: int) -> jax.Array:
     return cols <= rows
 
 
-@register_layer
+@register_layer(weight_order=("query", "key", "value", "attention_output", "kernel", "bias"))
 def MultiHeadAttention(
     num_heads: int,
     key_dim: int,

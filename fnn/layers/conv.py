@@ -341,6 +341,7 @@ def _conv_factory(rank: int):
         f"Conv{rank}D",
         _CONV_DOC,
         rank=rank,
+        weight_order=("kernel", "bias"),
         causal=', ``n`` for ``"causal"`` (left padding only)' if rank == 1 else "",
         kernel_shape=(3,) * rank + (3, 8),
         out_shape=(shape[0],) + (5,) * rank + (8,),
@@ -402,6 +403,7 @@ def _conv_transpose_factory(rank: int):
         f"Conv{rank}DTranspose",
         _TRANSPOSE_DOC,
         rank=rank,
+        weight_order=("kernel", "bias"),
         kernel_shape=(3,) * rank + (8, 3),
         out_shape=(shape[0],) + (18,) * rank + (8,),
     )
@@ -460,6 +462,7 @@ def _depthwise_factory(rank: int):
         f"DepthwiseConv{rank}D",
         _DEPTHWISE_DOC,
         rank=rank,
+        weight_order=("kernel", "bias"),
         kernel_shape=(3,) * rank + (3, 2),
         out_shape=(shape[0],) + (7,) * rank + (6,),
     )
@@ -520,6 +523,7 @@ def _separable_factory(rank: int):
         f"SeparableConv{rank}D",
         _SEPARABLE_DOC,
         rank=rank,
+        weight_order=("depthwise_kernel", "pointwise_kernel", "bias"),
         kernel_shape=(1,) * rank + (6, 8),
         out_shape=(shape[0],) + (7,) * rank + (8,),
     )

@@ -9,7 +9,7 @@ from fnn.core.errors import check_last_dim, check_rank
 from fnn.core.layer import Layer, param_dtype, register_layer
 
 
-@register_layer
+@register_layer(weight_order=("kernel", "bias"))
 def Dense(
     units: int,
     activation=None,

@@ -93,7 +93,7 @@ def _first_param(params, keys):
     return None, None
 
 
-@register_layer
+@register_layer(weight_order=("gamma", "beta", "moving_mean", "moving_variance"))
 def BatchNormalization(
     axis: int = -1,
     momentum: float = 0.99,
@@ -210,7 +210,7 @@ def _norm_params(name, x, axes, center, scale, gamma_init, beta_init, key, dtype
     return params
 
 
-@register_layer
+@register_layer(weight_order=("gamma", "beta"))
 def LayerNormalization(
     axis=-1,
     epsilon: float = 1e-3,
@@ -263,7 +263,7 @@ def LayerNormalization(
     return Layer(init, apply, name)
 
 
-@register_layer
+@register_layer(weight_order=("gamma", "beta"))
 def GroupNormalization(
     groups: int = 32,
     axis: int = -1,

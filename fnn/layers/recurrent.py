@@ -232,7 +232,7 @@ def _recurrent_layer(
 # --------------------------------------------------------------------------- layers
 
 
-@register_layer
+@register_layer(weight_order=("kernel", "recurrent_kernel", "bias"))
 def SimpleRNN(
     units: int,
     activation="tanh",
@@ -311,7 +311,7 @@ def SimpleRNN(
     )
 
 
-@register_layer
+@register_layer(weight_order=("kernel", "recurrent_kernel", "bias"))
 def LSTM(
     units: int,
     activation="tanh",
@@ -412,7 +412,7 @@ def LSTM(
     )
 
 
-@register_layer
+@register_layer(weight_order=("kernel", "recurrent_kernel", "bias"))
 def GRU(
     units: int,
     activation="tanh",
@@ -528,7 +528,10 @@ def _removeprefix(text: str, prefix: str) -> str:
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-@register_layer
+# The forward direction first, as Keras. The directions are not called through
+# call_child (so not traced as children), hence their own order is declared here too;
+# once they are, each direction's own order applies and this is redundant.
+@register_layer(weight_order=("forward_*", "kernel", "recurrent_kernel", "bias"))
 def Bidirectional(
     layer: Layer, merge_mode="concat", backward_layer: Layer | None = None, name="bidirectional"
 ) -> Layer:

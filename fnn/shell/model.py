@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.core.combinators import record_calls, serial
+from fnn.core import weights as weights_lib
+from fnn.core.combinators import serial
 from fnn.core.errors import ConfigError, ShapeError
 from fnn.core.layer import Layer, as_shape_struct, output_shapes
 from fnn.io import data_adapter as data_lib
@@ -54,61 +55,6 @@ class Input:
     shape: tuple[int, ...]
     dtype: Any = "float32"
     name: str | None = None
-
-
-# Keras's weight creation order inside one layer (``get_weights`` order); other keys follow
-# in the order the layer stored them.
-_KERAS_ORDER = (
-    "depthwise_kernel",
-    "pointwise_kernel",
-    "kernel",
-    "recurrent_kernel",
-    "bias",
-    "embeddings",
-    "gamma",
-    "beta",
-    "moving_mean",
-    "moving_variance",
-    "query",
-    "key",
-    "value",
-    "attention_output",
-    "forward",
-    "forward_layer",
-    "backward",
-    "backward_layer",
-)
-_RANK = {k: i for i, k in enumerate(_KERAS_ORDER)}
-
-
-def _keras_sorted(keys: Iterable[str]) -> list[str]:
-    keys = list(keys)
-    return sorted(keys, key=lambda k: (_RANK.get(k, len(_RANK)), keys.index(k)))
-
-
-def _leaf_paths(tree, prefix: tuple = ()) -> list[tuple]:
-    """Paths of the array leaves of a nested dict, in Keras's per-layer order."""
-    if isinstance(tree, Mapping):
-        out = []
-        for k in _keras_sorted(tree):
-            out.extend(_leaf_paths(tree[k], (*prefix, k)))
-        return out
-    return [prefix]
-
-
-def _get_path(tree, path):
-    for k in path:
-        tree = tree[k]
-    return tree
-
-
-def _set_path(tree, path, value):
-    """A copy of nested dict ``tree`` with ``value`` at ``path`` (copies only that branch)."""
-    if not path:
-        return value
-    new = dict(tree)
-    new[path[0]] = _set_path(tree[path[0]], path[1:], value)
-    return new
 
 
 def _is_verbose_auto(verbose) -> int:
@@ -300,107 +246,61 @@ class Model:
     # ------------------------------------------------------------------ Keras weights
 
     def _weight_paths(self) -> list[tuple[str, tuple]]:
-        """``("params"|"state", path)`` of every array in Keras's ``get_weights`` order:
-        layer by layer in call order, each layer's params then its state."""
-        if self._weight_order is not None:
-            return self._weight_order
-        ts = self._require_built("get_weights")
-        with record_calls() as records:
-            jax.eval_shape(
-                lambda p, s, xs: self.layer.apply(p, s, *xs, rng=None, train=False),
-                as_shape_struct(ts.params),
-                as_shape_struct(ts.state),
-                self._input_spec,
+        """``("params"|"state", path)`` of every array in Keras's ``get_weights`` order
+        (``fnn.core.weights.weight_paths``), cached until the model is rebuilt."""
+        if self._weight_order is None:
+            ts = self._require_built("get_weights")
+            self._weight_order = weights_lib.weight_paths(
+                self.layer, ts.params, ts.state, *self._input_spec
             )
-        paths = [r[0] for r in records]
-        # Leaves of the call tree own their arrays; a top-level layer without children owns all.
-        leaves = [
-            p for p in dict.fromkeys(paths) if not any(q[: len(p)] == p and q != p for q in paths)
-        ]
-        if not leaves:
-            leaves = [()]
-        order: list[tuple[str, tuple]] = []
-        seen = set()
-        for path in leaves:
-            for kind, tree in (("params", ts.params), ("state", ts.state)):
-                try:
-                    sub = _get_path(tree, path)
-                except (KeyError, TypeError):
-                    continue
-                for leaf in _leaf_paths(sub):
-                    full = (kind, path + leaf)
-                    if full not in seen:
-                        seen.add(full)
-                        order.append(full)
-        # Arrays no recorded child owns (custom layers mixing own and child params).
-        for kind, tree in (("params", ts.params), ("state", ts.state)):
-            for leaf in _leaf_paths(tree):
-                if (kind, leaf) not in seen:
-                    order.append((kind, leaf))
-        self._weight_order = order
-        return order
+        return self._weight_order
 
     def get_weights(self) -> list[np.ndarray]:
         """All params and state as NumPy arrays in Keras's ``get_weights`` order (per layer:
         Dense ``[kernel, bias]``, BatchNormalization ``[gamma, beta, moving_mean,
         moving_variance]``, LSTM ``[kernel, recurrent_kernel, bias]``, ...)."""
         ts = self._require_built("get_weights")
-        trees = {"params": ts.params, "state": ts.state}
-        arrays = [_get_path(trees[kind], path) for kind, path in self._weight_paths()]
-        return [np.array(a) for a in jax.device_get(arrays)]
+        return weights_lib.get_weights(ts.params, ts.state, self._weight_paths())
 
     def weight_names(self) -> list[str]:
         """``"dense/kernel"``-style names of ``get_weights()``'s entries."""
-        return ["/".join(path) for _, path in self._weight_paths()]
+        return weights_lib.weight_names(self._weight_paths())
 
     def set_weights(self, weights: Sequence) -> None:
         """Set params and state from a list in ``get_weights`` (Keras) order."""
         ts = self._require_built("set_weights")
-        order = self._weight_paths()
-        weights = list(weights)
-        if len(weights) != len(order):
-            listing = ", ".join(self.weight_names())
-            raise ShapeError(
-                f"{self.name}: set_weights expected {len(order)} arrays ({listing}), got "
-                f"{len(weights)}."
-            )
-        trees = {"params": ts.params, "state": ts.state}
-        for (kind, path), value in zip(order, weights):
-            old = _get_path(trees[kind], path)
-            if tuple(np.shape(value)) != tuple(old.shape):
-                raise ShapeError(
-                    f"{self.name}: set_weights expected {'/'.join(path)} of shape "
-                    f"{tuple(old.shape)}, got shape {tuple(np.shape(value))}."
-                )
-            trees[kind] = _set_path(trees[kind], path, jnp.asarray(value, old.dtype))
-        self._train_state = _replace(ts, params=trees["params"], state=trees["state"])
+        params, state = weights_lib.set_weights(
+            ts.params, ts.state, self._weight_paths(), weights, self.name
+        )
+        self._train_state = _replace(ts, params=params, state=state)
 
     def save_weights(self, filepath: str | os.PathLike) -> None:
-        """Write ``get_weights()`` to a NumPy ``.npz`` (no pickle), atomically."""
-        filepath = os.fspath(filepath)
-        arrays = {
-            f"{i:04d}:{name}": w
-            for i, (name, w) in enumerate(zip(self.weight_names(), self.get_weights()))
-        }
-        tmp = f"{filepath}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, filepath)
+        """Write params and state to the checkpoint directory ``filepath`` (the format of
+        ``fnn.save_weights``: safetensors + JSON, no pickle), replacing it atomically."""
+        from fnn.io import checkpoint, saving
+
+        checkpoint.check_directory_path(filepath, f"{self.name}: save_weights")
+        ts = self._require_built("save_weights")
+        saving.save_weights(filepath, ts.params, ts.state)
 
     def load_weights(self, filepath: str | os.PathLike) -> None:
-        """Read weights written by ``save_weights`` (loaded with ``allow_pickle=False``)."""
-        with np.load(os.fspath(filepath), allow_pickle=False) as data:
-            keys = sorted(data.files, key=lambda k: int(k.split(":", 1)[0]))
-            self.set_weights([data[k] for k in keys])
+        """Read params and state written by ``save_weights`` (or ``save``), matched by path
+        against this model's: a different architecture raises ``CheckpointError`` naming
+        every missing, extra or mismatched array."""
+        from fnn.io import checkpoint, saving
+
+        checkpoint.check_directory_path(filepath, f"{self.name}: load_weights", action="read")
+        ts = self._require_built("load_weights")
+        params, state = saving.load_weights(filepath, ts.params, ts.state)
+        self._train_state = _replace(ts, params=params, state=state)
 
     def save(self, filepath: str | os.PathLike):
         """Save the architecture (registered layer names and arguments as JSON), weights and
         compile settings to the directory ``filepath``, atomically; ``fnn.load_model``
         rebuilds the model without running stored code (see ``fnn.saving``)."""
-        from fnn.io import saving
+        from fnn.io import checkpoint, saving
 
+        checkpoint.check_directory_path(filepath, f"{self.name}: save")
         return saving.save_model(
             filepath,
             self.layer,

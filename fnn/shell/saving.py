@@ -35,6 +35,7 @@ def load_model(path: str | os.PathLike, compile: bool = True) -> Any:
     """Rebuild the ``fnn.Model``/``fnn.Sequential`` saved by ``model.save(path)``: layers
     from the registry, weights checked against them, and ``compile`` with the saved
     settings (when there are any and ``compile=True``). No stored code runs."""
+    checkpoint.check_directory_path(path, "load_model", action="read")
     loaded = io_saving.load_layer(path)
     extra = loaded.metadata
     name = extra.get("name")
