@@ -66,11 +66,12 @@ def _annotation(param: inspect.Parameter) -> str:
 
 
 def _is_layer_typed(param: inspect.Parameter) -> bool:
-    """``*layers`` without annotation, or an annotation of ``Layer`` (``| None`` allowed)."""
+    """``*layers`` without annotation, or an annotation of ``Layer`` / ``fnn.Layer``
+    (``| None`` allowed)."""
     text = _annotation(param)
     if not text:
         return param.kind is param.VAR_POSITIONAL
-    return {t.strip() for t in text.split("|")} - {"None"} == {"Layer"}
+    return {t.strip().rsplit(".", 1)[-1] for t in text.split("|")} - {"None"} == {"Layer"}
 
 
 def _check_type(path: str, param: inspect.Parameter, value: Any) -> None:
@@ -86,8 +87,10 @@ def _check_type(path: str, param: inspect.Parameter, value: Any) -> None:
 
 
 def _layer_value(path: str, value: Any, parse: ParseLayer | None) -> Any:
-    if isinstance(value, Layer | LayerSpec) or value is None or parse is None:
+    if isinstance(value, Layer | LayerSpec) or value is None:
         return value
+    if parse is None:
+        raise ConfigError(f"{path}: expected a layer, {describe(value)}.")
     class_name, arguments = parse(path, value)
     return LayerSpec(class_name, arguments)
 
