@@ -5,8 +5,8 @@
 - ``layer_to_config(layer)`` / ``layer_from_config(config)``: the architecture as JSON,
   ``{"class_name": "Dense", "config": {"units": 10, ...}}`` from ``Layer.spec`` (the
   registered factory name and the arguments the user passed), nested layers recursively.
-  Loading looks the factory up with :func:`fnn.core.get_layer_factory` and calls it; no
-  stored code runs. Custom layers must be registered with ``@fnn.register_layer``.
+  Loading decodes the JSON and builds the layer with :func:`fnn.core.spec.build` (the
+  registered factory, the arguments checked); no stored code runs. Custom layers must be registered with ``@fnn.register_layer``.
 - ``save_model(path, layer, params, state, inputs=...)`` / ``load_layer(path)`` for a
   functional layer: architecture, input specs, compile settings and weights in one atomic
   checkpoint directory. The Keras-style ``model.save(path)`` / ``fnn.load_model(path)``

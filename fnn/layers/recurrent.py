@@ -536,7 +536,9 @@ def Bidirectional(
     Params (Keras names): ``{"forward_<name>": ..., "backward_<name>": ...}`` where
     ``<name>`` is the wrapped layer's name (``forward_lstm``/``backward_lstm``); a
     user-given ``backward_layer`` keeps its own name. Both directions are rebuilt from the
-    layer's constructor arguments, the backward one with ``go_backwards=True``; as Keras,
+    layer's constructor arguments (``fnn.core.spec.build``), the backward one with
+    ``go_backwards=True``, and called as children, forward first: ``fnn.summary`` lists
+    them and ``get_weights`` starts with the forward layer's weights, as Keras. As Keras,
     masked steps output zeros when returning sequences. ``initial_state`` is a tuple whose
     first half goes to the forward and second half to the backward layer; ``mask`` is
     honoured by both directions.
