@@ -415,6 +415,18 @@ def test_bidirectional_rebuilds_its_layers_like_the_factory():
             np.testing.assert_array_equal(a, b)
 
 
+def test_bidirectional_takes_what_the_factory_took():
+    """The rebuild leaves argument checks to the factory: an int for a bool that LSTM
+    accepted (return_sequences=1) still works inside Bidirectional, like return_sequences=True."""
+    x = _data(22)
+    loose = Bidirectional(LSTM(U, return_sequences=1))
+    strict = Bidirectional(LSTM(U, return_sequences=True))
+    params, state = strict.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(
+        loose.apply(params, state, x)[0], strict.apply(params, state, x)[0]
+    )
+
+
 def test_bidirectional_summary_lists_both_directions():
     x = jax.ShapeDtypeStruct((2, T, F), jnp.float32)
     model = fnn.serial(Bidirectional(LSTM(U)), Dense(2))

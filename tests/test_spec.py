@@ -284,6 +284,9 @@ def test_builder_errors_start_with_the_key_path(call, options, match):
 def test_bool_is_no_int_but_an_int_is_a_float():
     assert spec.build("Dropout", {"rate": 0}).spec.config == {"rate": 0}
     assert spec.build("SpecTestOptions", {"size": None}).spec.config == {"size": None}
+    # Without the annotation checks the factory is the judge (it takes 1 for use_bias).
+    loose = spec.build("Dense", {"units": 2, "use_bias": 1}, check_types=False)
+    assert loose.spec == Dense(2, use_bias=1).spec
 
 
 # ------------------------------------------------------------------ wrappers call children

@@ -95,15 +95,16 @@ def _layer_value(path: str, value: Any, parse: ParseLayer | None) -> Any:
     return LayerSpec(class_name, arguments)
 
 
-def _build_nested(path: str, value: Any, parse: ParseLayer | None, source: str) -> Any:
-    """``value`` with every ``LayerSpec`` inside it built (lists, tuples, mappings)."""
+def _build_nested(path: str, value: Any, options: dict[str, Any]) -> Any:
+    """``value`` with every ``LayerSpec`` inside it built with ``build(..., **options)``
+    (inside lists, tuples and mappings too)."""
     if isinstance(value, LayerSpec):
-        return build(value.class_name, value.config, path=path, parse_layer=parse, source=source)
+        return build(value.class_name, value.config, path=path, **options)
     if isinstance(value, list | tuple):
-        items = [_build_nested(join_path(path, i), v, parse, source) for i, v in enumerate(value)]
+        items = [_build_nested(join_path(path, i), v, options) for i, v in enumerate(value)]
         return tuple(items) if isinstance(value, tuple) else items
     if isinstance(value, Mapping):
-        return {k: _build_nested(join_path(path, k), v, parse, source) for k, v in value.items()}
+        return {k: _build_nested(join_path(path, k), v, options) for k, v in value.items()}
     return value
 
 
@@ -116,7 +117,9 @@ def _unknown(path, class_name, keys, signature, source) -> ConfigError:
     valid = _valid_arguments(signature)
     hint = closest(keys[0], valid)
     listing = f"Valid arguments: {', '.join(valid)}."
-    if source:  # a file may come from another version: list every key it does not know
+    # A file may come from another version: list every key it does not know. A hand-written
+    # config names the first one by its key path.
+    if source:
         return ConfigError(
             _at(path, f"{class_name}: unknown {source} arguments {sorted(keys)}.{hint} {listing}")
         )
@@ -148,6 +151,34 @@ def _call_arguments(signature: inspect.Signature, bound: dict[str, Any]) -> tupl
     return args, kwargs
 
 
+def _argument(
+    path: str, param: inspect.Parameter, value: Any, parse: ParseLayer | None, check: bool
+) -> Any:
+    """One argument checked against its parameter; raw layer entries parsed to specs."""
+    layer_typed = _is_layer_typed(param)
+    if param.kind is param.VAR_POSITIONAL:
+        if not isinstance(value, list | tuple):
+            what = "a list of layers" if layer_typed else "a list"
+            raise ConfigError(f"{path}: expected {what}, {describe(value)}.")
+        items = []
+        for i, item in enumerate(value):
+            if layer_typed:
+                item = _layer_value(join_path(path, i), item, parse)
+            elif check:
+                _check_type(join_path(path, i), param, item)
+            items.append(item)
+        return items
+    if param.kind is param.VAR_KEYWORD:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping of arguments, {describe(value)}.")
+        return value
+    if layer_typed:
+        return _layer_value(path, value, parse)
+    if check:
+        _check_type(path, param, value)
+    return value
+
+
 def build(
     class_name: str,
     arguments: Mapping[str, Any],
@@ -155,6 +186,7 @@ def build(
     path: str = "",
     parse_layer: ParseLayer | None = None,
     source: str = "",
+    check_types: bool = True,
 ) -> Layer:
     """The layer of the registered factory ``class_name`` called with ``arguments``.
 
@@ -169,8 +201,11 @@ def build(
     ``path`` (the key path of this spec, e.g. ``model.layers[2]``; arguments add ``.units``,
     list items ``[0]``); a factory's own error is rewritten to start with that path too.
     ``source`` (e.g. ``"saved"``) names where the arguments came from in the message for
-    unknown ones, which then lists them all.
+    unknown ones, which then lists them all. ``check_types=False`` skips the annotation
+    checks, for arguments a factory already accepted once (a saved file, a wrapper
+    rebuilding its child): the factory stays the judge, so what loaded before still loads.
     """
+    options = {"parse_layer": parse_layer, "source": source, "check_types": check_types}
     if class_name not in registered_layers():
         valid = registered_layers()
         raise ConfigError(
@@ -191,8 +226,6 @@ def build(
         )
     params = signature.parameters
     unknown = [str(k) for k in arguments if k not in params and k not in _KERAS_INPUT]
-    if unknown and not source:
-        unknown = unknown[:1]  # in argument order: the first one named by its key path
     if unknown:
         raise _unknown(path, class_name, unknown, signature, source)
     bound: dict[str, Any] = {}
@@ -203,27 +236,8 @@ def build(
         if param is None:  # input_shape / input_dim, checked by register_layer
             keras_input[key] = value
             continue
-        layer_typed = _is_layer_typed(param)
-        if param.kind is param.VAR_POSITIONAL:
-            if not isinstance(value, list | tuple):
-                what = "a list of layers" if layer_typed else "a list"
-                raise ConfigError(f"{sub}: expected {what}, {describe(value)}.")
-            items = []
-            for i, item in enumerate(value):
-                if layer_typed:
-                    item = _layer_value(join_path(sub, i), item, parse_layer)
-                else:
-                    _check_type(join_path(sub, i), param, item)
-                items.append(item)
-            value = items
-        elif param.kind is param.VAR_KEYWORD:
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{sub}: expected a mapping of arguments, {describe(value)}.")
-        elif layer_typed:
-            value = _layer_value(sub, value, parse_layer)
-        else:
-            _check_type(sub, param, value)
-        bound[key] = _build_nested(sub, value, parse_layer, source)
+        value = _argument(sub, param, value, parse_layer, check_types)
+        bound[key] = _build_nested(sub, value, options)
     missing = [
         name
         for name, p in params.items()

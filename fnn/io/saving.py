@@ -192,7 +192,7 @@ def layer_from_config(config: Mapping[str, Any]) -> Layer:
     :func:`fnn.core.spec.build`; errors in nested layers start with their key path
     (``layers[2].units: ...``)."""
     class_name, arguments = _layer_config(config, "")
-    return spec.build(class_name, arguments, source="saved")
+    return spec.build(class_name, arguments, source="saved", check_types=False)
 
 
 # ---------------------------------------------------------------------------------------

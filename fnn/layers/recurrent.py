@@ -603,7 +603,7 @@ def Bidirectional(
         # As Keras: masked steps output zeros when returning sequences, so the merge of
         # padded steps does not mix in stale outputs; the wrapper returns the mask itself.
         config = {**config, "zero_output_for_mask": return_sequences, "return_mask": False}
-        return layer_spec.build(class_name, config, path=f"{name}.{argument}")
+        return layer_spec.build(class_name, config, path=f"{name}.{argument}", check_types=False)
 
     forward = rebuild(layer.spec.class_name, fwd_config, "layer")
     backward = rebuild(bwd_class, bwd_config, "backward_layer")
