@@ -65,6 +65,22 @@ def test_defaults_and_overrides():
     assert model.spec.config["layers"][1].spec.config == {"units": 64, "activation": "relu"}
 
 
+def test_layer_entries_build_like_python_calls():
+    from fnn.layers import LSTM, Bidirectional, Conv2D
+
+    cfg = load_config_text(
+        with_layers(
+            {"Conv2D": {"filters": 4, "kernel_size": [3, 3], "input_shape": [8, 8, 1]}},
+            {"Bidirectional": {"layer": {"LSTM": {"units": 4}}, "merge_mode": "sum"}},
+        )
+    )
+    conv, bi = build_model(cfg).spec.config["layers"]
+    want_conv = Conv2D(4, (3, 3), input_shape=(8, 8, 1))
+    assert conv.spec == want_conv.spec and conv.input_shape == (8, 8, 1)
+    want_bi = Bidirectional(LSTM(4), merge_mode="sum")
+    assert fnn.saving.layer_to_config(bi) == fnn.saving.layer_to_config(want_bi)
+
+
 def test_exponent_floats_and_no_python_objects():
     cfg = load_config_text(
         text() + "optimizer: {learning_rate: 1e-3}\n", ["optimizer.options.epsilon=1E-7"]
@@ -145,6 +161,22 @@ ERRORS = [
     (
         with_layers({"residual": {"layers": "Dense"}}),
         r"^model.layers\[0\].layers: expected a list of layers, got 'Dense'",
+    ),
+    (
+        with_layers({"Bidirectional": {"layer": {"LSTMM": {"units": 3}}}}),
+        r"^model.layers\[0\].layer: unknown layer 'LSTMM'. Did you mean 'LSTM'\?",
+    ),
+    (
+        with_layers({"Bidirectional": {"layer": {"LSTM": {"units": 0}}}}),
+        r"^model.layers\[0\].layer.units: expected units to be a positive int, got 0",
+    ),
+    (
+        with_layers({"Bidirectional": {"layer": 3}}),
+        r"^model.layers\[0\].layer: expected a layer name or a one-key mapping",
+    ),
+    (
+        with_layers({"Dense": {"units": 3, "input_shape": [0]}}),
+        r"^model.layers\[0\].input_shape: expected input_shape to be a tuple of positive ints",
     ),
     (
         with_layers({"Dense": {"units": 3, "activation": "rel"}}),

@@ -383,6 +383,104 @@ def test_bidirectional_masking_equals_sequences_alone():
         np.testing.assert_allclose(y[i], want[0], rtol=1e-5, atol=1e-5)
 
 
+def test_bidirectional_rebuilds_its_layers_like_the_factory():
+    """Both directions come from the factory's own arguments plus the wrapper's overrides:
+    the same spec and, with the same key, the same params as calling the factory."""
+    x = _data(20)
+    bi = Bidirectional(LSTM(U, dropout=0.25, return_sequences=True, input_shape=(T, F)))
+    params, state = bi.init(jax.random.key(3), x)
+    with fnn.core.combinators.record_calls() as records:
+        bi.apply(params, state, x)
+    (fwd_path, forward, *_), (bwd_path, backward, *_) = records
+    assert (fwd_path, bwd_path) == (("forward_lstm",), ("backward_lstm",))
+    common = dict(dropout=0.25, return_sequences=True, zero_output_for_mask=True)
+    want_fwd = LSTM(U, **common, return_mask=False, name="forward_lstm")
+    want_bwd = LSTM(U, **common, return_mask=False, go_backwards=True, name="backward_lstm")
+    for got, want in ((forward, want_fwd), (backward, want_bwd)):
+        config = dict(got.spec.config)
+        assert "input_shape" not in config  # Keras's input_shape stays on the wrapper's child
+        assert {k: config[k] for k in want.spec.config} == want.spec.config
+        defaults = {
+            k: p.default for k, p in LSTM.signature.parameters.items() if k not in want.spec.config
+        }
+        assert {k: v for k, v in config.items() if k not in want.spec.config} == defaults
+    k_fwd, k_bwd = jax.random.split(jax.random.key(3))
+    for key, want, layer_key in (
+        (k_fwd, want_fwd, "forward_lstm"),
+        (k_bwd, want_bwd, "backward_lstm"),
+    ):
+        for a, b in zip(
+            jax.tree.leaves(want.init(key, x)[0]), jax.tree.leaves(params[layer_key]), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_bidirectional_takes_what_the_factory_took():
+    """The rebuild leaves argument checks to the factory: an int for a bool that LSTM
+    accepted (return_sequences=1) still works inside Bidirectional, like return_sequences=True."""
+    x = _data(22)
+    loose = Bidirectional(LSTM(U, return_sequences=1))
+    strict = Bidirectional(LSTM(U, return_sequences=True))
+    params, state = strict.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(
+        loose.apply(params, state, x)[0], strict.apply(params, state, x)[0]
+    )
+
+
+def test_bidirectional_summary_lists_both_directions():
+    x = jax.ShapeDtypeStruct((2, T, F), jnp.float32)
+    model = fnn.serial(Bidirectional(LSTM(U)), Dense(2))
+    rows, totals = fnn.core.summary.summary_rows(model, x)
+    lstm_count = fnn.core.summary.summary_rows(LSTM(U), x)[0][0]["params"]
+    assert lstm_count == 4 * (F * U + U * U + U)  # Keras's LSTM count
+    assert [(r["name"], r["depth"], r["kind"], r["params"]) for r in rows] == [
+        ("bidirectional", 0, "Bidirectional", 2 * lstm_count),
+        ("forward_lstm", 1, "LSTM", lstm_count),
+        ("backward_lstm", 1, "LSTM", lstm_count),
+        ("dense", 0, "Dense", 2 * U * 2 + 2),
+    ]
+    assert totals["trainable"] == 2 * lstm_count + 2 * U * 2 + 2
+    lines = []
+    fnn.summary(model, x, print_fn=lines.append)
+    assert any(line.startswith("  forward_lstm (LSTM)") for line in lines)
+    assert any(line.startswith("  backward_lstm (LSTM)") for line in lines)
+
+
+def test_bidirectional_get_weights_follow_keras_order():
+    """Sequential([Bidirectional(LSTM(4)), Dense(2)]) on (None, 5, 3): the forward layer's
+    weights first, as Keras 3; Keras weights moved into fnn give Keras's predictions."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    keras = pytest.importorskip("keras")
+    k_model = keras.Sequential(
+        [
+            keras.Input((5, 3)),
+            keras.layers.Bidirectional(keras.layers.LSTM(4)),
+            keras.layers.Dense(2),
+        ]
+    )
+    model = fnn.Sequential([fnn.Input((5, 3)), Bidirectional(LSTM(4)), Dense(2)])
+    k_weights = k_model.get_weights()
+    assert [w.shape for w in model.get_weights()] == [w.shape for w in k_weights]
+    directions = [
+        "forward" if "forward" in w.path else "backward" if "backward" in w.path else "-"
+        for w in k_model.weights
+    ]
+    names = model.weight_names()
+    assert names[0] == "bidirectional/forward_lstm/kernel"
+    assert [
+        "forward" if "forward" in n else "backward" if "backward" in n else "-" for n in names
+    ] == directions
+    rng = np.random.default_rng(21)
+    k_model.set_weights([rng.normal(size=w.shape).astype(np.float32) * 0.5 for w in k_weights])
+    model.set_weights(k_model.get_weights())
+    x = rng.normal(size=(6, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), k_model.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )
+
+
 # ------------------------------------------------------------------ transformations
 
 

@@ -87,6 +87,50 @@ def test_unsavable_layers_name_the_layer():
         saving.layer_from_config({"class_name": "Dense", "config": {"unit": 3}})
 
 
+def test_saved_arguments_the_factory_accepted_still_load():
+    """Saved configs are not type-checked against annotations: a file whose arguments the
+    factory took when it was saved (an int for a bool) loads as before."""
+    layer = Dense(3, use_bias=0)
+    rebuilt = saving.layer_from_config(json.loads(json.dumps(saving.layer_to_config(layer))))
+    assert rebuilt.spec == layer.spec
+    params = rebuilt.init(jax.random.key(0), jax.ShapeDtypeStruct((2, 4), jnp.float32))[0]
+    assert sorted(params) == sorted(layer.init(jax.random.key(0), jnp.ones((2, 4)))[0])
+
+
+def test_saved_config_errors_in_nested_layers_start_with_their_key_path():
+    def net(*layers):
+        return {"class_name": "serial", "config": {"layers": [*layers]}}
+
+    flatten = {"class_name": "Flatten", "config": {}}
+    cases = [
+        (
+            net(flatten, {"class_name": "Dens", "config": {}}),
+            r"^layers\[1\]: unknown layer 'Dens'. Did you mean 'Dense'\? Registered layers: ",
+        ),
+        (
+            net(net(flatten, {"class_name": "Dense", "config": {"unit": 3}})),
+            r"^layers\[0\].layers\[1\]: Dense: unknown saved arguments \['unit'\]. Did you mean "
+            r"'units'\?",
+        ),
+        (
+            net({"class_name": "Dense", "config": {"units": "3"}}),
+            r"^layers\[0\].units: expected units to be a positive int, got '3'\.$",
+        ),
+        (
+            net({"class_name": "Dense", "config": {"units": 0}}),
+            r"^layers\[0\].units: expected units to be a positive int, got 0\.$",
+        ),
+        (
+            net({"class_name": "Dropout", "config": {"rate": 0.1, "noise_shape": {"x": 1}}}),
+            r"^layers\[0\].noise_shape: unrecognised entry \{'x': 1\} in a saved layer config\.$",
+        ),
+        (net({"units": 3}), r"^layers\[0\]: unrecognised entry \{'units': 3\} in a saved layer"),
+    ]
+    for config, match in cases:
+        with pytest.raises(fnn.ConfigError, match=match):
+            saving.layer_from_config(config)
+
+
 def test_weights_round_trip_and_architecture_mismatch(tmp_path):
     model = network()
     params, state = model.init(jax.random.key(0), X)

@@ -41,8 +41,9 @@ from typing import Any
 
 import yaml
 
+from fnn.core import spec
 from fnn.core.errors import ConfigError, FnnError, closest
-from fnn.core.layer import Layer, get_layer_factory, registered_layers
+from fnn.core.layer import Layer
 
 __all__ = [
     "DEFAULTS",
@@ -174,6 +175,8 @@ def _merge_defaults(path: str, value: Any, defaults: Mapping) -> dict:
 
 
 def _layer_entry(path: str, entry: Any) -> tuple[str, dict]:
+    """A YAML layer entry (``Flatten`` or ``{Dense: {units: 10}}``) as ``(class_name,
+    arguments)``; YAML lists become tuples, as Python callers pass them."""
     if isinstance(entry, str):
         return entry, {}
     if isinstance(entry, Mapping) and len(entry) == 1:
@@ -184,84 +187,25 @@ def _layer_entry(path: str, entry: Any) -> tuple[str, dict]:
             raise ConfigError(
                 f"{path}.{name}: expected the layer's arguments as a mapping, {_got(args)}."
             )
-        return str(name), dict(args)
+        return str(name), {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
     raise ConfigError(
         f"{path}: expected a layer name or a one-key mapping like {{Dense: {{units: 10}}}}, "
         f"{_got(entry)}."
     )
 
 
-_SIMPLE_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str}
-
-
 def build_layer(path: str, entry: Any) -> Layer:
     """Build one layer entry (``Flatten``, ``{Dense: {units: 10}}``, nested lists for
-    ``*layers`` arguments of combinators), every error prefixed with its key path."""
+    ``*layers`` arguments of combinators, ``{Bidirectional: {layer: {LSTM: {units: 8}}}}``)
+    through :func:`fnn.core.spec.build`, every error prefixed with its key path."""
     name, args = _layer_entry(path, entry)
-    if name not in registered_layers():
-        valid = registered_layers()
-        raise ConfigError(
-            f"{path}: unknown layer {name!r}.{closest(name, valid)} Registered layers: "
-            f"{', '.join(valid)}."
-        )
-    factory = get_layer_factory(name)
-    signature = getattr(factory, "signature", None) or inspect.signature(factory)
-    params = signature.parameters
-    positional: list = []
-    keywords: dict = {}
-    for key, value in args.items():
-        sub = _join(path, str(key))
-        param = params.get(key)
-        if param is None or param.kind is param.VAR_KEYWORD:
-            valid = [p for p, v in params.items() if v.kind is not v.VAR_KEYWORD]
-            raise ConfigError(
-                f"{sub}: unknown argument of {name}.{closest(str(key), valid)} Valid arguments: "
-                f"{', '.join(valid)}."
-            )
-        if param.kind is param.VAR_POSITIONAL:
-            if not isinstance(value, list):
-                raise ConfigError(f"{sub}: expected a list of layers, {_got(value)}.")
-            positional.extend(build_layer(_join(sub, i), item) for i, item in enumerate(value))
-            continue
-        kind = _SIMPLE_TYPES.get(str(param.annotation))
-        if kind is not None and value is not None:
-            bad_bool = kind is not bool and isinstance(value, bool)
-            if bad_bool or not isinstance(value, kind):
-                raise ConfigError(f"{sub}: expected {param.annotation}, {_got(value)}.")
-        keywords[key] = tuple(value) if isinstance(value, list) else value
-    missing = [
-        p
-        for p, v in params.items()
-        if v.default is v.empty
-        and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)
-        and p not in keywords
-    ]
-    if missing:
-        raise ConfigError(f"{_join(path, missing[0])}: required argument of {name} is missing.")
-    try:
-        return factory(*positional, **keywords)
-    except FnnError as err:
-        raise ConfigError(_prefixed(path, args, str(err))) from None
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{path}: {name}: {err}") from None
-
-
-def _prefixed(path: str, args: Mapping, message: str) -> str:
-    # "dense: expected units to be a positive int, got -3." -> "<path>.units: expected ..."
-    message = re.sub(r"^[A-Za-z_][\w.-]*: ", "", message.splitlines()[0])
-    named = [k for k in args if re.search(rf"\b{re.escape(str(k))}\b", message)]
-    return f"{_join(path, named[0]) if len(named) == 1 else path}: {message}"
+    return spec.build(name, args, path=path, parse_layer=_layer_entry)
 
 
 def build_model(config: Mapping[str, Any]) -> Layer:
     """The ``serial`` model of a validated config's ``model.layers``."""
-    from fnn.core.combinators import serial
-
-    layers = [
-        build_layer(f"model.layers[{i}]", entry)
-        for i, entry in enumerate(config["model"]["layers"])
-    ]
-    return serial(*layers)
+    layers = tuple(config["model"]["layers"])
+    return spec.build("serial", {"layers": layers}, path="model", parse_layer=_layer_entry)
 
 
 # ---------------------------------------------------------------------------------------

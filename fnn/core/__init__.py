@@ -1,7 +1,8 @@
-"""The pure core: the layer protocol and registry, combinators, initializers, activations,
-errors, pytree path helpers and the model summary. Imports nothing else from fnn."""
+"""The pure core: the layer protocol and registry, the spec-to-layer builder, combinators,
+initializers, activations, errors, pytree path helpers and the model summary. Imports
+nothing else from fnn."""
 
-from fnn.core import activations, errors, initializers, pytree
+from fnn.core import activations, errors, initializers, pytree, spec
 from fnn.core.combinators import Lambda, fan_out, parallel, residual, serial
 from fnn.core.layer import (
     Layer,
@@ -34,4 +35,5 @@ __all__ = [
     "registered_layers",
     "residual",
     "serial",
+    "spec",
 ]

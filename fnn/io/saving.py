@@ -6,8 +6,8 @@
 - ``layer_to_config(layer)`` / ``layer_from_config(config)``: the architecture as JSON,
   ``{"class_name": "Dense", "config": {"units": 10, ...}}`` from ``Layer.spec`` (the
   registered factory name and the arguments the user passed), nested layers recursively.
-  Loading looks the factory up with :func:`fnn.core.get_layer_factory` and calls it; no
-  stored code runs. Custom layers must be registered with ``@fnn.register_layer``.
+  Loading decodes the JSON and builds the layer with :func:`fnn.core.spec.build` (the
+  registered factory, the arguments checked); no stored code runs. Custom layers must be registered with ``@fnn.register_layer``.
 - ``save_model(path, layer, params, state, inputs=...)`` / ``load_layer(path)`` for a
   functional layer: architecture, input specs, compile settings and weights in one atomic
   checkpoint directory. The Keras-style ``model.save(path)`` / ``fnn.load_model(path)``
@@ -38,9 +38,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from fnn.core import activations, initializers
+from fnn.core import activations, initializers, spec
 from fnn.core.errors import ConfigError
-from fnn.core.layer import Layer, get_layer_factory
+from fnn.core.layer import Layer, LayerSpec, get_layer_factory
 from fnn.io import checkpoint
 
 __all__ = [
@@ -157,51 +157,46 @@ def layer_to_config(layer: Layer) -> dict:
     return {"class_name": layer.spec.class_name, "config": config}
 
 
-def _decode(value: Any) -> Any:
+def _decode(value: Any, where: str) -> Any:
+    """A saved JSON value as the Python value it encodes; nested layer configs become
+    ``LayerSpec`` entries that :func:`fnn.core.spec.build` builds."""
     if isinstance(value, list):
-        return [_decode(v) for v in value]
+        return [_decode(v, spec.join_path(where, i)) for i, v in enumerate(value)]
     if isinstance(value, dict):
         if "class_name" in value and "config" in value:
-            return layer_from_config(value)
+            return LayerSpec(*_layer_config(value, where))
         if "__tuple__" in value:
-            return tuple(_decode(v) for v in value["__tuple__"])
+            items = value["__tuple__"]
+            return tuple(_decode(v, spec.join_path(where, i)) for i, v in enumerate(items))
         if "__dict__" in value:
-            return {k: _decode(v) for k, v in value["__dict__"].items()}
+            return {k: _decode(v, spec.join_path(where, k)) for k, v in value["__dict__"].items()}
         if "__dtype__" in value:
             return np.dtype(value["__dtype__"])
-        raise ConfigError(f"unrecognised entry {value!r} in a saved layer config.")
+        raise ConfigError(
+            f"{where + ': ' if where else ''}unrecognised entry {value!r} in a saved layer config."
+        )
     return value
 
 
-def layer_from_config(config: Mapping[str, Any]) -> Layer:
-    """Rebuild a layer from :func:`layer_to_config` output via the layer registry."""
+def _layer_config(config: Any, where: str) -> tuple[str, dict]:
+    """``(class_name, decoded arguments)`` of a saved ``{"class_name": ..., "config": ...}``."""
     try:
         class_name, arguments = config["class_name"], config["config"]
-    except (KeyError, TypeError):
+        items = arguments.items()
+    except (KeyError, TypeError, AttributeError):
         raise ConfigError(
-            f"expected a layer config {{'class_name': ..., 'config': {{...}}}}, got {config!r}."
+            f"{where + ': ' if where else ''}expected a layer config {{'class_name': ..., "
+            f"'config': {{...}}}}, got {config!r}."
         ) from None
-    factory = get_layer_factory(class_name)
-    signature = getattr(factory, "signature", None) or inspect.signature(factory)
-    args, kwargs = [], {}
-    decoded = {k: _decode(v) for k, v in arguments.items()}
-    for name, param in signature.parameters.items():
-        if name not in decoded:
-            continue
-        value = decoded.pop(name)
-        if param.kind is param.VAR_POSITIONAL:
-            args.extend(value)
-        elif param.kind is param.POSITIONAL_ONLY:
-            args.append(value)
-        elif param.kind is param.VAR_KEYWORD:
-            kwargs.update(value)
-        else:
-            kwargs[name] = value
-    if "input_shape" in decoded:  # Keras-style input_shape=, taken by register_layer itself
-        kwargs["input_shape"] = tuple(decoded.pop("input_shape"))
-    if decoded:
-        raise ConfigError(f"{class_name}: unknown saved arguments {sorted(decoded)}.")
-    return factory(*args, **kwargs)
+    return class_name, {k: _decode(v, spec.join_path(where, k)) for k, v in items}
+
+
+def layer_from_config(config: Mapping[str, Any]) -> Layer:
+    """Rebuild a layer from :func:`layer_to_config` output through
+    :func:`fnn.core.spec.build`; errors in nested layers start with their key path
+    (``layers[2].units: ...``)."""
+    class_name, arguments = _layer_config(config, "")
+    return spec.build(class_name, arguments, source="saved", check_types=False)
 
 
 # ---------------------------------------------------------------------------------------

@@ -289,11 +289,11 @@ def TransformerEncoderBlock(
 
         def attend(h):
             y = child("attention", attention, (h, h, h, attn_mask), r_att)
-            return drop.apply({}, {}, y, rng=r_drop1, train=train)[0]
+            return child("attention_dropout", drop, (y,), r_drop1)
 
         def feed_forward(h):
             y = child("ffn", feed, (h,), r_ffn)
-            return drop.apply({}, {}, y, rng=r_drop2, train=train)[0]
+            return child("ffn_dropout", drop, (y,), r_drop2)
 
         if norm_first:
             x = x + attend(child("norm1", norm1, (x,), None))

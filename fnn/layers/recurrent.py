@@ -35,7 +35,6 @@ mask).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -43,8 +42,10 @@ import jax
 import jax.numpy as jnp
 
 from fnn.core import activations, initializers
+from fnn.core import spec as layer_spec
+from fnn.core.combinators import call_child
 from fnn.core.errors import ConfigError, ShapeError, check_mask, shape_of
-from fnn.core.layer import Layer, get_layer_factory, param_dtype, register_layer
+from fnn.core.layer import Layer, param_dtype, register_layer
 
 _LAYOUT = "[batch, time, features]"
 
@@ -84,14 +85,6 @@ def _as_state_tuple(name: str, initial_state: Any, n_states: int, batch: int, un
             f"{[shape_of(s) for s in states]}."
         )
     return states
-
-
-def _signature_config(layer: Layer) -> dict[str, Any]:
-    """Every constructor argument of a registered layer, defaults filled in."""
-    factory = get_layer_factory(layer.spec.class_name)
-    bound = inspect.signature(factory).bind(**layer.spec.config)
-    bound.apply_defaults()
-    return dict(bound.arguments)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -546,7 +539,9 @@ def Bidirectional(
     Params (Keras names): ``{"forward_<name>": ..., "backward_<name>": ...}`` where
     ``<name>`` is the wrapped layer's name (``forward_lstm``/``backward_lstm``); a
     user-given ``backward_layer`` keeps its own name. Both directions are rebuilt from the
-    layer's constructor arguments, the backward one with ``go_backwards=True``; as Keras,
+    layer's constructor arguments (``fnn.core.spec.build``), the backward one with
+    ``go_backwards=True``, and called as children, forward first: ``fnn.summary`` lists
+    them and ``get_weights`` starts with the forward layer's weights, as Keras. As Keras,
     masked steps output zeros when returning sequences. ``initial_state`` is a tuple whose
     first half goes to the forward and second half to the backward layer; ``mask`` is
     honoured by both directions.
@@ -574,7 +569,7 @@ def Bidirectional(
             raise ConfigError(
                 f"{name}: expected {argument} to be a SimpleRNN, LSTM or GRU layer, got {child!r}."
             )
-        return _signature_config(child)
+        return layer_spec.full_arguments(child.spec)
 
     fwd_config = config_of(layer, "layer")
     if backward_layer is None:
@@ -607,14 +602,14 @@ def Bidirectional(
     if return_mask and merge_mode is None:
         raise ConfigError(f"{name}: return_mask=True needs a merge_mode other than None.")
 
-    def rebuild(class_name, config):
+    def rebuild(class_name, config, argument):
         # As Keras: masked steps output zeros when returning sequences, so the merge of
         # padded steps does not mix in stale outputs; the wrapper returns the mask itself.
         config = {**config, "zero_output_for_mask": return_sequences, "return_mask": False}
-        return get_layer_factory(class_name)(**config)
+        return layer_spec.build(class_name, config, path=f"{name}.{argument}", check_types=False)
 
-    forward = rebuild(layer.spec.class_name, fwd_config)
-    backward = rebuild(bwd_class, bwd_config)
+    forward = rebuild(layer.spec.class_name, fwd_config, "layer")
+    backward = rebuild(bwd_class, bwd_config, "backward_layer")
     n_states = 2 if layer.spec.class_name == "LSTM" else 1
     n_bwd_states = 2 if bwd_class == "LSTM" else 1
 
@@ -641,9 +636,13 @@ def Bidirectional(
     def apply(params, state, x, mask=None, initial_state=None, *, rng=None, train=False):
         fwd_state, bwd_state = split_initial(initial_state)
         fwd_rng, bwd_rng = (None, None) if rng is None else tuple(jax.random.split(rng))
-        y, _ = forward.apply(params[forward.name], {}, x, mask, fwd_state, rng=fwd_rng, train=train)
-        y_rev, _ = backward.apply(
-            params[backward.name], {}, x, mask, bwd_state, rng=bwd_rng, train=train
+        # Through call_child, forward first: summary rows and Keras's weight order (forward
+        # layer first) follow the recorded child calls.
+        y, _ = call_child(
+            forward.name, forward, params[forward.name], {}, (x, mask, fwd_state), fwd_rng, train
+        )
+        y_rev, _ = call_child(
+            backward.name, backward, params[backward.name], {}, (x, mask, bwd_state), bwd_rng, train
         )
         states = ()
         if return_state:
