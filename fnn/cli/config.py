@@ -93,14 +93,8 @@ def _type_name(value: Any) -> str:
     return type(value).__name__ if value is not None else "null"
 
 
-def _got(value: Any) -> str:
-    return f"got {value!r} ({_type_name(value)})"
-
-
-def _join(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else key
+_got = spec.describe
+_join = spec.join_path
 
 
 def _positive_int(path, value, minimum=1):

@@ -521,10 +521,7 @@ def _removeprefix(text: str, prefix: str) -> str:
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-# The forward direction first, as Keras. The directions are not called through
-# call_child (so not traced as children), hence their own order is declared here too;
-# once they are, each direction's own order applies and this is redundant.
-@register_layer(weight_order=("forward_*", "kernel", "recurrent_kernel", "bias"))
+@register_layer
 def Bidirectional(
     layer: Layer, merge_mode="concat", backward_layer: Layer | None = None, name="bidirectional"
 ) -> Layer:
