@@ -4,7 +4,8 @@ Run: python examples/custom_layer.py   (a few seconds)
 
 ``ScaledTanh`` learns a per-feature scale ``alpha``: ``y = alpha * tanh(x)``,
 ``[..., features] -> [..., features]``. It follows the protocol every fnn layer follows:
-``init`` uses shapes only, ``apply`` is pure, errors name the layer and the shapes.
+``init`` uses shapes only, ``apply`` is pure, errors name the layer and the shapes. It then
+trains like any built-in layer with ``fnn.train``'s step.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import fnn
 from fnn.errors import check_last_dim, check_rank
@@ -45,26 +45,19 @@ def main(steps: int = 300) -> float:
     y = 3.0 * np.tanh(x @ w)
 
     model = fnn.serial(Dense(2, use_bias=False), ScaledTanh())
-    params, state = model.init(jax.random.key(0), x)
     fnn.summary(model, x)
-    optimizer = optax.adam(0.05)
-    opt_state = optimizer.init(params)
-
-    @jax.jit
-    def step(params, opt_state):
-        def loss_fn(p):
-            return jnp.mean((model.apply(p, state, x)[0] - y) ** 2)
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    for i in range(steps):
-        params, opt_state, loss = step(params, opt_state)
-        if i % 100 == 0:
-            print(f"step {i:4d}  mse {float(loss):.5f}")
+    optimizer = fnn.optimizers.get("adam", 0.05)
+    ts = fnn.train.init_train_state(model, optimizer, jax.random.key(0), x)
+    step = fnn.train.make_train_step(model, "mean_squared_error", optimizer)
+    # All steps in one compiled call: make_multi_step scans the step over a leading axis,
+    # here the whole (x, y) batch repeated ``steps`` times.
+    repeated = tuple(np.broadcast_to(a, (steps, *a.shape)) for a in (x, y))
+    ts, logs = jax.jit(fnn.train.make_multi_step(step))(ts, repeated)
+    for i in range(0, steps, 100):
+        print(f"step {i:4d}  mse {float(logs['loss'][i]):.5f}")
+    params, state = ts.params, ts.state
     alpha = np.asarray(params["scaled_tanh"]["alpha"])
-    print(f"learned alpha {alpha}, final mse {float(loss):.6f}")
+    print(f"learned alpha {alpha}, final mse {float(logs['loss'][-1]):.6f}")
 
     # Registered layers round-trip through saved architectures (no code is stored).
     config = fnn.saving.layer_to_config(model)

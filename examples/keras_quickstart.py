@@ -12,25 +12,17 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 import fnn
 from fnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
 
 
 def load_data(seed: int = 0):
-    """Digits as [n, 8, 8, 1] images in [0, 1] and one-hot labels [n, 10]."""
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[..., None]
-    y = np.eye(10, dtype=np.float32)[digits.target]
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.2, random_state=seed, stratify=digits.target
-    )
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_train, y_train, test_size=0.1, random_state=seed
-    )
-    return (x_train, y_train), (x_val, y_val), (x_test, y_test)
+    """Digits as [n, 8, 8, 1] images in [0, 1] and one-hot labels [n, 10]; 10% of the
+    training split held out for validation."""
+    (x_train, y_train), test = fnn.datasets.load_digits(seed=seed, as_images=True)
+    train, val = fnn.datasets.split(x_train, y_train, test_size=0.1, seed=seed)
+    return tuple((x, np.eye(10, dtype=np.float32)[y]) for x, y in (train, val, test))
 
 
 def main(epochs: int = 20, batch_size: int = 32, verbose="auto") -> float:

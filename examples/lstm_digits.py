@@ -1,79 +1,35 @@
-"""Train an LSTM on scikit-learn's bundled digits, each image read as a sequence of rows.
+"""Train an LSTM on digits, each 8x8 image read as a sequence of 8 rows, with Model.fit.
 
-Run: python examples/lstm_digits.py   (about 15 s on 2 CPU cores)
+Run: python examples/lstm_digits.py [--epochs 40]   (about 15 s on 2 CPU cores)
 
-Each 8x8 digit becomes a sequence of 8 time steps with 8 pixel features (scaled to
-[0, 1]); LSTM(64) reads the rows top to bottom and Dense(10) classifies its last output.
-The training loop is written out: jax.value_and_grad for gradients, optax.adam for updates.
+Each digit becomes 8 time steps of 8 pixel features in [0, 1]; LSTM(64) reads the rows top
+to bottom and Dense(10) classifies its last output. ``fnn.Sequential`` with an
+``fnn.Input`` shape, compiled with an Adam learning rate and logits loss as in Keras.
 """
 
 from __future__ import annotations
 
 import argparse
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-
 import fnn
 from fnn.layers import LSTM, Dense
 
 
-def load_data(seed: int = 0):
-    """Digits as float32 sequences x [n, 8 rows, 8 pixels] in [0, 1], integer labels [n]."""
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int32)
-    return train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
-
-
-def main(epochs: int = 40, batch_size: int = 32, learning_rate: float = 3e-3, seed: int = 0):
-    x_train, x_test, y_train, y_test = load_data(seed)
-    model = fnn.serial(LSTM(64), Dense(10))
-    sample = jax.ShapeDtypeStruct((batch_size, 8, 8), jnp.float32)
-    params, state = model.init(jax.random.key(seed), sample)
-    optimizer = optax.adam(learning_rate)
-    opt_state = optimizer.init(params)
-
-    def loss_fn(params, state, x, y, rng):
-        logits, state = model.apply(params, state, x, rng=rng, train=True)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, state
-
-    @jax.jit
-    def train_step(params, state, opt_state, x, y, rng):
-        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, x, y, rng)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), state, opt_state, loss
-
-    @jax.jit
-    def accuracy(params, state, x, y):
-        logits, _ = model.apply(params, state, x)
-        return jnp.mean(jnp.argmax(logits, -1) == y)
-
-    fnn.summary(model, sample)
-    rng = jax.random.key(seed + 1)
-    order_rng = np.random.default_rng(seed)
-    steps = len(x_train) // batch_size
-    for epoch in range(1, epochs + 1):
-        order = order_rng.permutation(len(x_train))
-        losses = []
-        for i in range(steps):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            rng, step_rng = jax.random.split(rng)
-            params, state, opt_state, loss = train_step(
-                params, state, opt_state, x_train[idx], y_train[idx], step_rng
-            )
-            losses.append(loss)
-        if epoch == 1 or epoch % 5 == 0:
-            test_acc = float(accuracy(params, state, x_test, y_test))
-            print(
-                f"epoch {epoch:3d}  loss {float(np.mean(losses)):.4f}  test accuracy {test_acc:.4f}"
-            )
-    test_acc = float(accuracy(params, state, x_test, y_test))
+def main(
+    epochs: int = 40, batch_size: int = 32, learning_rate: float = 3e-3, seed: int = 0, verbose=2
+) -> float:
+    (x_train, y_train), (x_test, y_test) = fnn.datasets.load_digits(seed=seed)
+    x_train, x_test = x_train.reshape(-1, 8, 8), x_test.reshape(-1, 8, 8)  # [n, rows, pixels]
+    model = fnn.Sequential([fnn.Input((8, 8)), LSTM(64), Dense(10)])
+    model.compile(
+        optimizer=fnn.optimizers.get("adam", learning_rate),
+        loss=fnn.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        seed=seed,
+    )
+    model.summary()
+    model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose)
+    _, test_acc = model.evaluate(x_test, y_test, verbose=0)
     print(f"final test accuracy: {test_acc:.4f}")
     return test_acc
 

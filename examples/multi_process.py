@@ -1,9 +1,10 @@
-"""Multi-process data-parallel training on digits with ``jax.distributed``.
+"""Hand-written loop on purpose: multi-process data-parallel training on digits (jax.distributed).
 
 Every process runs this same script. They meet at a coordinator (process 0), then
 ``jax.devices()`` lists the devices of all processes, one sharded train step spans them,
-each process feeds only its own slice of every global batch, and only process 0 prints
-and saves.
+each process feeds only its own slice of every global batch
+(``fnn.distributed.process_local_batch``; ``Model.fit`` has no such per-process input, hence
+the written-out loop), and only process 0 prints and saves.
 
 One machine (localhost), 2 processes x 2 CPU devices, started for you (~30 s on 2 cores):
 
@@ -44,18 +45,6 @@ import sys
 import fnn.distributed as dist
 
 
-def load_data(seed: int = 0):
-    """Digits as float32 images scaled to [0, 1]: x [n, 64], integer labels [n]."""
-    import numpy as np
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int32)
-    return train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
-
-
 def train(epochs: int, batch_size: int, seed: int, out: str | None) -> float:
     # initialize() must come before any other JAX work in the process.
     dist.initialize(timeout_s=60)
@@ -83,7 +72,8 @@ def train(epochs: int, batch_size: int, seed: int, out: str | None) -> float:
         f"{jax.process_count()} processes, {jax.device_count()} devices "
         f"({jax.local_device_count()} per process)"
     )
-    x_train, x_test, y_train, y_test = load_data(seed)  # every process sees the same order
+    # Every process loads the same split and draws the same batch order.
+    (x_train, y_train), (x_test, y_test) = fnn.datasets.load_digits(seed=seed)
     model = fnn.serial(Dense(128, activation="relu"), Dropout(0.1), Dense(10))
     loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
     metrics = [fnn.metrics.SparseCategoricalAccuracy(name="accuracy")]
@@ -93,15 +83,13 @@ def train(epochs: int, batch_size: int, seed: int, out: str | None) -> float:
     )
     dp = data_parallel(make_train_step(model, loss, optimizer, metrics))
     state = dp.put_state(state)
-    order_rng = np.random.default_rng(seed)
-    steps = len(x_train) // batch_size
     for epoch in range(1, epochs + 1):
-        order = order_rng.permutation(len(x_train))
-        for i in range(steps):
-            idx = order[i * batch_size : (i + 1) * batch_size]
+        # Full batches only: every batch must split evenly over all devices.
+        for batch in fnn.datasets.batches(
+            x_train, y_train, batch_size, seed=seed + epoch, drop_remainder=True
+        ):
             # This process's rows only; data_parallel assembles the global batch.
-            local = dist.process_local_batch((x_train[idx], y_train[idx]))
-            state, logs = dp(state, local)
+            state, logs = dp(state, dist.process_local_batch(batch))
         host = dp.get_state(state)
         values = compute_metrics(host.metric_states, metrics)
         log(

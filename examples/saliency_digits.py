@@ -4,7 +4,8 @@ Run: python examples/saliency_digits.py [--out saliency.png]   (about 15 s)
 
 A saliency map is the gradient of the predicted class's logit with respect to the input
 pixels: ``|d logit_c / d x|``, shape ``[8, 8]`` per image. With a pure ``apply`` it is one
-``jax.grad`` of a closure over the params, vmapped over the batch.
+``jax.grad`` of a closure over the params, vmapped over the batch. The classifier is trained
+with ``Model.fit``; ``model.layer`` and ``model.params`` are the pure layer and its dict.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import fnn
-from fnn import train
 from fnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
 
 
@@ -31,25 +31,29 @@ def saliency(layer, params, state, images):
     return jnp.abs(grads[..., 0])
 
 
-def main(epochs: int = 10, out: str | None = None) -> float:
+def main(epochs: int = 10, out: str | None = None, verbose=0) -> float:
     (x_train, y_train), (x_test, y_test) = fnn.datasets.load_digits(as_images=True)
-    model = fnn.serial(
-        Conv2D(16, 3, padding="same", activation="relu"),
-        MaxPooling2D(),
-        Flatten(),
-        Dense(10),
+    model = fnn.Sequential(
+        [
+            fnn.Input((8, 8, 1)),
+            Conv2D(16, 3, padding="same", activation="relu"),
+            MaxPooling2D(),
+            Flatten(),
+            Dense(10),
+        ]
     )
-    loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
-    ts = train.init_train_state(model, "adam", jax.random.key(0), x_train[:1])
-    step = jax.jit(train.make_train_step(model, loss, "adam"), donate_argnums=0)
-    for epoch in range(epochs):
-        for batch in fnn.datasets.batches(x_train, y_train, 32, seed=epoch):
-            ts, _ = step(ts, batch)
-    logits, _ = model.apply(ts.params, ts.state, x_test)
-    acc = float(jnp.mean(jnp.argmax(logits, -1) == y_test))
+    model.compile(
+        optimizer="adam",
+        loss=fnn.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=verbose)
+    _, acc = model.evaluate(x_test, y_test, verbose=0)
     print(f"test accuracy {acc:.4f}")
 
-    maps = np.asarray(jax.jit(lambda x: saliency(model, ts.params, ts.state, x))(x_test[:8]))
+    # Out of the shell: the pure layer and its params are all jax.grad needs.
+    layer, params, state = model.layer, model.params, model.state
+    maps = np.asarray(jax.jit(lambda x: saliency(layer, params, state, x))(x_test[:8]))
     # Pixels that are blank in every digit of the training set should get little saliency.
     blank = x_train.max(axis=0)[..., 0] == 0
     share_on_ink = 1 - maps[:, blank].sum() / maps.sum()

@@ -5,6 +5,7 @@ in its docstring. Multi-process is covered by tests/test_distributed.py and is r
 through its launcher with one epoch.
 """
 
+import ast
 import importlib.util
 import subprocess
 import sys
@@ -31,13 +32,37 @@ def _load(name):
         ("keras_quickstart", {"epochs": 2, "verbose": 0}, 0.8),
         ("transfer_learning", {"epochs": 3}, 0.5),
         ("saliency_digits", {"epochs": 2}, 0.8),
-        ("data_parallel_pmap", {"devices": 4, "epochs": 3}, 0.5),
-        ("data_parallel_sharded", {"devices": 4, "epochs": 3}, 0.5),
+        ("data_parallel", {"method": "pmap", "devices": 4, "epochs": 3}, 0.5),
+        ("data_parallel", {"method": "sharded", "devices": 4, "epochs": 3}, 0.5),
     ],
 )
 def test_example_learns(name, kwargs, floor, capsys):
     accuracy = _load(name).main(**kwargs)
     assert accuracy >= floor, capsys.readouterr().out
+
+
+def test_data_parallel_methods_match_one_device():
+    # Both methods promise the single-device result up to float rounding; the single-device
+    # run of the same example is the reference (at most one test digit may flip).
+    example = _load("data_parallel")
+    reference = example.main(devices=1, epochs=2, method="sharded")
+    for method in ("pmap", "sharded"):
+        assert abs(example.main(devices=4, epochs=2, method=method) - reference) <= 1 / 360
+
+
+# Code that only a hand-written training loop contains.
+_LOOP_MARKERS = ("value_and_grad", "optax.apply_updates", "dp(state")
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.stem)
+def test_example_uses_library_data_and_declares_own_loop(path):
+    source = path.read_text()
+    assert "sklearn" not in source, f"{path.name}: load data with fnn.datasets"
+    first_line = ast.get_docstring(ast.parse(source)).splitlines()[0]
+    own_loop = [m for m in _LOOP_MARKERS if m in source]
+    assert bool(own_loop) == first_line.startswith("Hand-written loop on purpose"), (
+        f"{path.name}: loop code {own_loop}, first docstring line {first_line!r}"
+    )
 
 
 def test_custom_layer_example_recovers_scale():
