@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -129,6 +130,28 @@ def check_window_fits(layer: str, x, window, pads, *, what: str = "kernel_size")
             f"({what}), got inputs of shape {shape_of(x)}{extra}. "
             "Use padding='same', a smaller window, or larger inputs."
         )
+
+
+def ranked(impl: Callable, rank: int, name: str, *, hide: Sequence[str] = ()) -> Callable:
+    """``impl(rank, ...)`` as the factory of one rank: its signature is ``impl``'s without
+    ``rank`` (and without the keyword-only ``hide`` arguments), with ``name`` as the default
+    layer name. Configs and saved models bind against that signature, so it is written
+    once, on the N-d implementation."""
+    signature = inspect.signature(impl)
+    parameters = [
+        p.replace(default=name) if p.name == "name" else p
+        for p in list(signature.parameters.values())[1:]
+        if p.name not in hide
+    ]
+    signature = signature.replace(parameters=parameters)
+
+    def factory(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return impl(rank, *bound.args, **bound.kwargs)
+
+    factory.__signature__ = signature
+    return factory
 
 
 def register_ranked(

@@ -64,16 +64,16 @@ def _conv(
     rank,
     filters,
     kernel_size,
-    strides,
-    padding,
-    dilation_rate,
-    groups,
-    activation,
-    use_bias,
-    kernel_initializer,
-    bias_initializer,
-    dtype,
-    name,
+    strides=1,
+    padding="valid",
+    dilation_rate=1,
+    groups=1,
+    activation=None,
+    use_bias: bool = True,
+    kernel_initializer="glorot_uniform",
+    bias_initializer="zeros",
+    dtype=None,
+    name: str = "conv",
 ) -> Layer:
     filters = _positive_int(filters, "filters", name)
     kernel_size = _spatial.int_tuple(kernel_size, rank, "kernel_size", name)
@@ -135,16 +135,16 @@ def _conv_transpose(
     rank,
     filters,
     kernel_size,
-    strides,
-    padding,
-    output_padding,
-    dilation_rate,
-    activation,
-    use_bias,
-    kernel_initializer,
-    bias_initializer,
-    dtype,
-    name,
+    strides=1,
+    padding="valid",
+    output_padding=None,
+    dilation_rate=1,
+    activation=None,
+    use_bias: bool = True,
+    kernel_initializer="glorot_uniform",
+    bias_initializer="zeros",
+    dtype=None,
+    name: str = "conv_transpose",
 ) -> Layer:
     filters = _positive_int(filters, "filters", name)
     kernel_size = _spatial.int_tuple(kernel_size, rank, "kernel_size", name)
@@ -200,16 +200,16 @@ def _conv_transpose(
 def _depthwise(
     rank,
     kernel_size,
-    strides,
-    padding,
-    depth_multiplier,
-    dilation_rate,
-    activation,
-    use_bias,
-    depthwise_initializer,
-    bias_initializer,
-    dtype,
-    name,
+    strides=1,
+    padding="valid",
+    depth_multiplier=1,
+    dilation_rate=1,
+    activation=None,
+    use_bias: bool = True,
+    depthwise_initializer="glorot_uniform",
+    bias_initializer="zeros",
+    dtype=None,
+    name: str = "depthwise_conv",
     *,
     filters=None,
     pointwise_initializer=None,
@@ -305,39 +305,9 @@ _CONV_DOC = """{rank}-D convolution (cross-correlation, as in Keras):
 
 
 def _conv_factory(rank: int):
-    def factory(
-        filters,
-        kernel_size,
-        strides=1,
-        padding="valid",
-        dilation_rate=1,
-        groups=1,
-        activation=None,
-        use_bias: bool = True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        dtype=None,
-        name: str = f"conv{rank}d",
-    ) -> Layer:
-        return _conv(
-            rank,
-            filters,
-            kernel_size,
-            strides,
-            padding,
-            dilation_rate,
-            groups,
-            activation,
-            use_bias,
-            kernel_initializer,
-            bias_initializer,
-            dtype,
-            name,
-        )
-
     shape = _EXAMPLE_INPUT[rank]
     return _finish(
-        factory,
+        _spatial.ranked(_conv, rank, f"conv{rank}d"),
         f"Conv{rank}D",
         _CONV_DOC,
         rank=rank,
@@ -367,39 +337,9 @@ _TRANSPOSE_DOC = """{rank}-D transposed convolution (the gradient of a strided c
 
 
 def _conv_transpose_factory(rank: int):
-    def factory(
-        filters,
-        kernel_size,
-        strides=1,
-        padding="valid",
-        output_padding=None,
-        dilation_rate=1,
-        activation=None,
-        use_bias: bool = True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        dtype=None,
-        name: str = f"conv{rank}d_transpose",
-    ) -> Layer:
-        return _conv_transpose(
-            rank,
-            filters,
-            kernel_size,
-            strides,
-            padding,
-            output_padding,
-            dilation_rate,
-            activation,
-            use_bias,
-            kernel_initializer,
-            bias_initializer,
-            dtype,
-            name,
-        )
-
     shape = _EXAMPLE_INPUT[rank]
     return _finish(
-        factory,
+        _spatial.ranked(_conv_transpose, rank, f"conv{rank}d_transpose"),
         f"Conv{rank}DTranspose",
         _TRANSPOSE_DOC,
         rank=rank,
@@ -428,37 +368,11 @@ _DEPTHWISE_DOC = """{rank}-D depthwise convolution: each input channel convolved
 
 
 def _depthwise_factory(rank: int):
-    def factory(
-        kernel_size,
-        strides=1,
-        padding="valid",
-        depth_multiplier=1,
-        dilation_rate=1,
-        activation=None,
-        use_bias: bool = True,
-        depthwise_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        dtype=None,
-        name: str = f"depthwise_conv{rank}d",
-    ) -> Layer:
-        return _depthwise(
-            rank,
-            kernel_size,
-            strides,
-            padding,
-            depth_multiplier,
-            dilation_rate,
-            activation,
-            use_bias,
-            depthwise_initializer,
-            bias_initializer,
-            dtype,
-            name,
-        )
-
     shape = _EXAMPLE_INPUT[rank]
     return _finish(
-        factory,
+        _spatial.ranked(
+            _depthwise, rank, f"depthwise_conv{rank}d", hide=("filters", "pointwise_initializer")
+        ),
         f"DepthwiseConv{rank}D",
         _DEPTHWISE_DOC,
         rank=rank,
@@ -484,42 +398,30 @@ _SEPARABLE_DOC = """{rank}-D separable convolution: a depthwise convolution (``d
     """
 
 
-def _separable_factory(rank: int):
-    def factory(
-        filters,
-        kernel_size,
-        strides=1,
-        padding="valid",
-        dilation_rate=1,
-        depth_multiplier=1,
-        activation=None,
-        use_bias: bool = True,
-        depthwise_initializer="glorot_uniform",
-        pointwise_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        dtype=None,
-        name: str = f"separable_conv{rank}d",
-    ) -> Layer:
-        return _depthwise(
-            rank,
-            kernel_size,
-            strides,
-            padding,
-            depth_multiplier,
-            dilation_rate,
-            activation,
-            use_bias,
-            depthwise_initializer,
-            bias_initializer,
-            dtype,
-            name,
-            filters=filters,
-            pointwise_initializer=pointwise_initializer,
-        )
+def _separable(
+    rank,
+    filters,
+    kernel_size,
+    strides=1,
+    padding="valid",
+    dilation_rate=1,
+    depth_multiplier=1,
+    activation=None,
+    use_bias: bool = True,
+    depthwise_initializer="glorot_uniform",
+    pointwise_initializer="glorot_uniform",
+    bias_initializer="zeros",
+    dtype=None,
+    name: str = "separable_conv",
+) -> Layer:
+    """Depthwise convolution followed by a 1x1 one to ``filters`` (Keras's argument order)."""
+    return _depthwise(**locals())
 
+
+def _separable_factory(rank: int):
     shape = _EXAMPLE_INPUT[rank]
     return _finish(
-        factory,
+        _spatial.ranked(_separable, rank, f"separable_conv{rank}d"),
         f"SeparableConv{rank}D",
         _SEPARABLE_DOC,
         rank=rank,
