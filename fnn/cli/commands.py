@@ -300,11 +300,11 @@ def cmd_train(args) -> int:
     epochs, batch_size = cfg["epochs"], cfg["batch_size"]
     if args.resume:
         done = backup.latest_epoch()
+        _keep_rows(run_dir / "metrics.csv", done or 0)
         if done is None:
             _say(f"resume: no checkpoint in {ckpt_dir}; starting from scratch")
         else:
             step = backup.manager.latest_step()
-            _keep_rows(run_dir / "metrics.csv", done)
             _say(f"resumed from {backup.manager.path(step)} (epoch {done}, step {step})")
     devices = None
     if cfg["distribute"]["strategy"] == "data_parallel":

@@ -588,7 +588,9 @@ class TensorBoard(Callback):
     ``log_dir/validation``, tags ``epoch_<name>``) with tensorboardX.
 
     tensorboardX is an optional extra (``pip install 'fnn[tensorboard]'``); without it
-    this callback prints one line saying it skipped and does nothing.
+    this callback prints one line saying it skipped and does nothing. The writers are
+    opened at the first epoch end (as Keras opens them lazily), so a fit that fails
+    before any epoch leaves no files and prints nothing.
     """
 
     def __init__(self, log_dir: str | os.PathLike = "logs", update_freq: str = "epoch"):
@@ -601,24 +603,26 @@ class TensorBoard(Callback):
         self._writers: dict[str, Any] = {}
         self.enabled = True
 
-    def on_train_begin(self, logs=None):
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            self.enabled = False
-            print(
-                "TensorBoard: tensorboardX is not installed (pip install 'fnn[tensorboard]'); "
-                "skipped writing event files.",
-                file=sys.stderr,
-            )
-            return
-        self._writers = {
-            "train": SummaryWriter(os.path.join(self.log_dir, "train")),
-            "validation": SummaryWriter(os.path.join(self.log_dir, "validation")),
-        }
+    def _open(self) -> bool:
+        if not self._writers and self.enabled:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                self.enabled = False
+                print(
+                    "TensorBoard: tensorboardX is not installed (pip install 'fnn[tensorboard]'); "
+                    "skipped writing event files.",
+                    file=sys.stderr,
+                )
+                return False
+            self._writers = {
+                "train": SummaryWriter(os.path.join(self.log_dir, "train")),
+                "validation": SummaryWriter(os.path.join(self.log_dir, "validation")),
+            }
+        return self.enabled
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.enabled or not self._writers:
+        if not self._open():
             return
         for key, value in (logs or {}).items():
             split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
