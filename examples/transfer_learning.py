@@ -36,7 +36,7 @@ def fit(layer, train_state, optimizer, x, y, epochs: int, batch_size: int = 32, 
     loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
     step = jax.jit(train.make_train_step(layer, loss, optimizer), donate_argnums=0)
     for epoch in range(epochs):
-        for xb, yb in fnn.datasets.batches(x, y, batch_size, seed=seed + epoch):
+        for xb, yb in fnn.datasets.batches(x, y, batch_size, seed=seed, epoch=epoch):
             train_state, _ = step(train_state, (xb, yb))
     return train_state
 
