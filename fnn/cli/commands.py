@@ -208,15 +208,6 @@ def _ordered(logs: dict, names: list[str]) -> dict[str, float]:
     }
 
 
-def _scalars(values: dict) -> dict[str, float]:
-    out = {}
-    for name, value in values.items():
-        array = np.asarray(value)
-        if array.shape == ():
-            out[name] = float(array)
-    return out
-
-
 # ---------------------------------------------------------------------------------------
 # train
 
