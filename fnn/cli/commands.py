@@ -328,9 +328,8 @@ def cmd_train(args) -> int:
         validation_batch_size=run.eval_batch_size(),
         devices=devices,
     )
-    if nan_check.invalid_loss is not None:
-        batch, loss = nan_check.invalid_loss
-        train.check_finite({"loss": loss}, int(model.train_state.step) - 1)
+    if nan_check.invalid_loss is not None:  # one line and exit code 1, as before callbacks
+        train.check_finite({"loss": nan_check.invalid_loss[1]}, int(model.train_state.step) - 1)
     wall = time.perf_counter() - start
     test = run.evaluate(run.x_test, run.y_test)
     results = {"test": test, "epochs": epochs, "wall_time_s": round(wall, 2)}

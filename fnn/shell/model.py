@@ -4,7 +4,9 @@
 (step, params, state, opt_state, rng, metric states), and replaces it after each compiled
 step. ``model.params``, ``model.state``, ``model.opt_state`` and ``model.layer`` expose it,
 so research code can leave the shell at any time and come back
-(``model.params = new_params``). The steps themselves are ``fnn.train``'s pure functions.
+(``model.params = new_params``). The steps themselves are ``fnn.train``'s pure functions,
+run by the one host-side loop ``fnn.training.loop``; this module adapts data, callbacks
+and devices to it.
 
 >>> import numpy as np, fnn
 >>> from fnn.layers import Dense
