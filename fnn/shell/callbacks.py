@@ -365,8 +365,8 @@ class BackupAndRestore(Callback):
     The epoch order depends on ``(seed, epoch)`` only, so on CPU a resumed fit ends bit
     for bit where an uninterrupted one does. ``max_to_keep``/``keep_best``/``monitor``/
     ``mode`` prune as ``CheckpointManager`` does; ``metadata`` is stored with each backup;
-    ``delete_checkpoint`` removes ``backup_dir`` when training ends without being stopped
-    (Keras's default).
+    ``delete_checkpoint`` removes ``backup_dir`` when training ends (Keras's default; an
+    interrupted fit never gets there, so its backup stays).
     """
 
     def __init__(
@@ -429,7 +429,7 @@ class BackupAndRestore(Callback):
         self.manager.save(int(ts.step), ts, metrics=metrics, metadata=self.metadata)
 
     def on_train_end(self, logs=None):
-        if self.delete_checkpoint and not self.model.stop_training:
+        if self.delete_checkpoint:
             import shutil
 
             shutil.rmtree(self.backup_dir, ignore_errors=True)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.core.errors import ConfigError
 from fnn.training import step as step_lib
 
 __all__ = [
@@ -263,7 +264,7 @@ def train_epoch(trainer: Trainer, hooks, data: DeviceRows | Iterable, placement=
     wants = (hooks.wants("on_train_batch_begin"), hooks.wants("on_train_batch_end"))
     if placement is not None:
         if isinstance(data, DeviceRows):
-            raise TypeError("train_epoch: placement needs host batches, got DeviceRows.")
+            raise ConfigError("train_epoch: a placement needs host batches, got DeviceRows.")
         _placed_epoch(trainer, hooks, data, placement, wants)
     elif isinstance(data, DeviceRows):
         _device_epoch(trainer, hooks, data, wants)
