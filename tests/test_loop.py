@@ -227,3 +227,72 @@ def test_fnn_train_non_finite_loss_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1
     assert err.startswith("fnn: error: training stopped: non-finite loss (nan) at step ")
     assert fnn.checkpoint.list_steps(run / "checkpoints") == []  # no backup of a NaN state
+
+
+class Hooks:
+    """The loop's hooks protocol without the shell: records the batch-end indices and
+    stops after ``stop_after`` batch ends."""
+
+    def __init__(self, train_state, stop_after=None):
+        self.train_state = train_state
+        self.stop_training = False
+        self.initial_epoch = 0
+        self.ends = []
+        self.stop_after = stop_after
+
+    def wants(self, hook):
+        return hook == "on_train_batch_end"
+
+    def on_train_batch_end(self, batch, logs):
+        self.ends.append((batch, dict(logs)["loss"]))
+        self.stop_training = len(self.ends) == self.stop_after
+
+    def __getattr__(self, hook):  # every other hook does nothing
+        return lambda *args: None
+
+
+@pytest.mark.parametrize("device_rows", [True, False])
+def test_loop_fit_without_the_shell_matches_the_functional_step(device_rows):
+    x, y = small_data()
+    model, loss = small_model()
+    model.build((None, 5))
+    metrics = [fnn.metrics.get("accuracy", loss=loss)]
+    ts0 = fnn.train.init_train_state(
+        model.layer, optax.sgd(0.1), jax.random.key(0), x[:1], metrics=metrics
+    )
+    trainer = loop.Trainer(model.layer, loss, optax.sgd(0.1), metrics, steps_per_execution=2)
+
+    def epoch_data(epoch):
+        order = loop.epoch_order(64, seed=1, epoch=epoch)
+        if device_rows:
+            return loop.DeviceRows(jax.device_put((x, y, None)), order, 16, 4)
+        return [(x[order[i : i + 16]], y[order[i : i + 16]], None) for i in range(0, 64, 16)]
+
+    copy = jax.tree.map(lambda a: a.copy(), ts0)
+    hooks = Hooks(copy)
+    logs = loop.fit(trainer, hooks, epoch_data, epochs=2)
+    step = jax.jit(fnn.train.make_train_step(model.layer, loss, optax.sgd(0.1), metrics))
+    ts = ts0
+    for epoch in range(2):
+        ts = fnn.train.reset_metrics(ts)
+        for batch in fnn.datasets.batches(x, y, 16, seed=1, epoch=epoch):
+            ts, _ = step(ts, batch)
+    for a, b in zip(jax.tree.leaves(hooks.train_state.params), jax.tree.leaves(ts.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    want = fnn.train.compute_metrics(ts.metric_states, metrics)
+    assert logs["loss"] == pytest.approx(float(want["loss"]), rel=1e-6)
+    # Two steps per call: one batch-end hook per call, named by its last batch.
+    assert [b for b, _ in hooks.ends] == [1, 3, 1, 3]
+    # stop_training ends the epoch loop after the current call.
+    hooks = Hooks(jax.tree.map(lambda a: a.copy(), ts0), stop_after=1)
+    loop.fit(trainer, hooks, epoch_data, epochs=2)
+    assert int(hooks.train_state.step) == 2 and len(hooks.ends) == 1
+
+
+def test_data_parallel_fit_needs_a_batch_size_that_divides():
+    x, y = small_data()
+    model, _ = small_model()
+    with pytest.raises(
+        ConfigError, match=r"expected batch_size to be a multiple of the 4 devices, got 10"
+    ):
+        model.fit(x, y, batch_size=10, devices=4, verbose=0)
