@@ -140,29 +140,14 @@ def test_begin_hooks_get_a_dict_like_keras():
         return {name: hook(name) for name in HOOKS}
 
     x, y = small_data(32)
+    same = {"epochs": 1, "batch_size": 16, "validation_data": (x, y), "verbose": 0}
     seen_keras = {}
     kmodel = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
     kmodel.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-    kmodel.fit(
-        x,
-        y,
-        epochs=1,
-        batch_size=16,
-        validation_data=(x, y),
-        verbose=0,
-        callbacks=[keras.callbacks.LambdaCallback(**record(seen_keras))],
-    )
+    kmodel.fit(x, y, callbacks=[keras.callbacks.LambdaCallback(**record(seen_keras))], **same)
     seen = {}
     model, _ = small_model()
-    model.fit(
-        x,
-        y,
-        epochs=1,
-        batch_size=16,
-        validation_data=(x, y),
-        verbose=0,
-        callbacks=[fnn.callbacks.LambdaCallback(**record(seen))],
-    )
+    model.fit(x, y, callbacks=[fnn.callbacks.LambdaCallback(**record(seen))], **same)
     assert seen == seen_keras == dict.fromkeys(HOOKS, dict)
 
 
