@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -231,8 +232,10 @@ def _keep_rows(path: Path, epochs: int) -> None:
     if rows:
         column = rows[0].index("epoch")
         rows = rows[:1] + [r for r in rows[1:] if int(r[column]) < epochs]
-    with open(path, "w", newline="") as f:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(rows)
+    os.replace(tmp, path)  # a second interruption leaves the old file, not half of it
 
 
 class _EpochLines(Callback):

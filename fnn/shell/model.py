@@ -459,6 +459,7 @@ class Model:
             "seed": int(seed),
         }
         self._trainer = None
+        self._predictor = None
         if self._train_state is not None:
             self._train_state = _replace(self._train_state, opt_state=None, metric_states=None)
 
