@@ -234,6 +234,8 @@ def _batches_epoch(trainer: Trainer, hooks, batches: Iterable, wants) -> None:
         if pending and _shapes(batch) != _shapes(pending[0]):
             while pending and not hooks.stop_training:
                 single(pending.pop(0))
+            if hooks.stop_training:
+                break
         pending.append(batch)
         if len(pending) == spe:
             stacked = jax.tree.map(lambda *a: jnp.stack(a), *pending)
