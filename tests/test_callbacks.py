@@ -105,16 +105,16 @@ def test_early_stopping_max_mode_baseline_and_start_epoch():
 def test_model_checkpoint_saves_only_improvements(tmp_path):
     values = [1.0, 0.8, 0.9, 0.7, 0.75]
     ck = cbs.ModelCheckpoint(
-        str(tmp_path / "w-{epoch:02d}-{val_loss:.2f}.npz"),
+        str(tmp_path / "w-{epoch:02d}-{val_loss:.2f}"),
         save_best_only=True,
         save_weights_only=True,
     )
     model, _ = run([ck], values)
     improving = [e for e, v in enumerate(values) if v < min(values[:e], default=math.inf)]
-    want = [str(tmp_path / f"w-{e + 1:02d}-{values[e]:.2f}.npz") for e in improving]
+    want = [str(tmp_path / f"w-{e + 1:02d}-{values[e]:.2f}") for e in improving]
     assert model.saved == want
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.split("/")[-1] for p in want)
-    ck_all = cbs.ModelCheckpoint(str(tmp_path / "all-{epoch}.npz"), save_weights_only=True)
+    ck_all = cbs.ModelCheckpoint(str(tmp_path / "all-{epoch}"), save_weights_only=True)
     model, _ = run([ck_all], values)
     assert len(model.saved) == len(values)
 

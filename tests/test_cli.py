@@ -49,8 +49,9 @@ def test_train_writes_every_file_and_reaches_95_percent(trained, capsys):
     for png in ("curves.png", "confusion_matrix.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = read_csv(run / "metrics.csv")
-    assert [int(r["epoch"]) for r in rows] == list(range(1, 13))
-    assert list(rows[0])[:5] == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    # fnn.callbacks.CSVLogger's rows (Keras's format): epoch from 0, then the sorted keys.
+    assert [int(r["epoch"]) for r in rows] == list(range(12))
+    assert list(rows[0]) == ["epoch", "accuracy", "loss", "time_s", "val_accuracy", "val_loss"]
     assert float(rows[-1]["val_accuracy"]) >= 0.95
     # Checkpoints: every 5 epochs and the last, keeping 2 plus the best val_accuracy.
     steps = checkpoint.list_steps(run / "checkpoints")
@@ -145,10 +146,10 @@ def test_resume_equals_uninterrupted_training_bitwise(tmp_path, capsys):
         shutil.rmtree(part / "checkpoints" / f"step_{step:08d}")
     capsys.readouterr()
     assert cli.main(["train", MLP, "--set", f"run_dir={part}", *common, "--resume"]) == 0
-    out = capsys.readouterr().out
-    assert "resumed from" in out
+    captured = capsys.readouterr()
+    assert "resumed from" in captured.out
     if importlib.util.find_spec("tensorboardX") is None:
-        assert "tensorboard: skipped (tensorboardX is not installed" in out
+        assert "TensorBoard: tensorboardX is not installed" in captured.err
     a = checkpoint.restore(full / "checkpoints" / f"step_{steps[-1]:08d}")
     b = checkpoint.restore(part / "checkpoints" / f"step_{steps[-1]:08d}")
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
@@ -187,7 +188,7 @@ class FakeSummaryWriter:
         self.logdir = logdir
 
     def add_scalar(self, tag, value, step):
-        self.scalars.append((tag, step, value))
+        self.scalars.append((Path(self.logdir).name, tag, step, value))
 
     def flush(self):
         pass
@@ -215,14 +216,21 @@ def test_data_parallel_matches_single_device(tmp_path, monkeypatch):
         finals[devices] = checkpoint.restore(run / "checkpoints" / f"step_{step:08d}")["params"]
     for x, y in zip(jax.tree.leaves(finals[1]), jax.tree.leaves(finals[8]), strict=True):
         np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
-    # TensorBoard scalars: every metrics.csv column but epoch and time, per epoch, per run.
+    # TensorBoard scalars: every metrics.csv column but epoch and time, per epoch, per run,
+    # as fnn.callbacks.TensorBoard writes them (Keras's train/validation runs, epoch_* tags).
     rows = read_csv(tmp_path / "dp8" / "metrics.csv")
     logged = {
-        (tag, step): value
-        for tag, step, value in FakeSummaryWriter.scalars[len(FakeSummaryWriter.scalars) // 2 :]
+        (split, tag, step): value
+        for split, tag, step, value in FakeSummaryWriter.scalars[
+            len(FakeSummaryWriter.scalars) // 2 :
+        ]
     }
     expected = {
-        (k, int(r["epoch"])): float(v)
+        (
+            "validation" if k.startswith("val_") else "train",
+            f"epoch_{k.removeprefix('val_')}",
+            int(r["epoch"]),
+        ): float(v)
         for r in rows
         for k, v in r.items()
         if k not in ("epoch", cli.TIME_COLUMN)

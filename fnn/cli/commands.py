@@ -36,6 +36,14 @@ from typing import Any
 import numpy as np
 
 from fnn.core.errors import ConfigError, FnnError, ShapeError
+from fnn.shell.callbacks import (
+    BackupAndRestore,
+    Callback,
+    CSVLogger,
+    TensorBoard,
+    TerminateOnNaN,
+)
+from fnn.shell.model import Input, Sequential
 
 CLASSIFICATION_LOSSES = (
     "sparse_categorical_crossentropy",
@@ -58,8 +66,9 @@ def _say(*parts: Any) -> None:
 
 
 class Run:
-    """Everything a command needs from a validated config: data, model, loss, metrics,
-    optimizer and the compiled steps (built lazily)."""
+    """Everything a command needs from a validated config: the data splits, the checked
+    ``layer``, loss and metrics, and ``model``: an ``fnn.Sequential`` of the config's
+    layers, compiled with the config's optimizer (and schedule), loss, metrics and seed."""
 
     def __init__(self, cfg: dict, config_path: str):
         import jax
@@ -86,7 +95,7 @@ class Run:
         self.x_train, self.y_train = x_train, y_train
         self.x_val, self.y_val = x_val, y_val
         self.x_test, self.y_test = x_test, y_test
-        self.model = config_lib.build_model(cfg)
+        self.layer = config_lib.build_model(cfg)
         shape = cfg["model"]["input_shape"] or list(x_train.shape[1:])
         if cfg["model"]["input_shape"] and list(x_train.shape[1:]) != shape:
             raise ConfigError(
@@ -104,10 +113,10 @@ class Run:
         self.num_classes = int(np.max(y_train)) + 1 if self.classifier else None
         # Shape checks before anything is compiled (ShapeError names the layer).
         try:
-            abstract = jax.eval_shape(self.model.init, jax.random.key(0), self.input_spec)
-            out = _output_shape(self.model, abstract, self.input_spec)
+            abstract = jax.eval_shape(self.layer.init, jax.random.key(0), self.input_spec)
+            out = _output_shape(self.layer, abstract, self.input_spec)
             batch = (x_train[: cfg["batch_size"]], y_train[: cfg["batch_size"]])
-            train.check_batch(self.model, self.loss, *abstract, batch)
+            train.check_batch(self.layer, self.loss, *abstract, batch)
             if "sparse" in _snake(self.loss_name):
                 # check_batch sees one batch; an out-of-range label later would be silently
                 # dropped under jit, so every split is checked once on the host.
@@ -125,6 +134,12 @@ class Run:
             y_pred_shape=tuple(out),
         )
         self.metric_names = [m.name for m in self.metrics]
+        self.model = Sequential(
+            [Input(self.input_shape, x_train.dtype), *self.layer.spec.config["layers"]]
+        )
+        self.model.compile(
+            optimizer=self.optimizer(), loss=self.loss, metrics=self.metrics, seed=cfg["seed"]
+        )
 
     # Optimizer with its schedule (the number of steps depends on the data).
     def steps_per_epoch(self) -> int:
@@ -152,55 +167,18 @@ class Run:
             lr = optax.linear_schedule(0.0, lr, warmup)
         return optimizers.get(opt["name"], learning_rate=lr, **opt["options"])
 
-    def init_state(self):
-        import jax
+    def eval_batch_size(self) -> int:
+        return max(self.cfg["batch_size"], 256)
 
-        from fnn.training import step as train
-
-        key = jax.random.key(self.cfg["seed"])
-        return train.init_train_state(
-            self.model, self.optimizer(), key, self.input_spec, metrics=self.metrics
+    def evaluate(self, x, y) -> dict[str, float]:
+        """Loss and metrics of the model on ``(x, y)``, ``loss`` first."""
+        logs = self.model.evaluate(
+            x, y, batch_size=self.eval_batch_size(), verbose=0, return_dict=True
         )
+        return _ordered(logs, self.metric_names)
 
-    def eval_fn(self):
-        import jax
-
-        from fnn.training import step as train
-
-        step = jax.jit(train.make_eval_step(self.model, self.loss, self.metrics))
-
-        def evaluate(params, state, x, y) -> dict[str, float]:
-            metric_states = train.init_metric_states(self.metrics)
-            for xb, yb in _batches(x, y, max(self.cfg["batch_size"], 256)):
-                metric_states = step(metric_states, params, state, (xb, yb))
-            values = train.compute_metrics(metric_states, self.metrics)
-            return _ordered(_scalars(values), self)
-
-        return evaluate
-
-    def predict_fn(self):
-        import jax
-
-        from fnn.training import step as train
-
-        step = jax.jit(train.make_predict_step(self.model))
-
-        def predict(params, state, x) -> np.ndarray:
-            outs = [np.asarray(step(params, state, xb)) for xb in _batches(x, None, 256)]
-            return np.concatenate(outs) if outs else np.zeros((0,))
-
-        return predict
-
-    def checkpoint_target(self):
-        import jax
-
-        return jax.eval_shape(self.init_state)
-
-
-def _batches(x, y, batch_size):
-    from fnn.io.datasets import batches
-
-    return batches(x, y, batch_size)
+    def predict(self, x) -> np.ndarray:
+        return self.model.predict(x, batch_size=256, verbose=0)
 
 
 def _snake(name: str) -> str:
@@ -221,21 +199,14 @@ def _output_shape(model, abstract, spec):
     return tuple(out.shape)
 
 
-def _ordered(logs: dict, run: Run) -> dict[str, float]:
-    """``loss`` first, then the metrics in config order (jit returns dicts key-sorted)."""
-    keys = ["loss", *run.metric_names]
+def _ordered(logs: dict, names: list[str]) -> dict[str, float]:
+    """``loss`` first, then the metrics in config order, then their ``val_*`` (jit returns
+    dicts key-sorted), then any other keys."""
+    keys = ["loss", *names]
+    keys += [f"val_{k}" for k in keys]
     return {k: logs[k] for k in keys if k in logs} | {
         k: v for k, v in logs.items() if k not in keys
     }
-
-
-def _scalars(values: dict) -> dict[str, float]:
-    out = {}
-    for name, value in values.items():
-        array = np.asarray(value)
-        if array.shape == ():
-            out[name] = float(array)
-    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,63 +218,50 @@ def _run_dir(cfg: dict, config_path: str) -> Path:
 
 
 def _read_metrics_csv(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _write_metrics_csv(path: Path, rows: list[dict]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
+def _keep_rows(path: Path, epochs: int) -> None:
+    """Drop the rows of ``metrics.csv`` after ``epochs`` completed epochs (written after
+    the backup a resumed run starts from), so the resumed run appends exactly once."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if rows:
+        column = rows[0].index("epoch")
+        rows = rows[:1] + [r for r in rows[1:] if int(r[column]) < epochs]
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _format(v) for k, v in row.items()})
-    os.replace(tmp, path)
+        csv.writer(f).writerows(rows)
+    os.replace(tmp, path)  # a second interruption leaves the old file, not half of it
 
 
-def _format(value: Any) -> Any:
-    if isinstance(value, float):
-        return repr(value)  # exact: resumed and uninterrupted runs compare equal
-    return value
+class _EpochLines(Callback):
+    """The CLI's epoch line: adds ``time_s`` (seconds since the epoch began, validation
+    included) to the logs, then prints ``epoch  3/30  loss ...  (0.18s)``."""
 
+    def __init__(self, metric_names: list[str]):
+        super().__init__()
+        self.metric_names = metric_names
 
-class _TensorBoard:
-    def __init__(self, directory: Path, enabled: bool):
-        self.writer = None
-        if not enabled:
-            return
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            _say("tensorboard: skipped (tensorboardX is not installed; pip install tensorboardX)")
-            return
-        self.writer = SummaryWriter(str(directory))
+    def on_epoch_begin(self, epoch, logs=None):
+        self._tick = time.perf_counter()
 
-    def write(self, epoch: int, logs: dict) -> None:
-        if self.writer is None:
-            return
-        for key, value in logs.items():
-            if key not in ("epoch", TIME_COLUMN):
-                self.writer.add_scalar(key, value, epoch)
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    def on_epoch_end(self, epoch, logs=None):
+        logs[TIME_COLUMN] = round(time.perf_counter() - self._tick, 3)
+        epochs = self.params["epochs"]
+        parts = [f"epoch {epoch + 1:>{len(str(epochs))}}/{epochs}"]
+        ordered = _ordered(logs, self.metric_names)
+        parts += [f"{k} {v:.4f}" for k, v in ordered.items() if k != TIME_COLUMN]
+        _say("  ".join([*parts, f"({logs[TIME_COLUMN]:.2f}s)"]))
 
 
 def cmd_train(args) -> int:
     import jax
 
     from fnn.cli import config as config_lib
-    from fnn.io import saving
-    from fnn.io.checkpoint import CheckpointManager
-    from fnn.training import losses
     from fnn.training import step as train
 
     cfg = config_lib.load_config(args.config, args.set)
@@ -319,95 +277,74 @@ def cmd_train(args) -> int:
             )
         shutil.rmtree(run_dir)
     run = Run(cfg, args.config)
+    model = run.model
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(_dump_yaml(cfg))
     ck = cfg["checkpoint"]
-    manager = CheckpointManager(
-        ckpt_dir, ck["max_to_keep"], ck["keep_best"], best_metric=ck["monitor"], mode=ck["mode"]
+    backup = BackupAndRestore(
+        ckpt_dir,
+        every_epochs=ck["every_epochs"],
+        max_to_keep=ck["max_to_keep"],
+        keep_best=ck["keep_best"],
+        monitor=ck["monitor"],
+        mode=ck["mode"],
+        delete_checkpoint=False,
+        metadata={"config": cfg},
     )
-    epochs, batch_size, seed = cfg["epochs"], cfg["batch_size"], cfg["seed"]
-    ts = run.init_state()
-    start_epoch = 0
-    history: list[dict] = []
+    epochs, batch_size = cfg["epochs"], cfg["batch_size"]
     if args.resume:
-        latest = manager.latest_step()
-        if latest is None:
+        done = backup.latest_epoch()
+        _keep_rows(run_dir / "metrics.csv", done or 0)
+        if done is None:
             _say(f"resume: no checkpoint in {ckpt_dir}; starting from scratch")
         else:
-            ts = manager.restore(latest, target=ts)
-            start_epoch = int(manager.metrics(latest).get("epoch", 0))
-            history = [
-                {k: float(v) if k != "epoch" else int(v) for k, v in row.items()}
-                for row in _read_metrics_csv(run_dir / "metrics.csv")
-                if int(row["epoch"]) <= start_epoch
-            ]
-            _say(f"resumed from {manager.path(latest)} (epoch {start_epoch}, step {latest})")
-    placement = _Placement(cfg)
-    ts = placement.state(ts)
-    step_fn = jax.jit(
-        train.make_train_step(run.model, run.loss, run.optimizer(), run.metrics),
-        donate_argnums=0,
-    )
-    evaluate = run.eval_fn()
-    board = _TensorBoard(run_dir / "tensorboard", cfg["tensorboard"])
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(ts.params))
+            step = backup.manager.latest_step()
+            _say(f"resumed from {backup.manager.path(step)} (epoch {done}, step {step})")
+    devices = None
+    if cfg["distribute"]["strategy"] == "data_parallel":
+        devices = cfg["distribute"]["num_devices"] or jax.device_count()
+    nan_check = TerminateOnNaN()
+    callbacks = [nan_check]
+    if cfg["tensorboard"]:
+        callbacks.append(TensorBoard(run_dir / "tensorboard"))
+    callbacks += [
+        _EpochLines(run.metric_names),
+        CSVLogger(run_dir / "metrics.csv", append=args.resume),
+        backup,
+    ]
+    n_params = sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(model.params))
     _say(
         f"training {Path(args.config).name}: {n_params:,} params, {len(run.x_train)} train / "
         f"{len(run.x_val)} val / {len(run.x_test)} test examples, {epochs} epochs, "
-        f"{jax.device_count() if placement.mesh is not None else 1} device(s) -> {run_dir}"
+        f"{devices or 1} device(s) -> {run_dir}"
     )
     start = time.perf_counter()
-    try:
-        for epoch in range(start_epoch, epochs):
-            tick = time.perf_counter()
-            ts = train.reset_metrics(ts)
-            order_seed = seed * 1_000_003 + epoch  # the data order depends on (seed, epoch) only
-            from fnn.io.datasets import batches
-
-            for xb, yb in batches(
-                run.x_train,
-                run.y_train,
-                batch_size,
-                seed=order_seed,
-                drop_remainder=placement.mesh is not None,
-            ):
-                ts, logs = step_fn(ts, placement.batch((xb, yb)))
-            logs = _ordered(_scalars(train.compute_metrics(ts.metric_states, run.metrics)), run)
-            train.check_finite(logs, ts.step)
-            val = evaluate(ts.params, ts.state, run.x_val, run.y_val)
-            row = {"epoch": epoch + 1, **logs, **{f"val_{k}": v for k, v in val.items()}}
-            row[TIME_COLUMN] = round(time.perf_counter() - tick, 3)
-            history.append(row)
-            _write_metrics_csv(run_dir / "metrics.csv", history)
-            board.write(epoch + 1, row)
-            _say(_epoch_line(row, epochs))
-            if (epoch + 1) % ck["every_epochs"] == 0 or epoch + 1 == epochs:
-                step = int(ts.step)
-                metrics = {k: v for k, v in row.items() if k != TIME_COLUMN}
-                manager.save(step, ts, metrics=metrics, metadata={"config": cfg})
-    finally:
-        board.close()
-    wall = time.perf_counter() - start
-    test = evaluate(ts.params, ts.state, run.x_test, run.y_test)
-    results = {"test": test, "epochs": epochs, "wall_time_s": round(wall, 2)}
-    if manager.best_step() is not None:
-        results["best_checkpoint"] = str(manager.path(manager.best_step()))
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    saving.save_model(
-        run_dir / "model",
-        run.model,
-        ts.params,
-        ts.state,
-        inputs=[run.input_spec],
-        # Model.compile arguments, so fnn.load_model(run_dir / "model") is ready to use.
-        compile_config={
-            "optimizer": cfg["optimizer"]["name"],
-            "loss": losses.serialize(losses.get(run.loss)),
-            "metrics": list(cfg["metrics"]),
-        },
-        metadata={"config": cfg},
+    model.fit(
+        run.x_train,
+        run.y_train,
+        batch_size=batch_size,
+        epochs=epochs,
+        verbose=0,
+        callbacks=callbacks,
+        validation_data=(run.x_val, run.y_val),
+        steps_per_epoch=run.steps_per_epoch(),
+        validation_batch_size=run.eval_batch_size(),
+        devices=devices,
     )
-    plots = _plots(run, ts, history, run_dir) if cfg["plots"] else []
+    if nan_check.invalid_loss is not None:  # one line and exit code 1, as before callbacks
+        train.check_finite({"loss": nan_check.invalid_loss[1]}, int(model.train_state.step) - 1)
+    wall = time.perf_counter() - start
+    test = run.evaluate(run.x_test, run.y_test)
+    results = {"test": test, "epochs": epochs, "wall_time_s": round(wall, 2)}
+    if backup.manager.best_step() is not None:
+        results["best_checkpoint"] = str(backup.manager.path(backup.manager.best_step()))
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    # The saved compile settings name the optimizer, so fnn.load_model(run_dir / "model")
+    # is ready to use; its schedule and state are training details (in checkpoints/).
+    model.compile(optimizer=cfg["optimizer"]["name"], loss=run.loss, metrics=cfg["metrics"])
+    model.save(run_dir / "model")
+    rows = _read_metrics_csv(run_dir / "metrics.csv")  # every epoch, resumed ones too
+    plots = _plots(run, rows, run_dir) if cfg["plots"] and rows else []
     tests = "  ".join(f"test_{k} {v:.4f}" for k, v in test.items())
     _say(f"done in {wall:.1f}s: {tests}")
     _say(
@@ -417,62 +354,13 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
-    parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}"]
-    for key, value in row.items():
-        if key not in ("epoch", TIME_COLUMN):
-            parts.append(f"{key} {value:.4f}")
-    parts.append(f"({row[TIME_COLUMN]:.2f}s)")
-    return "  ".join(parts)
-
-
 def _dump_yaml(cfg: dict) -> str:
     import yaml
 
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
-class _Placement:
-    """Where arrays go: one device, or a batch-sharded mesh for ``data_parallel``."""
-
-    def __init__(self, cfg: dict):
-        import jax
-
-        self.mesh = None
-        dist = cfg["distribute"]
-        if dist["strategy"] != "data_parallel":
-            return
-        devices = jax.devices()
-        count = dist["num_devices"] or len(devices)
-        if count > len(devices):
-            raise ConfigError(
-                f"distribute.num_devices: expected at most the {len(devices)} available "
-                f"device(s), got {count}."
-            )
-        if cfg["batch_size"] % count:
-            raise ConfigError(
-                f"batch_size: expected a multiple of the {count} devices, got {cfg['batch_size']}."
-            )
-        self.mesh = jax.sharding.Mesh(np.array(devices[:count]), ("data",))
-
-    def state(self, ts):
-        import jax
-
-        if self.mesh is None:
-            return ts
-        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        return jax.device_put(ts, replicated)
-
-    def batch(self, batch):
-        import jax
-
-        if self.mesh is None:
-            return batch
-        sharded = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
-        return jax.device_put(batch, sharded)
-
-
-def _plots(run: Run, ts, history: list[dict], run_dir: Path) -> list[str]:
+def _plots(run: Run, history: list[dict], run_dir: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -482,7 +370,7 @@ def _plots(run: Run, ts, history: list[dict], run_dir: Path) -> list[str]:
     written = []
     keys = [k for k in history[0] if k not in ("epoch", TIME_COLUMN) and not k.startswith("val_")]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
-    epochs = [row["epoch"] for row in history]
+    epochs = [int(row["epoch"]) + 1 for row in history]
     for ax, key in zip(axes[0], keys):
         ax.plot(epochs, [row[key] for row in history], label=f"train {key}")
         if f"val_{key}" in history[0]:
@@ -497,7 +385,7 @@ def _plots(run: Run, ts, history: list[dict], run_dir: Path) -> list[str]:
     plt.close(fig)
     written.append("curves.png")
     if run.classifier:
-        logits = run.predict_fn()(ts.params, ts.state, run.x_test)
+        logits = run.predict(run.x_test)
         predicted = _classes(logits, run.from_logits)
         matrix = confusion_matrix(run.y_test, predicted, max(run.num_classes, 2))
         fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -555,10 +443,16 @@ def _resolve_checkpoint(path: str) -> Path:
 
 
 def _restore(run: Run, path: str):
+    """The checkpoint directory for ``--checkpoint path``, with its train state restored
+    into ``run.model`` (the architecture is checked against the config's)."""
     from fnn.io import checkpoint
 
     directory = _resolve_checkpoint(path)
-    return directory, checkpoint.restore(directory, target=run.checkpoint_target())
+    model = run.model
+    # A fit of no epochs creates the optimizer and metric states: the checkpoint's tree.
+    model.fit(run.x_train[:1], run.y_train[:1], epochs=0, verbose=0)
+    model.train_state = checkpoint.restore(directory, target=model.train_state)
+    return directory, model.train_state
 
 
 def cmd_evaluate(args) -> int:
@@ -567,7 +461,7 @@ def cmd_evaluate(args) -> int:
     cfg = config_lib.load_config(args.config, args.set)
     run = Run(cfg, args.config)
     directory, ts = _restore(run, args.checkpoint)
-    test = run.eval_fn()(ts.params, ts.state, run.x_test, run.y_test)
+    test = run.evaluate(run.x_test, run.y_test)
     _say(f"checkpoint {directory} (step {int(ts.step)}) on {len(run.x_test)} test examples:")
     _say("  ".join(f"test_{k} {v:.4f}" for k, v in test.items()))
     _say(json.dumps({f"test_{k}": v for k, v in test.items()}))
@@ -621,7 +515,7 @@ def cmd_predict(args) -> int:
             )
     x = x.astype(run.x_train.dtype)
     directory, ts = _restore(run, args.checkpoint)
-    outputs = run.predict_fn()(ts.params, ts.state, x)
+    outputs = run.predict(x)
     lines = []
     if run.classifier:
         classes = _classes(outputs, run.from_logits)
@@ -654,7 +548,7 @@ def cmd_summary(args) -> int:
         f"{Path(args.config).name}: dataset {cfg['dataset']['name']} "
         f"{list(run.input_shape)} -> loss {run.loss_name}"
     )
-    summary(run.model, run.input_spec)
+    summary(run.layer, run.input_spec)
     return 0
 
 

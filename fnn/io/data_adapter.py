@@ -1,9 +1,10 @@
 """Feeding ``Model.fit``/``evaluate``/``predict``: arrays, dicts of arrays and iterables.
 
 In-memory arrays are copied to the device once and batches are gathered there inside
-the compiled step, so per step only a small index vector crosses from the host.
-Iterables and generators run in a background thread that also copies each batch to the
-device, so Python and the device overlap. Shuffling is a seeded permutation per epoch.
+the compiled step (``fnn.training.loop.DeviceRows``), so no per-step index crosses from
+the host. Iterables and generators run in a background thread that also copies each
+batch to the device, so Python and the device overlap. The epoch order is
+``fnn.training.loop.epoch_order`` (the one shuffle).
 
 >>> import numpy as np
 >>> data = ArrayData((np.arange(10.0)[:, None], np.arange(10)), None, name="fit")
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.core.errors import ConfigError, ShapeError
+from fnn.training.loop import DeviceRows, epoch_order, take
 
 # Arrays up to this size live on the device for the whole fit; larger ones are batched on
 # the host and prefetched.
@@ -99,11 +101,6 @@ def num_samples(caller: str, **trees) -> int:
     return entries[0][1]
 
 
-def take(tree, idx):
-    """Rows ``idx`` of every array (works on NumPy and JAX arrays, inside jit too)."""
-    return jax.tree.map(lambda a: a[idx], tree)
-
-
 class ArrayData:
     """In-memory ``(x, y, sample_weight)`` arrays."""
 
@@ -147,16 +144,20 @@ class ArrayData:
     def fits_on_device(self) -> bool:
         return self.nbytes() <= DEVICE_DATA_LIMIT_BYTES
 
-    def order(self, *, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
-        """The sample order of one epoch: a permutation seeded by ``(seed, epoch)``."""
-        if shuffle:
-            return np.random.default_rng([seed, epoch]).permutation(self.n).astype(np.int32)
-        return np.arange(self.n, dtype=np.int32)
-
     def batch_indices(self, *, batch_size: int, epoch: int, shuffle: bool, seed: int):
         """Index vectors of each batch of one epoch; the last one may be shorter."""
-        order = self.order(epoch=epoch, shuffle=shuffle, seed=seed)
+        order = epoch_order(self.n, seed=seed, epoch=epoch, shuffle=shuffle)
         return [order[i : i + batch_size] for i in range(0, self.n, batch_size)]
+
+    def epoch(self, order: np.ndarray, batch_size: int, steps: int, *, on_device: bool, ahead=True):
+        """The first ``steps`` batches in ``order``: ``DeviceRows`` over the device copy,
+        or host batches ``(x, y, sample_weight)`` (copied to the device ahead of use by a
+        background thread when ``ahead``)."""
+        if on_device:
+            return DeviceRows(self.on_device(), order, batch_size, steps)
+        stop = min(len(order), steps * batch_size)
+        batches = (take(self.arrays, order[i : i + batch_size]) for i in range(0, stop, batch_size))
+        return prefetch(batches) if ahead else batches
 
     def spec(self, batch_size: int):
         """Abstract ``(x, y, sample_weight)`` of one batch."""

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fnn.core.errors import ConfigError
+from fnn.training.loop import epoch_order
 
 __all__ = [
     "DATASETS",
@@ -273,8 +274,10 @@ def load(name: str, **options) -> Split:
     return DATASETS[name](**options)
 
 
-def shuffle(*arrays: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
-    """The same seeded permutation applied to each array's first axis.
+def shuffle(*arrays: np.ndarray, seed: int, epoch: int = 0) -> tuple[np.ndarray, ...]:
+    """The same seeded permutation applied to each array's first axis: the order of epoch
+    ``epoch`` of ``Model.fit(shuffle=True)`` with ``compile(seed=seed)``
+    (``fnn.training.loop.epoch_order``).
 
     >>> import numpy as np
     >>> shuffle(np.arange(5), np.arange(5) * 10, seed=0)
@@ -285,7 +288,7 @@ def shuffle(*arrays: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
         raise ConfigError(
             f"shuffle: expected arrays of equal length, got {[len(a) for a in arrays]}."
         )
-    order = np.random.default_rng(seed).permutation(n)
+    order = epoch_order(n, seed=seed, epoch=epoch)
     return tuple(a[order] for a in arrays)
 
 
@@ -295,9 +298,11 @@ def batches(
     batch_size: int = 32,
     seed: int | None = None,
     drop_remainder: bool = False,
+    epoch: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray] | np.ndarray]:
-    """Mini-batches ``(x[i:i+b], y[i:i+b])`` (or ``x`` alone when ``y`` is None), in a seeded
-    random order when ``seed`` is given (use ``seed + epoch`` for a new order per epoch).
+    """Mini-batches ``(x[i:i+b], y[i:i+b])`` (or ``x`` alone when ``y`` is None), in order,
+    or with ``seed`` in the order of epoch ``epoch`` that ``Model.fit(shuffle=True)`` with
+    ``compile(seed=seed)`` uses (``fnn.training.loop.epoch_order``).
 
     >>> import numpy as np
     >>> [b.tolist() for b, _ in batches(np.arange(5), np.arange(5), batch_size=2)]
@@ -308,7 +313,7 @@ def batches(
     n = len(x)
     if y is not None and len(y) != n:
         raise ConfigError(f"batches: expected len(y) == len(x) == {n}, got {len(y)}.")
-    order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
+    order = epoch_order(n, seed=0 if seed is None else seed, epoch=epoch, shuffle=seed is not None)
     stop = n - n % batch_size if drop_remainder else n
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]

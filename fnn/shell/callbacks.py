@@ -27,6 +27,7 @@ import numpy as np
 from fnn.core.errors import ConfigError
 
 __all__ = [
+    "BackupAndRestore",
     "CSVLogger",
     "Callback",
     "CallbackList",
@@ -137,6 +138,11 @@ class CallbackList:
         return bool(self._users[hook])
 
     def call(self, hook: str, *args) -> None:
+        """Call ``hook`` on the callbacks that override it; missing or ``None`` logs become
+        one shared ``{}`` (as Keras), so callbacks may add keys for the ones after them."""
+        n = 1 if hook.startswith("on_epoch_") or "_batch_" in hook else 0  # (index, logs)
+        if len(args) <= n or args[n] is None:
+            args = (*args[:n], {})
         for cb in self._users[hook]:
             getattr(cb, hook)(*args)
 
@@ -285,10 +291,11 @@ class ModelCheckpoint(Callback):
     """Save the weights after every epoch, or only when ``monitor`` improved.
 
     ``filepath`` may hold format fields filled from the epoch logs, e.g.
-    ``"ckpt/weights.{epoch:02d}-{val_loss:.3f}.npz"`` (``epoch`` counts from 1, as in Keras).
-    Weights are written with ``model.save_weights`` (a NumPy ``.npz`` in Keras's
-    ``get_weights`` order, no pickle); with ``save_weights_only=False`` the model's
-    ``save`` is used when it has one.
+    ``"ckpt/weights.{epoch:02d}-{val_loss:.3f}"`` (``epoch`` counts from 1, as in Keras);
+    a suffix of another library's single-file format (``.keras``, ``.h5``, ``.npz``) is a
+    ``ConfigError``. Weights are written with ``model.save_weights``; with
+    ``save_weights_only=False`` the model's ``save`` is used when it has one. To resume
+    an interrupted fit use ``BackupAndRestore``.
     """
 
     def __init__(
@@ -307,7 +314,9 @@ class ModelCheckpoint(Callback):
             raise ConfigError(
                 f"ModelCheckpoint: only save_freq='epoch' is supported, got {save_freq!r}."
             )
-        self.filepath = os.fspath(filepath)
+        from fnn.io.checkpoint import check_directory_path
+
+        self.filepath = os.fspath(check_directory_path(filepath, "ModelCheckpoint"))
         self.monitor = monitor
         self.verbose = verbose
         self.save_best_only = save_best_only
@@ -345,6 +354,85 @@ class ModelCheckpoint(Callback):
         else:
             self.model.save(path)
         self.saved.append(path)
+
+
+class BackupAndRestore(Callback):
+    """Back up the whole ``TrainState`` (params, state, optimizer state, PRNG key, step)
+    every ``every_epochs`` epochs and after the last one, with
+    ``fnn.checkpoint.CheckpointManager`` in ``backup_dir`` (``step_*`` directories); when
+    a fit begins and a backup exists, restore the latest and continue from its epoch.
+
+    The epoch order depends on ``(seed, epoch)`` only, so on CPU a resumed fit ends bit
+    for bit where an uninterrupted one does. ``max_to_keep``/``keep_best``/``monitor``/
+    ``mode`` prune as ``CheckpointManager`` does; ``metadata`` is stored with each backup;
+    ``delete_checkpoint`` removes ``backup_dir`` when training ends (Keras's default; an
+    interrupted fit never gets there, so its backup stays).
+    """
+
+    def __init__(
+        self,
+        backup_dir: str | os.PathLike,
+        every_epochs: int = 1,
+        max_to_keep: int | None = 1,
+        keep_best: bool = False,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        delete_checkpoint: bool = True,
+        metadata: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        from fnn.io.checkpoint import CheckpointManager, check_directory_path
+
+        if not isinstance(every_epochs, int) or every_epochs < 1:
+            raise ConfigError(
+                f"BackupAndRestore: expected every_epochs >= 1, got {every_epochs!r}."
+            )
+        self.backup_dir = check_directory_path(backup_dir, "BackupAndRestore")
+        self.every_epochs = every_epochs
+        self.monitor = monitor if keep_best else None
+        op = _mode_op("BackupAndRestore", monitor, mode)
+        self.manager = CheckpointManager(
+            self.backup_dir,
+            max_to_keep,
+            keep_best,
+            best_metric=monitor,
+            mode="max" if op is np.greater else "min",
+        )
+        self.delete_checkpoint = delete_checkpoint
+        self.metadata = dict(metadata or {})
+        self.restored_step: int | None = None
+
+    def latest_epoch(self) -> int | None:
+        """Epochs completed by the latest backup (``None`` without one)."""
+        step = self.manager.latest_step()
+        return None if step is None else int(self.manager.metrics(step)["epoch"])
+
+    def on_train_begin(self, logs=None):
+        self.restored_step = self.manager.latest_step()
+        if self.restored_step is None:
+            return
+        self.model.train_state = self.manager.restore(
+            self.restored_step, target=self.model.train_state
+        )
+        self.model._initial_epoch = self.latest_epoch()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_epochs and epoch + 1 != self.params.get("epochs"):
+            return
+        if not math.isfinite(_to_float((logs or {}).get("loss", 0.0))):
+            return  # resuming from a non-finite state could not recover
+        ts = self.model.train_state
+        metrics = {"epoch": epoch + 1}
+        for key, value in (logs or {}).items():
+            if np.ndim(value) == 0 and not isinstance(value, str):
+                metrics[key] = _to_float(value)
+        self.manager.save(int(ts.step), ts, metrics=metrics, metadata=self.metadata)
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint:
+            import shutil
+
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
 
 
 def _get_lr(model) -> float:
@@ -500,7 +588,9 @@ class TensorBoard(Callback):
     ``log_dir/validation``, tags ``epoch_<name>``) with tensorboardX.
 
     tensorboardX is an optional extra (``pip install 'fnn[tensorboard]'``); without it
-    this callback prints one line saying it skipped and does nothing.
+    this callback prints one line saying it skipped and does nothing. The writers are
+    opened at the first epoch end (as Keras opens them lazily), so a fit that fails
+    before any epoch leaves no files and prints nothing.
     """
 
     def __init__(self, log_dir: str | os.PathLike = "logs", update_freq: str = "epoch"):
@@ -513,24 +603,26 @@ class TensorBoard(Callback):
         self._writers: dict[str, Any] = {}
         self.enabled = True
 
-    def on_train_begin(self, logs=None):
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            self.enabled = False
-            print(
-                "TensorBoard: tensorboardX is not installed (pip install 'fnn[tensorboard]'); "
-                "skipped writing event files.",
-                file=sys.stderr,
-            )
-            return
-        self._writers = {
-            "train": SummaryWriter(os.path.join(self.log_dir, "train")),
-            "validation": SummaryWriter(os.path.join(self.log_dir, "validation")),
-        }
+    def _open(self) -> bool:
+        if not self._writers and self.enabled:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                self.enabled = False
+                print(
+                    "TensorBoard: tensorboardX is not installed (pip install 'fnn[tensorboard]'); "
+                    "skipped writing event files.",
+                    file=sys.stderr,
+                )
+                return False
+            self._writers = {
+                "train": SummaryWriter(os.path.join(self.log_dir, "train")),
+                "validation": SummaryWriter(os.path.join(self.log_dir, "validation")),
+            }
+        return self.enabled
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.enabled or not self._writers:
+        if not self._open():
             return
         for key, value in (logs or {}).items():
             split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
@@ -546,12 +638,22 @@ class TerminateOnNaN(Callback):
     """Stop training when the batch loss is NaN or infinite.
 
     It reads the loss after every step, which synchronises with the device each step.
+    ``invalid_loss`` is then ``(batch, loss)`` of the batch that stopped training (``None``
+    while every loss was finite).
     """
+
+    def __init__(self):
+        super().__init__()
+        self.invalid_loss: tuple[int, float] | None = None
+
+    def on_train_begin(self, logs=None):
+        self.invalid_loss = None
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(_to_float(loss)):
             print(f"Batch {batch}: invalid loss, terminating training")
+            self.invalid_loss = (batch, _to_float(loss))
             self.model.stop_training = True
 
 

@@ -4,7 +4,9 @@
 (step, params, state, opt_state, rng, metric states), and replaces it after each compiled
 step. ``model.params``, ``model.state``, ``model.opt_state`` and ``model.layer`` expose it,
 so research code can leave the shell at any time and come back
-(``model.params = new_params``). The steps themselves are ``fnn.train``'s pure functions.
+(``model.params = new_params``). The steps themselves are ``fnn.train``'s pure functions,
+run by the one host-side loop ``fnn.training.loop``; this module adapts data, callbacks
+and devices to it.
 
 >>> import numpy as np, fnn
 >>> from fnn.layers import Dense
@@ -34,9 +36,10 @@ import numpy as np
 from fnn.core import weights as weights_lib
 from fnn.core.combinators import serial
 from fnn.core.errors import ConfigError, ShapeError
-from fnn.core.layer import Layer, as_shape_struct, output_shapes
+from fnn.core.layer import Layer, as_shape_struct
 from fnn.io import data_adapter as data_lib
 from fnn.shell import callbacks as callbacks_lib
+from fnn.training import loop as loop_lib
 
 __all__ = ["Input", "Model", "Sequential"]
 
@@ -65,36 +68,6 @@ def _is_verbose_auto(verbose) -> int:
     return int(verbose)
 
 
-class _LazyLogs(Mapping):
-    """Batch logs computed (and synchronised with the device) only when read."""
-
-    def __init__(self, compute: Callable[[], dict]):
-        self._compute = compute
-        self._values: dict | None = None
-
-    def _get(self) -> dict:
-        if self._values is None:
-            if self._compute is None:
-                raise RuntimeError(
-                    "batch logs were read after their batch ended; copy them with dict(logs) "
-                    "inside the callback hook."
-                )
-            self._values = self._compute()
-        return self._values
-
-    def __getitem__(self, key):
-        return self._get()[key]
-
-    def __iter__(self):
-        return iter(self._get())
-
-    def __len__(self):
-        return len(self._get())
-
-    def close(self):
-        self._compute = None
-
-
 class Model:
     """A Keras-style model around any fnn ``Layer`` (multi-input/-output layers included).
 
@@ -113,8 +86,9 @@ class Model:
         self._train_state = None  # the only copy of params/state/opt_state (a TrainState)
         self._input_spec = None  # abstract inputs (tuple) the params were built for
         self._compile_config: dict | None = None
-        self._resolved = None  # loss, metrics, optimizer resolved against the data
-        self._programs: dict = {}
+        self._trainer: loop_lib.Trainer | None = None  # compiled steps, once per compile
+        self._predictor = None  # (layer, compiled predict step)
+        self._initial_epoch: int | None = None  # set by a callback that restores a backup
         self._weight_order: list | None = None
         self.stop_training = False
         self.history: callbacks_lib.History | None = None
@@ -384,16 +358,16 @@ class Model:
             "jit": bool(jit),
             "seed": int(seed),
         }
-        self._resolved = None
-        self._programs = {}
+        self._trainer = None
+        self._predictor = None
         if self._train_state is not None:
             self._train_state = _replace(self._train_state, opt_state=None, metric_states=None)
 
     @property
     def steps_per_execution(self) -> int:
         """Training steps per compiled call (``"auto"`` resolved once data was seen)."""
-        if self._resolved is not None:
-            return self._resolved.steps_per_execution
+        if self._trainer is not None:
+            return self._trainer.steps_per_execution
         return self._require_compiled("steps_per_execution")["steps_per_execution"]
 
     @property
@@ -410,16 +384,24 @@ class Model:
 
     # ------------------------------------------------------------------ resolution
 
-    def _resolve(self, inputs_spec: tuple, y) -> _Resolved:
-        """Loss, metrics ("accuracy" as Keras resolves it) and optimizer for these shapes."""
+    def _trace(self, inputs_spec: tuple):
+        """The model's jaxpr and output shapes for these inputs (one abstract trace)."""
+        ts = self._train_state
+        jaxpr, (out, _) = jax.make_jaxpr(
+            lambda p, s, xs: self.layer.apply(p, s, *xs, rng=None, train=False),
+            return_shape=True,
+        )(as_shape_struct(ts.params), as_shape_struct(ts.state), inputs_spec)
+        return jaxpr, out
+
+    def _resolve(self, jaxpr, out, y) -> loop_lib.Trainer:
+        """Loss, metrics ("accuracy" as Keras resolves it), optimizer and compiled steps
+        for these output shapes (once per ``compile``)."""
         from fnn.training import losses as losses_lib
         from fnn.training import metrics as metrics_lib
 
         cfg = self._compile_config
-        if self._resolved is not None:
-            return self._resolved
-        ts = self._train_state
-        out = output_shapes(self.layer, ts.params, ts.state, *inputs_spec)
+        if self._trainer is not None:
+            return self._trainer
         multi = isinstance(out, tuple | dict) or isinstance(cfg["loss"], list | tuple | dict)
         if multi:
             if not isinstance(out, tuple | dict):
@@ -460,38 +442,37 @@ class Model:
                 metrics_lib.get(m, loss=loss, y_true_shape=y_shape, y_pred_shape=out.shape)
                 for m in cfg["metrics"]
             ]
-        metrics = metrics_lib.get_all(metrics)
-        optimizer = _injectable_optimizer(cfg["optimizer"])
-        spe = cfg["steps_per_execution"]
-        if spe == "auto":
-            steps, unroll = _auto_steps(self.layer, ts, inputs_spec)
-        else:  # the user's step count, with the loop form measured best for this model
-            steps, unroll = spe, _loop_unroll(self.layer, ts, inputs_spec) if spe > 1 else 1
-        self._resolved = _Resolved(loss, tuple(metrics), optimizer, unroll)
-        self._resolved.steps_per_execution = steps
-        return self._resolved
+        steps, unroll = loop_lib.plan_steps(cfg["steps_per_execution"], jaxpr)
+        self._trainer = loop_lib.Trainer(
+            self.layer,
+            loss,
+            _injectable_optimizer(cfg["optimizer"]),
+            metrics_lib.get_all(metrics),
+            steps_per_execution=steps,
+            unroll=unroll,
+            jit=cfg["jit"],
+        )
+        return self._trainer
 
-    def _prepare_training(self, x, y, sample_weight=None, *, check_labels=True) -> _Resolved:
-        """Build, resolve and check the data against the loss, all before compiling."""
+    def _prepare_training(self, x, y, sample_weight=None) -> loop_lib.Trainer:
+        """Build, resolve and check the data against the loss, all before compiling (one
+        abstract trace of the model)."""
         from fnn.training import step as train_lib
 
         self._ensure_built(x)
         inputs = _as_inputs(x)
-        spec = as_shape_struct(inputs)
-        resolved = self._resolve(spec, y)
+        jaxpr, out = self._trace(as_shape_struct(inputs))
+        trainer = self._resolve(jaxpr, out, y)
         ts = self._train_state
-        if check_labels and y is not None:
+        if y is not None:
             try:
-                batch = (
-                    (tuple(inputs), y)
-                    if sample_weight is None
-                    else (tuple(inputs), y, sample_weight)
-                )
                 if isinstance(y, tuple | dict):  # several outputs: the combined loss's checks
-                    out = output_shapes(self.layer, ts.params, ts.state, *inputs)
-                    jax.eval_shape(lambda y_pred: resolved.loss(y, y_pred), out)
+                    jax.eval_shape(lambda y_pred: trainer.loss(y, y_pred), out)
                 else:
-                    train_lib.check_batch(self.layer, resolved.loss, ts.params, ts.state, batch)
+                    batch = loop_lib.as_batch(tuple(inputs), y, sample_weight)
+                    train_lib.check_batch(
+                        self.layer, trainer.loss, ts.params, ts.state, batch, out=out
+                    )
             except (ShapeError, ConfigError) as err:
                 raise type(err)(
                     f"{self.name}: y does not fit the loss and model outputs: {err}"
@@ -499,73 +480,20 @@ class Model:
         if ts.opt_state is None or ts.metric_states is None:
             self._train_state = _replace(
                 ts,
-                opt_state=resolved.optimizer.init(ts.params),
-                metric_states=train_lib.init_metric_states(resolved.metrics),
+                opt_state=trainer.optimizer.init(ts.params),
+                metric_states=train_lib.init_metric_states(trainer.metrics),
             )
-        return resolved
+        return trainer
 
-    def _program(self, name: str):
-        """Compiled step functions (built once per compile; jit caches per shape)."""
-        if name in self._programs:
-            return self._programs[name]
+    def _predict_step(self):
+        """The compiled predict step (needs no ``compile``; built once per layer)."""
         from fnn.training import step as train_lib
 
-        r = self._resolved
-        use_jit = self._compile_config["jit"] if self._compile_config else True
-        if name == "predict":
+        if self._predictor is None or self._predictor[0] is not self.layer:
             fn = train_lib.make_predict_step(self.layer)
-            fn = jax.jit(fn) if use_jit else fn
-        elif name == "compute":
-            metrics = r.metrics
-
-            def compute(metric_states):
-                return train_lib.compute_metrics(metric_states, metrics)
-
-            fn = jax.jit(compute) if use_jit else compute
-        elif name == "eval":
-            fn = train_lib.make_eval_step(self.layer, r.loss, r.metrics)
-            fn = jax.jit(fn, donate_argnums=0) if use_jit else fn
-        else:
-            core = train_lib.make_train_step(self.layer, r.loss, r.optimizer, r.metrics)
-            unroll = r.unroll
-            if name == "train":  # (ts, batch)
-                step = core
-            elif name == "multi":  # (ts, batches stacked [K, batch, ...])
-                step = train_lib.make_multi_step(core, unroll=unroll)
-            elif name == "train_idx":  # (ts, data, idx): rows idx of device-resident data
-
-                def step(ts, data, idx):
-                    return core(ts, _make_batch(*data_lib.take(data, idx)))
-
-            elif name.startswith("train_rows"):
-                # (ts, data, rows, base): the epoch's batches are the rows of ``rows``
-                # [steps, batch] (on the device), and step ``ts.step - base`` takes its row,
-                # so no per-step index crosses from the host.
-                k = int(name.removeprefix("train_rows"))
-
-                def gathered(ts, data, rows, base):
-                    row = jax.lax.dynamic_index_in_dim(rows, ts.step - base, keepdims=False)
-                    return core(ts, _make_batch(*data_lib.take(data, row)))
-
-                if k == 1:
-                    step = gathered
-                else:
-
-                    def step(ts, data, rows, base):
-                        multi = train_lib.make_multi_step(
-                            lambda t, _: gathered(t, data, rows, base), unroll=unroll
-                        )
-                        return multi(ts, jnp.arange(k))
-
-            else:
-                raise KeyError(name)
-            fn = jax.jit(step, donate_argnums=0) if use_jit else step
-        self._programs[name] = fn
-        return fn
-
-    def _read_metrics(self, metric_states) -> dict[str, float]:
-        values = jax.device_get(self._program("compute")(metric_states))
-        return {k: float(np.asarray(v)) for k, v in values.items()}
+            use_jit = self._compile_config["jit"] if self._compile_config else True
+            self._predictor = (self.layer, jax.jit(fn) if use_jit else fn)
+        return self._predictor[1]
 
     def reset_metrics(self) -> None:
         """Zero the running loss and metric states (as ``fit`` does at each epoch start)."""
@@ -601,6 +529,41 @@ class Model:
             raise ConfigError(f"{self.name}: class_weight needs array data, got an iterable.")
         return data_lib.IterableData(x, name=name)
 
+    def _validation_data(self, data, validation_split, validation_data):
+        """``(train data, validation data or None)`` from Keras's two ways to validate."""
+        val = None
+        if validation_split:
+            if not isinstance(data, data_lib.ArrayData):
+                raise ConfigError(
+                    f"{self.name}: validation_split needs array data; pass validation_data for "
+                    "iterables."
+                )
+            data, val = data.split(validation_split)
+        if validation_data is not None:
+            batches = isinstance(validation_data, list) and all(
+                isinstance(b, tuple | list) for b in validation_data
+            )
+            if (
+                data_lib.is_array_tree(validation_data)
+                and isinstance(validation_data, tuple | list)
+                and not batches
+            ):
+                vx, vy, vsw = data_lib.unpack(tuple(validation_data))
+                val = data_lib.ArrayData(vx, vy, vsw, name="validation_data")
+            else:
+                val = data_lib.IterableData(validation_data, name="validation_data")
+        return data, val
+
+    def _callbacks(self, callbacks, verbose, *, history: bool, **params):
+        """The ``CallbackList`` of one call: the user's callbacks, then ``History`` (fit)
+        and a progress bar unless given."""
+        callbacks = list(callbacks or [])
+        if history and not any(isinstance(c, callbacks_lib.History) for c in callbacks):
+            callbacks.append(callbacks_lib.History())
+        if verbose and not any(isinstance(c, callbacks_lib.ProgbarLogger) for c in callbacks):
+            callbacks.append(callbacks_lib.ProgbarLogger())
+        return callbacks_lib.CallbackList(callbacks, model=self, verbose=verbose, **params)
+
     # ------------------------------------------------------------------ fit
 
     def fit(
@@ -625,10 +588,10 @@ class Model:
 
         ``x``/``y``: arrays (or tuples/dicts of arrays), or ``x`` an iterable of
         ``(x, y[, sample_weight])`` batches. Shuffling is a permutation seeded by
-        ``compile(seed=...)`` and the epoch. ``devices`` (a list of devices or a count):
-        data-parallel training with ``fnn.data_parallel(method="sharded")``; the
-        batch size must divide by the device count (a last smaller batch that does not is
-        skipped).
+        ``compile(seed=...)`` and the epoch (``fnn.training.loop.epoch_order``). ``devices``
+        (a list of devices or a count): data-parallel training with
+        ``fnn.data_parallel(method="sharded")``; the batch size must divide by the device
+        count (a last smaller batch that does not is skipped).
         """
         cfg = self._require_compiled("fit")
         verbose = _is_verbose_auto(verbose)
@@ -640,249 +603,89 @@ class Model:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"{self.name}: expected batch_size >= 1, got {batch_size!r}.")
         data = self._fit_data(x, y, sample_weight, class_weight, "fit")
-        val = None
-        if validation_split:
-            if not isinstance(data, data_lib.ArrayData):
-                raise ConfigError(
-                    f"{self.name}: validation_split needs array data; pass validation_data for "
-                    "iterables."
-                )
-            data, val = data.split(validation_split)
-        if validation_data is not None:
-            batches = isinstance(validation_data, list) and all(
-                isinstance(b, tuple | list) for b in validation_data
-            )
-            if (
-                data_lib.is_array_tree(validation_data)
-                and isinstance(validation_data, tuple | list)
-                and not batches
-            ):
-                vx, vy, vsw = data_lib.unpack(tuple(validation_data))
-                val = data_lib.ArrayData(vx, vy, vsw, name="validation_data")
-            else:
-                val = data_lib.IterableData(validation_data, name="validation_data")
+        data, val = self._validation_data(data, validation_split, validation_data)
         # Everything below up to the first step is checked on shapes, before compiling.
+        first = None
         if isinstance(data, data_lib.ArrayData):
-            resolved = self._prepare_training(data.x, data.y, data.sample_weight)
+            trainer = self._prepare_training(data.x, data.y, data.sample_weight)
+            n_batches = math.ceil(data.n / batch_size)
+            steps = n_batches if steps_per_epoch is None else min(steps_per_epoch, n_batches)
         else:
-            resolved = None
-            first = None
-        callbacks = list(callbacks or [])
-        if isinstance(data, data_lib.IterableData):
             # Peek the first batch to build and check; it is trained on like the others.
-            iterator = data.epoch(None if steps_per_epoch is None else steps_per_epoch)
+            iterator = data.epoch(steps_per_epoch)
             try:
                 first = next(iterator)
             except StopIteration:
                 raise ConfigError(f"{self.name}: fit got an empty iterable.") from None
-            resolved = self._prepare_training(first[0], first[1], first[2])
-        keys = list(resolved.metric_names)
+            trainer = self._prepare_training(*first)
+            steps = steps_per_epoch if steps_per_epoch is not None else _len_or_none(data.data)
+        callbacks = list(callbacks or [])
+        keys = list(trainer.metric_names)
         if val is not None:
-            keys += [f"val_{k}" for k in resolved.metric_names]
+            keys += [f"val_{k}" for k in trainer.metric_names]
         if any(
             isinstance(c, callbacks_lib.LearningRateScheduler | callbacks_lib.ReduceLROnPlateau)
             for c in callbacks
         ):
             keys.append("learning_rate")
         callbacks_lib.check_monitors(callbacks, keys)
-        if isinstance(data, data_lib.ArrayData):
-            n_batches = math.ceil(data.n / batch_size)
-            steps = n_batches if steps_per_epoch is None else min(steps_per_epoch, n_batches)
-        else:
-            steps = steps_per_epoch if steps_per_epoch is not None else _len_or_none(data.data)
-        history = next((c for c in callbacks if isinstance(c, callbacks_lib.History)), None)
-        if history is None:
-            history = callbacks_lib.History()
-            callbacks.append(history)
-        if verbose and not any(isinstance(c, callbacks_lib.ProgbarLogger) for c in callbacks):
-            callbacks.append(callbacks_lib.ProgbarLogger())
-        cl = callbacks_lib.CallbackList(
-            callbacks, model=self, verbose=verbose, epochs=epochs, steps=steps
-        )
-        # fit donates the train state to each step: work on a private copy so arrays the
-        # caller holds (model.params taken before fit) stay valid.
-        self._train_state = jax.tree.map(
-            lambda a: a.copy() if isinstance(a, jax.Array) else a, self._train_state
-        )
-        self.stop_training = False
-        spe = resolved.steps_per_execution
-        seed = cfg["seed"]
-        dp = self._data_parallel_step(devices) if devices is not None else None
-        device_data = (
-            dp is None
+        cl = self._callbacks(callbacks, verbose, history=True, epochs=epochs, steps=steps)
+        placement = None
+        if devices is not None:
+            from fnn.distributed import data_parallel
+
+            placement = data_parallel(trainer.core, devices=devices, method="sharded", donate=True)
+            if isinstance(data, data_lib.ArrayData) and batch_size % placement.num_devices:
+                raise ConfigError(
+                    f"{self.name}: expected batch_size to be a multiple of the "
+                    f"{placement.num_devices} devices, got {batch_size}."
+                )
+        on_device = (
+            placement is None
             and isinstance(data, data_lib.ArrayData)
             and data.fits_on_device()
             and cfg["jit"]
         )
-        on_device = data.on_device() if device_data else None
-        cl.on_train_begin(None)
-        logs: dict = {}
-        for epoch in range(initial_epoch, epochs):
-            self.reset_metrics()
-            cl.on_epoch_begin(epoch, None)
-            if dp is not None:
-                self._train_state = dp.put_state(self._train_state)
-                if isinstance(data, data_lib.ArrayData):
-                    indices = data.batch_indices(
-                        batch_size=batch_size, epoch=epoch, shuffle=shuffle, seed=seed
-                    )[:steps]
-                    batches = _host_batches(data, indices)
-                else:
-                    batches, first = (
-                        (_chain_first(first, iterator), None)
-                        if first is not None
-                        else (data.epoch(steps_per_epoch), None)
-                    )
-                self._train_parallel(dp, batches, cl)
-                self._train_state = dp.get_state(self._train_state)
-            elif isinstance(data, data_lib.ArrayData):
-                order = data.order(epoch=epoch, shuffle=shuffle, seed=seed)
-                if device_data:
-                    self._train_order(on_device, order, batch_size, steps, spe, cl)
-                else:
-                    indices = [order[i : i + batch_size] for i in range(0, data.n, batch_size)]
-                    batches = data_lib.prefetch(_host_batches(data, indices[:steps]))
-                    self._train_batches(batches, spe, cl)
-            else:
-                if first is not None:
-                    batches, first = _chain_first(first, iterator), None
-                elif data.exhausted:
-                    print(
-                        f"{self.name}: the input iterator ran out of data after epoch {epoch}; "
-                        "stopping. Pass steps_per_epoch or a re-iterable (e.g. a list).",
-                        file=sys.stderr,
-                    )
-                    break
-                else:
-                    batches = data.epoch(steps_per_epoch)
-                self._train_batches(batches, spe, cl)
-            logs = self._read_metrics(self._train_state.metric_states)
-            if val is not None:
-                cl.on_test_begin(None)
-                val_logs = self._evaluate_data(val, validation_batch_size or batch_size, cl)
-                cl.on_test_end(val_logs)
-                logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            cl.on_epoch_end(epoch, logs)
-            if self.stop_training:
-                break
-        cl.on_train_end(logs)
-        return history
 
-    def _batch_hooks(self, cl, begin: int, end: int, run: Callable[[], None]) -> None:
-        """Run one compiled call between the batch hooks (only those callbacks override)."""
-        if cl.wants("on_train_batch_begin"):
-            cl.on_train_batch_begin(begin, None)
-        run()
-        if cl.wants("on_train_batch_end"):
-            states = self._train_state.metric_states
-            logs = _LazyLogs(lambda: self._read_metrics(states))
-            cl.on_train_batch_end(end, logs)
-            logs.close()
+        def epoch_data(epoch):
+            nonlocal first
+            if isinstance(data, data_lib.ArrayData):
+                order = loop_lib.epoch_order(data.n, seed=cfg["seed"], epoch=epoch, shuffle=shuffle)
+                return data.epoch(
+                    order, batch_size, steps, on_device=on_device, ahead=placement is None
+                )
+            if first is not None:
+                batches, first = _chain_first(first, iterator), None
+                return batches
+            if data.exhausted:
+                print(
+                    f"{self.name}: the input iterator ran out of data after epoch {epoch}; "
+                    "stopping. Pass steps_per_epoch or a re-iterable (e.g. a list).",
+                    file=sys.stderr,
+                )
+                return None
+            return data.epoch(steps_per_epoch)
 
-    def _train_order(self, on_device, order, batch_size: int, steps: int, spe: int, cl) -> None:
-        """One epoch over device-resident data in ``order``: full batches are the rows of a
-        ``[steps, batch]`` index matrix gathered inside the step; a last smaller batch runs
-        as its own program."""
-        n_full = min(len(order) // batch_size, steps)
-        remainder = order[n_full * batch_size :] if steps > n_full else order[:0]
-        if n_full:
-            rows = jax.device_put(order[: n_full * batch_size].reshape(n_full, batch_size))
-            base = self._train_state.step + 0  # a fresh buffer: the state's is donated
-        i = 0
-        while i < n_full and not self.stop_training:
-            k = spe if spe > 1 and i + spe <= n_full else 1
-            fn = self._program(f"train_rows{k}")
-            self._batch_hooks(cl, i, i + k - 1, lambda fn=fn: self._run(fn, on_device, rows, base))
-            i += k
-        if len(remainder) and not self.stop_training:
-            fn = self._program("train_idx")
-            self._batch_hooks(cl, i, i, lambda: self._run(fn, on_device, remainder))
-
-    def _data_parallel_step(self, devices):
-        from fnn.distributed import data_parallel
-        from fnn.training import step as train_lib
-
-        r = self._resolved
-        step = train_lib.make_train_step(self.layer, r.loss, r.optimizer, r.metrics)
-        return data_parallel(step, devices=devices, method="sharded", donate=True)
-
-    def _train_parallel(self, dp, batches, cl) -> None:
-        for i, batch in enumerate(batches):
-            if self.stop_training:
-                break
-            n = np.shape(jax.tree.leaves(batch)[0])[0]
-            if n % dp.num_devices:
-                continue
-            self._batch_hooks(cl, i, i, lambda batch=batch: self._run(dp, _make_batch(*batch)))
-
-    def _run(self, fn, *args) -> None:
-        self._train_state, _ = fn(self._train_state, *args)
-
-    def _train_batches(self, batches: Iterable, spe: int, cl) -> None:
-        """One epoch over batches already on the device (iterables, large arrays)."""
-        single = self._program("train")
-        pending: list = []
-        i = 0
-
-        def flush_group():
-            nonlocal i
-            stacked = jax.tree.map(lambda *a: jnp.stack(a), *pending)
-            multi = self._program("multi")
-            k = len(pending)
-            self._batch_hooks(cl, i, i + k - 1, lambda: self._run(multi, _make_batch(*stacked)))
-            i += k
-            pending.clear()
-
-        def run_single(batch):
-            nonlocal i
-            self._batch_hooks(cl, i, i, lambda: self._run(single, _make_batch(*batch)))
-            i += 1
-
-        for batch in batches:
-            if self.stop_training:
-                break
-            if spe == 1:
-                run_single(batch)
-                continue
-            if pending and _shapes(batch) != _shapes(pending[0]):
-                for b in list(pending):
-                    pending.remove(b)
-                    run_single(b)
-            pending.append(batch)
-            if len(pending) == spe:
-                flush_group()
-        for b in pending:
-            if not self.stop_training:
-                run_single(b)
+        validation = None
+        if val is not None:
+            val_size = validation_batch_size or batch_size
+            validation = lambda: _eval_batches(val, val_size)  # noqa: E731
+        # fit donates the train state to each step: work on a private copy so arrays the
+        # caller holds (model.params taken before fit) stay valid.
+        self._train_state = _copy_arrays(self._train_state)
+        self.stop_training = False
+        self._initial_epoch = None
+        loop_lib.fit(
+            trainer,
+            _Hooks(self, cl, initial_epoch),
+            epoch_data,
+            epochs=epochs,
+            validation=validation,
+            placement=placement,
+        )
+        return next(c for c in cl.callbacks if isinstance(c, callbacks_lib.History))
 
     # ------------------------------------------------------------------ evaluate
-
-    def _evaluate_data(
-        self, data, batch_size: int, cl, steps: int | None = None
-    ) -> dict[str, float]:
-        from fnn.training import step as train_lib
-
-        r = self._resolved
-        eval_step = self._program("eval")
-        ts = self._train_state
-        metric_states = train_lib.init_metric_states(r.metrics)
-        if isinstance(data, data_lib.ArrayData):
-            indices = data.batch_indices(batch_size=batch_size, epoch=0, shuffle=False, seed=0)
-            if steps is not None:
-                indices = indices[:steps]
-            batches = data_lib.prefetch(_host_batches(data, indices))
-        else:
-            batches = data.epoch(steps)
-        for i, batch in enumerate(batches):
-            if cl is not None and cl.wants("on_test_batch_begin"):
-                cl.on_test_batch_begin(i, None)
-            metric_states = eval_step(metric_states, ts.params, ts.state, _make_batch(*batch))
-            if cl is not None and cl.wants("on_test_batch_end"):
-                current = metric_states
-                logs = _LazyLogs(lambda current=current: self._read_metrics(current))
-                cl.on_test_batch_end(i, logs)
-                logs.close()
-        return self._read_metrics(metric_states)
 
     def evaluate(
         self,
@@ -902,33 +705,26 @@ class Model:
         batch_size = 32 if batch_size is None else batch_size
         data = self._fit_data(x, y, sample_weight, None, "evaluate")
         if isinstance(data, data_lib.ArrayData):
-            r = self._prepare_training(data.x, data.y, data.sample_weight)
+            trainer = self._prepare_training(data.x, data.y, data.sample_weight)
             n_steps = math.ceil(data.n / batch_size)
             n_steps = n_steps if steps is None else min(steps, n_steps)
         else:
             if not data.one_shot:
                 first = data_lib.unpack(next(iter(data.data)))
-                r = self._prepare_training(*(data_lib.as_arrays(a) for a in first))
-            elif self._resolved is None:
+                self._prepare_training(*(data_lib.as_arrays(a) for a in first))
+            elif self._trainer is None:
                 raise ConfigError(
                     f"{self.name}: evaluate on a one-shot iterator needs a model that has been fit "
                     "or evaluated before (to know the data shapes); pass a list of batches."
                 )
-            r = self._resolved
+            trainer = self._trainer
             n_steps = steps if steps is not None else _len_or_none(data.data)
-        callbacks = list(callbacks or [])
-        if verbose and not any(isinstance(c, callbacks_lib.ProgbarLogger) for c in callbacks):
-            callbacks.append(callbacks_lib.ProgbarLogger())
-        cl = callbacks_lib.CallbackList(
-            callbacks, model=self, verbose=verbose, epochs=1, steps=n_steps
-        )
-        cl.on_test_begin(None)
-        logs = self._evaluate_data(data, batch_size, cl, steps)
+        cl = self._callbacks(callbacks, verbose, history=False, epochs=1, steps=n_steps)
+        hooks = _Hooks(self, cl)
+        cl.on_test_begin({})
+        logs = loop_lib.evaluate(trainer, hooks, _eval_batches(data, batch_size, steps))
         cl.on_test_end(logs)
-        if return_dict:
-            return logs
-        values = [logs[k] for k in r.metric_names]
-        return values[0] if len(values) == 1 else values
+        return self._batch_result(logs, trainer, return_dict)
 
     # ------------------------------------------------------------------ predict
 
@@ -947,9 +743,6 @@ class Model:
         """
         verbose = _is_verbose_auto(verbose)
         batch_size = 32 if batch_size is None else batch_size
-        callbacks = list(callbacks or [])
-        if verbose and not any(isinstance(c, callbacks_lib.ProgbarLogger) for c in callbacks):
-            callbacks.append(callbacks_lib.ProgbarLogger())
         if data_lib.is_array_tree(x):
             data = data_lib.ArrayData(x, None, None, name="predict")
             self._ensure_built(data.x)
@@ -976,21 +769,16 @@ class Model:
                     yield data_lib.pad_rows(bx, size)
 
             batches = data_lib.prefetch(padded())
-        cl = callbacks_lib.CallbackList(
-            callbacks, model=self, verbose=verbose, epochs=1, steps=n_steps
-        )
-        cl.on_predict_begin(None)
-        outputs = []
-        for i, bx in enumerate(batches):
-            self._ensure_built(bx)
-            ts = self._train_state
-            if cl.wants("on_predict_batch_begin"):
-                cl.on_predict_batch_begin(i, None)
-            out = self._program("predict")(ts.params, ts.state, bx)
-            outputs.append(out)
-            if cl.wants("on_predict_batch_end"):
-                cl.on_predict_batch_end(i, {"outputs": out})
-        cl.on_predict_end(None)
+            try:  # an unbuilt model builds from the first batch
+                head = next(batches)
+                self._ensure_built(head)
+                batches = _chain_first(head, batches)
+            except StopIteration:
+                batches = iter(())
+        cl = self._callbacks(callbacks, verbose, history=False, epochs=1, steps=n_steps)
+        cl.on_predict_begin({})
+        outputs = loop_lib.predict(self._predict_step(), _Hooks(self, cl), batches)
+        cl.on_predict_end({})
         if not outputs:
             raise ConfigError(f"{self.name}: predict got no data (0 batches).")
         host = jax.device_get(outputs)
@@ -1004,27 +792,19 @@ class Model:
         (accumulated since the last ``reset_metrics``, as Keras 3)."""
         self._require_compiled("train_on_batch")
         data = self._fit_data(x, y, sample_weight, class_weight, "train_on_batch")
-        r = self._prepare_training(data.x, data.y, data.sample_weight)
-        self._train_state = jax.tree.map(
-            lambda a: a.copy() if isinstance(a, jax.Array) else a, self._train_state
-        )
-        self._run(self._program("train"), _make_batch(*data.arrays))
-        return self._batch_result(
-            self._read_metrics(self._train_state.metric_states), r, return_dict
-        )
+        trainer = self._prepare_training(data.x, data.y, data.sample_weight)
+        ts = _copy_arrays(self._train_state)
+        self._train_state, _ = trainer.step(ts, loop_lib.as_batch(*data.arrays))
+        logs = trainer.read_metrics(self._train_state.metric_states)
+        return self._batch_result(logs, trainer, return_dict)
 
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
         """Loss and metrics on exactly this batch (fresh metric states)."""
-        from fnn.training import step as train_lib
-
         self._require_compiled("test_on_batch")
         data = self._fit_data(x, y, sample_weight, None, "test_on_batch")
-        r = self._prepare_training(data.x, data.y, data.sample_weight)
-        ts = self._train_state
-        states = self._program("eval")(
-            train_lib.init_metric_states(r.metrics), ts.params, ts.state, _make_batch(*data.arrays)
-        )
-        return self._batch_result(self._read_metrics(states), r, return_dict)
+        trainer = self._prepare_training(data.x, data.y, data.sample_weight)
+        logs = loop_lib.evaluate(trainer, _Hooks(self, None), [data.arrays])
+        return self._batch_result(logs, trainer, return_dict)
 
     def predict_on_batch(self, x):
         """Outputs for exactly this batch (no padding, no batching)."""
@@ -1032,27 +812,65 @@ class Model:
         self._ensure_built(x)
         ts = self._train_state
         return jax.tree.map(
-            np.asarray, jax.device_get(self._program("predict")(ts.params, ts.state, x))
+            np.asarray, jax.device_get(self._predict_step()(ts.params, ts.state, x))
         )
 
     @staticmethod
-    def _batch_result(logs, r, return_dict):
+    def _batch_result(logs, trainer, return_dict):
         if return_dict:
             return logs
-        values = [logs[k] for k in r.metric_names]
+        values = [logs[k] for k in trainer.metric_names]
         return values[0] if len(values) == 1 else values
 
 
 # ---------------------------------------------------------------------- helpers
 
 
-def _make_batch(x, y, sample_weight=None):
-    """The batch tuple of ``fnn.train``'s steps."""
-    return (x, y) if sample_weight is None else (x, y, sample_weight)
+class _Hooks:
+    """``fnn.training.loop``'s hooks for one call: the model's train state, its
+    ``stop_training`` flag and the ``CallbackList`` (``None``: no callbacks)."""
+
+    def __init__(self, model: Model, callbacks, initial_epoch: int = 0):
+        self.model = model
+        self.callbacks = callbacks
+        self._initial_epoch = initial_epoch
+
+    @property
+    def train_state(self):
+        return self.model._train_state
+
+    @train_state.setter
+    def train_state(self, value):
+        self.model._train_state = value
+
+    @property
+    def stop_training(self) -> bool:
+        return self.model.stop_training
+
+    @property
+    def initial_epoch(self) -> int:
+        """The ``initial_epoch`` argument, or the epoch a callback restored (Keras's rule)."""
+        restored = self.model._initial_epoch
+        return self._initial_epoch if restored is None else restored
+
+    def wants(self, hook: str) -> bool:
+        return self.callbacks is not None and self.callbacks.wants(hook)
+
+    def __getattr__(self, hook: str):
+        return getattr(self.callbacks, hook)
 
 
-def _shapes(tree):
-    return jax.tree.map(np.shape, tree)
+def _copy_arrays(tree):
+    return jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a, tree)
+
+
+def _eval_batches(data, batch_size: int, steps: int | None = None):
+    """Evaluation batches ``(x, y, sample_weight)`` on the device, in order."""
+    if isinstance(data, data_lib.IterableData):
+        return data.epoch(steps)
+    order = loop_lib.epoch_order(data.n, seed=0, epoch=0, shuffle=False)
+    steps = math.ceil(data.n / batch_size) if steps is None else steps
+    return data.epoch(order, batch_size, steps, on_device=False)
 
 
 def _len_or_none(data) -> int | None:
@@ -1060,11 +878,6 @@ def _len_or_none(data) -> int | None:
         return len(data)
     except TypeError:
         return None
-
-
-def _host_batches(data: data_lib.ArrayData, indices):
-    for idx in indices:
-        yield data_lib.take(data.arrays, idx)
 
 
 def _chain_first(first, rest):
@@ -1087,28 +900,6 @@ def _class_weights(y, class_weight: Mapping, name: str) -> np.ndarray:
         )
     table = {int(k): float(v) for k, v in class_weight.items()}
     return np.array([table[c] for c in labels.tolist()], np.float32)
-
-
-def _auto_steps(layer: Layer, train_state, inputs_spec) -> tuple[int, int | bool]:
-    """``steps_per_execution="auto"``: (steps, unroll) by backend and model.
-
-    Measured on XLA:CPU: small dense models gain from several steps per call inside
-    ``lax.scan``; convolutions run slower inside a rolled scan, so they get a fully
-    unrolled loop. Accelerators: several steps per call in a scan (dispatch dominates).
-    """
-    unroll = _loop_unroll(layer, train_state, inputs_spec)
-    return (4, unroll) if unroll is True else (8, unroll)
-
-
-def _loop_unroll(layer: Layer, train_state, inputs_spec) -> int | bool:
-    """``True`` (unrolled) for convolutional models on XLA:CPU, where a convolution inside a
-    rolled ``lax.scan`` runs 4-6x slower than alone; ``1`` (rolled scan) otherwise."""
-    if jax.default_backend() != "cpu":
-        return 1
-    jaxpr = jax.make_jaxpr(lambda p, s, xs: layer.apply(p, s, *xs, rng=None, train=False))(
-        as_shape_struct(train_state.params), as_shape_struct(train_state.state), inputs_spec
-    )
-    return True if "conv_general_dilated" in str(jaxpr) else 1
 
 
 def _replace(train_state, **changes):
@@ -1287,17 +1078,6 @@ def _output_metric(metric, key, prefix):
         return metric.update(state, y_true[key], y_pred[key], sample_weight)
 
     return Metric(f"{prefix}_{metric.name}", metric.init, update, metric.compute, metric.config)
-
-
-class _Resolved:
-    """Loss, metrics and optimizer resolved against the data (once per ``compile``)."""
-
-    def __init__(self, loss, metrics, optimizer, unroll):
-        self.loss = loss
-        self.metrics = metrics
-        self.optimizer = optimizer
-        self.metric_names = ["loss", *(m.name for m in metrics)]
-        self.unroll = unroll
 
 
 def _compile_to_json(config: Mapping[str, Any] | None, name: str) -> dict | None:

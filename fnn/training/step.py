@@ -612,13 +612,15 @@ def check_finite(logs: dict, step) -> None:
         )
 
 
-def check_batch(layer: Layer, loss, params, state, batch) -> None:
+def check_batch(layer: Layer, loss, params, state, batch, *, out=None) -> None:
     """Validate a concrete batch on the host before jitting: the label shapes against the
     layer's output shape and integer labels in range (raises ``ShapeError``/``ConfigError``).
+    ``out``: the output shapes when the caller already traced the layer on these inputs.
     """
     loss = losses_lib.get(loss)
     inputs, y, sw = _unpack(batch)
-    out = output_shapes(layer, params, state, *inputs)
+    if out is None:
+        out = output_shapes(layer, params, state, *inputs)
     y = np.asarray(y)
     # The loss's own shape and range checks, evaluated abstractly against the output shape
     # with the concrete labels closed over (so their values are checked too).

@@ -1,0 +1,345 @@
+"""The one host-side training loop: batches -> the compiled pure steps of ``fnn.train`` ->
+hooks. ``Model.fit``/``evaluate``/``predict`` run here, and ``fnn train`` through them.
+
+It owns the epoch order (:func:`epoch_order`, the only shuffle in fnn), grouping
+``steps_per_execution`` steps into one compiled call, gathering batches of
+device-resident data on the device, validation between epochs, and the batch hooks
+(called only when a callback overrides them, with logs read from the device only when
+a hook reads them). What it drives is duck-typed, so higher layers plug in:
+
+- ``hooks``: ``train_state`` (read and written: the loop keeps the current
+  ``TrainState`` there, so callbacks see it and may replace it), ``stop_training`` and
+  ``initial_epoch`` (read; ``initial_epoch`` after ``on_train_begin``, so a callback that
+  restores a backup can move it, as in Keras), ``wants(hook) -> bool`` and Keras's hook
+  methods (``on_train_begin``, ``on_epoch_end``, ``on_train_batch_end``, ...).
+- ``placement`` (data parallel): ``placement(train_state, batch) -> (train_state, logs)``
+  with ``put_state``, ``get_state`` and ``num_devices``, as ``fnn.data_parallel`` returns.
+
+>>> epoch_order(6, seed=0, epoch=1).tolist() == (
+...     np.random.default_rng([0, 1]).permutation(6).tolist())
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn.core.errors import ConfigError
+from fnn.training import step as step_lib
+
+__all__ = [
+    "DeviceRows",
+    "LazyLogs",
+    "Trainer",
+    "as_batch",
+    "epoch_order",
+    "evaluate",
+    "fit",
+    "plan_steps",
+    "predict",
+    "take",
+    "train_epoch",
+]
+
+
+def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """``[n]`` int32 sample order of one epoch: a permutation seeded by ``(seed, epoch)``
+    only (so a resumed run sees the same order), or ``arange(n)`` without ``shuffle``."""
+    if not shuffle:
+        return np.arange(n, dtype=np.int32)
+    return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
+
+
+def take(tree, idx):
+    """Rows ``idx`` of every array (NumPy or JAX arrays, inside jit too)."""
+    return jax.tree.map(lambda a: a[idx], tree)
+
+
+def as_batch(x, y=None, sample_weight=None) -> tuple:
+    """The batch tuple of ``fnn.train``'s steps: ``(x, y)`` or ``(x, y, sample_weight)``."""
+    return (x, y) if sample_weight is None else (x, y, sample_weight)
+
+
+def plan_steps(steps_per_execution: int | str, jaxpr) -> tuple[int, int | bool]:
+    """``(steps per compiled call, unroll)`` for the model traced as ``jaxpr``.
+
+    Measured on XLA:CPU: a convolution inside a rolled ``lax.scan`` runs 4-6x slower than
+    alone, so convolutional models get a fully unrolled loop there (``"auto"``: 4 steps);
+    dense models gain from several steps per call in a rolled scan (``"auto"``: 8), as do
+    accelerators, where dispatch dominates.
+    """
+    if steps_per_execution == 1:
+        return 1, 1
+    unrolled = jax.default_backend() == "cpu" and "conv_general_dilated" in str(jaxpr)
+    unroll = True if unrolled else 1
+    if steps_per_execution == "auto":
+        return (4 if unrolled else 8), unroll
+    return int(steps_per_execution), unroll
+
+
+class LazyLogs(Mapping):
+    """Batch logs computed (and synchronised with the device) only when read."""
+
+    def __init__(self, compute: Callable[[], dict]):
+        self._compute = compute
+        self._values: dict | None = None
+
+    def _get(self) -> dict:
+        if self._values is None:
+            if self._compute is None:
+                raise RuntimeError(
+                    "batch logs were read after their batch ended; copy them with dict(logs) "
+                    "inside the callback hook."
+                )
+            self._values = self._compute()
+        return self._values
+
+    def __getitem__(self, key):
+        return self._get()[key]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self):
+        return len(self._get())
+
+    def close(self):
+        self._compute = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceRows:
+    """One epoch over arrays already on the device: full batches are the rows of a
+    ``[steps, batch_size]`` index matrix gathered inside the compiled step (no per-step
+    index from the host); a last smaller batch runs as its own program."""
+
+    data: Any  # (x, y, sample_weight) on the device
+    order: np.ndarray  # [n] sample order of the epoch
+    batch_size: int
+    steps: int
+
+
+class Trainer:
+    """The compiled programs of one ``compile``: the train step of ``fnn.train`` as single
+    steps, as ``K`` stacked batches in one scan, and gathering rows of device-resident
+    data; the eval step; the metric readout. ``jit=False`` runs them eagerly."""
+
+    def __init__(
+        self,
+        layer,
+        loss,
+        optimizer,
+        metrics: Iterable = (),
+        *,
+        steps_per_execution: int = 1,
+        unroll: int | bool = 1,
+        jit: bool = True,
+    ):
+        self.loss, self.optimizer, self.metrics = loss, optimizer, tuple(metrics)
+        self.metric_names = ["loss", *(m.name for m in self.metrics)]
+        self.steps_per_execution, self.unroll = steps_per_execution, unroll
+        self.core = core = step_lib.make_train_step(layer, loss, optimizer, self.metrics)
+
+        def donated(fn, **options):
+            return jax.jit(fn, donate_argnums=0, **options) if jit else fn
+
+        def gathered(ts, data, rows, base):
+            # Step ``ts.step - base`` of the epoch takes row ``ts.step - base`` of ``rows``.
+            row = jax.lax.dynamic_index_in_dim(rows, ts.step - base, keepdims=False)
+            return core(ts, as_batch(*take(data, row)))
+
+        def rows_step(ts, data, rows, base, k):
+            if k == 1:
+                return gathered(ts, data, rows, base)
+            multi = step_lib.make_multi_step(
+                lambda t, _: gathered(t, data, rows, base), unroll=self.unroll
+            )
+            return multi(ts, jnp.arange(k))
+
+        self.step = donated(core)  # (ts, batch)
+        self.multi_step = donated(step_lib.make_multi_step(core, unroll=unroll))  # [K, batch]
+        self.take_step = donated(lambda ts, data, idx: core(ts, as_batch(*take(data, idx))))
+        self.rows_step = donated(rows_step, static_argnums=4)  # (ts, data, rows, base, k)
+        self.eval_step = donated(step_lib.make_eval_step(layer, loss, self.metrics))
+        metrics_ = self.metrics
+
+        def compute(metric_states):
+            return step_lib.compute_metrics(metric_states, metrics_)
+
+        self._compute = jax.jit(compute) if jit else compute
+
+    def read_metrics(self, metric_states) -> dict[str, float]:
+        """The metrics' current values as floats (one device synchronisation)."""
+        values = jax.device_get(self._compute(metric_states))
+        return {k: float(np.asarray(v)) for k, v in values.items()}
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _call(hooks, trainer: Trainer, wants: tuple[bool, bool], first: int, last: int, fn, *args):
+    """One compiled call ``fn(train_state, *args)`` between the batch hooks."""
+    if wants[0]:
+        hooks.on_train_batch_begin(first, {})
+    hooks.train_state, _ = fn(hooks.train_state, *args)
+    if wants[1]:
+        states = hooks.train_state.metric_states
+        logs = LazyLogs(lambda: trainer.read_metrics(states))
+        hooks.on_train_batch_end(last, logs)
+        logs.close()
+
+
+def _device_epoch(trainer: Trainer, hooks, rows: DeviceRows, wants) -> None:
+    order, size = rows.order, rows.batch_size
+    n_full = min(len(order) // size, rows.steps)
+    remainder = order[n_full * size :] if rows.steps > n_full else order[:0]
+    if n_full:
+        matrix = jax.device_put(order[: n_full * size].reshape(n_full, size))
+        base = hooks.train_state.step + 0  # a fresh buffer: the state's is donated
+    spe, i = trainer.steps_per_execution, 0
+    while i < n_full and not hooks.stop_training:
+        k = spe if spe > 1 and i + spe <= n_full else 1
+        _call(hooks, trainer, wants, i, i + k - 1, trainer.rows_step, rows.data, matrix, base, k)
+        i += k
+    if len(remainder) and not hooks.stop_training:
+        _call(hooks, trainer, wants, i, i, trainer.take_step, rows.data, remainder)
+
+
+def _shapes(tree):
+    return jax.tree.map(np.shape, tree)
+
+
+def _batches_epoch(trainer: Trainer, hooks, batches: Iterable, wants) -> None:
+    """Batches ``(x, y, sample_weight)`` already on the device; runs of
+    ``steps_per_execution`` same-shaped batches go stacked into one scan."""
+    spe, pending, i = trainer.steps_per_execution, [], 0
+
+    def single(batch):
+        nonlocal i
+        _call(hooks, trainer, wants, i, i, trainer.step, as_batch(*batch))
+        i += 1
+
+    for batch in batches:
+        if hooks.stop_training:
+            break
+        if spe == 1:
+            single(batch)
+            continue
+        if pending and _shapes(batch) != _shapes(pending[0]):
+            while pending and not hooks.stop_training:
+                single(pending.pop(0))
+            if hooks.stop_training:
+                break
+        pending.append(batch)
+        if len(pending) == spe:
+            stacked = jax.tree.map(lambda *a: jnp.stack(a), *pending)
+            _call(hooks, trainer, wants, i, i + spe - 1, trainer.multi_step, as_batch(*stacked))
+            i += spe
+            pending.clear()
+    for batch in pending:
+        if not hooks.stop_training:
+            single(batch)
+
+
+def _placed_epoch(trainer: Trainer, hooks, batches: Iterable, placement, wants) -> None:
+    """One step per batch through ``placement``; a batch the devices cannot split evenly
+    (a last smaller one) is skipped."""
+    hooks.train_state = placement.put_state(hooks.train_state)
+    for i, batch in enumerate(batches):
+        if hooks.stop_training:
+            break
+        if np.shape(jax.tree.leaves(batch)[0])[0] % placement.num_devices:
+            continue
+        _call(hooks, trainer, wants, i, i, placement, as_batch(*batch))
+    hooks.train_state = placement.get_state(hooks.train_state)
+
+
+def train_epoch(trainer: Trainer, hooks, data: DeviceRows | Iterable, placement=None) -> None:
+    """Train on one epoch of ``data``: ``DeviceRows`` or an iterable of ``(x, y,
+    sample_weight)`` batches (with ``placement``: host batches, one step each)."""
+    wants = (hooks.wants("on_train_batch_begin"), hooks.wants("on_train_batch_end"))
+    if placement is not None:
+        if isinstance(data, DeviceRows):
+            raise ConfigError("train_epoch: a placement needs host batches, got DeviceRows.")
+        _placed_epoch(trainer, hooks, data, placement, wants)
+    elif isinstance(data, DeviceRows):
+        _device_epoch(trainer, hooks, data, wants)
+    else:
+        _batches_epoch(trainer, hooks, data, wants)
+
+
+def fit(
+    trainer: Trainer,
+    hooks,
+    epoch_data: Callable[[int], DeviceRows | Iterable | None],
+    *,
+    epochs: int,
+    validation: Callable[[], Iterable] | None = None,
+    placement=None,
+) -> dict[str, float]:
+    """Epochs ``hooks.initial_epoch .. epochs - 1`` of ``epoch_data(epoch)`` (``None``:
+    no more data, stop), each followed by ``validation()`` batches if given (logged as
+    ``val_*``); returns the last epoch's logs. Metrics restart at every epoch, as Keras."""
+    hooks.on_train_begin({})
+    logs: dict = {}
+    for epoch in range(hooks.initial_epoch, epochs):
+        if hooks.train_state.metric_states is not None:
+            hooks.train_state = step_lib.reset_metrics(hooks.train_state)
+        hooks.on_epoch_begin(epoch, {})
+        data = epoch_data(epoch)
+        if data is None:
+            break
+        train_epoch(trainer, hooks, data, placement)
+        logs = trainer.read_metrics(hooks.train_state.metric_states)
+        if validation is not None:
+            hooks.on_test_begin({})
+            val_logs = evaluate(trainer, hooks, validation())
+            hooks.on_test_end(val_logs)
+            logs.update({f"val_{k}": v for k, v in val_logs.items()})
+        hooks.on_epoch_end(epoch, logs)
+        if hooks.stop_training:
+            break
+    hooks.on_train_end(logs)
+    return logs
+
+
+# ---------------------------------------------------------------------------- inference
+
+
+def evaluate(trainer: Trainer, hooks, batches: Iterable) -> dict[str, float]:
+    """Loss and metrics of ``hooks.train_state``'s params over ``(x, y, sample_weight)``
+    batches (fresh metric states), with the test batch hooks."""
+    ts = hooks.train_state
+    begin, end = hooks.wants("on_test_batch_begin"), hooks.wants("on_test_batch_end")
+    metric_states = step_lib.init_metric_states(trainer.metrics)
+    for i, batch in enumerate(batches):
+        if begin:
+            hooks.on_test_batch_begin(i, {})
+        metric_states = trainer.eval_step(metric_states, ts.params, ts.state, as_batch(*batch))
+        if end:
+            logs = LazyLogs(lambda current=metric_states: trainer.read_metrics(current))
+            hooks.on_test_batch_end(i, logs)
+            logs.close()
+    return trainer.read_metrics(metric_states)
+
+
+def predict(predict_step: Callable, hooks, batches: Iterable) -> list:
+    """``predict_step(params, state, x)`` of ``hooks.train_state`` on each batch ``x``,
+    with the predict batch hooks; the outputs stay on the device."""
+    ts = hooks.train_state
+    begin, end = hooks.wants("on_predict_batch_begin"), hooks.wants("on_predict_batch_end")
+    outputs = []
+    for i, x in enumerate(batches):
+        if begin:
+            hooks.on_predict_batch_begin(i, {})
+        out = predict_step(ts.params, ts.state, x)
+        outputs.append(out)
+        if end:
+            hooks.on_predict_batch_end(i, {"outputs": out})
+    return outputs

@@ -1,0 +1,283 @@
+"""The one host-side training loop (fnn.training.loop) under Model.fit and ``fnn train``.
+
+References: NumPy's ``default_rng([seed, epoch])`` permutation (the documented epoch
+order), a hand-written loop of the functional ``fnn.train`` step over
+``fnn.datasets.batches``, an uninterrupted fit (for resuming), Keras 3 itself (the logs
+its begin hooks receive) and the Python code equivalent to a config (for ``fnn train``).
+"""
+
+import csv
+import os
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import fnn
+from fnn.cli import commands as cli
+from fnn.errors import ConfigError
+from fnn.layers import Dense, Dropout, Flatten
+from fnn.training import loop
+
+
+def small_data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 5)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32) + (x[:, 2] > 1).astype(np.int32)
+    return x, y
+
+
+def small_model(seed=0):
+    model = fnn.Sequential([fnn.Input((5,)), Dense(8, activation="relu"), Dense(3)])
+    loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optax.sgd(0.1), loss=loss, metrics=["accuracy"], seed=seed)
+    return model, loss
+
+
+def test_epoch_order_is_the_numpy_permutation_of_seed_and_epoch():
+    for seed, epoch in ((0, 0), (3, 1), (7, 12)):
+        np.testing.assert_array_equal(
+            loop.epoch_order(50, seed=seed, epoch=epoch),
+            np.random.default_rng([seed, epoch]).permutation(50),
+        )
+    assert loop.epoch_order(5, seed=1, epoch=2, shuffle=False).tolist() == [0, 1, 2, 3, 4]
+    # fnn.datasets' helpers and fit's array adapter use the same order.
+    x = np.arange(50)
+    got = np.concatenate([b for b, _ in fnn.datasets.batches(x, x, 8, seed=3, epoch=1)])
+    np.testing.assert_array_equal(got, np.random.default_rng([3, 1]).permutation(50))
+    (shuffled,) = fnn.datasets.shuffle(x, seed=3, epoch=1)
+    np.testing.assert_array_equal(shuffled, got)
+    data = fnn.io.data_adapter.ArrayData(x[:, None], x)
+    idx = data.batch_indices(batch_size=8, epoch=1, shuffle=True, seed=3)
+    np.testing.assert_array_equal(np.concatenate(idx), got)
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_fit_order_is_the_datasets_batches_order(steps_per_execution):
+    """fit(shuffle=True) trains on the batches fnn.datasets.batches(seed, epoch) yields,
+    through device-resident data and grouped steps alike."""
+    x, y = small_data()
+    model, loss = small_model(seed=5)
+    model.compile(
+        optimizer=optax.sgd(0.1),
+        loss=loss,
+        metrics=["accuracy"],
+        seed=5,
+        steps_per_execution=steps_per_execution,
+    )
+    model.fit(x, y, batch_size=16, epochs=0, verbose=0)  # creates the optimizer state
+    start = jax.tree.map(lambda a: a.copy(), model.train_state)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    # The functional core by hand over fnn.datasets.batches.
+    step = jax.jit(fnn.train.make_train_step(model.layer, loss, optax.sgd(0.1)))
+    ts = start._replace(metric_states={})
+    for epoch in range(2):
+        for batch in fnn.datasets.batches(x, y, 16, seed=5, epoch=epoch):
+            ts, _ = step(ts, batch)
+    for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(ts.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # Another seed is another order: the comparison above can fail.
+    ts = start._replace(metric_states={})
+    for epoch in range(2):
+        for batch in fnn.datasets.batches(x, y, 16, seed=6, epoch=epoch):
+            ts, _ = step(ts, batch)
+    assert not np.allclose(model.params["dense"]["kernel"], ts.params["dense"]["kernel"])
+
+
+def test_backup_and_restore_resumes_bitwise(tmp_path):
+    x, y = small_data()
+    full, _ = small_model()
+    full.fit(x, y, batch_size=16, epochs=4, validation_split=0.25, verbose=0)
+    # An interrupted run: 2 of 4 epochs, with a backup after each epoch.
+    part, _ = small_model()
+    backup_dir = tmp_path / "backup"
+    kept = fnn.callbacks.BackupAndRestore(backup_dir, max_to_keep=None, delete_checkpoint=False)
+    part.fit(x, y, batch_size=16, epochs=2, validation_split=0.25, callbacks=[kept], verbose=0)
+    assert fnn.checkpoint.list_steps(backup_dir) == [3, 6]  # 48 training rows, batch 16
+    resumed, _ = small_model()
+    restore = fnn.callbacks.BackupAndRestore(backup_dir)
+    history = resumed.fit(
+        x, y, batch_size=16, epochs=4, validation_split=0.25, callbacks=[restore], verbose=0
+    )
+    assert history.epoch == [2, 3] and restore.restored_step == 6
+    assert int(resumed.train_state.step) == int(full.train_state.step) == 12
+    leaves = zip(
+        jax.tree.leaves(jax.random.key_data(full.train_state.rng)),
+        jax.tree.leaves(jax.random.key_data(resumed.train_state.rng)),
+    )
+    for a, b in [*zip(full.get_weights(), resumed.get_weights()), *leaves]:
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    for key in ("loss", "val_loss", "val_accuracy"):
+        assert history.history[key] == full.history.history[key][2:]
+    assert not backup_dir.exists()  # delete_checkpoint=True (Keras's default) at the end
+    with pytest.raises(ConfigError, match=r"BackupAndRestore: expected every_epochs >= 1"):
+        fnn.callbacks.BackupAndRestore(tmp_path / "b", every_epochs=0)
+
+
+def test_model_checkpoint_rejects_single_file_names(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"ModelCheckpoint: cannot write '.*x\.keras': fnn saves checkpoint"
+    ):
+        fnn.callbacks.ModelCheckpoint(str(tmp_path / "x.keras"))
+    assert not (tmp_path / "x.keras").exists()
+
+
+HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_test_begin")
+
+
+def test_begin_hooks_get_a_dict_like_keras():
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import keras
+
+    def record(seen):
+        def hook(name):
+            def call(*args, **kwargs):  # Keras passes logs by keyword, fnn positionally
+                seen.setdefault(name, type(kwargs["logs"] if "logs" in kwargs else args[-1]))
+
+            return call
+
+        return {name: hook(name) for name in HOOKS}
+
+    x, y = small_data(32)
+    same = {"epochs": 1, "batch_size": 16, "validation_data": (x, y), "verbose": 0}
+    seen_keras = {}
+    kmodel = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    kmodel.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    kmodel.fit(x, y, callbacks=[keras.callbacks.LambdaCallback(**record(seen_keras))], **same)
+    seen = {}
+    model, _ = small_model()
+    model.fit(x, y, callbacks=[fnn.callbacks.LambdaCallback(**record(seen))], **same)
+    assert seen == seen_keras == dict.fromkeys(HOOKS, dict)
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return [{k: v for k, v in r.items() if k != cli.TIME_COLUMN} for r in csv.DictReader(f)]
+
+
+def test_fnn_train_equals_the_python_fit_code(tmp_path, capsys):
+    """``fnn train configs/digits_mlp.yaml`` and the Python code it stands for end with the
+    same parameters and the same metrics.csv rows."""
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", "digits_mlp.yaml")
+    run = tmp_path / "run"
+    sets = [f"run_dir={run}", "epochs=3", "plots=false", "tensorboard=false"]
+    assert cli.main(["train", config, *(a for s in sets for a in ("--set", s))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("training digits_mlp.yaml: 50,826 params, 1437 train / 360 val")
+    assert [line.split("  ")[0] for line in lines[1:4]] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert lines[1].split("  ")[1].startswith("loss ") and lines[-2].startswith("done in ")
+
+    (x_train, y_train), (x_test, y_test) = fnn.datasets.load_digits()
+    model = fnn.Sequential(
+        [
+            fnn.Input((64,)),
+            Flatten(),
+            Dense(256, activation="relu"),
+            Dropout(0.2),
+            Dense(128, activation="relu"),
+            Dense(10),
+        ]
+    )
+    model.compile(
+        optimizer=fnn.optimizers.get("adam", learning_rate=0.001),
+        loss=fnn.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        seed=0,
+    )
+    model.fit(
+        x_train,
+        y_train,
+        batch_size=32,
+        epochs=3,
+        validation_data=(x_test, y_test),
+        validation_batch_size=256,
+        callbacks=[fnn.callbacks.CSVLogger(tmp_path / "python.csv")],
+        verbose=0,
+    )
+    saved = fnn.load_model(run / "model")
+    for a, b in zip(saved.get_weights(), model.get_weights(), strict=True):
+        assert a.tobytes() == b.tobytes()
+    assert read_rows(run / "metrics.csv") == read_rows(tmp_path / "python.csv")
+    assert len(read_rows(run / "metrics.csv")) == 3
+
+
+def test_fnn_train_non_finite_loss_is_one_line(tmp_path, capsys):
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", "digits_mlp.yaml")
+    run = tmp_path / "run"
+    sets = [f"run_dir={run}", "epochs=2", "plots=false", "tensorboard=false"]
+    sets.append("optimizer.learning_rate=1e30")
+    assert cli.main(["train", config, *(a for s in sets for a in ("--set", s))]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("fnn: error: training stopped: non-finite loss (nan) at step ")
+    assert fnn.checkpoint.list_steps(run / "checkpoints") == []  # no backup of a NaN state
+
+
+class Hooks:
+    """The loop's hooks protocol without the shell: records the batch-end indices and
+    stops after ``stop_after`` batch ends."""
+
+    def __init__(self, train_state, stop_after=None):
+        self.train_state = train_state
+        self.stop_training = False
+        self.initial_epoch = 0
+        self.ends = []
+        self.stop_after = stop_after
+
+    def wants(self, hook):
+        return hook == "on_train_batch_end"
+
+    def on_train_batch_end(self, batch, logs):
+        self.ends.append((batch, dict(logs)["loss"]))
+        self.stop_training = len(self.ends) == self.stop_after
+
+    def __getattr__(self, hook):  # every other hook does nothing
+        return lambda *args: None
+
+
+@pytest.mark.parametrize("device_rows", [True, False])
+def test_loop_fit_without_the_shell_matches_the_functional_step(device_rows):
+    x, y = small_data()
+    model, loss = small_model()
+    model.build((None, 5))
+    metrics = [fnn.metrics.get("accuracy", loss=loss)]
+    ts0 = fnn.train.init_train_state(
+        model.layer, optax.sgd(0.1), jax.random.key(0), x[:1], metrics=metrics
+    )
+    trainer = loop.Trainer(model.layer, loss, optax.sgd(0.1), metrics, steps_per_execution=2)
+
+    def epoch_data(epoch):
+        order = loop.epoch_order(64, seed=1, epoch=epoch)
+        if device_rows:
+            return loop.DeviceRows(jax.device_put((x, y, None)), order, 16, 4)
+        return [(x[order[i : i + 16]], y[order[i : i + 16]], None) for i in range(0, 64, 16)]
+
+    copy = jax.tree.map(lambda a: a.copy(), ts0)
+    hooks = Hooks(copy)
+    logs = loop.fit(trainer, hooks, epoch_data, epochs=2)
+    step = jax.jit(fnn.train.make_train_step(model.layer, loss, optax.sgd(0.1), metrics))
+    ts = ts0
+    for epoch in range(2):
+        ts = fnn.train.reset_metrics(ts)
+        for batch in fnn.datasets.batches(x, y, 16, seed=1, epoch=epoch):
+            ts, _ = step(ts, batch)
+    for a, b in zip(jax.tree.leaves(hooks.train_state.params), jax.tree.leaves(ts.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    want = fnn.train.compute_metrics(ts.metric_states, metrics)
+    assert logs["loss"] == pytest.approx(float(want["loss"]), rel=1e-6)
+    # Two steps per call: one batch-end hook per call, named by its last batch.
+    assert [b for b, _ in hooks.ends] == [1, 3, 1, 3]
+    # stop_training ends the epoch loop after the current call.
+    hooks = Hooks(jax.tree.map(lambda a: a.copy(), ts0), stop_after=1)
+    loop.fit(trainer, hooks, epoch_data, epochs=2)
+    assert int(hooks.train_state.step) == 2 and len(hooks.ends) == 1
+
+
+def test_data_parallel_fit_needs_a_batch_size_that_divides():
+    x, y = small_data()
+    model, _ = small_model()
+    with pytest.raises(
+        ConfigError, match=r"expected batch_size to be a multiple of the 4 devices, got 10"
+    ):
+        model.fit(x, y, batch_size=10, devices=4, verbose=0)
