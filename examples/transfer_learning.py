@@ -39,7 +39,9 @@ def fit(layer, train_state, optimizer, x, y, epochs: int, batch_size: int = 32, 
     run_epoch = jax.jit(train.make_multi_step(step), donate_argnums=0)
     for epoch in range(epochs):
         # Full batches only, stacked [steps, batch, ...] along the scan's axis.
-        batches = fnn.datasets.batches(x, y, batch_size, seed=seed, epoch=epoch, drop_remainder=True)
+        batches = fnn.datasets.batches(
+            x, y, batch_size, seed=seed, epoch=epoch, drop_remainder=True
+        )
         train_state, _ = run_epoch(train_state, tuple(map(np.stack, zip(*batches))))
     return train_state
 
