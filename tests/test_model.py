@@ -355,7 +355,7 @@ def test_learning_rate_scheduler_changes_lr_without_recompiling(trained, digits)
     record = fnn.callbacks.LambdaCallback(
         on_epoch_end=lambda e, logs: lrs.append(model.learning_rate)
     )
-    step = model._program("train_rows1")
+    step = model._trainer.rows_step
     before = step._cache_size()
     history = model.fit(
         x_train[:1152], y_train[:1152], epochs=3, callbacks=[sched, record], verbose=0
@@ -432,9 +432,9 @@ def test_steps_per_execution_equals_single_steps(small):
     h1 = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
     want = model.get_weights()
     restart(model, base)
-    model._resolved.steps_per_execution = 4  # as compile(steps_per_execution=4)
+    model._trainer.steps_per_execution = 4  # as compile(steps_per_execution=4)
     h4 = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
-    model._resolved.steps_per_execution = 1
+    model._trainer.steps_per_execution = 1
     for a, b in zip(model.get_weights(), want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert h4.history["loss"] == pytest.approx(h1.history["loss"], rel=1e-5)
@@ -621,7 +621,7 @@ def test_batch_norm_state_updates_through_fit_and_auto_steps():
     conv = fnn.Sequential([fnn.Input((6, 6, 1)), Conv2D(2, 3), Flatten(), Dense(2)])
     conv.compile(loss="mse", steps_per_execution="auto")
     conv.fit(np.zeros((4, 6, 6, 1), np.float32), np.zeros((4, 2), np.float32), epochs=0, verbose=0)
-    assert conv.steps_per_execution == 4 and conv._resolved.unroll is True  # unrolled on CPU
+    assert conv.steps_per_execution == 4 and conv._trainer.unroll is True  # unrolled on CPU
 
 
 class TTY(io.StringIO):
