@@ -83,7 +83,7 @@ def main(
     for epoch in range(1, epochs + 1):
         # Full batches only: every batch must split evenly over the devices.
         for batch in fnn.datasets.batches(
-            x_train, y_train, batch_size, seed=seed + epoch, drop_remainder=True
+            x_train, y_train, batch_size, seed=seed, epoch=epoch, drop_remainder=True
         ):
             state, logs = dp(state, batch)
         host = dp.get_state(state)

@@ -55,7 +55,7 @@ def main(epochs: int = 30, batch_size: int = 64, seed: int = 0) -> float:
         losses = []
         # Full batches only, so the step compiles once.
         for x, y in fnn.datasets.batches(
-            x_train, y_train, batch_size, seed=seed + epoch, drop_remainder=True
+            x_train, y_train, batch_size, seed=seed, epoch=epoch, drop_remainder=True
         ):
             rng, step_rng = jax.random.split(rng)
             params, state, opt_state, loss = train_step(params, state, opt_state, x, y, step_rng)

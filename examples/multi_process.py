@@ -86,7 +86,7 @@ def train(epochs: int, batch_size: int, seed: int, out: str | None) -> float:
     for epoch in range(1, epochs + 1):
         # Full batches only: every batch must split evenly over all devices.
         for batch in fnn.datasets.batches(
-            x_train, y_train, batch_size, seed=seed + epoch, drop_remainder=True
+            x_train, y_train, batch_size, seed=seed, epoch=epoch, drop_remainder=True
         ):
             # This process's rows only; data_parallel assembles the global batch.
             state, logs = dp(state, dist.process_local_batch(batch))

@@ -210,7 +210,7 @@ def test_fnn_train_non_finite_loss_is_one_line(tmp_path, capsys):
     assert cli.main(["train", config, *(a for s in sets for a in ("--set", s))]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err.startswith("fnn: error: training stopped: non-finite loss (nan) at step ")
+    assert err.startswith("fnn: error: training stopped: non-finite loss (nan) in epoch 1.")
     assert fnn.checkpoint.list_steps(run / "checkpoints") == []  # no backup of a NaN state
 
 
@@ -281,3 +281,18 @@ def test_data_parallel_fit_needs_a_batch_size_that_divides():
         ConfigError, match=r"expected batch_size to be a multiple of the 4 devices, got 10"
     ):
         model.fit(x, y, batch_size=10, devices=4, verbose=0)
+
+
+def test_validation_data_is_checked_before_the_first_epoch():
+    """Out-of-range or wrongly shaped validation labels fail before any training step (a
+    wrong val_loss, or an error after a whole epoch, otherwise)."""
+    model = fnn.Sequential([Dense(3)])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x, y = np.ones((8, 4), np.float32), np.arange(8) % 3
+    epochs = []
+    seen = fnn.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epochs.append(epoch))
+    with pytest.raises(ConfigError, match=r"^sequential: validation y does not fit .*label 7"):
+        model.fit(x, y, validation_data=(x, np.full(8, 7)), callbacks=[seen], verbose=0)
+    with pytest.raises(fnn.ShapeError, match=r"^sequential: validation y does not fit"):
+        model.fit(x, y, validation_data=(x, np.zeros((8, 5))), callbacks=[seen], verbose=0)
+    assert epochs == []

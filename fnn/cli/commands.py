@@ -41,7 +41,6 @@ from fnn.shell.callbacks import (
     Callback,
     CSVLogger,
     TensorBoard,
-    TerminateOnNaN,
 )
 from fnn.shell.model import Input, Sequential
 
@@ -240,16 +239,24 @@ def _keep_rows(path: Path, epochs: int) -> None:
 
 class _EpochLines(Callback):
     """The CLI's epoch line: adds ``time_s`` (seconds since the epoch began, validation
-    included) to the logs, then prints ``epoch  3/30  loss ...  (0.18s)``."""
+    included) to the logs, then prints ``epoch  3/30  loss ...  (0.18s)``. A non-finite
+    epoch loss stops training (``non_finite`` keeps the epoch and value): checked once per
+    epoch, where the running mean already holds every step's loss, so no step waits for
+    the device (``TerminateOnNaN`` reads the loss after every batch)."""
 
     def __init__(self, metric_names: list[str]):
         super().__init__()
         self.metric_names = metric_names
+        self.non_finite: tuple[int, float] | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._tick = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        if not math.isfinite(logs["loss"]):
+            self.non_finite = (epoch, logs["loss"])
+            self.model.stop_training = True
+            return
         logs[TIME_COLUMN] = round(time.perf_counter() - self._tick, 3)
         epochs = self.params["epochs"]
         parts = [f"epoch {epoch + 1:>{len(str(epochs))}}/{epochs}"]
@@ -303,15 +310,10 @@ def cmd_train(args) -> int:
     devices = None
     if cfg["distribute"]["strategy"] == "data_parallel":
         devices = cfg["distribute"]["num_devices"] or jax.device_count()
-    nan_check = TerminateOnNaN()
-    callbacks = [nan_check]
-    if cfg["tensorboard"]:
-        callbacks.append(TensorBoard(run_dir / "tensorboard"))
-    callbacks += [
-        _EpochLines(run.metric_names),
-        CSVLogger(run_dir / "metrics.csv", append=args.resume),
-        backup,
-    ]
+    # TensorBoard before the epoch line (which adds time_s), the CSV row and the backup after.
+    lines = _EpochLines(run.metric_names)
+    callbacks = [TensorBoard(run_dir / "tensorboard")] if cfg["tensorboard"] else []
+    callbacks += [lines, CSVLogger(run_dir / "metrics.csv", append=args.resume), backup]
     n_params = sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(model.params))
     _say(
         f"training {Path(args.config).name}: {n_params:,} params, {len(run.x_train)} train / "
@@ -331,8 +333,12 @@ def cmd_train(args) -> int:
         validation_batch_size=run.eval_batch_size(),
         devices=devices,
     )
-    if nan_check.invalid_loss is not None:  # one line and exit code 1, as before callbacks
-        train.check_finite({"loss": nan_check.invalid_loss[1]}, int(model.train_state.step) - 1)
+    if lines.non_finite is not None:  # one line and exit code 1
+        epoch, value = lines.non_finite
+        raise train.NonFiniteLossError(
+            f"training stopped: non-finite loss ({value}) in epoch {epoch + 1}. Lower the "
+            "learning rate, clip gradients (global_clipnorm=...), or check the inputs for NaN."
+        )
     wall = time.perf_counter() - start
     test = run.evaluate(run.x_test, run.y_test)
     results = {"test": test, "epochs": epochs, "wall_time_s": round(wall, 2)}
@@ -341,7 +347,9 @@ def cmd_train(args) -> int:
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     # The saved compile settings name the optimizer, so fnn.load_model(run_dir / "model")
     # is ready to use; its schedule and state are training details (in checkpoints/).
-    model.compile(optimizer=cfg["optimizer"]["name"], loss=run.loss, metrics=cfg["metrics"])
+    model.compile(
+        optimizer=cfg["optimizer"]["name"], loss=run.loss, metrics=cfg["metrics"], seed=cfg["seed"]
+    )
     model.save(run_dir / "model")
     rows = _read_metrics_csv(run_dir / "metrics.csv")  # every epoch, resumed ones too
     plots = _plots(run, rows, run_dir) if cfg["plots"] and rows else []

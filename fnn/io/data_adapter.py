@@ -159,12 +159,6 @@ class ArrayData:
         batches = (take(self.arrays, order[i : i + batch_size]) for i in range(0, stop, batch_size))
         return prefetch(batches) if ahead else batches
 
-    def spec(self, batch_size: int):
-        """Abstract ``(x, y, sample_weight)`` of one batch."""
-        return jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct((batch_size, *np.shape(a)[1:]), a.dtype), self.arrays
-        )
-
 
 def unpack(data) -> tuple[Any, Any, Any]:
     """``x``, ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)`` -> ``(x, y, sample_weight)``."""

@@ -765,8 +765,3 @@ class ProgbarLogger(Callback):
         if self._progress is not None:
             self._progress.close(None)
             self._progress = None
-
-
-def as_logs(logs: Mapping | None) -> dict[str, float]:
-    """Plain ``{key: float}`` copy of (possibly lazy) logs."""
-    return {k: _to_float(v) for k, v in (logs or {}).items()}

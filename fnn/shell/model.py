@@ -454,9 +454,9 @@ class Model:
         )
         return self._trainer
 
-    def _prepare_training(self, x, y, sample_weight=None) -> loop_lib.Trainer:
-        """Build, resolve and check the data against the loss, all before compiling (one
-        abstract trace of the model)."""
+    def _prepare_training(self, x, y, sample_weight=None, *, what="y") -> loop_lib.Trainer:
+        """Build, resolve and check the data (``what`` names its labels in errors) against
+        the loss, all before compiling (the model is traced abstractly once per call)."""
         from fnn.training import step as train_lib
 
         self._ensure_built(x)
@@ -475,7 +475,7 @@ class Model:
                     )
             except (ShapeError, ConfigError) as err:
                 raise type(err)(
-                    f"{self.name}: y does not fit the loss and model outputs: {err}"
+                    f"{self.name}: {what} does not fit the loss and model outputs: {err}"
                 ) from None
         if ts.opt_state is None or ts.metric_states is None:
             self._train_state = _replace(
@@ -619,6 +619,8 @@ class Model:
                 raise ConfigError(f"{self.name}: fit got an empty iterable.") from None
             trainer = self._prepare_training(*first)
             steps = steps_per_epoch if steps_per_epoch is not None else _len_or_none(data.data)
+        if isinstance(val, data_lib.ArrayData):  # checked before training, not after an epoch
+            self._prepare_training(val.x, val.y, val.sample_weight, what="validation y")
         callbacks = list(callbacks or [])
         keys = list(trainer.metric_names)
         if val is not None:

@@ -291,10 +291,10 @@ def fit(
     for epoch in range(hooks.initial_epoch, epochs):
         if hooks.train_state.metric_states is not None:
             hooks.train_state = step_lib.reset_metrics(hooks.train_state)
-        hooks.on_epoch_begin(epoch, {})
         data = epoch_data(epoch)
-        if data is None:
+        if data is None:  # before on_epoch_begin: no epoch is opened (a progress bar) in vain
             break
+        hooks.on_epoch_begin(epoch, {})
         train_epoch(trainer, hooks, data, placement)
         logs = trainer.read_metrics(hooks.train_state.metric_states)
         if validation is not None:
