@@ -271,19 +271,40 @@ def _depthwise(
 _EXAMPLE_INPUT = {1: (2, 9, 3), 2: (2, 9, 9, 3), 3: (2, 9, 9, 9, 3)}
 
 
-def _finish(fn, class_name: str, doc: str, *, rank: int, **values):
-    """Name, document and register a rank-specific factory."""
-    return _spatial.register_ranked(
-        fn,
-        class_name,
-        doc,
-        rank=rank,
-        out_layout=_spatial.layout(rank).replace("channels", "filters"),
-        k="kernel_size" if rank == 1 else "*kernel_size",
-        shape=_EXAMPLE_INPUT[rank],
-        ones=", ".join(["1"] * rank),
-        **values,
-    )
+def _kind(
+    impl,
+    class_name: str,
+    name: str,
+    doc: str,
+    kernel,
+    out,
+    *,
+    hide=(),
+    weight_order=("kernel", "bias"),
+):
+    """The ``rank -> factory`` maker of one convolution kind: ``impl`` as the registered
+    public factory of that rank (``class_name`` and ``name`` take the rank at ``{}``).
+    ``kernel`` ``(window, in, out)`` and ``out`` ``(size, channels)`` are the docstring
+    example's kernel shape and output shape per spatial axis."""
+
+    def factory(rank: int):
+        shape = _EXAMPLE_INPUT[rank]
+        return _spatial.register_ranked(
+            _spatial.ranked(impl, rank, name.format(rank), hide=hide),
+            class_name.format(rank),
+            doc,
+            rank=rank,
+            weight_order=weight_order,
+            out_layout=_spatial.layout(rank).replace("channels", "filters"),
+            k="kernel_size" if rank == 1 else "*kernel_size",
+            shape=shape,
+            ones=", ".join(["1"] * rank),
+            causal=', ``n`` for ``"causal"`` (left padding only)' if rank == 1 else "",
+            kernel_shape=(kernel[0],) * rank + tuple(kernel[1:]),
+            out_shape=(shape[0],) + (out[0],) * rank + (out[1],),
+        )
+
+    return factory
 
 
 _CONV_DOC = """{rank}-D convolution (cross-correlation, as in Keras):
@@ -304,19 +325,7 @@ _CONV_DOC = """{rank}-D convolution (cross-correlation, as in Keras):
     """
 
 
-def _conv_factory(rank: int):
-    shape = _EXAMPLE_INPUT[rank]
-    return _finish(
-        _spatial.ranked(_conv, rank, f"conv{rank}d"),
-        f"Conv{rank}D",
-        _CONV_DOC,
-        rank=rank,
-        weight_order=("kernel", "bias"),
-        causal=', ``n`` for ``"causal"`` (left padding only)' if rank == 1 else "",
-        kernel_shape=(3,) * rank + (3, 8),
-        out_shape=(shape[0],) + (5,) * rank + (8,),
-    )
-
+_conv_factory = _kind(_conv, "Conv{}D", "conv{}d", _CONV_DOC, (3, 3, 8), (5, 8))
 
 _TRANSPOSE_DOC = """{rank}-D transposed convolution (the gradient of a strided convolution):
     ``{layout} -> {out_layout}``.
@@ -336,18 +345,9 @@ _TRANSPOSE_DOC = """{rank}-D transposed convolution (the gradient of a strided c
     """
 
 
-def _conv_transpose_factory(rank: int):
-    shape = _EXAMPLE_INPUT[rank]
-    return _finish(
-        _spatial.ranked(_conv_transpose, rank, f"conv{rank}d_transpose"),
-        f"Conv{rank}DTranspose",
-        _TRANSPOSE_DOC,
-        rank=rank,
-        weight_order=("kernel", "bias"),
-        kernel_shape=(3,) * rank + (8, 3),
-        out_shape=(shape[0],) + (18,) * rank + (8,),
-    )
-
+_conv_transpose_factory = _kind(
+    _conv_transpose, "Conv{}DTranspose", "conv{}d_transpose", _TRANSPOSE_DOC, (3, 8, 3), (18, 8)
+)
 
 _DEPTHWISE_DOC = """{rank}-D depthwise convolution: each input channel convolved with its own
     ``depth_multiplier`` kernels: ``{layout} -> [..., channels * depth_multiplier]``.
@@ -367,20 +367,15 @@ _DEPTHWISE_DOC = """{rank}-D depthwise convolution: each input channel convolved
     """
 
 
-def _depthwise_factory(rank: int):
-    shape = _EXAMPLE_INPUT[rank]
-    return _finish(
-        _spatial.ranked(
-            _depthwise, rank, f"depthwise_conv{rank}d", hide=("filters", "pointwise_initializer")
-        ),
-        f"DepthwiseConv{rank}D",
-        _DEPTHWISE_DOC,
-        rank=rank,
-        weight_order=("kernel", "bias"),
-        kernel_shape=(3,) * rank + (3, 2),
-        out_shape=(shape[0],) + (7,) * rank + (6,),
-    )
-
+_depthwise_factory = _kind(
+    _depthwise,
+    "DepthwiseConv{}D",
+    "depthwise_conv{}d",
+    _DEPTHWISE_DOC,
+    (3, 3, 2),
+    (7, 6),
+    hide=("filters", "pointwise_initializer"),
+)
 
 _SEPARABLE_DOC = """{rank}-D separable convolution: a depthwise convolution (``depth_multiplier``
     kernels per channel) followed by a pointwise (1x1) convolution to ``filters``:
@@ -418,26 +413,17 @@ def _separable(
     return _depthwise(**locals())
 
 
-def _separable_factory(rank: int):
-    shape = _EXAMPLE_INPUT[rank]
-    return _finish(
-        _spatial.ranked(_separable, rank, f"separable_conv{rank}d"),
-        f"SeparableConv{rank}D",
-        _SEPARABLE_DOC,
-        rank=rank,
-        weight_order=("depthwise_kernel", "pointwise_kernel", "bias"),
-        kernel_shape=(1,) * rank + (6, 8),
-        out_shape=(shape[0],) + (7,) * rank + (8,),
-    )
+_separable_factory = _kind(
+    _separable,
+    "SeparableConv{}D",
+    "separable_conv{}d",
+    _SEPARABLE_DOC,
+    (1, 6, 8),
+    (7, 8),
+    weight_order=("depthwise_kernel", "pointwise_kernel", "bias"),
+)
 
-
-Conv1D = _conv_factory(1)
-Conv2D = _conv_factory(2)
-Conv3D = _conv_factory(3)
-Conv1DTranspose = _conv_transpose_factory(1)
-Conv2DTranspose = _conv_transpose_factory(2)
-Conv3DTranspose = _conv_transpose_factory(3)
-DepthwiseConv1D = _depthwise_factory(1)
-DepthwiseConv2D = _depthwise_factory(2)
-SeparableConv1D = _separable_factory(1)
-SeparableConv2D = _separable_factory(2)
+Conv1D, Conv2D, Conv3D = (_conv_factory(r) for r in (1, 2, 3))
+Conv1DTranspose, Conv2DTranspose, Conv3DTranspose = (_conv_transpose_factory(r) for r in (1, 2, 3))
+DepthwiseConv1D, DepthwiseConv2D = (_depthwise_factory(r) for r in (1, 2))
+SeparableConv1D, SeparableConv2D = (_separable_factory(r) for r in (1, 2))

@@ -208,12 +208,6 @@ def _cropping_factory(rank: int):
     )
 
 
-UpSampling1D = _upsampling_factory(1)
-UpSampling2D = _upsampling_factory(2)
-UpSampling3D = _upsampling_factory(3)
-ZeroPadding1D = _zero_padding_factory(1)
-ZeroPadding2D = _zero_padding_factory(2)
-ZeroPadding3D = _zero_padding_factory(3)
-Cropping1D = _cropping_factory(1)
-Cropping2D = _cropping_factory(2)
-Cropping3D = _cropping_factory(3)
+UpSampling1D, UpSampling2D, UpSampling3D = (_upsampling_factory(r) for r in (1, 2, 3))
+ZeroPadding1D, ZeroPadding2D, ZeroPadding3D = (_zero_padding_factory(r) for r in (1, 2, 3))
+Cropping1D, Cropping2D, Cropping3D = (_cropping_factory(r) for r in (1, 2, 3))
