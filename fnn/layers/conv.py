@@ -16,6 +16,7 @@ from fnn.core import activations, initializers
 from fnn.core.errors import ConfigError, ShapeError, shape_of
 from fnn.core.layer import Layer, param_dtype
 from fnn.layers import _spatial
+from fnn.layers.dense import Affine
 
 
 def _positive_int(value, argument: str, layer: str) -> int:
@@ -54,10 +55,10 @@ def _check_channels(name, x, expected, param, param_shape, detail=""):
         )
 
 
-def _bias_and_activation(y, params, use_bias, act):
-    if use_bias:
-        y = y + params["bias"]
-    return act(y)
+def _window_args(rank, kernel_size, strides, dilation_rate, name):
+    """``kernel_size``, ``strides`` and ``dilation_rate`` as ``rank``-tuples of positive ints."""
+    arguments = {"kernel_size": kernel_size, "strides": strides, "dilation_rate": dilation_rate}
+    return tuple(_spatial.int_tuple(v, rank, k, name) for k, v in arguments.items())
 
 
 def _conv(
@@ -76,18 +77,14 @@ def _conv(
     name: str = "conv",
 ) -> Layer:
     filters = _positive_int(filters, "filters", name)
-    kernel_size = _spatial.int_tuple(kernel_size, rank, "kernel_size", name)
-    strides = _spatial.int_tuple(strides, rank, "strides", name)
-    dilation = _spatial.int_tuple(dilation_rate, rank, "dilation_rate", name)
+    kernel_size, strides, dilation = _window_args(rank, kernel_size, strides, dilation_rate, name)
     padding = _spatial.padding_arg(padding, rank, name, causal=rank == 1)
     groups = _positive_int(groups, "groups", name)
     if filters % groups:
         raise ConfigError(
             f"{name}: expected filters divisible by groups, got filters={filters}, groups={groups}."
         )
-    act = activations.get(activation)
-    kernel_init = initializers.get(kernel_initializer)
-    bias_init = initializers.get(bias_initializer)
+    affine = Affine.get(activation, use_bias, kernel_initializer, bias_initializer)
     window = _spatial.effective_window(kernel_size, dilation)
 
     def init(key, x):
@@ -97,14 +94,7 @@ def _conv(
                 f"{name}: expected input channels divisible by groups={groups}, got "
                 f"{channels} channels (inputs of shape {shape_of(x)})."
             )
-        dtype_ = param_dtype(x, dtype)
-        kernel_key, bias_key = jax.random.split(key)
-        params = {
-            "kernel": kernel_init(kernel_key, (*kernel_size, channels // groups, filters), dtype_)
-        }
-        if use_bias:
-            params["bias"] = bias_init(bias_key, (filters,), dtype_)
-        return params, {}
+        return affine.init(key, x, dtype, (*kernel_size, channels // groups, filters), filters), {}
 
     def apply(params, state, x, *, rng=None, train=False):
         del rng, train
@@ -113,7 +103,7 @@ def _conv(
         detail = f", groups={groups}" if groups > 1 else ""
         _check_channels(name, x, kernel.shape[-2] * groups, "kernel", kernel.shape, detail)
         y = _convolve(x, kernel, rank, strides=strides, pads=pads, dilation=dilation, groups=groups)
-        return _bias_and_activation(y, params, use_bias, act), state
+        return affine.output(y, params), state
 
     return Layer(init, apply, name)
 
@@ -147,9 +137,7 @@ def _conv_transpose(
     name: str = "conv_transpose",
 ) -> Layer:
     filters = _positive_int(filters, "filters", name)
-    kernel_size = _spatial.int_tuple(kernel_size, rank, "kernel_size", name)
-    strides = _spatial.int_tuple(strides, rank, "strides", name)
-    dilation = _spatial.int_tuple(dilation_rate, rank, "dilation_rate", name)
+    kernel_size, strides, dilation = _window_args(rank, kernel_size, strides, dilation_rate, name)
     padding = _spatial.padding_arg(padding, rank, name, explicit=False)
     if output_padding is not None:
         output_padding = _spatial.int_tuple(output_padding, rank, "output_padding", name, minimum=0)
@@ -158,9 +146,7 @@ def _conv_transpose(
                 f"{name}: expected output_padding smaller than strides, got "
                 f"output_padding={output_padding}, strides={strides}."
             )
-    act = activations.get(activation)
-    kernel_init = initializers.get(kernel_initializer)
-    bias_init = initializers.get(bias_initializer)
+    affine = Affine.get(activation, use_bias, kernel_initializer, bias_initializer)
     pads = tuple(
         _transpose_pads(k, s, d, padding, None if output_padding is None else p)
         for k, s, d, p in zip(kernel_size, strides, dilation, output_padding or (0,) * rank)
@@ -168,12 +154,7 @@ def _conv_transpose(
 
     def init(key, x):
         _, channels = _spatial.check_input(name, x, rank)
-        dtype_ = param_dtype(x, dtype)
-        kernel_key, bias_key = jax.random.split(key)
-        params = {"kernel": kernel_init(kernel_key, (*kernel_size, filters, channels), dtype_)}
-        if use_bias:
-            params["bias"] = bias_init(bias_key, (filters,), dtype_)
-        return params, {}
+        return affine.init(key, x, dtype, (*kernel_size, filters, channels), filters), {}
 
     def apply(params, state, x, *, rng=None, train=False):
         del rng, train
@@ -192,7 +173,7 @@ def _conv_transpose(
             dilation=dilation,
             lhs_dilation=strides,
         )
-        return _bias_and_activation(y, params, use_bias, act), state
+        return affine.output(y, params), state
 
     return Layer(init, apply, name)
 
@@ -218,15 +199,14 @@ def _depthwise(
     separable = filters is not None
     if separable:
         filters = _positive_int(filters, "filters", name)
-    kernel_size = _spatial.int_tuple(kernel_size, rank, "kernel_size", name)
-    strides = _spatial.int_tuple(strides, rank, "strides", name)
-    dilation = _spatial.int_tuple(dilation_rate, rank, "dilation_rate", name)
+    kernel_size, strides, dilation = _window_args(rank, kernel_size, strides, dilation_rate, name)
     padding = _spatial.padding_arg(padding, rank, name, causal=rank == 1)
     multiplier = _positive_int(depth_multiplier, "depth_multiplier", name)
     act = activations.get(activation)
     depthwise_init = initializers.get(depthwise_initializer)
     pointwise_init = initializers.get(pointwise_initializer) if separable else None
     bias_init = initializers.get(bias_initializer)
+    affine = Affine(act, depthwise_init, bias_init, use_bias)
     window = _spatial.effective_window(kernel_size, dilation)
     depthwise_key = "depthwise_kernel" if separable else "kernel"
 
@@ -263,7 +243,7 @@ def _depthwise(
             y = _convolve(
                 y, params["pointwise_kernel"], rank, strides=ones, pads=pads0, dilation=ones
             )
-        return _bias_and_activation(y, params, use_bias, act), state
+        return affine.output(y, params), state
 
     return Layer(init, apply, name)
 
