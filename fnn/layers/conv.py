@@ -256,25 +256,30 @@ def _kind(
     class_name: str,
     name: str,
     doc: str,
+    example: str,
     kernel,
     out,
     *,
+    shown="kernel",
     hide=(),
     weight_order=("kernel", "bias"),
 ):
     """The ``rank -> factory`` maker of one convolution kind: ``impl`` as the registered
     public factory of that rank (``class_name`` and ``name`` take the rank at ``{}``).
-    ``kernel`` ``(window, in, out)`` and ``out`` ``(size, channels)`` are the docstring
-    example's kernel shape and output shape per spatial axis."""
+    The docstring is ``doc`` and ``_EXAMPLE``, which calls the layer with ``example`` and
+    shows the ``shown`` param, of shape ``kernel`` ``(window, in, out)``, and the output,
+    of shape ``out`` ``(size, channels)``, per spatial axis."""
 
     def factory(rank: int):
         shape = _EXAMPLE_INPUT[rank]
         return _spatial.register_ranked(
             _spatial.ranked(impl, rank, name.format(rank), hide=hide),
             class_name.format(rank),
-            doc,
+            doc + _EXAMPLE,
             rank=rank,
             weight_order=weight_order,
+            args=example,
+            shown=shown,
             out_layout=_spatial.layout(rank).replace("channels", "filters"),
             k="kernel_size" if rank == 1 else "*kernel_size",
             shape=shape,
@@ -287,6 +292,17 @@ def _kind(
     return factory
 
 
+# The docstring example of every kind: its constructor arguments, and the param shown.
+_EXAMPLE = """
+
+    >>> import jax, jax.numpy as jnp, fnn
+    >>> layer = fnn.layers.{cls}({args})
+    >>> x = jnp.ones({shape})
+    >>> params, state = layer.init(jax.random.key(0), x)
+    >>> params["{shown}"].shape, layer.apply(params, state, x)[0].shape
+    ({kernel_shape}, {out_shape})
+    """
+
 _CONV_DOC = """{rank}-D convolution (cross-correlation, as in Keras):
     ``{layout} -> {out_layout}``.
 
@@ -294,18 +310,11 @@ _CONV_DOC = """{rank}-D convolution (cross-correlation, as in Keras):
     ``ceil(n / s)`` for ``"same"``{causal}; explicit padding takes an int, {rank} ints or
     {rank} ``(before, after)`` pairs. ``groups`` splits the channels into independent groups.
 
-    Params (Keras layout): ``kernel [{k}, in_channels / groups, filters]``, ``bias [filters]``.
-
-    >>> import jax, jax.numpy as jnp, fnn
-    >>> layer = fnn.layers.{cls}(8, 3, strides=2, padding="same")
-    >>> x = jnp.ones({shape})
-    >>> params, state = layer.init(jax.random.key(0), x)
-    >>> params["kernel"].shape, layer.apply(params, state, x)[0].shape
-    ({kernel_shape}, {out_shape})
-    """
+    Params (Keras layout): ``kernel [{k}, in_channels / groups, filters]``, ``bias [filters]``."""
 
 
-_conv_factory = _kind(_conv, "Conv{}D", "conv{}d", _CONV_DOC, (3, 3, 8), (5, 8))
+_STRIDED = '8, 3, strides=2, padding="same"'
+_conv_factory = _kind(_conv, "Conv{}D", "conv{}d", _CONV_DOC, _STRIDED, (3, 3, 8), (5, 8))
 
 _TRANSPOSE_DOC = """{rank}-D transposed convolution (the gradient of a strided convolution):
     ``{layout} -> {out_layout}``.
@@ -314,19 +323,17 @@ _TRANSPOSE_DOC = """{rank}-D transposed convolution (the gradient of a strided c
     ``padding="valid"``, ``n * s`` for ``"same"``; with ``output_padding`` p (< s),
     ``(n - 1) * s + k - 2 * pad + p`` where pad is 0 (valid) or ``k // 2`` (same).
 
-    Params (Keras layout): ``kernel [{k}, filters, in_channels]``, ``bias [filters]``.
-
-    >>> import jax, jax.numpy as jnp, fnn
-    >>> layer = fnn.layers.{cls}(8, 3, strides=2, padding="same")
-    >>> x = jnp.ones({shape})
-    >>> params, state = layer.init(jax.random.key(0), x)
-    >>> params["kernel"].shape, layer.apply(params, state, x)[0].shape
-    ({kernel_shape}, {out_shape})
-    """
+    Params (Keras layout): ``kernel [{k}, filters, in_channels]``, ``bias [filters]``."""
 
 
 _conv_transpose_factory = _kind(
-    _conv_transpose, "Conv{}DTranspose", "conv{}d_transpose", _TRANSPOSE_DOC, (3, 8, 3), (18, 8)
+    _conv_transpose,
+    "Conv{}DTranspose",
+    "conv{}d_transpose",
+    _TRANSPOSE_DOC,
+    _STRIDED,
+    (3, 8, 3),
+    (18, 8),
 )
 
 _DEPTHWISE_DOC = """{rank}-D depthwise convolution: each input channel convolved with its own
@@ -336,15 +343,7 @@ _DEPTHWISE_DOC = """{rank}-D depthwise convolution: each input channel convolved
     padding and output sizes as in ``Conv{rank}D``.
 
     Params (Keras layout): ``kernel [{k}, in_channels, depth_multiplier]``,
-    ``bias [in_channels * depth_multiplier]``.
-
-    >>> import jax, jax.numpy as jnp, fnn
-    >>> layer = fnn.layers.{cls}(3, depth_multiplier=2)
-    >>> x = jnp.ones({shape})
-    >>> params, state = layer.init(jax.random.key(0), x)
-    >>> params["kernel"].shape, layer.apply(params, state, x)[0].shape
-    ({kernel_shape}, {out_shape})
-    """
+    ``bias [in_channels * depth_multiplier]``."""
 
 
 _depthwise_factory = _kind(
@@ -352,6 +351,7 @@ _depthwise_factory = _kind(
     "DepthwiseConv{}D",
     "depthwise_conv{}d",
     _DEPTHWISE_DOC,
+    "3, depth_multiplier=2",
     (3, 3, 2),
     (7, 6),
     hide=("filters", "pointwise_initializer"),
@@ -362,15 +362,7 @@ _SEPARABLE_DOC = """{rank}-D separable convolution: a depthwise convolution (``d
     ``{layout} -> {out_layout}``. Padding and output sizes as in ``Conv{rank}D``.
 
     Params (Keras layout): ``depthwise_kernel [{k}, in_channels, depth_multiplier]``,
-    ``pointwise_kernel [{ones}, in_channels * depth_multiplier, filters]``, ``bias [filters]``.
-
-    >>> import jax, jax.numpy as jnp, fnn
-    >>> layer = fnn.layers.{cls}(8, 3, depth_multiplier=2)
-    >>> x = jnp.ones({shape})
-    >>> params, state = layer.init(jax.random.key(0), x)
-    >>> params["pointwise_kernel"].shape, layer.apply(params, state, x)[0].shape
-    ({kernel_shape}, {out_shape})
-    """
+    ``pointwise_kernel [{ones}, in_channels * depth_multiplier, filters]``, ``bias [filters]``."""
 
 
 def _separable(
@@ -398,8 +390,10 @@ _separable_factory = _kind(
     "SeparableConv{}D",
     "separable_conv{}d",
     _SEPARABLE_DOC,
+    "8, 3, depth_multiplier=2",
     (1, 6, 8),
     (7, 8),
+    shown="pointwise_kernel",
     weight_order=("depthwise_kernel", "pointwise_kernel", "bias"),
 )
 
