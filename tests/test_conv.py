@@ -498,3 +498,17 @@ def test_config_forms_lists_and_numpy_ints():
         keras_conv_length(5, 2, 1, 1, (0, 1)),
         4,
     )
+
+
+def test_factory_doctests_are_collected_from_this_module():
+    """The factories are made by ``_spatial.ranked``; their docstring examples must still be
+    found (and so run) as doctests of ``fnn.layers.conv``."""
+    import doctest
+
+    import fnn.layers.conv
+
+    found = {t.name for t in doctest.DocTestFinder().find(fnn.layers.conv) if t.examples}
+    kinds = ["Conv{}D", "Conv{}DTranspose", "DepthwiseConv{}D", "SeparableConv{}D"]
+    ranks = {"Conv{}D": (1, 2, 3), "Conv{}DTranspose": (1, 2, 3)}
+    want = {f"fnn.layers.conv.{k.format(r)}" for k in kinds for r in ranks.get(k, (1, 2))}
+    assert found == want

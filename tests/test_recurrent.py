@@ -733,3 +733,40 @@ def test_keras_weights_give_keras_outputs(class_name, kwargs):
     }
     got, _ = bi.apply(params, {}, x, mask)
     np.testing.assert_allclose(got, np.asarray(k_bi(x, mask=mask)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("class_name", ["SimpleRNN", "LSTM", "GRU"])
+def test_signatures_are_keras_argument_lists(class_name):
+    """The three factories share one implementation; each still takes exactly its Keras
+    arguments, in Keras's order and with Keras's defaults, plus fnn's own extras."""
+    import inspect
+    import os
+    import re
+
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    keras = pytest.importorskip("keras")
+    ours = inspect.signature(getattr(fnn.layers, class_name)).parameters
+    theirs = inspect.signature(getattr(keras.layers, class_name).__init__).parameters
+    extras = ["zero_output_for_mask", "return_mask", "dtype", "name"]
+    # Every other argument is Keras's, in Keras's order.
+    assert [k for k in ours if k not in extras] == [k for k in theirs if k in ours]
+    assert [k for k in ours if k in extras] == extras
+    for k in ours:
+        if k in theirs:
+            assert ours[k].default == theirs[k].default, k
+    keras_name = getattr(keras.layers, class_name)(2).name
+    assert ours["name"].default == re.sub(r"_\d+$", "", keras_name)
+    # The arguments of the other cells (hidden from this factory) are refused.
+    for argument in {"unit_forget_bias", "reset_after", "recurrent_activation"} - set(theirs):
+        with pytest.raises(TypeError, match=f"unexpected keyword argument '{argument}'"):
+            getattr(fnn.layers, class_name)(2, **{argument: True})
+
+
+def test_factory_doctests_are_collected_from_this_module():
+    """The factories are made by ``_spatial.ranked``; their examples still run as doctests
+    of ``fnn.layers.recurrent``."""
+    import doctest
+
+    found = {t.name for t in doctest.DocTestFinder().find(fnn.layers.recurrent) if t.examples}
+    names = {"SimpleRNN", "LSTM", "GRU", "Bidirectional"}
+    assert {f"fnn.layers.recurrent.{n}" for n in names} <= found

@@ -132,11 +132,12 @@ def check_window_fits(layer: str, x, window, pads, *, what: str = "kernel_size")
         )
 
 
-def ranked(impl: Callable, rank: int, name: str, *, hide: Sequence[str] = ()) -> Callable:
-    """``impl(rank, ...)`` as the factory of one rank: its signature is ``impl``'s without
-    ``rank`` (and without the keyword-only ``hide`` arguments), with ``name`` as the default
-    layer name. Configs and saved models bind against that signature, so it is written
-    once, on the N-d implementation."""
+def ranked(impl: Callable, first, name: str, *, hide: Sequence[str] = ()) -> Callable:
+    """``impl(first, ...)`` as a public factory: ``first`` is a spatial rank (convolutions)
+    or a cell (recurrent layers). Its signature is ``impl``'s without the first parameter
+    and without the ``hide`` ones (which keep ``impl``'s defaults), with ``name`` as the
+    default layer name. Configs and saved models bind against that signature, so it is
+    written once, on the shared implementation (which takes no ``*args``)."""
     signature = inspect.signature(impl)
     parameters = [
         p.replace(default=name) if p.name == "name" else p
@@ -148,9 +149,12 @@ def ranked(impl: Callable, rank: int, name: str, *, hide: Sequence[str] = ()) ->
     def factory(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        return impl(rank, *bound.args, **bound.kwargs)
+        # By keyword: hidden parameters may sit between the visible ones.
+        return impl(first, **bound.arguments)
 
     factory.__signature__ = signature
+    # Doctests are collected from the module that defines the implementation.
+    factory.__module__ = impl.__module__
     return factory
 
 

@@ -16,6 +16,7 @@ from fnn.core import activations, initializers
 from fnn.core.errors import ConfigError, ShapeError, shape_of
 from fnn.core.layer import Layer, param_dtype
 from fnn.layers import _spatial
+from fnn.layers.dense import Affine
 
 
 def _positive_int(value, argument: str, layer: str) -> int:
@@ -54,10 +55,10 @@ def _check_channels(name, x, expected, param, param_shape, detail=""):
         )
 
 
-def _bias_and_activation(y, params, use_bias, act):
-    if use_bias:
-        y = y + params["bias"]
-    return act(y)
+def _window_args(rank, kernel_size, strides, dilation_rate, name):
+    """``kernel_size``, ``strides`` and ``dilation_rate`` as ``rank``-tuples of positive ints."""
+    arguments = {"kernel_size": kernel_size, "strides": strides, "dilation_rate": dilation_rate}
+    return tuple(_spatial.int_tuple(v, rank, k, name) for k, v in arguments.items())
 
 
 def _conv(
@@ -76,18 +77,14 @@ def _conv(
     name: str = "conv",
 ) -> Layer:
     filters = _positive_int(filters, "filters", name)
-    kernel_size = _spatial.int_tuple(kernel_size, rank, "kernel_size", name)
-    strides = _spatial.int_tuple(strides, rank, "strides", name)
-    dilation = _spatial.int_tuple(dilation_rate, rank, "dilation_rate", name)
+    kernel_size, strides, dilation = _window_args(rank, kernel_size, strides, dilation_rate, name)
     padding = _spatial.padding_arg(padding, rank, name, causal=rank == 1)
     groups = _positive_int(groups, "groups", name)
     if filters % groups:
         raise ConfigError(
             f"{name}: expected filters divisible by groups, got filters={filters}, groups={groups}."
         )
-    act = activations.get(activation)
-    kernel_init = initializers.get(kernel_initializer)
-    bias_init = initializers.get(bias_initializer)
+    affine = Affine.get(activation, use_bias, kernel_initializer, bias_initializer)
     window = _spatial.effective_window(kernel_size, dilation)
 
     def init(key, x):
@@ -97,14 +94,7 @@ def _conv(
                 f"{name}: expected input channels divisible by groups={groups}, got "
                 f"{channels} channels (inputs of shape {shape_of(x)})."
             )
-        dtype_ = param_dtype(x, dtype)
-        kernel_key, bias_key = jax.random.split(key)
-        params = {
-            "kernel": kernel_init(kernel_key, (*kernel_size, channels // groups, filters), dtype_)
-        }
-        if use_bias:
-            params["bias"] = bias_init(bias_key, (filters,), dtype_)
-        return params, {}
+        return affine.init(key, x, dtype, (*kernel_size, channels // groups, filters), filters), {}
 
     def apply(params, state, x, *, rng=None, train=False):
         del rng, train
@@ -113,7 +103,7 @@ def _conv(
         detail = f", groups={groups}" if groups > 1 else ""
         _check_channels(name, x, kernel.shape[-2] * groups, "kernel", kernel.shape, detail)
         y = _convolve(x, kernel, rank, strides=strides, pads=pads, dilation=dilation, groups=groups)
-        return _bias_and_activation(y, params, use_bias, act), state
+        return affine.output(y, params), state
 
     return Layer(init, apply, name)
 
@@ -147,9 +137,7 @@ def _conv_transpose(
     name: str = "conv_transpose",
 ) -> Layer:
     filters = _positive_int(filters, "filters", name)
-    kernel_size = _spatial.int_tuple(kernel_size, rank, "kernel_size", name)
-    strides = _spatial.int_tuple(strides, rank, "strides", name)
-    dilation = _spatial.int_tuple(dilation_rate, rank, "dilation_rate", name)
+    kernel_size, strides, dilation = _window_args(rank, kernel_size, strides, dilation_rate, name)
     padding = _spatial.padding_arg(padding, rank, name, explicit=False)
     if output_padding is not None:
         output_padding = _spatial.int_tuple(output_padding, rank, "output_padding", name, minimum=0)
@@ -158,9 +146,7 @@ def _conv_transpose(
                 f"{name}: expected output_padding smaller than strides, got "
                 f"output_padding={output_padding}, strides={strides}."
             )
-    act = activations.get(activation)
-    kernel_init = initializers.get(kernel_initializer)
-    bias_init = initializers.get(bias_initializer)
+    affine = Affine.get(activation, use_bias, kernel_initializer, bias_initializer)
     pads = tuple(
         _transpose_pads(k, s, d, padding, None if output_padding is None else p)
         for k, s, d, p in zip(kernel_size, strides, dilation, output_padding or (0,) * rank)
@@ -168,12 +154,7 @@ def _conv_transpose(
 
     def init(key, x):
         _, channels = _spatial.check_input(name, x, rank)
-        dtype_ = param_dtype(x, dtype)
-        kernel_key, bias_key = jax.random.split(key)
-        params = {"kernel": kernel_init(kernel_key, (*kernel_size, filters, channels), dtype_)}
-        if use_bias:
-            params["bias"] = bias_init(bias_key, (filters,), dtype_)
-        return params, {}
+        return affine.init(key, x, dtype, (*kernel_size, filters, channels), filters), {}
 
     def apply(params, state, x, *, rng=None, train=False):
         del rng, train
@@ -192,7 +173,7 @@ def _conv_transpose(
             dilation=dilation,
             lhs_dilation=strides,
         )
-        return _bias_and_activation(y, params, use_bias, act), state
+        return affine.output(y, params), state
 
     return Layer(init, apply, name)
 
@@ -218,15 +199,14 @@ def _depthwise(
     separable = filters is not None
     if separable:
         filters = _positive_int(filters, "filters", name)
-    kernel_size = _spatial.int_tuple(kernel_size, rank, "kernel_size", name)
-    strides = _spatial.int_tuple(strides, rank, "strides", name)
-    dilation = _spatial.int_tuple(dilation_rate, rank, "dilation_rate", name)
+    kernel_size, strides, dilation = _window_args(rank, kernel_size, strides, dilation_rate, name)
     padding = _spatial.padding_arg(padding, rank, name, causal=rank == 1)
     multiplier = _positive_int(depth_multiplier, "depth_multiplier", name)
     act = activations.get(activation)
     depthwise_init = initializers.get(depthwise_initializer)
     pointwise_init = initializers.get(pointwise_initializer) if separable else None
     bias_init = initializers.get(bias_initializer)
+    affine = Affine(act, depthwise_init, bias_init, use_bias)
     window = _spatial.effective_window(kernel_size, dilation)
     depthwise_key = "depthwise_kernel" if separable else "kernel"
 
@@ -263,7 +243,7 @@ def _depthwise(
             y = _convolve(
                 y, params["pointwise_kernel"], rank, strides=ones, pads=pads0, dilation=ones
             )
-        return _bias_and_activation(y, params, use_bias, act), state
+        return affine.output(y, params), state
 
     return Layer(init, apply, name)
 
@@ -271,20 +251,57 @@ def _depthwise(
 _EXAMPLE_INPUT = {1: (2, 9, 3), 2: (2, 9, 9, 3), 3: (2, 9, 9, 9, 3)}
 
 
-def _finish(fn, class_name: str, doc: str, *, rank: int, **values):
-    """Name, document and register a rank-specific factory."""
-    return _spatial.register_ranked(
-        fn,
-        class_name,
-        doc,
-        rank=rank,
-        out_layout=_spatial.layout(rank).replace("channels", "filters"),
-        k="kernel_size" if rank == 1 else "*kernel_size",
-        shape=_EXAMPLE_INPUT[rank],
-        ones=", ".join(["1"] * rank),
-        **values,
-    )
+def _kind(
+    impl,
+    class_name: str,
+    name: str,
+    doc: str,
+    example: str,
+    kernel,
+    out,
+    *,
+    shown="kernel",
+    hide=(),
+    weight_order=("kernel", "bias"),
+):
+    """The ``rank -> factory`` maker of one convolution kind: ``impl`` as the registered
+    public factory of that rank (``class_name`` and ``name`` take the rank at ``{}``).
+    The docstring is ``doc`` and ``_EXAMPLE``, which calls the layer with ``example`` and
+    shows the ``shown`` param, of shape ``kernel`` ``(window, in, out)``, and the output,
+    of shape ``out`` ``(size, channels)``, per spatial axis."""
 
+    def factory(rank: int):
+        shape = _EXAMPLE_INPUT[rank]
+        return _spatial.register_ranked(
+            _spatial.ranked(impl, rank, name.format(rank), hide=hide),
+            class_name.format(rank),
+            doc + _EXAMPLE,
+            rank=rank,
+            weight_order=weight_order,
+            args=example,
+            shown=shown,
+            out_layout=_spatial.layout(rank).replace("channels", "filters"),
+            k="kernel_size" if rank == 1 else "*kernel_size",
+            shape=shape,
+            ones=", ".join(["1"] * rank),
+            causal=', ``n`` for ``"causal"`` (left padding only)' if rank == 1 else "",
+            kernel_shape=(kernel[0],) * rank + tuple(kernel[1:]),
+            out_shape=(shape[0],) + (out[0],) * rank + (out[1],),
+        )
+
+    return factory
+
+
+# The docstring example of every kind: its constructor arguments, and the param shown.
+_EXAMPLE = """
+
+    >>> import jax, jax.numpy as jnp, fnn
+    >>> layer = fnn.layers.{cls}({args})
+    >>> x = jnp.ones({shape})
+    >>> params, state = layer.init(jax.random.key(0), x)
+    >>> params["{shown}"].shape, layer.apply(params, state, x)[0].shape
+    ({kernel_shape}, {out_shape})
+    """
 
 _CONV_DOC = """{rank}-D convolution (cross-correlation, as in Keras):
     ``{layout} -> {out_layout}``.
@@ -293,30 +310,11 @@ _CONV_DOC = """{rank}-D convolution (cross-correlation, as in Keras):
     ``ceil(n / s)`` for ``"same"``{causal}; explicit padding takes an int, {rank} ints or
     {rank} ``(before, after)`` pairs. ``groups`` splits the channels into independent groups.
 
-    Params (Keras layout): ``kernel [{k}, in_channels / groups, filters]``, ``bias [filters]``.
-
-    >>> import jax, jax.numpy as jnp, fnn
-    >>> layer = fnn.layers.{cls}(8, 3, strides=2, padding="same")
-    >>> x = jnp.ones({shape})
-    >>> params, state = layer.init(jax.random.key(0), x)
-    >>> params["kernel"].shape, layer.apply(params, state, x)[0].shape
-    ({kernel_shape}, {out_shape})
-    """
+    Params (Keras layout): ``kernel [{k}, in_channels / groups, filters]``, ``bias [filters]``."""
 
 
-def _conv_factory(rank: int):
-    shape = _EXAMPLE_INPUT[rank]
-    return _finish(
-        _spatial.ranked(_conv, rank, f"conv{rank}d"),
-        f"Conv{rank}D",
-        _CONV_DOC,
-        rank=rank,
-        weight_order=("kernel", "bias"),
-        causal=', ``n`` for ``"causal"`` (left padding only)' if rank == 1 else "",
-        kernel_shape=(3,) * rank + (3, 8),
-        out_shape=(shape[0],) + (5,) * rank + (8,),
-    )
-
+_STRIDED = '8, 3, strides=2, padding="same"'
+_conv_factory = _kind(_conv, "Conv{}D", "conv{}d", _CONV_DOC, _STRIDED, (3, 3, 8), (5, 8))
 
 _TRANSPOSE_DOC = """{rank}-D transposed convolution (the gradient of a strided convolution):
     ``{layout} -> {out_layout}``.
@@ -325,29 +323,18 @@ _TRANSPOSE_DOC = """{rank}-D transposed convolution (the gradient of a strided c
     ``padding="valid"``, ``n * s`` for ``"same"``; with ``output_padding`` p (< s),
     ``(n - 1) * s + k - 2 * pad + p`` where pad is 0 (valid) or ``k // 2`` (same).
 
-    Params (Keras layout): ``kernel [{k}, filters, in_channels]``, ``bias [filters]``.
-
-    >>> import jax, jax.numpy as jnp, fnn
-    >>> layer = fnn.layers.{cls}(8, 3, strides=2, padding="same")
-    >>> x = jnp.ones({shape})
-    >>> params, state = layer.init(jax.random.key(0), x)
-    >>> params["kernel"].shape, layer.apply(params, state, x)[0].shape
-    ({kernel_shape}, {out_shape})
-    """
+    Params (Keras layout): ``kernel [{k}, filters, in_channels]``, ``bias [filters]``."""
 
 
-def _conv_transpose_factory(rank: int):
-    shape = _EXAMPLE_INPUT[rank]
-    return _finish(
-        _spatial.ranked(_conv_transpose, rank, f"conv{rank}d_transpose"),
-        f"Conv{rank}DTranspose",
-        _TRANSPOSE_DOC,
-        rank=rank,
-        weight_order=("kernel", "bias"),
-        kernel_shape=(3,) * rank + (8, 3),
-        out_shape=(shape[0],) + (18,) * rank + (8,),
-    )
-
+_conv_transpose_factory = _kind(
+    _conv_transpose,
+    "Conv{}DTranspose",
+    "conv{}d_transpose",
+    _TRANSPOSE_DOC,
+    _STRIDED,
+    (3, 8, 3),
+    (18, 8),
+)
 
 _DEPTHWISE_DOC = """{rank}-D depthwise convolution: each input channel convolved with its own
     ``depth_multiplier`` kernels: ``{layout} -> [..., channels * depth_multiplier]``.
@@ -356,46 +343,26 @@ _DEPTHWISE_DOC = """{rank}-D depthwise convolution: each input channel convolved
     padding and output sizes as in ``Conv{rank}D``.
 
     Params (Keras layout): ``kernel [{k}, in_channels, depth_multiplier]``,
-    ``bias [in_channels * depth_multiplier]``.
-
-    >>> import jax, jax.numpy as jnp, fnn
-    >>> layer = fnn.layers.{cls}(3, depth_multiplier=2)
-    >>> x = jnp.ones({shape})
-    >>> params, state = layer.init(jax.random.key(0), x)
-    >>> params["kernel"].shape, layer.apply(params, state, x)[0].shape
-    ({kernel_shape}, {out_shape})
-    """
+    ``bias [in_channels * depth_multiplier]``."""
 
 
-def _depthwise_factory(rank: int):
-    shape = _EXAMPLE_INPUT[rank]
-    return _finish(
-        _spatial.ranked(
-            _depthwise, rank, f"depthwise_conv{rank}d", hide=("filters", "pointwise_initializer")
-        ),
-        f"DepthwiseConv{rank}D",
-        _DEPTHWISE_DOC,
-        rank=rank,
-        weight_order=("kernel", "bias"),
-        kernel_shape=(3,) * rank + (3, 2),
-        out_shape=(shape[0],) + (7,) * rank + (6,),
-    )
-
+_depthwise_factory = _kind(
+    _depthwise,
+    "DepthwiseConv{}D",
+    "depthwise_conv{}d",
+    _DEPTHWISE_DOC,
+    "3, depth_multiplier=2",
+    (3, 3, 2),
+    (7, 6),
+    hide=("filters", "pointwise_initializer"),
+)
 
 _SEPARABLE_DOC = """{rank}-D separable convolution: a depthwise convolution (``depth_multiplier``
     kernels per channel) followed by a pointwise (1x1) convolution to ``filters``:
     ``{layout} -> {out_layout}``. Padding and output sizes as in ``Conv{rank}D``.
 
     Params (Keras layout): ``depthwise_kernel [{k}, in_channels, depth_multiplier]``,
-    ``pointwise_kernel [{ones}, in_channels * depth_multiplier, filters]``, ``bias [filters]``.
-
-    >>> import jax, jax.numpy as jnp, fnn
-    >>> layer = fnn.layers.{cls}(8, 3, depth_multiplier=2)
-    >>> x = jnp.ones({shape})
-    >>> params, state = layer.init(jax.random.key(0), x)
-    >>> params["pointwise_kernel"].shape, layer.apply(params, state, x)[0].shape
-    ({kernel_shape}, {out_shape})
-    """
+    ``pointwise_kernel [{ones}, in_channels * depth_multiplier, filters]``, ``bias [filters]``."""
 
 
 def _separable(
@@ -418,26 +385,19 @@ def _separable(
     return _depthwise(**locals())
 
 
-def _separable_factory(rank: int):
-    shape = _EXAMPLE_INPUT[rank]
-    return _finish(
-        _spatial.ranked(_separable, rank, f"separable_conv{rank}d"),
-        f"SeparableConv{rank}D",
-        _SEPARABLE_DOC,
-        rank=rank,
-        weight_order=("depthwise_kernel", "pointwise_kernel", "bias"),
-        kernel_shape=(1,) * rank + (6, 8),
-        out_shape=(shape[0],) + (7,) * rank + (8,),
-    )
+_separable_factory = _kind(
+    _separable,
+    "SeparableConv{}D",
+    "separable_conv{}d",
+    _SEPARABLE_DOC,
+    "8, 3, depth_multiplier=2",
+    (1, 6, 8),
+    (7, 8),
+    shown="pointwise_kernel",
+    weight_order=("depthwise_kernel", "pointwise_kernel", "bias"),
+)
 
-
-Conv1D = _conv_factory(1)
-Conv2D = _conv_factory(2)
-Conv3D = _conv_factory(3)
-Conv1DTranspose = _conv_transpose_factory(1)
-Conv2DTranspose = _conv_transpose_factory(2)
-Conv3DTranspose = _conv_transpose_factory(3)
-DepthwiseConv1D = _depthwise_factory(1)
-DepthwiseConv2D = _depthwise_factory(2)
-SeparableConv1D = _separable_factory(1)
-SeparableConv2D = _separable_factory(2)
+Conv1D, Conv2D, Conv3D = (_conv_factory(r) for r in (1, 2, 3))
+Conv1DTranspose, Conv2DTranspose, Conv3DTranspose = (_conv_transpose_factory(r) for r in (1, 2, 3))
+DepthwiseConv1D, DepthwiseConv2D = (_depthwise_factory(r) for r in (1, 2))
+SeparableConv1D, SeparableConv2D = (_separable_factory(r) for r in (1, 2))

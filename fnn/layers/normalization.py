@@ -28,6 +28,11 @@ def _check_axis_arg(name: str, axis, *, allow_many: bool) -> tuple[int, ...]:
     return axes
 
 
+def _check_epsilon(name: str, epsilon) -> None:
+    if not isinstance(epsilon, int | float) or epsilon < 0:
+        raise ConfigError(f"{name}: expected epsilon >= 0, got {epsilon!r}.")
+
+
 def _resolve_axes(name: str, axes: tuple[int, ...], x, *, allow_batch: bool) -> tuple[int, ...]:
     """Non-negative, sorted axes for ``x``'s rank (raises ``ShapeError`` if out of range)."""
     shape = shape_of(x)
@@ -137,8 +142,7 @@ def BatchNormalization(
     (axis,) = _check_axis_arg(name, axis, allow_many=False)
     if not isinstance(momentum, int | float) or not 0.0 <= momentum <= 1.0:
         raise ConfigError(f"{name}: expected momentum in [0, 1], got {momentum!r}.")
-    if not isinstance(epsilon, int | float) or epsilon < 0:
-        raise ConfigError(f"{name}: expected epsilon >= 0, got {epsilon!r}.")
+    _check_epsilon(name, epsilon)
     beta_init = initializers.get(beta_initializer)
     gamma_init = initializers.get(gamma_initializer)
     mean_init = initializers.get(moving_mean_initializer)
@@ -237,8 +241,7 @@ def LayerNormalization(
     {'beta': (8,), 'gamma': (8,)}
     """
     axes_arg = _check_axis_arg(name, axis, allow_many=True)
-    if not isinstance(epsilon, int | float) or epsilon < 0:
-        raise ConfigError(f"{name}: expected epsilon >= 0, got {epsilon!r}.")
+    _check_epsilon(name, epsilon)
     beta_init = initializers.get(beta_initializer)
     gamma_init = initializers.get(gamma_initializer)
 
@@ -295,8 +298,7 @@ def GroupNormalization(
     (axis,) = _check_axis_arg(name, axis, allow_many=False)
     if not isinstance(groups, int) or not (groups > 0 or groups == -1):
         raise ConfigError(f"{name}: expected groups to be a positive int or -1, got {groups!r}.")
-    if not isinstance(epsilon, int | float) or epsilon < 0:
-        raise ConfigError(f"{name}: expected epsilon >= 0, got {epsilon!r}.")
+    _check_epsilon(name, epsilon)
     beta_init = initializers.get(beta_initializer)
     gamma_init = initializers.get(gamma_initializer)
     layout = "[batch, ..., channels]"
@@ -356,8 +358,7 @@ def RMSNormalization(
     [0.849, 1.131]
     """
     axes_arg = _check_axis_arg(name, axis, allow_many=True)
-    if not isinstance(epsilon, int | float) or epsilon < 0:
-        raise ConfigError(f"{name}: expected epsilon >= 0, got {epsilon!r}.")
+    _check_epsilon(name, epsilon)
 
     def init(key, x):
         del key

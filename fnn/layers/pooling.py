@@ -125,15 +125,13 @@ def _global_factory(kind: str, rank: int):
     )
 
 
-MaxPooling1D = _pool_factory("max", 1)
-MaxPooling2D = _pool_factory("max", 2)
-MaxPooling3D = _pool_factory("max", 3)
-AveragePooling1D = _pool_factory("average", 1)
-AveragePooling2D = _pool_factory("average", 2)
-AveragePooling3D = _pool_factory("average", 3)
-GlobalMaxPooling1D = _global_factory("max", 1)
-GlobalMaxPooling2D = _global_factory("max", 2)
-GlobalMaxPooling3D = _global_factory("max", 3)
-GlobalAveragePooling1D = _global_factory("average", 1)
-GlobalAveragePooling2D = _global_factory("average", 2)
-GlobalAveragePooling3D = _global_factory("average", 3)
+MaxPooling1D, MaxPooling2D, MaxPooling3D = (_pool_factory("max", r) for r in (1, 2, 3))
+AveragePooling1D, AveragePooling2D, AveragePooling3D = (
+    _pool_factory("average", r) for r in (1, 2, 3)
+)
+GlobalMaxPooling1D, GlobalMaxPooling2D, GlobalMaxPooling3D = (
+    _global_factory("max", r) for r in (1, 2, 3)
+)
+GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalAveragePooling3D = (
+    _global_factory("average", r) for r in (1, 2, 3)
+)

@@ -36,7 +36,7 @@ mask).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,7 @@ from fnn.core import spec as layer_spec
 from fnn.core.combinators import call_child
 from fnn.core.errors import ConfigError, ShapeError, check_mask, shape_of
 from fnn.core.layer import Layer, param_dtype, register_layer
+from fnn.layers import _spatial
 
 _LAYOUT = "[batch, time, features]"
 
@@ -87,32 +88,122 @@ def _as_state_tuple(name: str, initial_state: Any, n_states: int, batch: int, un
     return states
 
 
+# --------------------------------------------------------------------------- cells
+
+
+class _Cell(NamedTuple):
+    """What SimpleRNN, LSTM and GRU differ in; ``_recurrent`` holds everything else."""
+
+    gates: int  # blocks of width ``units`` in kernel and recurrent_kernel
+    n_states: int  # h, or (h, c) for LSTM
+    init_bias: Callable[[jax.Array, Any], jax.Array]  # (key, dtype) -> bias
+    input_bias: Callable[[jax.Array], jax.Array]  # bias -> the part added to x @ kernel
+    # step(params, carry, xw_t, h_in) -> the next carry; h_in is the previous h as fed to
+    # the recurrent matmul (recurrent dropout applied).
+    step: Callable[[dict, tuple, jax.Array, jax.Array], tuple]
+
+
+def _whole(bias: jax.Array) -> jax.Array:
+    return bias
+
+
+def _simple_rnn_cell(units, act, bias_init, *_) -> _Cell:
+    def step(params, carry, xw_t, h_in):
+        h = act(xw_t + h_in @ params["recurrent_kernel"])
+        return (h,)
+
+    return _Cell(1, 1, lambda key, dtype_: bias_init(key, (units,), dtype_), _whole, step)
+
+
+def _lstm_cell(units, act, bias_init, rec_act, _use_bias, unit_forget_bias, _reset_after) -> _Cell:
+    def init_bias(key, dtype_):
+        if not unit_forget_bias:
+            return bias_init(key, (4 * units,), dtype_)
+        ki, kco = jax.random.split(key)
+        return jnp.concatenate(
+            [
+                bias_init(ki, (units,), dtype_),
+                jnp.ones((units,), dtype_),
+                bias_init(kco, (2 * units,), dtype_),
+            ]
+        )
+
+    def step(params, carry, xw_t, h_in):
+        _, c = carry
+        z = xw_t + h_in @ params["recurrent_kernel"]
+        z_i, z_f, z_c, z_o = jnp.split(z, 4, axis=-1)
+        c = rec_act(z_f) * c + rec_act(z_i) * act(z_c)
+        h = rec_act(z_o) * act(c)
+        return (h, c)
+
+    return _Cell(4, 2, init_bias, _whole, step)
+
+
+def _gru_cell(units, act, bias_init, rec_act, use_bias, _unit_forget_bias, reset_after) -> _Cell:
+    def init_bias(key, dtype_):
+        return bias_init(key, (2, 3 * units) if reset_after else (3 * units,), dtype_)
+
+    def step(params, carry, xw_t, h_in):
+        (h,) = carry
+        u = params["recurrent_kernel"]
+        xw_z, xw_r, xw_h = jnp.split(xw_t, 3, axis=-1)
+        if reset_after:
+            inner = h_in @ u
+            if use_bias:
+                inner = inner + params["bias"][1]
+            u_z, u_r, u_h = jnp.split(inner, 3, axis=-1)
+            z = rec_act(xw_z + u_z)
+            r = rec_act(xw_r + u_r)
+            candidate = act(xw_h + r * u_h)
+        else:
+            u_z, u_r = jnp.split(h_in @ u[:, : 2 * units], 2, axis=-1)
+            z = rec_act(xw_z + u_z)
+            r = rec_act(xw_r + u_r)
+            candidate = act(xw_h + (r * h_in) @ u[:, 2 * units :])
+        return (z * h + (1 - z) * candidate,)
+
+    # reset_after: bias row 0 is the input bias, row 1 the recurrent one (added in step).
+    return _Cell(3, 1, init_bias, (lambda bias: bias[0]) if reset_after else _whole, step)
+
+
+# Each called as cell(units, act, bias_init, rec_act, use_bias, unit_forget_bias, reset_after).
+_CELLS = {"SimpleRNN": _simple_rnn_cell, "LSTM": _lstm_cell, "GRU": _gru_cell}
+
+
 # --------------------------------------------------------------------------- the loop
 
 
-def _recurrent_layer(
-    *,
-    name: str,
+def _recurrent(
+    kind: str,
     units: int,
-    n_states: int,
-    make_params: Callable[[jax.Array, int, Any], dict],
-    project: Callable[[dict, jax.Array], jax.Array],
-    step: Callable[[dict, tuple, jax.Array, jax.Array], tuple],
-    return_sequences: bool,
-    return_state: bool,
-    go_backwards: bool,
-    dropout: float,
-    recurrent_dropout: float,
-    zero_output_for_mask: bool,
-    return_mask: bool,
-    dtype: Any,
+    activation="tanh",
+    recurrent_activation="sigmoid",
+    use_bias: bool = True,
+    kernel_initializer="glorot_uniform",
+    recurrent_initializer="orthogonal",
+    bias_initializer="zeros",
+    unit_forget_bias: bool = True,
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    return_sequences: bool = False,
+    return_state: bool = False,
+    go_backwards: bool = False,
+    reset_after: bool = True,
+    zero_output_for_mask: bool = False,
+    return_mask: bool = False,
+    dtype=None,
+    name: str = "rnn",
 ) -> Layer:
-    """Shared init/apply of SimpleRNN, LSTM and GRU.
+    """SimpleRNN, LSTM or GRU (``kind``): one implementation, the cells from ``_CELLS``.
 
-    ``project(params, x)`` is the input projection of all steps ``[b, t, f] -> [b, t, g*u]``;
-    ``step(params, carry, xw_t, h_in)`` advances the carry by one step, where ``h_in`` is
-    the previous ``h`` as fed to the recurrent matmul (recurrent dropout applied).
+    Each public factory's signature is this one without ``kind`` and the other cells'
+    arguments (``_spatial.ranked``), so the Keras argument lists are written once.
     """
+    act = activations.get(activation)
+    rec_act = activations.get(recurrent_activation)
+    kernel_init = initializers.get(kernel_initializer)
+    recurrent_init = initializers.get(recurrent_initializer)
+    bias_init = initializers.get(bias_initializer)
     _check_units(name, units)
     _check_rate(name, "dropout", dropout)
     _check_rate(name, "recurrent_dropout", recurrent_dropout)
@@ -122,13 +213,23 @@ def _recurrent_layer(
             f"(got return_sequences={return_sequences}, return_state={return_state}); "
             "the mask only makes sense beside a sequence output."
         )
+    cell = _CELLS[kind](units, act, bias_init, rec_act, use_bias, unit_forget_bias, reset_after)
+    n_states = cell.n_states
 
     def init(key, x, mask=None, initial_state=None):
         _check_sequence(name, x)
         check_mask(name, x, mask)
         if initial_state is not None:
             _as_state_tuple(name, initial_state, n_states, x.shape[0], units)
-        return make_params(key, x.shape[-1], param_dtype(x, dtype)), {}
+        dtype_ = param_dtype(x, dtype)
+        k1, k2, k3 = jax.random.split(key, 3)
+        params = {
+            "kernel": kernel_init(k1, (x.shape[-1], cell.gates * units), dtype_),
+            "recurrent_kernel": recurrent_init(k2, (units, cell.gates * units), dtype_),
+        }
+        if use_bias:
+            params["bias"] = cell.init_bias(k3, dtype_)
+        return params, {}
 
     def dropout_masks(rng, train, batch, features, out_dtype):
         if not train or (dropout == 0.0 and recurrent_dropout == 0.0):
@@ -167,7 +268,9 @@ def _recurrent_layer(
             # One mask for every time step (variational dropout, as Keras).
             x = x * in_mask[:, None, :]
         # The input projection of all steps: one matmul outside the scan.
-        xw = project(params, x)
+        xw = x @ kernel
+        if use_bias:
+            xw = xw + cell.input_bias(params["bias"])
         if initial_state is None:
             carry = tuple(jnp.zeros((batch, units), xw.dtype) for _ in range(n_states))
         else:
@@ -176,7 +279,7 @@ def _recurrent_layer(
 
         def advance(carry, xw_t):
             h_in = carry[0] if rec_mask is None else carry[0] * rec_mask
-            return step(params, carry, xw_t, h_in)
+            return cell.step(params, carry, xw_t, h_in)
 
         xs = jnp.swapaxes(xw, 0, 1)  # time-major for scan
         if mask is None:
@@ -225,25 +328,15 @@ def _recurrent_layer(
 # --------------------------------------------------------------------------- layers
 
 
-@register_layer(weight_order=("kernel", "recurrent_kernel", "bias"))
-def SimpleRNN(
-    units: int,
-    activation="tanh",
-    use_bias: bool = True,
-    kernel_initializer="glorot_uniform",
-    recurrent_initializer="orthogonal",
-    bias_initializer="zeros",
-    dropout: float = 0.0,
-    recurrent_dropout: float = 0.0,
-    return_sequences: bool = False,
-    return_state: bool = False,
-    go_backwards: bool = False,
-    zero_output_for_mask: bool = False,
-    return_mask: bool = False,
-    dtype=None,
-    name: str = "simple_rnn",
-) -> Layer:
-    """Fully connected recurrence ``h_t = activation(x_t W + h_{t-1} U + b)``.
+def _factory(kind: str, name: str, doc: str, *, hide: tuple[str, ...]):
+    """``_recurrent`` for one cell under its Keras name, argument list and docstring."""
+    factory = _spatial.ranked(_recurrent, kind, name, hide=hide)
+    factory.__name__ = factory.__qualname__ = kind
+    factory.__doc__ = doc
+    return register_layer(factory, weight_order=("kernel", "recurrent_kernel", "bias"))
+
+
+_SIMPLE_RNN_DOC = """Fully connected recurrence ``h_t = activation(x_t W + h_{t-1} U + b)``.
 
     ``[batch, time, features] -> [batch, units]``, or ``[batch, time, units]`` with
     ``return_sequences``; with ``return_state`` the output is ``(output, h)``.
@@ -263,68 +356,15 @@ def SimpleRNN(
     >>> rnn.apply(params, state, jnp.ones((2, 5, 3)))[0].shape
     (2, 5, 4)
     """
-    act = activations.get(activation)
-    kernel_init = initializers.get(kernel_initializer)
-    recurrent_init = initializers.get(recurrent_initializer)
-    bias_init = initializers.get(bias_initializer)
 
-    def make_params(key, features, dtype_):
-        k1, k2, k3 = jax.random.split(key, 3)
-        params = {
-            "kernel": kernel_init(k1, (features, units), dtype_),
-            "recurrent_kernel": recurrent_init(k2, (units, units), dtype_),
-        }
-        if use_bias:
-            params["bias"] = bias_init(k3, (units,), dtype_)
-        return params
+SimpleRNN = _factory(
+    "SimpleRNN",
+    "simple_rnn",
+    _SIMPLE_RNN_DOC,
+    hide=("recurrent_activation", "unit_forget_bias", "reset_after"),
+)
 
-    def project(params, x):
-        xw = x @ params["kernel"]
-        return xw + params["bias"] if use_bias else xw
-
-    def step(params, carry, xw_t, h_in):
-        h = act(xw_t + h_in @ params["recurrent_kernel"])
-        return (h,)
-
-    return _recurrent_layer(
-        name=name,
-        units=units,
-        n_states=1,
-        make_params=make_params,
-        project=project,
-        step=step,
-        return_sequences=return_sequences,
-        return_state=return_state,
-        go_backwards=go_backwards,
-        dropout=dropout,
-        recurrent_dropout=recurrent_dropout,
-        zero_output_for_mask=zero_output_for_mask,
-        return_mask=return_mask,
-        dtype=dtype,
-    )
-
-
-@register_layer(weight_order=("kernel", "recurrent_kernel", "bias"))
-def LSTM(
-    units: int,
-    activation="tanh",
-    recurrent_activation="sigmoid",
-    use_bias: bool = True,
-    kernel_initializer="glorot_uniform",
-    recurrent_initializer="orthogonal",
-    bias_initializer="zeros",
-    unit_forget_bias: bool = True,
-    dropout: float = 0.0,
-    recurrent_dropout: float = 0.0,
-    return_sequences: bool = False,
-    return_state: bool = False,
-    go_backwards: bool = False,
-    zero_output_for_mask: bool = False,
-    return_mask: bool = False,
-    dtype=None,
-    name: str = "lstm",
-) -> Layer:
-    """Long short-term memory (Hochreiter & Schmidhuber 1997), Keras semantics.
+_LSTM_DOC = """Long short-term memory (Hochreiter & Schmidhuber 1997), Keras semantics.
 
     ``[batch, time, features] -> [batch, units]``, or ``[batch, time, units]`` with
     ``return_sequences``; with ``return_state`` the output is ``(output, h, c)``.
@@ -349,83 +389,10 @@ def LSTM(
     >>> y.shape, c.shape
     ((2, 4), (2, 4))
     """
-    act = activations.get(activation)
-    rec_act = activations.get(recurrent_activation)
-    kernel_init = initializers.get(kernel_initializer)
-    recurrent_init = initializers.get(recurrent_initializer)
-    bias_init = initializers.get(bias_initializer)
 
-    def make_params(key, features, dtype_):
-        k1, k2, k3 = jax.random.split(key, 3)
-        params = {
-            "kernel": kernel_init(k1, (features, 4 * units), dtype_),
-            "recurrent_kernel": recurrent_init(k2, (units, 4 * units), dtype_),
-        }
-        if use_bias:
-            if unit_forget_bias:
-                ki, kco = jax.random.split(k3)
-                params["bias"] = jnp.concatenate(
-                    [
-                        bias_init(ki, (units,), dtype_),
-                        jnp.ones((units,), dtype_),
-                        bias_init(kco, (2 * units,), dtype_),
-                    ]
-                )
-            else:
-                params["bias"] = bias_init(k3, (4 * units,), dtype_)
-        return params
+LSTM = _factory("LSTM", "lstm", _LSTM_DOC, hide=("reset_after",))
 
-    def project(params, x):
-        xw = x @ params["kernel"]
-        return xw + params["bias"] if use_bias else xw
-
-    def step(params, carry, xw_t, h_in):
-        _, c = carry
-        z = xw_t + h_in @ params["recurrent_kernel"]
-        z_i, z_f, z_c, z_o = jnp.split(z, 4, axis=-1)
-        c = rec_act(z_f) * c + rec_act(z_i) * act(z_c)
-        h = rec_act(z_o) * act(c)
-        return (h, c)
-
-    return _recurrent_layer(
-        name=name,
-        units=units,
-        n_states=2,
-        make_params=make_params,
-        project=project,
-        step=step,
-        return_sequences=return_sequences,
-        return_state=return_state,
-        go_backwards=go_backwards,
-        dropout=dropout,
-        recurrent_dropout=recurrent_dropout,
-        zero_output_for_mask=zero_output_for_mask,
-        return_mask=return_mask,
-        dtype=dtype,
-    )
-
-
-@register_layer(weight_order=("kernel", "recurrent_kernel", "bias"))
-def GRU(
-    units: int,
-    activation="tanh",
-    recurrent_activation="sigmoid",
-    use_bias: bool = True,
-    kernel_initializer="glorot_uniform",
-    recurrent_initializer="orthogonal",
-    bias_initializer="zeros",
-    dropout: float = 0.0,
-    recurrent_dropout: float = 0.0,
-    return_sequences: bool = False,
-    return_state: bool = False,
-    go_backwards: bool = False,
-    reset_after: bool = True,
-    zero_output_for_mask: bool = False,
-    return_mask: bool = False,
-    dtype=None,
-    name: str = "gru",
-) -> Layer:
-    """Gated recurrent unit (Cho et al. 2014), Keras semantics.
+_GRU_DOC = """Gated recurrent unit (Cho et al. 2014), Keras semantics.
 
     ``[batch, time, features] -> [batch, units]``, or ``[batch, time, units]`` with
     ``return_sequences``; with ``return_state`` the output is ``(output, h)``.
@@ -453,64 +420,8 @@ def GRU(
     >>> gru.apply(params, state, jnp.ones((2, 5, 3)))[0].shape
     (2, 4)
     """
-    act = activations.get(activation)
-    rec_act = activations.get(recurrent_activation)
-    kernel_init = initializers.get(kernel_initializer)
-    recurrent_init = initializers.get(recurrent_initializer)
-    bias_init = initializers.get(bias_initializer)
 
-    def make_params(key, features, dtype_):
-        k1, k2, k3 = jax.random.split(key, 3)
-        params = {
-            "kernel": kernel_init(k1, (features, 3 * units), dtype_),
-            "recurrent_kernel": recurrent_init(k2, (units, 3 * units), dtype_),
-        }
-        if use_bias:
-            shape = (2, 3 * units) if reset_after else (3 * units,)
-            params["bias"] = bias_init(k3, shape, dtype_)
-        return params
-
-    def project(params, x):
-        xw = x @ params["kernel"]
-        if not use_bias:
-            return xw
-        return xw + (params["bias"][0] if reset_after else params["bias"])
-
-    def step(params, carry, xw_t, h_in):
-        (h,) = carry
-        u = params["recurrent_kernel"]
-        xw_z, xw_r, xw_h = jnp.split(xw_t, 3, axis=-1)
-        if reset_after:
-            inner = h_in @ u
-            if use_bias:
-                inner = inner + params["bias"][1]
-            u_z, u_r, u_h = jnp.split(inner, 3, axis=-1)
-            z = rec_act(xw_z + u_z)
-            r = rec_act(xw_r + u_r)
-            candidate = act(xw_h + r * u_h)
-        else:
-            u_z, u_r = jnp.split(h_in @ u[:, : 2 * units], 2, axis=-1)
-            z = rec_act(xw_z + u_z)
-            r = rec_act(xw_r + u_r)
-            candidate = act(xw_h + (r * h_in) @ u[:, 2 * units :])
-        return (z * h + (1 - z) * candidate,)
-
-    return _recurrent_layer(
-        name=name,
-        units=units,
-        n_states=1,
-        make_params=make_params,
-        project=project,
-        step=step,
-        return_sequences=return_sequences,
-        return_state=return_state,
-        go_backwards=go_backwards,
-        dropout=dropout,
-        recurrent_dropout=recurrent_dropout,
-        zero_output_for_mask=zero_output_for_mask,
-        return_mask=return_mask,
-        dtype=dtype,
-    )
+GRU = _factory("GRU", "gru", _GRU_DOC, hide=("unit_forget_bias",))
 
 
 _RECURRENT = ("SimpleRNN", "LSTM", "GRU")

@@ -167,27 +167,34 @@ _CROPPING_DOC = """Crop the {rank}-D positions: ``{layout} -> [batch, *(n - befo
     """
 
 
-def _forms(rank: int) -> str:
+def _register_pairs(
+    factory, class_name: str, doc: str, rank: int, size: int, first: int, rest: int
+):
+    """Register a ZeroPadding/Cropping factory of one rank. Its docstring example changes
+    inputs of ``size`` per axis by ``(1, 2)`` on the first axis and ``(1, 1)`` on the
+    others, to ``first`` and ``rest`` positions."""
     if rank == 1:
-        return "or a pair ``(before, after)``"
-    return f"{rank} ints (symmetric per axis) or {rank} pairs ``(before, after)``"
+        forms, example = "or a pair ``(before, after)``", "(1, 2)"
+    else:
+        forms = f"{rank} ints (symmetric per axis) or {rank} pairs ``(before, after)``"
+        example = repr(((1, 2),) + ((1, 1),) * (rank - 1))
+    return _spatial.register_ranked(
+        factory,
+        f"{class_name}{rank}D",
+        doc,
+        rank=rank,
+        forms=forms,
+        example=example,
+        shape=(2, *(size,) * rank, 3),
+        out_shape=(2, first, *(rest,) * (rank - 1), 3),
+    )
 
 
 def _zero_padding_factory(rank: int):
     def factory(padding=1, name: str = f"zero_padding{rank}d") -> Layer:
         return _zero_padding(rank, padding, name)
 
-    example = "(1, 2)" if rank == 1 else repr(((1, 2),) + ((1, 1),) * (rank - 1))
-    return _spatial.register_ranked(
-        factory,
-        f"ZeroPadding{rank}D",
-        _PADDING_DOC,
-        rank=rank,
-        forms=_forms(rank),
-        example=example,
-        shape=(2, *(4,) * rank, 3),
-        out_shape=(2, 7, *(6,) * (rank - 1), 3),
-    )
+    return _register_pairs(factory, "ZeroPadding", _PADDING_DOC, rank, 4, 7, 6)
 
 
 def _cropping_factory(rank: int):
@@ -195,25 +202,9 @@ def _cropping_factory(rank: int):
     def factory(cropping=1 if rank == 1 else 0, name: str = f"cropping{rank}d") -> Layer:
         return _cropping(rank, cropping, name)
 
-    example = "(1, 2)" if rank == 1 else repr(((1, 2),) + ((1, 1),) * (rank - 1))
-    return _spatial.register_ranked(
-        factory,
-        f"Cropping{rank}D",
-        _CROPPING_DOC,
-        rank=rank,
-        forms=_forms(rank),
-        example=example,
-        shape=(2, *(6,) * rank, 3),
-        out_shape=(2, 3, *(4,) * (rank - 1), 3),
-    )
+    return _register_pairs(factory, "Cropping", _CROPPING_DOC, rank, 6, 3, 4)
 
 
-UpSampling1D = _upsampling_factory(1)
-UpSampling2D = _upsampling_factory(2)
-UpSampling3D = _upsampling_factory(3)
-ZeroPadding1D = _zero_padding_factory(1)
-ZeroPadding2D = _zero_padding_factory(2)
-ZeroPadding3D = _zero_padding_factory(3)
-Cropping1D = _cropping_factory(1)
-Cropping2D = _cropping_factory(2)
-Cropping3D = _cropping_factory(3)
+UpSampling1D, UpSampling2D, UpSampling3D = (_upsampling_factory(r) for r in (1, 2, 3))
+ZeroPadding1D, ZeroPadding2D, ZeroPadding3D = (_zero_padding_factory(r) for r in (1, 2, 3))
+Cropping1D, Cropping2D, Cropping3D = (_cropping_factory(r) for r in (1, 2, 3))
