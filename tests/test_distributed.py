@@ -65,6 +65,18 @@ def make_step(metrics, axis_name=None):
     return make_train_step(model(axis_name), loss, "adam", metrics, axis_name=axis_name)
 
 
+def fit_model(devices=None):
+    """``Model.fit`` over the same batches in order, 2 epochs (no shuffle)."""
+    _, _, batches = make_problem()
+    x = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    m = fnn.Model(model())
+    loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
+    m.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    m.fit(x, y, batch_size=GLOBAL_BATCH, epochs=2, shuffle=False, devices=devices, verbose=0)
+    return m
+
+
 def flat(tree):
     return {
         jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)
@@ -94,6 +106,16 @@ def worker(process_id: int, port: int, out: str) -> None:
             results[f"{method}/params{key}"] = value
         for key, value in compute_metrics(state.metric_states, metrics).items():
             results[f"{method}/metrics/{key}"] = np.asarray(value)
+    # Model.fit(devices=all) in both processes on the same data: each feeds its own rows.
+    fitted = fit_model(devices=jax.device_count())
+    for key, value in flat(fitted.params).items():
+        results[f"fit/params{key}"] = value
+    for key, value in fitted.history.history.items():
+        results[f"fit/history/{key}"] = np.asarray(value)
+    # The raw metric states count examples: a batch fed twice (each process passing all its
+    # rows) would give the same means but twice the counts.
+    for key, value in flat(fitted.train_state.metric_states).items():
+        results[f"fit/states{key}"] = value
     try:
         dist.initialize(address, num_processes=3, process_id=process_id)
     except dist.DistributedError as err:
@@ -166,6 +188,18 @@ def test_two_processes_match_one_process(tmp_path):
             for i, logs in enumerate(ref_logs):
                 for key, ref in logs.items():
                     np.testing.assert_allclose(r[f"{method}/logs/{i}/{key}"], ref, **TOL)
+    # Model.fit: 2 processes x 2 devices == the one-device fit (same params, same History).
+    ref_fit = fit_model()
+    for r in results:
+        for key, ref in flat(ref_fit.params).items():
+            np.testing.assert_allclose(r[f"fit/params{key}"], ref, **TOL)
+            worst["fit"] = max(
+                worst.get("fit", 0.0), float(np.max(np.abs(r[f"fit/params{key}"] - ref)))
+            )
+        for key, ref in ref_fit.history.history.items():
+            np.testing.assert_allclose(r[f"fit/history/{key}"], ref, **TOL)
+        for key, ref in flat(ref_fit.train_state.metric_states).items():
+            np.testing.assert_allclose(r[f"fit/states{key}"], ref, **TOL)
     print(f"2 processes x 2 devices: max |param diff| = {worst}")
 
 

@@ -263,6 +263,7 @@ class DataParallelStep:
         method: Literal["sharded", "pmap"] = "sharded",
         axis_name: str = "batch",
         donate: bool = False,
+        global_input: bool = False,
     ):
         if method not in _METHODS:
             raise ConfigError(
@@ -280,6 +281,7 @@ class DataParallelStep:
         self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
         self.num_local_devices = len(self.local_devices)
         self._multi_process = jax.process_count() > 1
+        self.global_input = global_input
         self._donate = (0,) if donate else ()
         self._fn = None
         self._per_device = None
@@ -335,6 +337,8 @@ class DataParallelStep:
     def _layout_batch(self, batch: PyTree) -> PyTree:
         """Check and lay out a host batch; NumPy stays NumPy (the step copies it faster)."""
         who = f"data_parallel(method={self.method!r})"
+        if self.global_input and self._multi_process:
+            batch = distributed.process_local_batch(batch)
         _check_divisible(batch, self.num_local_devices, who, "local devices")
         if self.method == "pmap":
             return shard_batch(batch, self.num_local_devices)
@@ -462,6 +466,7 @@ def data_parallel(
     method: Literal["sharded", "pmap"] = "sharded",
     axis_name: str = "batch",
     donate: bool = False,
+    global_input: bool = False,
 ) -> DataParallelStep:
     """Run ``step(train_state, batch) -> (train_state, logs)`` data-parallel.
 
@@ -477,6 +482,10 @@ def data_parallel(
       axis_name: name of the device axis the batch is split along.
       donate: donate the input train state's buffers to the output (saves memory; the
         state passed in can no longer be used).
+      global_input: every process passes the whole global batch (e.g. each loads the full
+        dataset and shuffles it with the same seed, as ``Model.fit`` does) and keeps only
+        its own block of rows (``fnn.distributed.process_local_batch``). Default: each
+        process passes only its own block.
 
     Returns:
       A :class:`DataParallelStep` ``dp``: ``state = dp.put_state(state)`` once, then
@@ -499,5 +508,10 @@ def data_parallel(
     1.0 [0.2 0.2 0.2]
     """
     return DataParallelStep(
-        step, devices=devices, method=method, axis_name=axis_name, donate=donate
+        step,
+        devices=devices,
+        method=method,
+        axis_name=axis_name,
+        donate=donate,
+        global_input=global_input,
     )

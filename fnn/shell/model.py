@@ -591,7 +591,10 @@ class Model:
         ``compile(seed=...)`` and the epoch (``fnn.training.loop.epoch_order``). ``devices``
         (a list of devices or a count): data-parallel training with
         ``fnn.data_parallel(method="sharded")``; the batch size must divide by the device
-        count (a last smaller batch that does not is skipped).
+        count (a last smaller batch that does not is skipped). In a multi-process run
+        (``fnn.distributed.initialize``) every process calls ``fit`` with the same data and
+        seed, ``devices=jax.device_count()``, and feeds its own block of each batch. With
+        ``devices``, ``steps_per_execution`` is 1 and the data stays on the host.
         """
         cfg = self._require_compiled("fit")
         verbose = _is_verbose_auto(verbose)
@@ -636,7 +639,11 @@ class Model:
         if devices is not None:
             from fnn.distributed import data_parallel
 
-            placement = data_parallel(trainer.core, devices=devices, method="sharded", donate=True)
+            # Every process holds the whole data and the same epoch order (the seed is shared);
+            # each feeds its own block of every global batch.
+            placement = data_parallel(
+                trainer.core, devices=devices, method="sharded", donate=True, global_input=True
+            )
             if isinstance(data, data_lib.ArrayData) and batch_size % placement.num_devices:
                 raise ConfigError(
                     f"{self.name}: expected batch_size to be a multiple of the "
