@@ -296,3 +296,49 @@ def test_validation_data_is_checked_before_the_first_epoch():
     with pytest.raises(fnn.ShapeError, match=r"^sequential: validation y does not fit"):
         model.fit(x, y, validation_data=(x, np.zeros((8, 5))), callbacks=[seen], verbose=0)
     assert epochs == []
+
+
+def test_batch_and_step_counts_are_checked_everywhere():
+    model = fnn.Sequential([Dense(3)])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x, y = np.ones((8, 4), np.float32), np.arange(8) % 3
+    for call, name in (
+        (lambda: model.fit(x, y, batch_size=0, verbose=0), "batch_size"),
+        (lambda: model.fit(x, y, steps_per_epoch=0, verbose=0), "steps_per_epoch"),
+        (lambda: model.fit(x, y, validation_batch_size=2.5, verbose=0), "validation_batch_size"),
+        (lambda: model.evaluate(x, y, batch_size=0, verbose=0), "batch_size"),
+        (lambda: model.evaluate(x, y, steps=True, verbose=0), "steps"),
+        (lambda: model.predict(x, batch_size=-1, verbose=0), "batch_size"),
+    ):
+        with pytest.raises(ConfigError, match=rf"^sequential: expected {name} to be an int >= 1"):
+            call()
+
+
+def counting_model():
+    """A model whose ``apply`` counts how often it is traced (or run eagerly)."""
+    calls = []
+
+    def fn(x):
+        calls.append(1)
+        return x
+
+    return fnn.Sequential([Dense(3), fnn.Lambda(fn, name="count")]), calls
+
+
+def test_train_on_batch_and_repeated_fit_trace_the_model_once():
+    """Per-batch calls reuse the abstract trace and the compiled steps (no work per call
+    that grows with the model), and fit(devices=) reuses its compiled data-parallel step."""
+    x, y = np.ones((8, 4), np.float32), np.arange(8) % 3
+    model, calls = counting_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.train_on_batch(x, y)
+    first = len(calls)
+    for _ in range(3):
+        model.train_on_batch(x, y)
+    assert len(calls) == first
+    model, calls = counting_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=4, devices=2, verbose=0)
+    first = len(calls)
+    model.fit(x, y, batch_size=4, devices=2, verbose=0)
+    assert len(calls) == first

@@ -88,6 +88,8 @@ class Model:
         self._compile_config: dict | None = None
         self._trainer: loop_lib.Trainer | None = None  # compiled steps, once per compile
         self._predictor = None  # (layer, compiled predict step)
+        self._traces: tuple = (None, {})  # (layer, {input shapes: (jaxpr, outputs)})
+        self._placement: tuple | None = None  # (trainer, devices, data-parallel step)
         self._initial_epoch: int | None = None  # set by a callback that restores a backup
         self._weight_order: list | None = None
         self.stop_training = False
@@ -194,6 +196,7 @@ class Model:
         params, state = jax.jit(lambda key: layer.init(key, *abstract))(init_key)
         self._input_spec = abstract
         self._weight_order = None
+        self._traces = (None, {})
         self._train_state = train_lib.TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -374,6 +377,15 @@ class Model:
     def compiled(self) -> bool:
         return self._compile_config is not None
 
+    def _count(self, name: str, value, default=None):
+        """``value`` (or ``default`` for None) checked as an int >= 1: batch sizes, steps."""
+        value = default if value is None else value
+        if value is not None and (
+            not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1
+        ):
+            raise ConfigError(f"{self.name}: expected {name} to be an int >= 1, got {value!r}.")
+        return None if value is None else int(value)
+
     def _require_compiled(self, what: str) -> dict:
         if self._compile_config is None:
             raise ConfigError(
@@ -385,13 +397,22 @@ class Model:
     # ------------------------------------------------------------------ resolution
 
     def _trace(self, inputs_spec: tuple):
-        """The model's jaxpr and output shapes for these inputs (one abstract trace)."""
-        ts = self._train_state
-        jaxpr, (out, _) = jax.make_jaxpr(
-            lambda p, s, xs: self.layer.apply(p, s, *xs, rng=None, train=False),
-            return_shape=True,
-        )(as_shape_struct(ts.params), as_shape_struct(ts.state), inputs_spec)
-        return jaxpr, out
+        """The model's jaxpr and output shapes for these inputs: one abstract trace per
+        layer and input shapes (``train_on_batch`` in a loop traces once, not per call;
+        the params' shapes cannot change once built)."""
+        leaves, treedef = jax.tree.flatten(inputs_spec)
+        key = (treedef, tuple((tuple(s.shape), jnp.dtype(s.dtype)) for s in leaves))
+        if self._traces[0] is not self.layer:
+            self._traces = (self.layer, {})
+        cache = self._traces[1]
+        if key not in cache:
+            ts = self._train_state
+            jaxpr, (out, _) = jax.make_jaxpr(
+                lambda p, s, xs: self.layer.apply(p, s, *xs, rng=None, train=False),
+                return_shape=True,
+            )(as_shape_struct(ts.params), as_shape_struct(ts.state), inputs_spec)
+            cache[key] = jaxpr, out
+        return cache[key]
 
     def _resolve(self, jaxpr, out, y) -> loop_lib.Trainer:
         """Loss, metrics ("accuracy" as Keras resolves it), optimizer and compiled steps
@@ -602,9 +623,9 @@ class Model:
             raise ConfigError(
                 f"{self.name}: expected validation_split in [0, 1), got {validation_split!r}."
             )
-        batch_size = 32 if batch_size is None else batch_size
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"{self.name}: expected batch_size >= 1, got {batch_size!r}.")
+        batch_size = self._count("batch_size", batch_size, 32)
+        steps_per_epoch = self._count("steps_per_epoch", steps_per_epoch)
+        validation_batch_size = self._count("validation_batch_size", validation_batch_size)
         data = self._fit_data(x, y, sample_weight, class_weight, "fit")
         data, val = self._validation_data(data, validation_split, validation_data)
         # Everything below up to the first step is checked on shapes, before compiling.
@@ -641,9 +662,13 @@ class Model:
 
             # Every process holds the whole data and the same epoch order (the seed is shared);
             # each feeds its own block of every global batch.
-            placement = data_parallel(
-                trainer.core, devices=devices, method="sharded", donate=True, global_input=True
-            )
+            key = tuple(devices) if isinstance(devices, list | tuple) else devices
+            if self._placement is None or self._placement[:2] != (trainer, key):
+                step = data_parallel(
+                    trainer.core, devices=devices, method="sharded", donate=True, global_input=True
+                )
+                self._placement = (trainer, key, step)  # compiled once, reused by later fits
+            placement = self._placement[2]
             if isinstance(data, data_lib.ArrayData) and batch_size % placement.num_devices:
                 raise ConfigError(
                     f"{self.name}: expected batch_size to be a multiple of the "
@@ -711,7 +736,8 @@ class Model:
         in compile order, or a dict with ``return_dict=True`` (as Keras)."""
         self._require_compiled("evaluate")
         verbose = _is_verbose_auto(verbose)
-        batch_size = 32 if batch_size is None else batch_size
+        batch_size = self._count("batch_size", batch_size, 32)
+        steps = self._count("steps", steps)
         data = self._fit_data(x, y, sample_weight, None, "evaluate")
         if isinstance(data, data_lib.ArrayData):
             trainer = self._prepare_training(data.x, data.y, data.sample_weight)
@@ -751,7 +777,8 @@ class Model:
         is dropped from the result), so any number of samples runs one compiled program.
         """
         verbose = _is_verbose_auto(verbose)
-        batch_size = 32 if batch_size is None else batch_size
+        batch_size = self._count("batch_size", batch_size, 32)
+        steps = self._count("steps", steps)
         if data_lib.is_array_tree(x):
             data = data_lib.ArrayData(x, None, None, name="predict")
             self._ensure_built(data.x)
