@@ -39,6 +39,7 @@ from fnn.core.errors import ConfigError, ShapeError
 from fnn.core.layer import Layer, as_shape_struct
 from fnn.io import data_adapter as data_lib
 from fnn.shell import callbacks as callbacks_lib
+from fnn.shell import compile_utils
 from fnn.training import loop as loop_lib
 
 __all__ = ["Input", "Model", "Sequential"]
@@ -284,7 +285,7 @@ class Model:
             self.params,
             self.state,
             inputs=list(self._input_spec),
-            compile_config=_compile_to_json(self._compile_config, self.name),
+            compile_config=compile_utils.compile_to_json(self._compile_config, self.name),
             metadata={
                 "model_class": "Sequential" if isinstance(self, Sequential) else "Model",
                 "name": self.name,
@@ -296,7 +297,7 @@ class Model:
     @property
     def learning_rate(self) -> float:
         """The optimizer's current learning rate, read from ``opt_state``."""
-        states = _hyperparam_states(self.opt_state)
+        states = compile_utils.hyperparam_states(self.opt_state)
         if not states:
             raise ConfigError(
                 f"{self.name}: the optimizer keeps no learning_rate in its state; compile with "
@@ -314,7 +315,7 @@ class Model:
             new = jnp.asarray(value, jnp.result_type(old))
             return state._replace(hyperparams={**state.hyperparams, "learning_rate": new})
 
-        self.opt_state = _map_hyperparam_states(self.opt_state, set_lr)
+        self.opt_state = compile_utils.map_hyperparam_states(self.opt_state, set_lr)
 
     # ------------------------------------------------------------------ compile
 
@@ -417,57 +418,17 @@ class Model:
     def _resolve(self, jaxpr, out, y) -> loop_lib.Trainer:
         """Loss, metrics ("accuracy" as Keras resolves it), optimizer and compiled steps
         for these output shapes (once per ``compile``)."""
-        from fnn.training import losses as losses_lib
         from fnn.training import metrics as metrics_lib
 
         cfg = self._compile_config
         if self._trainer is not None:
             return self._trainer
-        multi = isinstance(out, tuple | dict) or isinstance(cfg["loss"], list | tuple | dict)
-        if multi:
-            if not isinstance(out, tuple | dict):
-                raise ConfigError(
-                    f"{self.name}: compile got one loss per output, but the model has a single "
-                    f"output of shape {out.shape}."
-                )
-            names = _output_names(out)
-            keys = list(out) if isinstance(out, dict) else list(range(len(out)))
-            losses = [losses_lib.get(v) for v in _by_output(cfg["loss"], names, "losses")]
-            weights = _by_output(
-                1.0 if cfg["loss_weights"] is None else cfg["loss_weights"], names, "loss_weights"
-            )
-            loss = _combined_loss(losses, weights, names)
-            y_parts = _as_inputs(y) if not isinstance(y, Mapping) else y
-            # Keras logs each output's loss too: "<output>_loss" (mean over examples).
-            metrics = [
-                _output_metric(metrics_lib.MeanMetricWrapper(part_loss, "loss"), key, name)
-                for key, name, part_loss in zip(keys, names, losses)
-            ]
-            for key, name, part_loss in zip(keys, names, losses):
-                y_shape = np.shape(y_parts[key]) if y is not None else None
-                for m in cfg["metrics"]:
-                    metric = metrics_lib.get(
-                        m, loss=part_loss, y_true_shape=y_shape, y_pred_shape=out[key].shape
-                    )
-                    metrics.append(_output_metric(metric, key, name))
-        else:
-            loss = losses_lib.get(cfg["loss"])
-            if cfg["loss_weights"] is not None:
-                weight = float(cfg["loss_weights"])
-                inner = loss
-                loss = losses_lib.Loss(
-                    lambda t, p: weight * inner(t, p), inner.name, inner.config, inner.mask_fn
-                )
-            y_shape = None if y is None else tuple(np.shape(jax.tree.leaves(y)[0]))
-            metrics = [
-                metrics_lib.get(m, loss=loss, y_true_shape=y_shape, y_pred_shape=out.shape)
-                for m in cfg["metrics"]
-            ]
+        loss, metrics = compile_utils.resolve(cfg, out, y, self.name)
         steps, unroll = loop_lib.plan_steps(cfg["steps_per_execution"], jaxpr)
         self._trainer = loop_lib.Trainer(
             self.layer,
             loss,
-            _injectable_optimizer(cfg["optimizer"]),
+            compile_utils.injectable_optimizer(cfg["optimizer"]),
             metrics_lib.get_all(metrics),
             steps_per_execution=steps,
             unroll=unroll,
@@ -950,56 +911,6 @@ def _as_inputs(x) -> tuple:
     return tuple(x) if isinstance(x, list | tuple) else (x,)
 
 
-def _hyperparam_states(opt_state) -> list:
-    """``optax.inject_hyperparams`` states holding a ``learning_rate`` inside ``opt_state``."""
-    found = []
-
-    def visit(node):
-        hyper = getattr(node, "hyperparams", None)
-        if isinstance(hyper, Mapping) and "learning_rate" in hyper:
-            found.append(node)
-            return
-        if isinstance(node, tuple | list):
-            for child in node:
-                visit(child)
-        elif isinstance(node, Mapping):
-            for child in node.values():
-                visit(child)
-
-    visit(opt_state)
-    return found
-
-
-def _map_hyperparam_states(opt_state, fn):
-    hyper = getattr(opt_state, "hyperparams", None)
-    if isinstance(hyper, Mapping) and "learning_rate" in hyper:
-        return fn(opt_state)
-    if hasattr(opt_state, "_fields"):  # NamedTuple
-        return type(opt_state)(*(_map_hyperparam_states(c, fn) for c in opt_state))
-    if isinstance(opt_state, tuple | list):
-        return type(opt_state)(_map_hyperparam_states(c, fn) for c in opt_state)
-    if isinstance(opt_state, Mapping):
-        return {k: _map_hyperparam_states(v, fn) for k, v in opt_state.items()}
-    return opt_state
-
-
-def _injectable_optimizer(optimizer):
-    """A string optimizer built with ``optax.inject_hyperparams`` so its learning rate lives
-    in ``opt_state`` (schedulers change it without recompiling); objects are used as given."""
-    import optax
-
-    from fnn.training import optimizers as optimizers_lib
-
-    if not isinstance(optimizer, str):
-        return optimizers_lib.get(optimizer)
-    name = optimizer.lower()
-    lr = optimizers_lib.DEFAULT_LEARNING_RATE.get(name, 1e-3)
-    optimizers_lib.get(name)  # unknown names raise here, listing the valid ones
-    return optax.inject_hyperparams(
-        lambda learning_rate: optimizers_lib.get(name, learning_rate=learning_rate)
-    )(learning_rate=lr)
-
-
 class Sequential(Model):
     """A linear stack of layers, built with ``add`` or from a list (``fnn.serial`` underneath).
 
@@ -1065,91 +976,3 @@ class Sequential(Model):
     def _require_built(self, what: str):
         self._maybe_build_from_input()
         return super()._require_built(what)
-
-
-# ---------------------------------------------------------------------- losses/metrics
-
-
-def _output_names(out_spec) -> list[str]:
-    if isinstance(out_spec, Mapping):
-        return list(out_spec)
-    return [f"output_{i}" for i in range(len(out_spec))]
-
-
-def _by_output(value, names, what):
-    """A per-output list from one value, a list, or a dict keyed by output name."""
-    if isinstance(value, Mapping):
-        missing = [n for n in names if n not in value]
-        if missing:
-            raise ConfigError(f"compile: expected {what} for outputs {names}, missing {missing}.")
-        return [value[n] for n in names]
-    if isinstance(value, list | tuple):
-        if len(value) != len(names):
-            raise ConfigError(
-                f"compile: expected {len(names)} {what} (one per output), got {len(value)}."
-            )
-        return list(value)
-    return [value] * len(names)
-
-
-def _combined_loss(losses, weights, names):
-    """One Loss over tuple/dict outputs: the weighted sum of per-output per-example losses."""
-    from fnn.training import losses as losses_lib
-
-    keys = names if names and not names[0].startswith("output_") else range(len(losses))
-
-    def fn(y_true, y_pred):
-        total = 0.0
-        for key, loss, w in zip(keys, losses, weights):
-            total = total + w * loss(y_true[key], y_pred[key])
-        return total
-
-    return losses_lib.Loss(fn, "loss")
-
-
-def _output_metric(metric, key, prefix):
-    from fnn.training.metrics import Metric
-
-    def update(state, y_true, y_pred, sample_weight=None):
-        return metric.update(state, y_true[key], y_pred[key], sample_weight)
-
-    return Metric(f"{prefix}_{metric.name}", metric.init, update, metric.compute, metric.config)
-
-
-def _compile_to_json(config: Mapping[str, Any] | None, name: str) -> dict | None:
-    """``Model.compile`` arguments as JSON, or ``None`` (with a warning) if an optimizer,
-    loss or metric is an object that has no registered name."""
-    if config is None:
-        return None
-    from fnn.training import losses
-
-    out = dict(config)
-    problem = None
-    if not isinstance(out.get("optimizer"), str):
-        problem = f"optimizer {out.get('optimizer')!r}"
-    loss = out.get("loss")
-    if isinstance(loss, losses.Loss):
-        try:
-            out["loss"] = losses.serialize(loss)
-        except ConfigError:
-            problem = f"loss {loss.name!r}"
-    elif not isinstance(loss, str | None):
-        problem = f"loss {loss!r}"
-    if any(not isinstance(m, str) for m in out.get("metrics") or []):
-        problem = "metrics given as objects"
-    try:
-        import json
-
-        json.dumps(out)
-    except TypeError:
-        problem = problem or "a compile argument"
-    if problem:
-        import warnings
-
-        warnings.warn(
-            f"{name}: saved without compile settings ({problem} cannot be stored by name); "
-            "fnn.load_model returns it uncompiled: call compile() again.",
-            stacklevel=3,
-        )
-        return None
-    return out
