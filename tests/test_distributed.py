@@ -129,13 +129,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_workers(commands, timeout_s, env=None):
-    """Start every command, wait at most ``timeout_s`` in all, kill what is left."""
+def run_workers(commands, timeout_s, env=None, ranks=None):
+    """Start every command (with ``ranks[i]`` added to the environment of command i), wait
+    at most ``timeout_s`` in all, kill what is left."""
     env = dict(os.environ if env is None else env, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env = {k: v for k, v in env.items() if not k.startswith("FNN_")}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    ranks = ranks or [{}] * len(commands)
     procs = [
-        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for cmd in commands
+        subprocess.Popen(
+            cmd, env={**env, **rank}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for cmd, rank in zip(commands, ranks, strict=True)
     ]
     outputs, deadline = [], time.monotonic() + timeout_s
     try:
@@ -292,3 +297,44 @@ process_batch_slice = dist.process_batch_slice
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
     worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+
+
+def test_fnn_train_as_two_processes_matches_one_process(tmp_path):
+    """``fnn train`` started twice with $FNN_* set: jax.distributed, Model.fit over all 4
+    devices, process 0 alone prints and writes the run files; the final checkpoint equals
+    the one-process data-parallel run of the same config."""
+    config = str(ROOT / "configs" / "digits_mlp.yaml")
+    sets = [
+        "epochs=2", "batch_size=64", "plots=false", "tensorboard=false",
+        "distribute.strategy=data_parallel", "model.layers[2].Dropout.rate=0.0",
+    ]  # fmt: skip
+
+    def command(run):
+        args = [a for s in [*sets, f"run_dir={run}"] for a in ("--set", s)]
+        return [sys.executable, "-m", "fnn", "train", config, *args]
+
+    port = free_port()
+    ranks = [
+        {"FNN_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "FNN_NUM_PROCESSES": "2",
+         "FNN_PROCESS_ID": str(i)}
+        for i in range(2)
+    ]  # fmt: skip
+    codes, outputs = run_workers([command(tmp_path / "two")] * 2, WORKER_TIMEOUT_S, ranks=ranks)
+    assert codes == [0, 0], outputs
+    assert "4 device(s)" in outputs[0] and "test_accuracy" in outputs[0]
+    # process 1 trains silently (gloo's own connection lines aside)
+    assert [line for line in outputs[1].splitlines() if not line.startswith("[Gloo]")] == []
+    codes, single = run_workers([command(tmp_path / "one")], WORKER_TIMEOUT_S)
+    assert codes == [0], single
+    assert "2 device(s)" in single[0]
+    results = {}
+    for name in ("two", "one"):
+        run = tmp_path / name
+        step = fnn.checkpoint.list_steps(run / "checkpoints")[-1]
+        results[name] = fnn.checkpoint.restore(run / "checkpoints" / f"step_{step:08d}")
+        assert len((run / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    assert int(results["two"]["step"]) == int(results["one"]["step"]) == 2 * (1437 // 64)
+    for a, b in zip(
+        jax.tree.leaves(results["two"]["params"]), jax.tree.leaves(results["one"]["params"])
+    ):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)

@@ -57,7 +57,34 @@ class _UsageError(ConfigError):
 
 
 def _say(*parts: Any) -> None:
-    print(*parts, flush=True)
+    """Print a line (on process 0 only, in a multi-process run)."""
+    if _is_primary():
+        print(*parts, flush=True)
+
+
+def _is_primary() -> bool:
+    import jax
+
+    return not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
+def _join_processes() -> None:
+    """``fnn train`` started as several processes (``$FNN_NUM_PROCESSES``,
+    ``$FNN_PROCESS_ID``, ``$FNN_COORDINATOR_ADDRESS``): join them before any JAX work."""
+    from fnn.distributed import ENV_NUM_PROCESSES, initialize
+
+    if os.environ.get(ENV_NUM_PROCESSES):
+        initialize()
+
+
+def _barrier(name: str) -> None:
+    """Wait for every process (no-op in a single-process run)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,7 +298,9 @@ def cmd_train(args) -> int:
     from fnn.cli import config as config_lib
     from fnn.training import step as train
 
+    _join_processes()
     cfg = config_lib.load_config(args.config, args.set)
+    primary = _is_primary()  # process 0 writes the run files; every process trains
     run_dir = _run_dir(cfg, args.config)
     ckpt_dir = run_dir / "checkpoints"
     if args.overwrite and args.resume:
@@ -282,11 +311,15 @@ def cmd_train(args) -> int:
                 f"run_dir: {run_dir} already holds checkpoints; pass --resume to continue, "
                 "--overwrite to start again, or --set run_dir=... for a new run."
             )
-        shutil.rmtree(run_dir)
+        _barrier("fnn train: run_dir checked")  # before process 0 deletes it
+        if primary:
+            shutil.rmtree(run_dir)
     run = Run(cfg, args.config)
     model = run.model
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(_dump_yaml(cfg))
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(_dump_yaml(cfg))
+    _barrier("fnn train: run_dir ready")
     ck = cfg["checkpoint"]
     backup = BackupAndRestore(
         ckpt_dir,
@@ -301,7 +334,8 @@ def cmd_train(args) -> int:
     epochs, batch_size = cfg["epochs"], cfg["batch_size"]
     if args.resume:
         done = backup.latest_epoch()
-        _keep_rows(run_dir / "metrics.csv", done or 0)
+        if primary:
+            _keep_rows(run_dir / "metrics.csv", done or 0)
         if done is None:
             _say(f"resume: no checkpoint in {ckpt_dir}; starting from scratch")
         else:
@@ -312,8 +346,11 @@ def cmd_train(args) -> int:
         devices = cfg["distribute"]["num_devices"] or jax.device_count()
     # TensorBoard before the epoch line (which adds time_s), the CSV row and the backup after.
     lines = _EpochLines(run.metric_names)
-    callbacks = [TensorBoard(run_dir / "tensorboard")] if cfg["tensorboard"] else []
-    callbacks += [lines, CSVLogger(run_dir / "metrics.csv", append=args.resume), backup]
+    callbacks = [TensorBoard(run_dir / "tensorboard")] if cfg["tensorboard"] and primary else []
+    callbacks.append(lines)
+    if primary:
+        callbacks.append(CSVLogger(run_dir / "metrics.csv", append=args.resume))
+    callbacks.append(backup)  # every process: checkpoint.save is collective, process 0 writes
     n_params = sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(model.params))
     _say(
         f"training {Path(args.config).name}: {n_params:,} params, {len(run.x_train)} train / "
@@ -344,7 +381,8 @@ def cmd_train(args) -> int:
     results = {"test": test, "epochs": epochs, "wall_time_s": round(wall, 2)}
     if backup.manager.best_step() is not None:
         results["best_checkpoint"] = str(backup.manager.path(backup.manager.best_step()))
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if primary:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     # The saved compile settings name the optimizer, so fnn.load_model(run_dir / "model")
     # is ready to use; its schedule and state are training details (in checkpoints/).
     model.compile(
@@ -352,7 +390,7 @@ def cmd_train(args) -> int:
     )
     model.save(run_dir / "model")
     rows = _read_metrics_csv(run_dir / "metrics.csv")  # every epoch, resumed ones too
-    plots = _plots(run, rows, run_dir) if cfg["plots"] and rows else []
+    plots = _plots(run, rows, run_dir) if cfg["plots"] and rows and primary else []
     tests = "  ".join(f"test_{k} {v:.4f}" for k, v in test.items())
     _say(f"done in {wall:.1f}s: {tests}")
     _say(
