@@ -389,8 +389,8 @@ def cmd_train(args) -> int:
         optimizer=cfg["optimizer"]["name"], loss=run.loss, metrics=cfg["metrics"], seed=cfg["seed"]
     )
     model.save(run_dir / "model")
-    rows = _read_metrics_csv(run_dir / "metrics.csv")  # every epoch, resumed ones too
-    plots = _plots(run, rows, run_dir) if cfg["plots"] and rows and primary else []
+    rows = _read_metrics_csv(run_dir / "metrics.csv") if primary else []  # resumed ones too
+    plots = _plots(run, rows, run_dir) if cfg["plots"] and rows else []
     tests = "  ".join(f"test_{k} {v:.4f}" for k, v in test.items())
     _say(f"done in {wall:.1f}s: {tests}")
     _say(
