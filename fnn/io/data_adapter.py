@@ -7,8 +7,10 @@ batch to the device, so Python and the device overlap. The epoch order is
 ``fnn.training.loop.epoch_order`` (the one shuffle).
 
 >>> import numpy as np
+>>> from fnn.training.loop import epoch_order
 >>> data = ArrayData((np.arange(10.0)[:, None], np.arange(10)), None, name="fit")
->>> [len(i) for i in data.batch_indices(batch_size=4, epoch=0, shuffle=False, seed=0)]
+>>> order = epoch_order(data.n, seed=0, epoch=0, shuffle=False)
+>>> [len(y) for (_, y), _, _ in data.epoch(order, 4, steps=3, on_device=False, ahead=False)]
 [4, 4, 2]
 """
 
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.core.errors import ConfigError, ShapeError
-from fnn.training.loop import DeviceRows, epoch_order, take
+from fnn.training.loop import DeviceRows, take
 
 # Arrays up to this size live on the device for the whole fit; larger ones are batched on
 # the host and prefetched.
@@ -143,11 +145,6 @@ class ArrayData:
 
     def fits_on_device(self) -> bool:
         return self.nbytes() <= DEVICE_DATA_LIMIT_BYTES
-
-    def batch_indices(self, *, batch_size: int, epoch: int, shuffle: bool, seed: int):
-        """Index vectors of each batch of one epoch; the last one may be shorter."""
-        order = epoch_order(self.n, seed=seed, epoch=epoch, shuffle=shuffle)
-        return [order[i : i + batch_size] for i in range(0, self.n, batch_size)]
 
     def epoch(self, order: np.ndarray, batch_size: int, steps: int, *, on_device: bool, ahead=True):
         """The first ``steps`` batches in ``order``: ``DeviceRows`` over the device copy,

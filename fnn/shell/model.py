@@ -743,13 +743,12 @@ class Model:
         if data_lib.is_array_tree(x):
             data = data_lib.ArrayData(x, None, None, name="predict")
             self._ensure_built(data.x)
-            indices = data.batch_indices(batch_size=batch_size, epoch=0, shuffle=False, seed=0)
-            if steps is not None:
-                indices = indices[:steps]
-            n_steps = len(indices)
-            sizes = [len(i) for i in indices]
-            batches = data_lib.prefetch(
-                data_lib.pad_rows(data_lib.take(data.x, i), batch_size) for i in indices
+            n_steps = math.ceil(data.n / batch_size)
+            n_steps = n_steps if steps is None else min(steps, n_steps)
+            sizes = [min(batch_size, data.n - i * batch_size) for i in range(n_steps)]
+            batches = (
+                data_lib.pad_rows(bx, batch_size)
+                for bx, _, _ in _eval_batches(data, batch_size, n_steps)
             )
         else:
             n_steps = steps if steps is not None else _len_or_none(x)
