@@ -58,14 +58,10 @@ class _UsageError(ConfigError):
 
 def _say(*parts: Any) -> None:
     """Print a line (on process 0 only, in a multi-process run)."""
-    if _is_primary():
+    from fnn.distributed import is_primary
+
+    if is_primary():
         print(*parts, flush=True)
-
-
-def _is_primary() -> bool:
-    import jax
-
-    return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
 def _join_processes() -> None:
@@ -296,11 +292,12 @@ def cmd_train(args) -> int:
     import jax
 
     from fnn.cli import config as config_lib
+    from fnn.distributed import is_primary
     from fnn.training import step as train
 
     _join_processes()
     cfg = config_lib.load_config(args.config, args.set)
-    primary = _is_primary()  # process 0 writes the run files; every process trains
+    primary = is_primary()  # process 0 writes the run files; every process trains
     run_dir = _run_dir(cfg, args.config)
     ckpt_dir = run_dir / "checkpoints"
     if args.overwrite and args.resume:
