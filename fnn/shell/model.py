@@ -393,6 +393,7 @@ class Model:
         if self._layer is None and getattr(self, "_subclassed", False):
             init, apply = subclass.pure_pair(self, self.name)
             self._layer = Layer(init, apply, self.name)
+            self.__dict__["_fnn_pure_target"] = self._layer
         return self._layer
 
     @property
@@ -476,7 +477,11 @@ class Model:
 
     def build(self, input_shape) -> None:
         """Initialise the parameters from shapes alone (batch axis included, ``None`` allowed)."""
+        if self.__dict__.get("_fnn_building"):
+            return  # super().build(...) inside a subclass's own build
         self._build(self._input_struct(input_shape))
+
+    build._fnn_base_build = True
 
     def _build(self, inputs: tuple) -> None:
         from fnn.training import step as train_lib
