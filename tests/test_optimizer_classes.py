@@ -303,7 +303,16 @@ def test_learning_rate_lives_in_the_model_state_and_is_settable_through_the_opti
     assert opt.learning_rate == pytest.approx(0.01)
     opt.learning_rate = 0.002
     assert model.learning_rate == pytest.approx(0.002)
-    assert opt.get_config()["learning_rate"] == pytest.approx(0.002)
+    model.learning_rate = 0.003  # as ReduceLROnPlateau does
+    assert opt.get_config()["learning_rate"] == pytest.approx(0.003)
+    # The next fit step uses it: from fresh state RMSprop moves by lr * g / sqrt(0.1 g^2 + eps).
+    model.opt_state = None
+    p0 = jax.tree.map(np.asarray, model.params)
+    opt.learning_rate = 0.004  # before the state exists: the constructor value changes
+    assert opt.learning_rate == 0.004
+    model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    step = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(p0))]
+    np.testing.assert_allclose(step, 0.004 / np.sqrt(0.1), rtol=1e-3)  # epsilon aside
 
 
 def test_compile_settings_store_the_optimizer_and_a_saved_model_trains_the_same(

@@ -453,7 +453,7 @@ class Optimizer:
         # Keras's default name: the class name in snake case ("AdamW" -> "adam_w").
         snake = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", cls))
         self.name = name or snake.lower()
-        self._learning_rate = learning_rate
+        self._learning_rate = learning_rate if callable(learning_rate) else float(learning_rate)
         self._hyper = dict(hyperparameters)
         self.weight_decay = weight_decay
         self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
@@ -540,8 +540,9 @@ class Optimizer:
     # -- config ---------------------------------------------------------------------
 
     def get_config(self) -> dict[str, Any]:
-        """Keras's config dict: the constructor arguments (a schedule serialized)."""
-        lr = self._learning_rate
+        """Keras's config dict: the constructor arguments (a schedule serialized; a float
+        learning rate as it is now, e.g. after ``ReduceLROnPlateau``)."""
+        lr = self.learning_rate
         if isinstance(lr, schedules.LearningRateSchedule):
             lr = schedules.serialize(lr)
         elif callable(lr):
@@ -551,7 +552,7 @@ class Optimizer:
             )
         return {
             "name": self.name,
-            "learning_rate": float(lr) if isinstance(lr, int | float) else lr,
+            "learning_rate": lr,
             "weight_decay": self.weight_decay,
             "clipnorm": self.clipnorm,
             "global_clipnorm": self.global_clipnorm,
