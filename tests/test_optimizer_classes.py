@@ -129,6 +129,18 @@ CASES = [
         "SGD",
         {
             "schedule": (
+                "ExponentialDecay",
+                dict(initial_learning_rate=0.05, decay_steps=5, decay_rate=0.5),
+            ),
+            "momentum": 0.9,
+            "nesterov": True,
+        },
+        EXACT,
+    ),
+    (
+        "SGD",
+        {
+            "schedule": (
                 "CosineDecay",
                 dict(initial_learning_rate=0.0, decay_steps=10, warmup_target=0.1, warmup_steps=5),
             )

@@ -32,8 +32,6 @@ compares 20-step trajectories with Keras's):
   the maximum of the raw ``v`` and corrects afterwards (trajectories differ visibly).
 - ``adamax`` follows optax: ``u = max(beta_2 u, |g| + epsilon)`` vs Keras's
   ``max(beta_2 u, |g|)`` with ``epsilon`` added in the denominator (~1e-7 relative).
-- ``sgd`` with momentum and a *schedule*: optax scales the velocity by today's rate, Keras
-  accumulates ``lr_t * g_t`` (equal for a constant rate).
 - ``adafactor`` on arrays of rank > 2 factors the two largest axes (optax), Keras the last
   two.
 - ``nadam`` is Keras's own rule (``scale_by_keras_nadam``, Dozat's momentum schedule),
@@ -68,7 +66,13 @@ DEFAULT_LEARNING_RATE = {"sgd": 0.01}
 
 
 def _sgd(lr, momentum=0.0, nesterov=False):
-    return optax.sgd(lr, momentum=momentum or None, nesterov=nesterov)
+    if not momentum:
+        return optax.sgd(lr)
+    # Keras's order: the velocity accumulates lr_t * g_t (m = momentum * m - lr_t * g), so
+    # a schedule or a changed rate scales new gradients only (optax.sgd scales it all).
+    return optax.chain(
+        optax.scale_by_learning_rate(lr), optax.trace(decay=momentum, nesterov=nesterov)
+    )
 
 
 def _adam(lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False):
@@ -592,10 +596,8 @@ _COMMON = (
 
 
 class SGD(Optimizer):
-    """Keras's SGD: ``m = momentum * m - lr * g``; ``w += m`` (``w += momentum * m - lr * g``
-    with ``nesterov``). Same trajectory as Keras for a constant learning rate; with a
-    schedule optax scales the accumulated velocity by today's rate, Keras accumulates
-    ``lr_t * g_t``.
+    """Keras's SGD: ``m = momentum * m - lr_t * g``; ``w += m`` (``w += momentum * m -
+    lr_t * g`` with ``nesterov``): ``optax.scale_by_learning_rate`` then ``optax.trace``.
 
     >>> import fnn
     >>> fnn.optimizers.SGD(0.1, momentum=0.9).get_config()["momentum"]
