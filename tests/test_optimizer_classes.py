@@ -311,6 +311,10 @@ def test_learning_rate_lives_in_the_model_state_and_is_settable_through_the_opti
     opt = fnn.optimizers.RMSprop(0.01)
     model, _ = _fitted_once(opt, x, y)
     assert model.learning_rate == pytest.approx(0.01)  # ReduceLROnPlateau & co. work
+    sched = schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.5)
+    scheduled = fnn.optimizers.Adam(sched)
+    scheduled.attach(model)
+    assert scheduled.get_config()["learning_rate"] == schedules.serialize(sched)
     opt.attach(model)  # what Model.compile does for model.optimizer
     assert opt.learning_rate == pytest.approx(0.01)
     opt.learning_rate = 0.002

@@ -546,7 +546,7 @@ class Optimizer:
     def get_config(self) -> dict[str, Any]:
         """Keras's config dict: the constructor arguments (a schedule serialized; a float
         learning rate as it is now, e.g. after ``ReduceLROnPlateau``)."""
-        lr = self.learning_rate
+        lr = self._learning_rate if callable(self._learning_rate) else self.learning_rate
         if isinstance(lr, schedules.LearningRateSchedule):
             lr = schedules.serialize(lr)
         elif callable(lr):
