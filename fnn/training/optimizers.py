@@ -285,20 +285,8 @@ def get(
     >>> opt = fnn.optimizers.get("adam", learning_rate=3e-4, global_clipnorm=1.0)
     """
     if isinstance(identifier, Optimizer | Mapping):
-        if (
-            learning_rate is not None
-            or kwargs
-            or any(
-                v is not None
-                for v in (
-                    clipnorm,
-                    clipvalue,
-                    global_clipnorm,
-                    weight_decay,
-                    gradient_accumulation_steps,
-                )
-            )
-        ):
+        common = (learning_rate, clipnorm, clipvalue, global_clipnorm, weight_decay)
+        if kwargs or gradient_accumulation_steps or any(v is not None for v in common):
             raise ConfigError(
                 "optimizers.get: learning_rate and hyperparameters apply to optimizer names "
                 "only; set them in the optimizer class instead."
