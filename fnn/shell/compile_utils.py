@@ -105,19 +105,22 @@ def map_hyperparam_states(opt_state, fn):
     return opt_state
 
 
-def injectable_optimizer(optimizer):
-    """A string optimizer built with ``optax.inject_hyperparams`` so its learning rate lives
-    in ``opt_state`` (schedulers change it without recompiling); objects are used as given."""
-    import optax
+def optimizer_object(optimizer):
+    """The optimizer object of ``compile(optimizer=...)``: a name (``"adam"``) or a
+    ``serialize`` dict as its ``fnn.optimizers`` class instance, with Keras's defaults;
+    class instances and optax transformations as given. Class instances keep their
+    learning rate in ``opt_state`` (``optax.inject_hyperparams``), so schedulers change
+    it without recompiling."""
+    if isinstance(optimizer, str):
+        optimizers_lib.get(optimizer)  # unknown names raise here, listing the valid ones
+        return optimizers_lib.by_name(optimizer)
+    return optimizers_lib.get(optimizer)
 
-    if not isinstance(optimizer, str):
-        return optimizers_lib.get(optimizer)
-    name = optimizer.lower()
-    lr = optimizers_lib.DEFAULT_LEARNING_RATE.get(name, 1e-3)
-    optimizers_lib.get(name)  # unknown names raise here, listing the valid ones
-    return optax.inject_hyperparams(
-        lambda learning_rate: optimizers_lib.get(name, learning_rate=learning_rate)
-    )(learning_rate=lr)
+
+def injectable_optimizer(optimizer):
+    """The optax transformation the trainer uses for ``compile(optimizer=...)`` (see
+    ``optimizer_object``)."""
+    return optimizer_object(optimizer)
 
 
 def _output_names(out_spec) -> list[str]:
@@ -166,13 +169,20 @@ def _output_metric(metric, key, prefix):
 
 def compile_to_json(config: Mapping[str, Any] | None, name: str) -> dict | None:
     """``Model.compile`` arguments as JSON, or ``None`` (with a warning) if an optimizer,
-    loss or metric is an object that has no registered name."""
+    loss or metric is an object that has no registered name. ``fnn.optimizers`` class
+    instances are stored as Keras writes them (``optimizers.serialize``)."""
     if config is None:
         return None
     out = dict(config)
     problem = None
-    if not isinstance(out.get("optimizer"), str):
-        problem = f"optimizer {out.get('optimizer')!r}"
+    optimizer = out.get("optimizer")
+    if isinstance(optimizer, optimizers_lib.Optimizer):
+        try:
+            out["optimizer"] = optimizers_lib.serialize(optimizer)
+        except ConfigError:
+            problem = f"optimizer {optimizer!r}"
+    elif not isinstance(optimizer, str | Mapping):
+        problem = f"optimizer {optimizer!r}"
     loss = out.get("loss")
     if isinstance(loss, losses_lib.Loss):
         try:
