@@ -21,7 +21,9 @@ import fnn
 from fnn import utils
 from fnn.core.combinators import child_names
 from fnn.core.errors import ConfigError, ShapeError
+from fnn.io.data_adapter import IterableData
 from fnn.layers import Dense
+from fnn.training.loop import epoch_order
 
 rng = np.random.default_rng(0)
 
@@ -327,6 +329,34 @@ def test_pydataset_steps_per_epoch_continues_the_pass_as_keras():
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
     assert data.ends == 2
+
+
+def test_pydataset_shuffle_orders_batches_by_the_one_epoch_order():
+    """``IterableData.epoch(shuffle=True)`` reads each pass in ``epoch_order(len, seed, pass)``
+    (what ``fit(shuffle=True)`` uses for arrays)."""
+    data = Batches(np.arange(10.0)[:, None], np.arange(10.0)[:, None], 2)
+    source = IterableData(data)
+    for p in range(3):
+        got = [int(x[0, 0]) // 2 for x, _, _ in source.epoch(None, shuffle=True, seed=4)]
+        assert got == epoch_order(5, seed=4, epoch=p).tolist()
+    assert data.ends == 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs Model.fit to pass shuffle/seed to IterableData.epoch (the lead's model.py "
+    "diff); remove this mark once applied",
+)
+def test_pydataset_fit_shuffle_true_reads_batches_in_the_epoch_order():
+    """Keras's fit(shuffle=True) (the default) shuffles a PyDataset's batch order each epoch;
+    fnn draws that order from epoch_order(len, compile seed, epoch)."""
+    data = Batches(X, Y, BATCH)
+    got = _model()
+    got.fit(data, epochs=2, verbose=0)
+    batches = [data[i] for e in range(2) for i in epoch_order(len(data), seed=1, epoch=e)]
+    want = _weights_after(batches, epochs=1)
+    for g, w in zip(got.get_weights(), want):
+        np.testing.assert_array_equal(g, w)
 
 
 def test_pydataset_evaluate_and_predict_equal_arrays():

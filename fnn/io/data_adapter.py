@@ -277,12 +277,12 @@ class IterableData:
     def __len__(self) -> int:
         return len(self.data)
 
-    def epoch(
-        self, steps: int | None, *, shuffle: bool = False, seed: int = 0, epoch: int = 0
-    ) -> Iterator:
+    def epoch(self, steps: int | None, *, shuffle: bool = False, seed: int = 0) -> Iterator:
         """The batches of one epoch, as ``(x, y, sample_weight)`` on the device. For a
         ``PyDataset``, ``shuffle`` permutes the batch order of each pass (seeded by
-        ``seed`` and the pass, ``fnn.training.loop.epoch_order``)."""
+        ``seed`` and the pass number, ``fnn.training.loop.epoch_order``), as Keras's
+        ``fit(shuffle=True)`` shuffles a PyDataset's batches; the user code of
+        ``__getitem__``/``on_epoch_*`` runs in the reading thread."""
         if self.sequence:
             it = self._sequence_epoch(steps, shuffle, seed)
         elif self.one_shot:

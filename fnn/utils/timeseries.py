@@ -52,7 +52,8 @@ def timeseries_dataset_from_array(
     """``data [time, ...]`` -> batches ``[batch, sequence_length, ...]`` of windows (with
     ``targets[start]`` per window when ``targets`` is given), as Keras; ``shuffle`` orders
     the windows by ``np.random.RandomState(seed).shuffle`` as Keras does. Feed it to
-    ``fit``/``evaluate``/``predict``."""
+    ``fit``/``evaluate``/``predict``. ``batch_size=None`` gives one batch of every window
+    (Keras then yields single unbatched windows)."""
     data = np.asarray(data)
     targets = None if targets is None else np.asarray(targets)
     for name, value in (
