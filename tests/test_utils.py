@@ -192,7 +192,9 @@ def _dot_graph(text):
 
 
 def test_plot_model_dot_is_the_layer_chain(stack, tmp_path):
-    path = utils.plot_model(stack, to_file=tmp_path / "m.dot", show_shapes=True)
+    path = utils.plot_model(
+        stack, to_file=tmp_path / "m.dot", show_shapes=True, show_layer_names=True
+    )
     with open(path) as f:
         nodes, edges = _dot_graph(f.read())
     names = child_names(stack.layers, stack.name)  # the Sequential's layer keys, in order
@@ -208,12 +210,14 @@ def test_plot_model_dot_is_the_layer_chain(stack, tmp_path):
 
 
 def test_plot_model_expand_nested_boxes_the_children(stack):
-    text = utils.model_to_dot(stack, expand_nested=True)
+    text = utils.model_to_dot(stack, expand_nested=True, show_layer_names=True)
     nodes, edges = _dot_graph(text)
     inner = [n for n in nodes if n.startswith("block/")]
     assert [nodes[n] for n in inner] == [f"{k} (Dense)" for k in stack.params["block"]]
     assert (inner[0], inner[1]) in edges
     assert 'subgraph "cluster_block"' in text
+    plain, _ = _dot_graph(utils.model_to_dot(stack))  # Keras's default: class names only
+    assert plain["dense"] == "Dense" and plain["block"] == "serial"
 
 
 def test_plot_model_names_what_to_install(stack, tmp_path, monkeypatch):

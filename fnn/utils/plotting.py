@@ -29,7 +29,7 @@ def model_to_dot(
     model,
     show_shapes: bool = False,
     show_dtype: bool = False,
-    show_layer_names: bool = True,
+    show_layer_names: bool = False,
     rankdir: str = "TB",
     expand_nested: bool = False,
     dpi: int = 200,
@@ -39,14 +39,15 @@ def model_to_dot(
 ) -> str:
     """The DOT source (text) of ``model``'s layer graph (a built ``fnn.Model``/``Sequential``).
 
-    ``expand_nested`` draws the layers inside nested stacks in a dashed box under their
-    parent. ``show_dtype``, ``show_layer_activations`` and ``show_trainable`` are not
-    supported yet (``ConfigError``).
+    Labels are class names (``name (Class)`` with ``show_layer_names``, off by default as
+    in Keras 3). ``expand_nested`` draws the layers inside nested stacks in a dashed box
+    under their parent. ``show_dtype``, ``show_layer_activations`` and ``show_trainable``
+    are not supported yet (``ConfigError``).
 
     >>> import fnn
     >>> from fnn.layers import Dense
     >>> m = fnn.Sequential([fnn.Input((4,)), Dense(2, name="out")])
-    >>> print(model_to_dot(m, show_shapes=True).splitlines()[4])
+    >>> print(model_to_dot(m, show_shapes=True, show_layer_names=True).splitlines()[4])
       "out" [label="out (Dense)\\nOutput shape: (None, 2)"];
     """
     del subgraph
@@ -111,7 +112,7 @@ def plot_model(
     to_file: str = "model.png",
     show_shapes: bool = False,
     show_dtype: bool = False,
-    show_layer_names: bool = True,
+    show_layer_names: bool = False,
     rankdir: str = "TB",
     expand_nested: bool = False,
     dpi: int = 200,
