@@ -352,7 +352,8 @@ def test_early_stopping_equals_keras(key, kwargs):
         {"factor": 0.2, "patience": 1, "min_delta": 0.05, "mode": "max", "verbose": 1},
     ],
 )
-def test_reduce_lr_on_plateau_equals_keras(kwargs):
+@pytest.mark.parametrize("curve", [CURVES["val_loss"], [float("nan"), 1.0, 0.9, 0.95, 0.97, 0.99]])
+def test_reduce_lr_on_plateau_equals_keras(kwargs, curve):
     lrs = {}
     for k in (keras, fnn):
         cb = k.callbacks.ReduceLROnPlateau(**kwargs)
@@ -360,7 +361,7 @@ def test_reduce_lr_on_plateau_equals_keras(kwargs):
         cb.on_epoch_end = (lambda orig: lambda e, logs=None: (orig(e, logs), seen.append(logs)))(
             cb.on_epoch_end
         )
-        model, out, _ = drive(cb, CURVES["val_loss"])
+        model, out, _ = drive(cb, curve)
         lrs[k] = ([logs["learning_rate"] for logs in seen], out, model.learning_rate)
     assert lrs[fnn] == lrs[keras]
 

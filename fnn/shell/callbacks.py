@@ -638,19 +638,19 @@ class ReduceLROnPlateau(Callback):
         self.min_delta = min_delta
         self.cooldown = cooldown
         self.min_lr = min_lr
-        op = _mode_op("ReduceLROnPlateau", monitor, mode)
-        if op is np.less:
-            self.monitor_op = lambda a, b: np.less(a, b - self.min_delta)
-            self._worst = np.inf
-        else:
-            self.monitor_op = lambda a, b: np.greater(a, b + self.min_delta)
-            self._worst = -np.inf
+        self.monitor_op = _mode_op("ReduceLROnPlateau", monitor, mode)
         self._reset()
 
     def _reset(self):
-        self.best = self._worst
+        self.best = None  # the first value is an improvement (Keras)
         self.wait = 0
         self.cooldown_counter = 0
+
+    def _is_improvement(self, value, reference) -> bool:
+        if reference is None:
+            return True
+        delta = self.min_delta if self.monitor_op is np.greater else -self.min_delta
+        return bool(self.monitor_op(value - delta, reference))
 
     def on_train_begin(self, logs=None):
         self._reset()
@@ -665,7 +665,7 @@ class ReduceLROnPlateau(Callback):
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0
-        if self.monitor_op(current, self.best):
+        if self._is_improvement(current, self.best):
             self.best = current
             self.wait = 0
         elif self.cooldown_counter <= 0:
