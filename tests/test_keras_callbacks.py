@@ -540,6 +540,7 @@ def test_learning_rate_scheduler_wants_a_float():
         "LambdaCallback",
         "LearningRateScheduler",
         "ModelCheckpoint",
+        "ProgbarLogger",
         "ReduceLROnPlateau",
         "TensorBoard",
         "TerminateOnNaN",

@@ -957,10 +957,11 @@ class ProgbarLogger(Callback):
     """The progress display of ``fit``/``evaluate``/``predict`` (added automatically when
     ``verbose`` is not 0): a tqdm bar with live loss/metrics and steps/s on a terminal,
     one line per epoch otherwise. The bar reads the logs at most every ``interval``
-    seconds, so it adds no per-step device synchronisation.
+    seconds, so it adds no per-step device synchronisation. ``ProgbarLogger()`` takes no
+    positional arguments, as Keras's; ``interval`` and ``file`` are fnn's keyword extras.
     """
 
-    def __init__(self, interval: float = 0.2, file=None):
+    def __init__(self, *, interval: float = 0.2, file=None):
         super().__init__()
         self.interval = interval
         self.file = file
