@@ -627,6 +627,20 @@ def test_backup_and_restore_with_batch_save_freq_resumes_as_keras(tmp_path):
     assert not (tmp_path / "b").exists()  # delete_checkpoint=True, as Keras
 
 
+def test_backup_and_restore_double_checkpoint_keeps_the_previous_backup(tmp_path):
+    def steps(**kwargs):
+        backup = fnn.callbacks.BackupAndRestore(
+            tmp_path / str(len(kwargs)), delete_checkpoint=False, **kwargs
+        )
+        small_model().fit(X, Y, batch_size=4, epochs=3, verbose=0, callbacks=[backup])
+        return backup.manager.steps()
+
+    assert steps() == [9]  # the latest epoch's backup only
+    assert steps(double_checkpoint=True) == [6, 9]  # and the one before it
+    with pytest.raises(ConfigError, match="expected save_freq 'epoch' or a number of batches"):
+        fnn.callbacks.BackupAndRestore(tmp_path / "x", save_freq=0)
+
+
 # ------------------------------------------------------------- TensorBoard
 
 
@@ -639,7 +653,9 @@ def test_tensorboard_event_files_read_back_equal_history(tmp_path):
     rec = fnn.callbacks.LambdaCallback(
         on_train_batch_end=lambda b, logs: batch_logs.append(dict(logs))
     )
-    tb = fnn.callbacks.TensorBoard(tmp_path, histogram_freq=2, update_freq=2)
+    tb = fnn.callbacks.TensorBoard(
+        tmp_path, histogram_freq=2, update_freq=2, write_steps_per_second=True
+    )
     history = model.fit(
         X, Y, batch_size=4, epochs=3, verbose=0, validation_data=(X[:6], Y[:6]),
         callbacks=[rec, tb],
@@ -659,6 +675,7 @@ def test_tensorboard_event_files_read_back_equal_history(tmp_path):
         np.testing.assert_allclose(
             [e.value for e in events], history.history[f"val_{name}"], rtol=1e-6
         )
+    assert all(e.value > 0 for e in train.Scalars("epoch_steps_per_second"))
     lr = [e.value for e in train.Scalars("epoch_learning_rate")]
     np.testing.assert_allclose(lr, [model.learning_rate] * 3, rtol=1e-6)
     # Batch scalars every 2 global batches (3 batches an epoch: global batches 2, 4, 6, 8).
