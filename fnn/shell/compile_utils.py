@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fnn.core.errors import ConfigError
@@ -57,7 +58,11 @@ def resolve(config: Mapping[str, Any], out, y, model_name: str) -> tuple:
             weight = float(cfg["loss_weights"])
             inner = loss
             loss = losses_lib.Loss(
-                lambda t, p: weight * inner(t, p), inner.name, inner.config, inner.mask_fn
+                inner.name,
+                inner.reduction,
+                fn=lambda t, p: weight * jnp.asarray(inner.call(t, p)),
+                config=inner.config,
+                mask_fn=inner.mask,
             )
         y_shape = None if y is None else tuple(np.shape(jax.tree.leaves(y)[0]))
         metrics = [
@@ -144,10 +149,10 @@ def _combined_loss(losses, weights, names):
     def fn(y_true, y_pred):
         total = 0.0
         for key, loss, w in zip(keys, losses, weights):
-            total = total + w * loss(y_true[key], y_pred[key])
+            total = total + w * loss.per_example(y_true[key], y_pred[key])
         return total
 
-    return losses_lib.Loss(fn, "loss")
+    return losses_lib.Loss("loss", fn=fn)
 
 
 def _output_metric(metric, key, prefix):
