@@ -408,7 +408,10 @@ def _update_metrics(metric_states, metrics, loss_value, n, y, y_pred, sw, axis_n
             metric_states["loss"], LOSS_METRIC, loss_value, jnp.asarray(n, jnp.float32)
         )
     for m in metrics:
-        new[m.name] = contribution(metric_states[m.name], m, y, y_pred, sw)
+        # Sample (and class) weights reach only the metrics marked weighted, as Keras's
+        # compile(metrics=...) vs compile(weighted_metrics=...); the loss always uses them.
+        weights = sw if getattr(m, "weighted", True) else None
+        new[m.name] = contribution(metric_states[m.name], m, y, y_pred, weights)
     return new
 
 
@@ -429,7 +432,9 @@ def make_train_step(
     layers. The step derives its key as ``fold_in(train_state.rng, step)``, runs ``layer.apply(..., train=True)``,
     reduces ``loss`` (a name, ``Loss`` or callable) with its ``reduction`` plus the
     ``regularizers`` terms, takes ``jax.value_and_grad``, applies one ``optimizer`` update
-    and adds the batch to every metric state. ``logs = {"loss": batch loss}`` (plus
+    and adds the batch to every metric state (``sample_weight`` reaches only metrics with
+    ``weighted=True``, e.g. ``fnn.metrics.weighted(m)``: Keras's ``weighted_metrics``;
+    the loss is always weighted). ``logs = {"loss": batch loss}`` (plus
     ``"loss_scale"`` under float16).
 
     ``axis_name`` (inside ``pmap``/``shard_map``): the gradients, loss and float model
