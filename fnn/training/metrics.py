@@ -914,9 +914,12 @@ def FBetaScore(
     def update(state, y_true, y_pred, sample_weight=None):
         batch = _batch_size(name, y_pred)
         y_true, y_pred = jnp.asarray(y_true), jnp.asarray(y_pred, jnp.float32)
-        if y_pred.ndim == 2 and y_true.shape in ((batch,), (batch, 1)) and num_classes > 1:
-            labels = _sparse_labels(name, y_true, y_pred)
-            y_true = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+        if y_pred.ndim == 2 and y_true.shape in ((batch,), (batch, 1)):
+            if num_classes > 1:
+                labels = _sparse_labels(name, y_true, y_pred)
+                y_true = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+            else:  # one score per example
+                y_true = y_true.reshape(batch, 1)
         if y_pred.ndim != 2 or y_true.shape != y_pred.shape or y_pred.shape[-1] != num_classes:
             raise ShapeError(
                 f"{name}: expected targets and predictions [batch, {num_classes}], got "
