@@ -330,6 +330,12 @@ def test_user_metric_subclass_in_compile_and_fit():
     assert history.history["categorical_true_positives"] == pytest.approx(
         [float(reference.result())] * 2
     )
+    # What model.metrics reads back: the user's instance holds the epoch's state, as in Keras.
+    states = model.train_state.metric_states
+    assert fnn.metrics.with_state(ctp, states[ctp.name]) is ctp
+    assert float(ctp.result()) == pytest.approx(float(reference.result()))
+    loss_tracker = fnn.metrics.with_state(fnn.train.LOSS_METRIC, states["loss"])
+    assert float(loss_tracker.result()) == pytest.approx(history.history["loss"][-1], rel=1e-6)
     evaluated = model.evaluate(x, y, batch_size=16, verbose=0)
     assert evaluated[1] == pytest.approx(float(reference.result()))
     # A ratio metric of two variables inside fit, against Keras's on the same predictions.

@@ -184,7 +184,7 @@ class Metric:
     ):
         self.name = name or _snake_case(type(self).__name__)
         self.config = dict(config or {})
-        self.dtype = dtype
+        self.dtype = dtype or "float32"
         self.weighted = weighted
         self._builder = builder
         self._variables: list[Variable] = []
@@ -241,6 +241,10 @@ class Metric:
         self._state = None
         for v in self._variables:
             v.assign(jnp.zeros(v.shape, v.dtype))
+
+    def reset_states(self) -> None:
+        """tf.keras's name of ``reset_state``."""
+        self.reset_state()
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         """``update_state`` then ``result``, as Keras."""
@@ -325,6 +329,18 @@ def weighted(metric: Metric) -> Metric:
         return metric
     out = copy.copy(metric)
     out.weighted, out._state = True, None
+    return out
+
+
+def with_state(metric: Metric, state: State) -> Metric:
+    """``metric`` holding ``state`` (e.g. from ``TrainState.metric_states``) as its eager
+    state, so ``result()`` reads it: a copy for built-in metrics; a Keras-style subclass
+    gets the values loaded into its own variables (as Keras's ``fit`` updates them)."""
+    if metric._variables and metric.init == metric._traced_init:
+        metric._load(state)
+        return metric
+    out = copy.copy(metric)
+    out._state = state
     return out
 
 
@@ -762,7 +778,7 @@ def _thresholded(kind, name, thresholds, top_k, class_id, from_logits):
 def _count_metric(kind, doc):
     def make(thresholds=None, name: str | None = None, dtype=None, *, from_logits=False):
         metric = _thresholded(kind, name or kind, thresholds, None, None, from_logits)
-        metric.dtype = dtype
+        metric.dtype = dtype or metric.dtype
         return metric
 
     make.__name__ = "".join(part.title() for part in kind.split("_"))
@@ -830,7 +846,7 @@ def Precision(
     if average != "binary":
         return _confusion_metric("precision", thresholds, average, num_classes, from_logits, name)
     metric = _thresholded("precision", name, thresholds, top_k, class_id, from_logits)
-    metric.dtype = dtype
+    metric.dtype = dtype or metric.dtype
     return metric
 
 
@@ -849,7 +865,7 @@ def Recall(
     if average != "binary":
         return _confusion_metric("recall", thresholds, average, num_classes, from_logits, name)
     metric = _thresholded("recall", name, thresholds, top_k, class_id, from_logits)
-    metric.dtype = dtype
+    metric.dtype = dtype or metric.dtype
     return metric
 
 
@@ -968,7 +984,7 @@ def F1Score(
     every entry thresholded at ``threshold`` (default 0.5), like sklearn's binary F1."""
     if average == "binary":
         metric = _thresholded("f1_score", name, threshold, None, None, from_logits)
-        metric.dtype = dtype
+        metric.dtype = dtype or metric.dtype
         return metric
     return FBetaScore(
         average, 1.0, threshold, name, dtype, num_classes=num_classes, from_logits=from_logits
