@@ -334,7 +334,9 @@ def test_user_metric_subclass_in_compile_and_fit():
     states = model.train_state.metric_states
     assert fnn.metrics.with_state(ctp, states[ctp.name]) is ctp
     assert float(ctp.result()) == pytest.approx(float(reference.result()))
-    loss_tracker = fnn.metrics.with_state(fnn.train.LOSS_METRIC, states["loss"])
+    loss_tracker = fnn.metrics.with_state(fnn.metrics.Mean("loss"), states["loss"])
+    assert float(loss_tracker.result()) == pytest.approx(history.history["loss"][-1], rel=1e-6)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)  # donates the old train state
     assert float(loss_tracker.result()) == pytest.approx(history.history["loss"][-1], rel=1e-6)
     evaluated = model.evaluate(x, y, batch_size=16, verbose=0)
     assert evaluated[1] == pytest.approx(float(reference.result()))

@@ -26,7 +26,9 @@ def resolve(config: Mapping[str, Any], out, y, model_name: str) -> tuple:
     ``config["metrics"]`` are reported without sample or class weights and
     ``config.get("weighted_metrics")`` with them (Keras 3's rule; a weighted metric whose
     name is taken is renamed ``"weighted_<name>"``). Metrics whose state is per class are
-    built from the output shape."""
+    built from the output shape, and ``"precision"``/``"recall"``/``"f1_score"``/``"auc"``/
+    ``"confusion_matrix"`` with a categorical cross-entropy are multi-class (macro) over the
+    output's last axis (see ``fnn.metrics.get``)."""
     cfg = config
     plain, weighted = list(cfg.get("metrics") or []), list(cfg.get("weighted_metrics") or [])
     multi = isinstance(out, tuple | dict) or isinstance(cfg["loss"], list | tuple | dict)
@@ -85,7 +87,10 @@ def resolve(config: Mapping[str, Any], out, y, model_name: str) -> tuple:
 def _resolve_metric(identifier, loss, y_shape, out_shape, is_weighted, taken):
     """One compile metric: resolved against the loss and shapes, built for the output
     shape, marked weighted or not (a copy, so one object may sit in both lists)."""
-    metric = metrics_lib.get(identifier, loss=loss, y_true_shape=y_shape, y_pred_shape=out_shape)
+    classes = out_shape[-1] if len(out_shape) >= 2 and out_shape[-1] > 1 else None
+    metric = metrics_lib.get(
+        identifier, loss=loss, num_classes=classes, y_true_shape=y_shape, y_pred_shape=out_shape
+    )
     metric = metric.build(out_shape)
     metric = metrics_lib.weighted(metric) if is_weighted else metrics_lib.unweighted(metric)
     if is_weighted and metric.name in {m.name for m in taken}:

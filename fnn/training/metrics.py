@@ -333,15 +333,16 @@ def weighted(metric: Metric) -> Metric:
 
 
 def with_state(metric: Metric, state: State) -> Metric:
-    """``metric`` holding ``state`` (e.g. from ``TrainState.metric_states``) as its eager
-    state, so ``result()`` reads it: a copy for built-in metrics; a Keras-style subclass
-    gets the values loaded into its own variables (as Keras's ``fit`` updates them)."""
+    """``metric`` itself, now holding a copy of ``state`` (e.g. from
+    ``TrainState.metric_states``) as its eager state, so ``result()`` reads it, as a Keras
+    metric instance reads what ``fit`` accumulated (a subclass gets the values loaded into
+    its variables). The copy survives the step donating the train state."""
+    state = jax.tree.map(lambda a: jnp.array(a, copy=True), state)
     if metric._variables and metric.init == metric._traced_init:
         metric._load(state)
-        return metric
-    out = copy.copy(metric)
-    out._state = state
-    return out
+    else:
+        metric._state = state
+    return metric
 
 
 def unweighted(metric: Metric) -> Metric:
