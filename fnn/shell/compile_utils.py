@@ -212,7 +212,10 @@ def compile_to_json(config: Mapping[str, Any] | None, name: str) -> dict | None:
             problem = f"loss {loss.name!r}"
     elif not isinstance(loss, str | None):
         problem = f"loss {loss!r}"
-    if any(not isinstance(m, str) for m in out.get("metrics") or []):
+    if any(
+        not isinstance(m, str)
+        for m in [*(out.get("metrics") or []), *(out.get("weighted_metrics") or [])]
+    ):
         problem = "metrics given as objects"
     try:
         import json

@@ -13,6 +13,15 @@ they accumulate inside a jitted loop or ``lax.scan``, and per-device states merg
 >>> state = acc.update(state, jnp.array([1]), jnp.array([[0.3, 0.7]]))
 >>> round(float(acc.compute(state)), 4)
 0.6667
+
+Keras's stateful interface sits on top (``update_state``/``result``/``reset_state``), and
+``Metric`` subclasses written the Keras way (``add_variable``, ``assign_add``) are traced
+into the same pure triple, so they run inside the compiled steps:
+
+>>> p = fnn.metrics.Precision(thresholds=[0.3, 0.6])
+>>> p.update_state(jnp.array([1, 0, 1]), jnp.array([0.9, 0.5, 0.4]))
+>>> [round(float(v), 3) for v in p.result()]
+[0.667, 1.0]
 """
 
 from __future__ import annotations
