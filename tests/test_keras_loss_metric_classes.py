@@ -408,3 +408,28 @@ def test_weighted_metrics_get_the_sample_weights():
     reference = keras.metrics.AUC()
     reference.update_state(y, p, sample_weight=w)
     assert float(got["auc"]) == pytest.approx(float(reference.result()), rel=1e-5)
+
+
+def test_positional_arguments_follow_keras():
+    y_true, y_pred = _data("binary", np.random.default_rng(3))
+    for name, args in [
+        ("BinaryAccuracy", ("ba", None, 0.3)),
+        ("Precision", (0.3, None, 1, "p")),
+        ("Recall", ([0.2, 0.7], 2)),
+        ("AUC", (50, "PR", "interpolation", "pr")),
+        ("F1Score", ("macro", 0.4, "f")),
+        ("TruePositives", ([0.1, 0.9], "tp")),
+    ]:
+        ours, theirs = getattr(fnn.metrics, name)(*args), getattr(keras.metrics, name)(*args)
+        ours.update_state(y_true, y_pred)
+        theirs.update_state(y_true, y_pred)
+        np.testing.assert_allclose(ours.result(), theirs.result(), rtol=2e-5, err_msg=name)
+        assert ours.name == theirs.name
+    labels, logits = _data("sparse_logits", np.random.default_rng(4))
+    for name, args, (t, p) in [
+        ("SparseCategoricalCrossentropy", (True, 2, "sum"), (labels, logits)),
+        ("Huber", (0.5, "sum", "h"), (y_true, y_pred)),
+        ("BinaryCrossentropy", (False, 0.1, -1, "mean_with_sample_weight"), (y_true, y_pred)),
+    ]:
+        ours, theirs = getattr(fnn.losses, name)(*args), getattr(keras.losses, name)(*args)
+        np.testing.assert_allclose(ours(t, p), theirs(t, p), rtol=2e-5, err_msg=name)

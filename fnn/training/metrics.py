@@ -556,32 +556,37 @@ def top_k_categorical_accuracy(y_true, y_pred, k=5):
     return _per_example(_in_top_k(labels, y_pred, k))
 
 
-def Accuracy(name: str = "accuracy") -> Metric:
+def Accuracy(name: str = "accuracy", dtype=None) -> Metric:
     """Exact-match accuracy (Keras ``Accuracy``: ``y_true == y_pred``)."""
-    return MeanMetricWrapper(accuracy, name)
+    return MeanMetricWrapper(accuracy, name, dtype)
 
 
 def BinaryAccuracy(
-    threshold: float = 0.5, from_logits: bool = False, name: str = "binary_accuracy"
+    name: str = "binary_accuracy",
+    dtype=None,
+    threshold: float = 0.5,
+    *,
+    from_logits: bool = False,
 ) -> Metric:
     """Fraction of 0/1 targets matched by ``p > threshold`` (``sigmoid`` first if
-    ``from_logits``; Keras has no ``from_logits`` here)."""
+    ``from_logits``, an fnn extension: Keras has no ``from_logits`` here)."""
     return MeanMetricWrapper(
         lambda t, p: binary_accuracy(t, p, threshold, from_logits),
         name,
+        dtype,
         threshold=threshold,
         from_logits=from_logits,
     )
 
 
-def CategoricalAccuracy(name: str = "categorical_accuracy") -> Metric:
+def CategoricalAccuracy(name: str = "categorical_accuracy", dtype=None) -> Metric:
     """Accuracy for one-hot targets ``[batch, C]`` and scores ``[batch, C]``."""
-    return MeanMetricWrapper(categorical_accuracy, name)
+    return MeanMetricWrapper(categorical_accuracy, name, dtype)
 
 
-def SparseCategoricalAccuracy(name: str = "sparse_categorical_accuracy") -> Metric:
+def SparseCategoricalAccuracy(name: str = "sparse_categorical_accuracy", dtype=None) -> Metric:
     """Accuracy for integer labels ``[batch]`` and scores ``[batch, C]``."""
-    return MeanMetricWrapper(sparse_categorical_accuracy, name)
+    return MeanMetricWrapper(sparse_categorical_accuracy, name, dtype)
 
 
 def TopKCategoricalAccuracy(
