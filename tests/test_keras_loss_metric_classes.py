@@ -433,3 +433,23 @@ def test_positional_arguments_follow_keras():
     ]:
         ours, theirs = getattr(fnn.losses, name)(*args), getattr(keras.losses, name)(*args)
         np.testing.assert_allclose(ours(t, p), theirs(t, p), rtol=2e-5, err_msg=name)
+
+
+def test_config_round_trip_and_losses_as_metrics():
+    for loss in (
+        fnn.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=1, name="ce"),
+        fnn.losses.BinaryFocalCrossentropy(gamma=3.0, reduction="sum"),
+        fnn.losses.Huber(0.3),
+        fnn.losses.MeanSquaredError(name="m"),
+    ):
+        again = type(loss).from_config(loss.get_config())
+        assert again.get_config() == loss.get_config()
+        assert fnn.losses.get(fnn.losses.serialize(loss)).get_config() == loss.get_config()
+    # A loss object in metrics=[...] is the mean of its per-example values, as in Keras.
+    y_true, y_pred = _data("regression", RNG)
+    ours = fnn.metrics.get(fnn.losses.MeanAbsoluteError(name="l1"))
+    theirs = keras.metrics.MeanMetricWrapper(keras.losses.mean_absolute_error, name="l1")
+    for m in (ours, theirs):
+        m.update_state(y_true, y_pred)
+    assert ours.name == "l1"
+    np.testing.assert_allclose(ours.result(), theirs.result(), rtol=1e-6)

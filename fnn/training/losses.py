@@ -119,6 +119,11 @@ class Loss:
         """Constructor arguments, Keras's ``get_config`` (``name`` and ``reduction`` too)."""
         return {"name": self.name, "reduction": self.reduction, **self.config}
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Loss:
+        """``cls(**config)``, Keras's inverse of ``get_config``."""
+        return cls(**config)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"Loss({self.name!r}{', ' if args else ''}{args})"

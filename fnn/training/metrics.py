@@ -230,6 +230,10 @@ class Metric:
     def __repr__(self) -> str:
         return f"<fnn Metric {self.name!r}>"
 
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments, Keras's ``get_config`` (``name`` and ``dtype`` too)."""
+        return {"name": self.name, "dtype": self.dtype, **self.config}
+
     # ------------------------------------------------------------ Keras's stateful API
 
     def update_state(self, y_true, y_pred, sample_weight=None) -> None:
@@ -1441,8 +1445,9 @@ def get(
                 )
             return _METRICS[key](num_classes, from_logits=from_logits, name=name)
         return _METRICS[key](name=name)
-    if callable(identifier):
-        return MeanMetricWrapper(identifier, getattr(identifier, "__name__", "metric"))
+    if callable(identifier):  # a per-example function, or a Loss (its unreduced values)
+        name = getattr(identifier, "name", None) or getattr(identifier, "__name__", "metric")
+        return MeanMetricWrapper(identifier, name)
     raise ConfigError(
         f"expected a metric name, Metric or callable fn(y_true, y_pred), got {identifier!r}."
     )
