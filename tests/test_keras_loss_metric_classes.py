@@ -424,7 +424,7 @@ def test_positional_arguments_follow_keras():
         ours.update_state(y_true, y_pred)
         theirs.update_state(y_true, y_pred)
         np.testing.assert_allclose(ours.result(), theirs.result(), rtol=2e-5, err_msg=name)
-        assert ours.name == theirs.name
+        assert ours.name == re.sub(r"_\d+$", "", theirs.name)
     labels, logits = _data("sparse_logits", np.random.default_rng(4))
     for name, args, (t, p) in [
         ("SparseCategoricalCrossentropy", (True, 2, "sum"), (labels, logits)),
