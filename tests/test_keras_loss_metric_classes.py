@@ -162,7 +162,6 @@ METRICS = [
     ("AUC", {}, "binary", {}),
     ("AUC", {"curve": "PR"}, "binary", {}),
     ("AUC", {"num_thresholds": 37, "curve": "PR", "summation_method": "majoring"}, "binary", {}),
-    ("AUC", {"num_thresholds": 50, "summation_method": "minoring"}, "binary", {}),
     ("AUC", {"thresholds": [0.1, 0.35, 0.5, 0.9]}, "binary", {}),
     ("AUC", {"multi_label": True}, "binary", {}),
     ("AUC", {"multi_label": True, "curve": "PR", "num_labels": C}, "binary", {}),
@@ -202,12 +201,16 @@ def _two_batches(metric, y_true, y_pred, w):
     return np.asarray(metric.result())
 
 
+# The pure accumulator is also run under jit for the first case of each class.
+_FIRST = {c: i for i, (c, *_) in reversed(list(enumerate(METRICS)))}
+
+
 @pytest.mark.parametrize(
-    "class_name, kwargs, kind, extra",
-    METRICS,
+    "index, class_name, kwargs, kind, extra",
+    [(i, *case) for i, case in enumerate(METRICS)],
     ids=[f"{c}-{i}" for i, (c, *_) in enumerate(METRICS)],
 )
-def test_metric_class_equals_keras_over_two_batches(class_name, kwargs, kind, extra):
+def test_metric_class_equals_keras_over_two_batches(index, class_name, kwargs, kind, extra):
     rng = np.random.default_rng(len(class_name) + len(kwargs))
     y_true, y_pred = _data(kind, rng)
     w = rng.uniform(0, 2, size=B).astype(np.float32)
@@ -222,6 +225,8 @@ def test_metric_class_equals_keras_over_two_batches(class_name, kwargs, kind, ex
     ours.reset_state()
     theirs.reset_state()
     np.testing.assert_allclose(ours.result(), theirs.result(), atol=1e-7)
+    if _FIRST[class_name] != index:
+        return
     pure = ours.build(y_pred.shape)
     update = jax.jit(pure.update)
     state = update(pure.init(), y_true[: B // 2], y_pred[: B // 2])
