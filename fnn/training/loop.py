@@ -176,9 +176,13 @@ class Trainer:
         self._compute = jax.jit(compute) if jit else compute
 
     def read_metrics(self, metric_states) -> dict[str, float]:
-        """The metrics' current values as floats (one device synchronisation)."""
+        """The metrics' current values as floats (one device synchronisation); a metric
+        with several values (per class, per threshold) as a numpy array, as Keras logs it."""
         values = jax.device_get(self._compute(metric_states))
-        return {k: float(np.asarray(v)) for k, v in values.items()}
+        return {
+            k: float(np.asarray(v).reshape(())) if np.size(v) == 1 else np.asarray(v)
+            for k, v in values.items()
+        }
 
 
 # ---------------------------------------------------------------------------- training
