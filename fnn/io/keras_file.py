@@ -47,7 +47,6 @@ from fnn.core import activations, initializers, spec
 from fnn.core.combinators import child_names
 from fnn.core.errors import ConfigError
 from fnn.core.layer import Layer, LayerSpec, get_layer_factory
-from fnn.io.checkpoint import CheckpointError
 
 __all__ = [
     "KERAS_LAYERS",
@@ -370,10 +369,10 @@ class KerasModelFile:
     graph_layers: dict[str, Layer] | None = None
 
 
-def _bad_file(path, why: str) -> CheckpointError:
-    return CheckpointError(
-        f"{os.fspath(path)!r}: expected a Keras model file (a .keras zip with config.json "
-        f"and model.weights.h5, or a legacy .h5 with model_config), {why}."
+def _bad_file(path, why: str) -> ConfigError:
+    return ConfigError(
+        f"load_model: cannot read {os.fspath(path)!r}: expected a Keras model file (a .keras "
+        f"zip with config.json and model.weights.h5, or a legacy .h5 with model_config), {why}."
     )
 
 
@@ -468,7 +467,7 @@ def _open(path):
     h5py = _h5py(path)
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"{os.fspath(path)!r}: no such Keras model file.")
+        raise ConfigError(f"load_model: cannot read {os.fspath(path)!r}: no such file.")
     if p.name.lower().endswith(".keras"):
         try:
             with zipfile.ZipFile(p) as archive:
@@ -638,16 +637,19 @@ def write_model(
     inputs: Sequence[Any],
     weight_names: Sequence[str],
     weights: Sequence[np.ndarray],
+    who: str | None = None,
 ) -> Path:
     """Write a Keras 3 ``.keras`` archive of a Sequential model: ``layers`` in order (each
     built by a registered factory that Keras has), the abstract ``inputs`` it was built
     for, and its weights with their ``weight_names`` (``Model.weight_names()``).
     ``keras.saving.load_model`` opens it; the file is replaced atomically."""
     p = Path(path)
+    who = who or name
     if not p.name.lower().endswith(".keras"):
+        suffix = p.suffix or "other"
         raise ConfigError(
-            f"{name}: cannot write {os.fspath(path)!r}: fnn writes Keras 3 .keras archives, "
-            "not legacy .h5 files; use a path ending in .keras."
+            f"{who}: cannot write {os.fspath(path)!r}: fnn writes Keras 3 .keras archives, "
+            f"not {suffix} files; use a path ending in .keras."
         )
     if len(inputs) != 1:
         raise ConfigError(f"{name}: expected a Sequential with one input, got {len(inputs)}.")
