@@ -150,7 +150,22 @@ def is_keras_path(path: str | os.PathLike) -> bool:
 
 
 def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """Keras's snake case of a class name: ``Conv2DTranspose`` -> ``conv2d_transpose``,
+    ``SimpleRNN`` -> ``simple_rnn`` (it names initializers and the h5 weight groups)."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", re.sub(r"\W+", "", name))
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _group_names(class_names: Sequence[str]) -> list[str]:
+    """The h5 groups of a model's layers under ``layers/``: Keras addresses them by the
+    snake-cased class name, ``_1``, ``_2`` for repeats in order (not by layer name)."""
+    used: dict[str, int] = {}
+    out = []
+    for class_name in class_names:
+        base = _snake(class_name)
+        used[base] = used.get(base, -1) + 1
+        out.append(f"{base}_{used[base]}" if used[base] else base)
+    return out
 
 
 def _initializer(value: Any) -> str | None:
@@ -330,7 +345,8 @@ def layer_to_keras(layer: Layer, name: str | None = None, *, where: str = "") ->
             f"Keras has no such layer. Writable layers: {', '.join(KERAS_LAYERS)}."
         )
     config: dict[str, Any] = {"name": name}
-    for key, value in layer.spec.config.items():
+    # Every argument, defaults included: Keras's defaults and required arguments differ.
+    for key, value in spec.full_arguments(layer.spec).items():
         if key in ("name", "input_shape"):
             continue
         neutral = _FNN_ONLY_BY_CLASS.get((class_name, key), _FNN_ONLY.get(key, ...))
@@ -407,9 +423,9 @@ def _keras3_arrays(h5, class_name: str, name: str, path) -> list[np.ndarray]:
         return []
     out = []
     for sub in _GROUPS.get(class_name, ("",)):
-        group = root[name][sub] if sub else root[name]
         if sub and sub not in root[name]:
             raise _bad_file(path, f"got no group layers/{name}/{sub} for its {class_name}")
+        group = root[name][sub] if sub else root[name]
         if "vars" in group:
             where = f"layers/{name}/{sub + '/' if sub else ''}vars"
             out.extend(_array(d, path, where) for d in _numbered(group["vars"]))
@@ -452,7 +468,7 @@ def _sequential(config: Mapping, where: str):
             f"{where}: the Keras Sequential has no input shape (it was saved before it was "
             "built); build it in Keras (keras.Input(shape) first) and save again."
         )
-    layers = [layer_from_keras(e, where=f"{where}.layers[{i}]") for i, e in enumerate(entries)]
+    layers = [layer_from_keras(e) for e in entries]
     if (
         layers
         and layers[0].spec.class_name == "Embedding"
@@ -524,20 +540,23 @@ def read_model(path: str | os.PathLike) -> KerasModelFile:
         name = inner.get("name") or class_name.lower()
         entries = [e for e in inner.get("layers") or [] if e.get("class_name") != "InputLayer"]
         weights = {}
+        all_entries = inner.get("layers") or []
+        groups = dict(
+            zip(map(id, all_entries), _group_names([e["class_name"] for e in all_entries]))
+        )
+        if class_name == "Sequential":  # Sequential.layers leaves its InputLayer out
+            groups = dict(zip(map(id, entries), _group_names([e["class_name"] for e in entries])))
         for entry in entries:
             layer_name = (entry.get("config") or {}).get("name")
             if keras3:
-                arrays = _keras3_arrays(h5, entry["class_name"], layer_name, path)
+                arrays = _keras3_arrays(h5, entry["class_name"], groups[id(entry)], path)
             else:
                 arrays = _legacy_arrays(h5, layer_name, path)
             weights[layer_name] = arrays
         if class_name == "Sequential":
             layers, inputs = _sequential(inner, where)
             return KerasModelFile("Sequential", name, layers, inputs, weights)
-        graph_layers = {
-            e["config"]["name"]: layer_from_keras(e, where=f"{where}.{e['config']['name']}")
-            for e in entries
-        }
+        graph_layers = {e["config"]["name"]: layer_from_keras(e) for e in entries}
         inputs = []
         for e in inner.get("layers") or []:
             if e.get("class_name") == "InputLayer":
@@ -608,8 +627,10 @@ def _input_layer(spec_: Any, name: str) -> dict:
     }
 
 
-def _write_arrays(h5, key: str, class_name: str, names: list[str], arrays: list) -> None:
-    layer = h5.require_group(f"layers/{key}")
+def _write_arrays(
+    h5, key: str, group: str, class_name: str, names: list[str], arrays: list
+) -> None:
+    layer = h5.require_group(f"layers/{group}")
     layer.require_group("vars").attrs["name"] = key
     groups = _GROUPS.get(class_name, ("",))
     # The first key below the layer (forward_lstm, query, ...) picks the group, in order.
@@ -673,9 +694,15 @@ def write_model(
     with h5py.File(buffer, "w") as h5:
         h5.require_group("vars").attrs["name"] = name
         h5.require_group("layers")
-        for layer, key in zip(layers, keys, strict=True):
+        classes = [layer.spec.class_name for layer in layers]
+        for layer, key, group in zip(layers, keys, _group_names(classes), strict=True):
             _write_arrays(
-                h5, key, layer.spec.class_name, names_by_layer.get(key, []), by_layer.get(key, [])
+                h5,
+                key,
+                group,
+                layer.spec.class_name,
+                names_by_layer.get(key, []),
+                by_layer.get(key, []),
             )
     metadata = {
         "keras_version": "3.0.0",
