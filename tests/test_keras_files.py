@@ -89,7 +89,7 @@ def _keras_model(name):
 
 def _fnn_model(name):
     shape, dtype, layers = ARCHITECTURES[name]
-    model = fnn.Sequential([fnn.Input(shape, dtype), *layers(fl)], name=name)
+    model = fnn.Sequential([fnn.Input(shape, dtype=dtype), *layers(fl)], name=name)
     rng = np.random.default_rng(2)
     weights = model.get_weights()
     model.set_weights(
@@ -207,7 +207,7 @@ def test_settings_that_change_the_math_are_refused_by_name(tmp_path):
 
 def test_fnn_layers_keras_lacks_are_refused_when_writing(tmp_path):
     model = fnn.Sequential(
-        [fnn.Input((5,), "int32"), fl.Embedding(10, 4), fl.PositionalEmbedding(5)]
+        [fnn.Input((5,), dtype="int32"), fl.Embedding(10, 4), fl.PositionalEmbedding(5)]
     )
     with pytest.raises(fnn.ConfigError, match=r"cannot write PositionalEmbedding to a Keras file"):
         fnn.save_model(tmp_path / "p.keras", model)
@@ -220,12 +220,34 @@ def test_fnn_layers_keras_lacks_are_refused_when_writing(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_functional_keras_models_are_a_clear_error_until_fnn_has_the_functional_api(tmp_path):
-    a = keras.Input((4,))
-    k = keras.Model(a, keras.layers.Dense(2)(a))
-    k.save(tmp_path / "f.keras")
-    with pytest.raises(fnn.ConfigError, match=r"cannot load a Keras functional model"):
-        fnn.load_model(tmp_path / "f.keras")
+def _functional_pair():
+    """Two inputs (one of token ids), a merge, a shared layer, attention, two outputs."""
+    L = keras.layers
+    tokens, feats = keras.Input((7,), dtype="int32", name="tokens"), keras.Input((5, 4), name="x")
+    emb = L.Embedding(20, 4)(tokens)
+    att = L.MultiHeadAttention(2, 3, name="mha")(feats, emb)
+    shared = L.Dense(4, activation="tanh", name="shared")
+    h = L.concatenate([shared(shared(att)), feats])
+    pooled = L.GlobalAveragePooling1D()(h)
+    summed = L.Add()([L.Dense(3)(pooled), L.Dense(3)(pooled)])
+    k = keras.Model([tokens, feats], [L.Dense(2, name="a")(summed), L.Dense(1, name="b")(pooled)])
+    rng = np.random.default_rng(3)
+    k.set_weights([rng.normal(size=w.shape).astype("float32") * 0.4 for w in k.weights])
+    x = [
+        rng.integers(0, 20, size=(3, 7)).astype("int32"),
+        rng.normal(size=(3, 5, 4)).astype("float32"),
+    ]
+    return k, x
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_keras_functional_model_predicts_the_same_in_fnn(tmp_path, suffix):
+    k, x = _functional_pair()
+    k.save(tmp_path / f"f{suffix}")
+    f = fnn.load_model(tmp_path / f"f{suffix}")
+    assert [w.shape for w in f.get_weights()] == [tuple(w.shape) for w in k.weights]
+    for got, want in zip(f.predict(tuple(x), verbose=0), k.predict(x, verbose=0), strict=True):
+        _close(got, want)
 
 
 def test_other_paths_keep_fnn_directory_format(tmp_path):

@@ -51,6 +51,7 @@ from fnn.core.layer import Layer, LayerSpec, get_layer_factory
 __all__ = [
     "KERAS_LAYERS",
     "KerasModelFile",
+    "functional_graph",
     "is_keras_path",
     "layer_from_keras",
     "layer_to_keras",
@@ -557,18 +558,83 @@ def read_model(path: str | os.PathLike) -> KerasModelFile:
             layers, inputs = _sequential(inner, where)
             return KerasModelFile("Sequential", name, layers, inputs, weights)
         graph_layers = {e["config"]["name"]: layer_from_keras(e) for e in entries}
-        inputs = []
-        for e in inner.get("layers") or []:
-            if e.get("class_name") == "InputLayer":
-                cfg = e.get("config") or {}
-                inputs.append(
-                    _input_struct(
-                        cfg.get("batch_shape") or cfg.get("batch_input_shape"), cfg.get("dtype")
-                    )
-                )
-        return KerasModelFile(
-            "Functional", name, [], tuple(inputs), weights, dict(inner), graph_layers
-        )
+        return KerasModelFile("Functional", name, [], (), weights, dict(inner), graph_layers)
+
+
+def _is_keras_tensor(value: Any) -> bool:
+    return isinstance(value, Mapping) and value.get("class_name") == "__keras_tensor__"
+
+
+def _node_call(node: Any, lookup) -> tuple[list, dict]:
+    """``(args, kwargs)`` of one Keras inbound node, Keras tensors replaced by ``lookup``
+    of their ``(layer, node, index)`` history; ``None`` keyword values (``mask=None``)
+    dropped."""
+
+    def fill(value):
+        if _is_keras_tensor(value):
+            return lookup(tuple(value["config"]["keras_history"]))
+        if isinstance(value, list | tuple):
+            return [fill(v) for v in value]
+        if isinstance(value, Mapping):
+            return {k: fill(v) for k, v in value.items()}
+        return value
+
+    if isinstance(node, Mapping):  # Keras 3: {"args": [...], "kwargs": {...}}
+        kwargs = {k: v for k, v in fill(node.get("kwargs") or {}).items() if v is not None}
+        return fill(list(node.get("args") or [])), kwargs
+    # Keras 2: [[layer, node, index, kwargs], ...]; several entries are one list argument.
+    tensors = [lookup((e[0], e[1], e[2])) for e in node]
+    kwargs = dict(node[0][3]) if node and len(node[0]) > 3 else {}
+    return ([tensors] if len(tensors) > 1 else tensors), kwargs
+
+
+def _refs(value: Any) -> tuple[bool, list[tuple]]:
+    """``(several?, [(layer, node, index), ...])`` of ``input_layers``/``output_layers``."""
+    if isinstance(value, list | tuple) and value and isinstance(value[0], str):
+        return False, [tuple(value[:3])]
+    return True, [tuple(v[:3]) for v in value or ()]
+
+
+def functional_graph(loaded: KerasModelFile, Input, where: str) -> tuple[Any, Any]:
+    """Symbolic ``(inputs, outputs)`` of a Keras functional model: its InputLayers as
+    ``Input(batch_shape=..., dtype=..., name=...)`` tensors and every inbound node called on
+    them again with the fnn layers (so ``fnn.Model(inputs, outputs)`` rebuilds it)."""
+    graph = loaded.graph or {}
+    entries = list(graph.get("layers") or [])
+    # Keras casts float ids for an Embedding; fnn's Embedding takes integer ids.
+    to_embedding = set()
+    for e in entries:
+        if e.get("class_name") == "Embedding":
+            text = json.dumps(e.get("inbound_nodes") or [])
+            to_embedding.update(re.findall(r'"keras_history": \["([^"]+)"', text))
+    tensors: dict[tuple, Any] = {}
+
+    def lookup(key):
+        key = (key[0], int(key[1]), int(key[2]))
+        if key not in tensors:
+            raise ConfigError(f"{where}: the graph uses {key[0]!r} before it is defined.")
+        return tensors[key]
+
+    for e in entries:
+        cfg = e.get("config") or {}
+        name = cfg.get("name") or e.get("name")
+        if e.get("class_name") == "InputLayer":
+            shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
+            dtype = cfg.get("dtype") or "float32"
+            if name in to_embedding and np.dtype(dtype).kind == "f":
+                dtype = "int32"
+            tensors[(name, 0, 0)] = Input(batch_shape=tuple(shape), dtype=dtype, name=name)
+            continue
+        for n, node in enumerate(e.get("inbound_nodes") or []):
+            args, kwargs = _node_call(node, lookup)
+            out = loaded.graph_layers[name](*args, **kwargs)
+            for i, t in enumerate(jax.tree.leaves(out)):
+                tensors[(name, n, i)] = t
+    several_in, ins = _refs(graph.get("input_layers"))
+    several_out, outs = _refs(graph.get("output_layers"))
+    inputs = [lookup(r) for r in ins]
+    outputs = [lookup(r) for r in outs]
+    return (inputs if several_in else inputs[0]), (outputs if several_out else outputs[0])
 
 
 def split_weights(names: Sequence[str], arrays: Sequence) -> dict[str, list]:

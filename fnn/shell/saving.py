@@ -12,7 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from fnn.core.errors import ConfigError
+from fnn.core.graph import Input
 from fnn.core.layer import Layer
 from fnn.io import checkpoint, keras_file
 from fnn.io import saving as io_saving
@@ -85,14 +88,19 @@ def load_keras(path: str | os.PathLike) -> Model:
     and custom classes raise one ``ConfigError`` that lists them all."""
     loaded = keras_file.read_model(path)
     where = os.path.basename(os.fspath(path))
-    if loaded.kind != "Sequential":
-        raise ConfigError(
-            f"{where}: cannot load a Keras functional model yet (fnn's functional API is "
-            "not available); save the model as a keras.Sequential, or rebuild it in fnn and "
-            "move the weights with set_weights."
+    if loaded.kind == "Sequential":
+        model = Sequential(loaded.layers, name=loaded.name)
+        model._build(loaded.inputs)
+    else:
+        inputs, outputs = keras_file.functional_graph(loaded, Input, where)
+        model = Model(inputs=inputs, outputs=outputs, name=loaded.name)
+        tensors = inputs if isinstance(inputs, list) else [inputs]
+        model._build(
+            tuple(
+                jax.ShapeDtypeStruct(tuple(1 if d is None else d for d in t.shape), t.dtype)
+                for t in tensors
+            )
         )
-    model = Sequential(loaded.layers, name=loaded.name)
-    model._build(loaded.inputs)
     _set_file_weights(model, loaded.weights, where)
     return model
 
@@ -110,7 +118,7 @@ def save_keras(path: str | os.PathLike, model: Model) -> Path:
     return keras_file.write_model(
         path,
         name=model.name,
-        layers=model.layers,
+        layers=[view.layer for view in model.layers],
         inputs=list(model._input_spec),
         weight_names=model.weight_names(),
         weights=model.get_weights(),
