@@ -257,3 +257,15 @@ def test_other_paths_keep_fnn_directory_format(tmp_path):
     again = fnn.load_model(tmp_path / "dir")
     _close(again.predict(_data("mlp"), verbose=0), f.predict(_data("mlp"), verbose=0))
     assert not keras_file.is_keras_path(tmp_path / "dir")
+
+
+def test_nested_models_and_unwritable_models_are_named(tmp_path):
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="inner")
+    outer = keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2)])
+    outer.save(tmp_path / "nested.keras")
+    with pytest.raises(fnn.ConfigError, match=r"'inner' \(Sequential\): a model nested in the"):
+        fnn.load_model(tmp_path / "nested.keras")
+    x = fnn.Input((4,))
+    functional = fnn.Model(x, fl.Dense(2)(x))
+    with pytest.raises(fnn.ConfigError, match=r"cannot write a \.keras file of a Model yet"):
+        fnn.save_model(tmp_path / "f.keras", functional)

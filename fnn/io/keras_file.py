@@ -211,12 +211,15 @@ def unsupported_layers(config: Any) -> list[str]:
     ``"'name' (ClassName): why"``."""
     out: list[str] = []
 
-    def visit(entry: Any) -> None:
+    def visit(entry: Any, top: bool = False) -> None:
         if not isinstance(entry, Mapping) or "class_name" not in entry:
             return
         class_name = entry["class_name"]
         cfg = entry.get("config") if isinstance(entry.get("config"), Mapping) else {}
         if class_name in ("Sequential", "Functional", "Model") and not _is_custom(entry):
+            if not top:
+                out.append(f"{_layer_name(entry)}: a model nested in the model (flatten it)")
+                return
             for child in cfg.get("layers", ()):
                 visit(child)
             return
@@ -232,7 +235,7 @@ def unsupported_layers(config: Any) -> list[str]:
         for key in ("layer", "backward_layer"):
             visit(cfg.get(key))
 
-    visit(config)
+    visit(config, top=True)
     return out
 
 

@@ -111,8 +111,9 @@ def save_keras(path: str | os.PathLike, model: Model) -> Path:
     Compile settings are not written."""
     if not isinstance(model, Sequential):
         raise ConfigError(
-            f"{model.name}: cannot write a .keras file of a Model around one layer; build the "
-            "model as fnn.Sequential([...]) of Keras layers."
+            f"{model.name}: cannot write a .keras file of a {type(model).__name__} yet: fnn "
+            "writes Sequential models (fnn.Sequential([...]) of layers Keras has); functional "
+            "and subclassed models are read from .keras files but not written."
         )
     model._require_built("save")
     return keras_file.write_model(
