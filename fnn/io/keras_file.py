@@ -736,7 +736,7 @@ def write_model(
     p = Path(path)
     who = who or name
     if not p.name.lower().endswith(".keras"):
-        suffix = p.suffix or "other"
+        suffix = p.suffix.lower() or "other"
         raise ConfigError(
             f"{who}: cannot write {os.fspath(path)!r}: fnn writes Keras 3 .keras archives, "
             f"not {suffix} files; use a path ending in .keras."
