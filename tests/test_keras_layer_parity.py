@@ -153,9 +153,6 @@ def test_bidirectional_get_weights_lists_the_forward_layer_first():
     assert directions == ["forward"] * 3 + ["backward"] * 3
 
 
-@pytest.mark.xfail(
-    strict=True, reason="Model.build assumes float inputs; needs the int input hint (lead)"
-)
 def test_build_infers_integer_inputs_for_an_embedding_first_model():
     f = fnn.Sequential([fl.Embedding(20, 6), fl.GRU(4)])
     f.build((3, 9))

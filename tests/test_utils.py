@@ -346,11 +346,6 @@ def test_pydataset_shuffle_orders_batches_by_the_one_epoch_order():
     assert data.ends == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs Model.fit to pass shuffle/seed to IterableData.epoch (the lead's model.py "
-    "diff); remove this mark once applied",
-)
 def test_pydataset_fit_shuffle_true_reads_batches_in_the_epoch_order():
     """Keras's fit(shuffle=True) (the default) shuffles a PyDataset's batch order each epoch;
     fnn draws that order from epoch_order(len, compile seed, epoch)."""

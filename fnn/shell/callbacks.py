@@ -385,7 +385,10 @@ class ModelCheckpoint(Callback):
         _check_save_freq("ModelCheckpoint", save_freq)
         from fnn.io.checkpoint import check_directory_path
 
-        self.filepath = os.fspath(check_directory_path(filepath, "ModelCheckpoint"))
+        if str(filepath).lower().endswith(".keras") and not save_weights_only:
+            self.filepath = os.fspath(filepath)  # model.save writes a Keras archive there
+        else:
+            self.filepath = os.fspath(check_directory_path(filepath, "ModelCheckpoint"))
         self.monitor = monitor
         self.verbose = verbose
         self.save_best_only = save_best_only

@@ -148,12 +148,6 @@ def optimizer_object(optimizer):
     return optimizers_lib.get(optimizer)
 
 
-def injectable_optimizer(optimizer):
-    """The optax transformation the trainer uses for ``compile(optimizer=...)`` (see
-    ``optimizer_object``)."""
-    return optimizer_object(optimizer)
-
-
 def _output_names(out_spec) -> list[str]:
     if isinstance(out_spec, Mapping):
         return list(out_spec)
