@@ -362,3 +362,40 @@ def test_sequential_pop_add_after_build_and_unbuilt_summary():
     extractor = fnn.Model(seq.inputs, [layer.output for layer in seq.layers])
     outs = extractor.predict(np.ones((2, 3), "float32"), verbose=0)
     np.testing.assert_allclose(outs[-1], seq.predict(np.ones((2, 3), "float32"), verbose=0))
+
+
+def test_a_graph_trains_data_parallel_like_on_one_device():
+    def build():
+        a, b = fnn.Input((4,), name="a"), fnn.Input((3,), name="b")
+        h = fl.concatenate([fl.Dense(5, activation="relu")(a), b])
+        model = fnn.Model([a, b], fl.Dense(2)(fl.BatchNormalization()(h)))
+        model.compile(optimizer="adam", loss="mse")
+        return model
+
+    rng = np.random.default_rng(4)
+    data = {"a": rng.normal(size=(32, 4)), "b": rng.normal(size=(32, 3))}
+    data = {k: v.astype("float32") for k, v in data.items()}
+    y = rng.normal(size=(32, 2)).astype("float32")
+    one, many = build(), build()
+    one.fit(data, y, batch_size=16, epochs=2, verbose=0)
+    many.fit(data, y, batch_size=16, epochs=2, verbose=0, devices=jax.devices()[:4])
+    for got, want in zip(many.get_weights(), one.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_declarative_graph_out_of_order_is_refused():
+    with pytest.raises(fnn.ConfigError, match="does not come before it"):
+        fnn.core.graph.Functional(
+            layers=[fl.Dense(2), fl.Dense(2)],
+            inputs=[{"name": "x", "shape": [None, 3], "dtype": "float32"}],
+            nodes=[
+                {
+                    "layer": 0,
+                    "args": [{"__ref__": {"node": 1, "index": 0}}],
+                    "kwargs": {},
+                    "training": None,
+                },
+                {"layer": 1, "args": [{"__ref__": {"input": 0}}], "kwargs": {}, "training": None},
+            ],
+            outputs={"__ref__": {"node": 0, "index": 0}},
+        )
