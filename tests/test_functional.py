@@ -243,12 +243,19 @@ def test_named_inputs_and_outputs_train_like_keras_dict_data():
     }
     losses = {"priority": "binary_crossentropy", "dept": "categorical_crossentropy"}
     weights = {"priority": 1.0, "dept": 0.2}
-    kmodel.compile(optimizer=keras.optimizers.SGD(0.1), loss=losses, loss_weights=weights)
-    model.compile(optimizer=optax.sgd(0.1), loss=losses, loss_weights=weights)
+    metrics = {"dept": ["categorical_accuracy"]}
+    kmodel.compile(
+        optimizer=keras.optimizers.SGD(0.1), loss=losses, loss_weights=weights, metrics=metrics
+    )
+    model.compile(optimizer=optax.sgd(0.1), loss=losses, loss_weights=weights, metrics=metrics)
     kh = kmodel.fit(data, targets, epochs=1, batch_size=4, shuffle=False, verbose=0)
     h = model.fit(data, targets, epochs=1, batch_size=4, shuffle=False, verbose=0)
     np.testing.assert_allclose(h.history["loss"], kh.history["loss"], rtol=1e-5)
     np.testing.assert_allclose(h.history["dept_loss"], kh.history["dept_loss"], rtol=1e-5)
+    assert sorted(h.history) == sorted(kh.history)
+    np.testing.assert_allclose(
+        h.history["dept_categorical_accuracy"], kh.history["dept_categorical_accuracy"]
+    )
     for got, want in zip(model.get_weights(), kmodel.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 

@@ -702,10 +702,11 @@ class Model:
                 f"{self.name}: expected steps_per_execution to be an int >= 1 or 'auto', got "
                 f"{steps_per_execution!r}."
             )
-        if isinstance(metrics, str):
-            metrics = [metrics]
-        if isinstance(weighted_metrics, str):
-            weighted_metrics = [weighted_metrics]
+        # One list for all outputs, a dict keyed by output name, or a list per output.
+        metrics = [metrics] if isinstance(metrics, str) else metrics
+        weighted_metrics = (
+            [weighted_metrics] if isinstance(weighted_metrics, str) else weighted_metrics
+        )
         # Unknown names and wrong types raise here; names become their class instance.
         self._optimizer = compile_utils.optimizer_object(optimizer)
         if isinstance(self._optimizer, optimizers_lib.Optimizer):
@@ -713,8 +714,8 @@ class Model:
         self._compile_config = {
             "optimizer": optimizer,
             "loss": loss,
-            "metrics": list(metrics or []),
-            "weighted_metrics": list(weighted_metrics or []),
+            "metrics": _metric_list(metrics),
+            "weighted_metrics": _metric_list(weighted_metrics),
             "loss_weights": loss_weights,
             "steps_per_execution": steps_per_execution,
             "jit": bool(jit),
@@ -1292,6 +1293,12 @@ def _class_weights(y, class_weight: Mapping, name: str) -> np.ndarray:
         )
     table = {int(k): float(v) for k, v in class_weight.items()}
     return np.array([table[c] for c in labels.tolist()], np.float32)
+
+
+def _metric_list(metrics):
+    if isinstance(metrics, Mapping):
+        return dict(metrics)
+    return list(metrics or [])
 
 
 def _input_dtype(layer) -> str:
