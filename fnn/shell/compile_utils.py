@@ -34,12 +34,13 @@ def resolve(
     output's last axis (see ``fnn.metrics.get``)."""
     cfg = config
     plain, weighted = cfg.get("metrics") or [], cfg.get("weighted_metrics") or []
-    if isinstance(plain, Mapping) or isinstance(weighted, Mapping):
-        if not isinstance(out, tuple | dict):
-            raise ConfigError(
-                f"{model_name}: compile got metrics per output name, but the model has a "
-                f"single output of shape {out.shape}; pass a list."
-            )
+    if (isinstance(plain, Mapping) or isinstance(weighted, Mapping)) and not isinstance(
+        out, tuple | dict
+    ):
+        raise ConfigError(
+            f"{model_name}: compile got metrics per output name, but the model has a "
+            f"single output of shape {out.shape}; pass a list."
+        )
     plain, weighted = _as_metric_group(plain), _as_metric_group(weighted)
     multi = isinstance(out, tuple | dict) or isinstance(cfg["loss"], list | tuple | dict)
     if multi:
