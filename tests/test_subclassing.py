@@ -1,6 +1,8 @@
 """Keras-style subclassed layers and models: pure init/apply pairs underneath, trained
 like their Sequential twins."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -157,3 +159,33 @@ def test_add_loss_joins_the_training_and_evaluation_loss():
     outer = ActivityRegularization(0.5)
     outer(np.ones((2, 2), "float32"))
     np.testing.assert_allclose(outer.losses, [2.0])
+
+
+def test_dense_regularizers_add_keras_penalties_to_the_loss(tmp_path):
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    keras = pytest.importorskip("keras")
+
+    def build(lib, layers, regs):
+        x = lib.Input((3,))
+        h = layers.Dense(
+            4,
+            activation="relu",
+            kernel_regularizer=regs.L2(0.01),
+            bias_regularizer=regs.L1(0.02),
+            activity_regularizer=regs.L1L2(l1=0.01, l2=0.03),
+        )(x)
+        return lib.Model(x, layers.Dense(1)(h))
+
+    kmodel = build(keras, keras.layers, keras.regularizers)
+    model = build(fnn, fl, fnn.regularizers)
+    model.set_weights(kmodel.get_weights())
+    rng = np.random.default_rng(5)
+    xs, ys = rng.normal(size=(8, 3)).astype("float32"), rng.normal(size=(8, 1)).astype("float32")
+    kmodel.compile(optimizer="sgd", loss="mse")
+    model.compile(optimizer="sgd", loss="mse")
+    want = kmodel.evaluate(xs, ys, batch_size=8, verbose=0)
+    assert model.evaluate(xs, ys, batch_size=8, verbose=0) == pytest.approx(want, rel=1e-5)
+    assert model.count_params() == kmodel.count_params()
+    model.save(tmp_path / "reg")  # regularizers are stored by name in the model file
+    loaded = fnn.load_model(tmp_path / "reg")
+    assert loaded.evaluate(xs, ys, batch_size=8, verbose=0) == pytest.approx(want, rel=1e-5)

@@ -2,7 +2,17 @@
 initializers, activations, errors, pytree path helpers and the model summary. Imports
 nothing else from fnn."""
 
-from fnn.core import activations, eager, errors, graph, initializers, pytree, spec, subclass
+from fnn.core import (
+    activations,
+    eager,
+    errors,
+    graph,
+    initializers,
+    pytree,
+    regularizers,
+    spec,
+    subclass,
+)
 from fnn.core.combinators import Lambda, fan_out, parallel, residual, serial
 from fnn.core.layer import (
     Layer,
@@ -35,6 +45,7 @@ __all__ = [
     "pytree",
     "register_layer",
     "registered_layers",
+    "regularizers",
     "residual",
     "serial",
     "spec",

@@ -84,3 +84,10 @@ def get(identifier: str | Activation | None) -> Activation:
 def names() -> tuple[str, ...]:
     """Every activation name that ``get`` accepts."""
     return tuple(sorted(_BY_NAME))
+
+
+# Keras's module-level functions (``keras.activations.relu(x)``): every name above.
+relu, relu6, sigmoid, tanh = jax.nn.relu, jax.nn.relu6, jax.nn.sigmoid, jnp.tanh
+silu = swish = jax.nn.silu
+elu, selu, softplus = jax.nn.elu, jax.nn.selu, jax.nn.softplus
+softsign, exponential = jax.nn.soft_sign, jnp.exp

@@ -73,7 +73,10 @@ def split_call(layer, args: tuple, kwargs: dict) -> tuple[tuple, dict, bool | No
     kwargs = dict(kwargs)
     training = kwargs.pop("training", None)
     kwargs.pop("mask", None)
-    if len(args) == 1 and isinstance(args[0], list | tuple):
+    # fnn's own layers take several inputs positionally; a subclass's call gets the list
+    # (or tuple) itself, as in Keras (``self.sampling((z_mean, z_log_var))``).
+    keep = getattr(layer, "_fnn_keeps_list_argument", False)
+    if len(args) == 1 and isinstance(args[0], list | tuple) and not keep:
         args = tuple(args[0])
     if training is not None and not isinstance(training, bool | np.bool_):
         raise ConfigError(f"{layer.name}: expected training=True/False/None, got {training!r}.")

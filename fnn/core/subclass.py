@@ -346,6 +346,18 @@ def _accepts(fn, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def _positional_count(fn) -> int | None:
+    """Positional parameters of a bound ``call`` (None: takes ``*args``)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in params if p.kind in kinds and p.name not in ("training", "mask"))
+
+
 def _unwrap_tree(tree):
     return jax.tree.map(unwrap, tree, is_leaf=lambda x: getattr(x, "_fnn_variable", False))
 
@@ -355,6 +367,8 @@ def pure_pair(obj, name: str):
 
     def run_call(scope, xs):
         kwargs = {"training": scope.train} if _accepts(obj.call, "training") else {}
+        if len(xs) > 1 and _positional_count(obj.call) == 1:
+            xs = (list(xs),)  # several inputs reach call(self, inputs) as one list (Keras)
         with scope:
             return _unwrap_tree(obj.call(*xs, **kwargs))
 
@@ -410,6 +424,8 @@ class SubclassLayer(Layer):
     ``self.add_weight``, and ``call(inputs, training=None)``. The instance *is* an fnn
     ``Layer``: its ``init``/``apply`` are pure and it works in ``fnn.serial``, graphs and
     ``fnn.Sequential``."""
+
+    _fnn_keeps_list_argument = True  # call(inputs) gets a list argument as it is
 
     def __init__(self, name: str | None = None, trainable: bool = True, dtype=None, **kwargs):
         input_shape = kwargs.pop("input_shape", None)

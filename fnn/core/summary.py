@@ -10,12 +10,20 @@ import jax
 import numpy as np
 
 from fnn.core.combinators import record_calls
-from fnn.core.layer import Layer, as_shape_struct
+from fnn.core.layer import ADDED_LOSS, Layer, as_shape_struct
 
 
 def count_params(tree: Any) -> int:
-    """Number of scalars in a pytree of arrays or ``ShapeDtypeStruct``."""
-    return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree)))
+    """Number of scalars in a pytree of arrays or ``ShapeDtypeStruct`` (add_loss totals,
+    ``ADDED_LOSS`` entries, are outputs, not parameters)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return int(
+        sum(
+            int(np.prod(leaf.shape))
+            for path, leaf in leaves
+            if not path or getattr(path[-1], "key", None) != ADDED_LOSS
+        )
+    )
 
 
 def count_bytes(tree: Any) -> int:

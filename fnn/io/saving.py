@@ -38,7 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fnn.core import activations, initializers, spec
+from fnn.core import activations, initializers, regularizers, spec
 from fnn.core.errors import ConfigError
 from fnn.core.layer import Layer, LayerSpec, get_layer_factory
 from fnn.io import checkpoint
@@ -116,6 +116,8 @@ def _encode(value: Any, where: str) -> Any:
             return {"__dtype__": np.dtype(value).name}
         except TypeError:
             pass
+    if isinstance(value, regularizers.L1 | regularizers.L2 | regularizers.L1L2):
+        return {"__regularizer__": regularizers.config_of(value)}
     if callable(value):
         name = _callable_name(value)
         if name is not None:
@@ -172,6 +174,8 @@ def _decode(value: Any, where: str) -> Any:
             return {k: _decode(v, spec.join_path(where, k)) for k, v in value["__dict__"].items()}
         if "__dtype__" in value:
             return np.dtype(value["__dtype__"])
+        if "__regularizer__" in value:
+            return regularizers.get(value["__regularizer__"])
         raise ConfigError(
             f"{where + ': ' if where else ''}unrecognised entry {value!r} in a saved layer config."
         )

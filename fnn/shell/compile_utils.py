@@ -85,7 +85,8 @@ def resolve(
                     )
                     metrics.append(_output_metric(metric, key, name))
     else:
-        loss = losses_lib.get(cfg["loss"])
+        # No loss: the model's add_loss terms are the whole objective (Keras allows it).
+        loss = _no_loss() if cfg["loss"] is None else losses_lib.get(cfg["loss"])
         if cfg["loss_weights"] is not None:
             weight = float(cfg["loss_weights"])
             inner = loss
@@ -102,6 +103,14 @@ def resolve(
             for m in group:
                 metrics.append(_resolve_metric(m, loss, y_shape, out.shape, is_weighted, metrics))
     return loss, metrics
+
+
+def _no_loss():
+    def zeros(y_true, y_pred):
+        del y_true
+        return jnp.zeros((jax.tree.leaves(y_pred)[0].shape[0],), jnp.float32)
+
+    return losses_lib.Loss("loss", fn=zeros)
 
 
 def _as_metric_group(group):

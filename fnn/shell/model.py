@@ -406,6 +406,7 @@ class Model:
         if self._layer is None and getattr(self, "_subclassed", False):
             init, apply = subclass.pure_pair(self, self.name)
             self._layer = Layer(init, apply, self.name)
+            object.__setattr__(self._layer, "_fnn_keeps_list_argument", True)
             self.__dict__["_fnn_pure_target"] = self._layer
         return self._layer
 
@@ -527,8 +528,13 @@ class Model:
         """Abstract inputs from the model's ``fnn.Input`` tensors (``None`` sizes -> 1)."""
         if self._graph_inputs is None:
             return None
+        # Sizes that follow the data: 1 for the batch, a length that fits windows and
+        # pooling for the others (params do not depend on it; nothing is allocated).
         structs = [
-            jax.ShapeDtypeStruct(tuple(1 if d is None else d for d in t.shape), t.dtype)
+            jax.ShapeDtypeStruct(
+                tuple((1 if i == 0 else 96) if d is None else d for i, d in enumerate(t.shape)),
+                t.dtype,
+            )
             for t in self.inputs
         ]
         if isinstance(self._graph_inputs, Mapping):
@@ -689,11 +695,6 @@ class Model:
         """
         from fnn.training import optimizers as optimizers_lib
 
-        if loss is None:
-            raise ConfigError(
-                f"{self.name}: compile expected a loss (e.g. loss='sparse_categorical_crossentropy'), "
-                "got None."
-            )
         if not (
             steps_per_execution == "auto"
             or (isinstance(steps_per_execution, int) and steps_per_execution >= 1)
@@ -960,6 +961,7 @@ class Model:
         initial_epoch: int = 0,
         steps_per_epoch: int | None = None,
         validation_batch_size: int | None = None,
+        validation_steps: int | None = None,
         devices=None,
     ) -> callbacks_lib.History:
         """Train for ``epochs`` epochs; returns a ``History`` (Keras semantics and logs).
@@ -983,6 +985,7 @@ class Model:
         batch_size = self._count("batch_size", batch_size, 32)
         steps_per_epoch = self._count("steps_per_epoch", steps_per_epoch)
         validation_batch_size = self._count("validation_batch_size", validation_batch_size)
+        validation_steps = self._count("validation_steps", validation_steps)
         data = self._fit_data(x, y, sample_weight, class_weight, "fit")
         data, val = self._validation_data(data, validation_split, validation_data)
         # Everything below up to the first step is checked on shapes, before compiling.
@@ -1060,7 +1063,7 @@ class Model:
         validation = None
         if val is not None:
             val_size = validation_batch_size or batch_size
-            validation = lambda: _eval_batches(val, val_size)  # noqa: E731
+            validation = lambda: _eval_batches(val, val_size, validation_steps)  # noqa: E731
         # fit donates the train state to each step: work on a private copy so arrays the
         # caller holds (model.params taken before fit) stay valid.
         self._train_state = _copy_arrays(self._train_state)
