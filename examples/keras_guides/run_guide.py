@@ -74,12 +74,21 @@ class Result:
     failures: list[Failure]
     seconds: float
     timings: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (s, line)
+    unbound: dict[str, int] = dataclasses.field(default_factory=dict)  # name -> failed line
     namespace: dict = dataclasses.field(repr=False, default_factory=dict)
 
     @property
     def ran_unchanged(self) -> int:
         failed = {f.line for f in self.failures}
         return self.ran - sum(1 for line in self.changed if line not in failed)
+
+    def cause_of(self, name: str) -> Failure | None:
+        """The root failure that left ``name`` unbound, if a failure did."""
+        by_line = {f.line: f for f in self.failures}
+        failure = by_line.get(self.unbound.get(name, -1))
+        while failure is not None and failure.after in by_line:
+            failure = by_line[failure.after]
+        return failure
 
     def root_causes(self) -> list[tuple[Failure, int]]:
         """Each failure that did not follow from an earlier one, with the number of
@@ -235,7 +244,9 @@ def run_guide(
             finally:
                 timings.append((time.perf_counter() - began, node.lineno))
     seconds = time.perf_counter() - start
-    return Result(str(path), total, ran, changed, failures, seconds, timings, namespace)
+    return Result(
+        str(path), total, ran, changed, failures, seconds, timings, failed_names, namespace
+    )
 
 
 def run_plain(path: str | os.PathLike, *, keras: bool = False, cwd: str | None = None) -> dict:
