@@ -340,6 +340,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--with-keras", action="store_true", help="--report: also run Keras 3")
     parser.add_argument("--failures", default="/work/guides_failures.md", help="--report output")
+    parser.add_argument("--no-readme", action="store_true", help="--report: leave README.md")
     args = parser.parse_args(argv)
     guides = args.guides or [str(HERE / g) for g in GUIDES]
     if args.report:
@@ -347,8 +348,11 @@ def main(argv=None) -> int:
         reference = None
         if args.with_keras:
             reference = {g: run_guide(g, keras=True, cwd=args.cwd, quiet=True) for g in guides}
-        update_readme(HERE / "README.md", report(results, reference))
-        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        if not args.no_readme:
+            update_readme(HERE / "README.md", report(results, reference))
+        import fnn
+
+        stamp = f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, fnn from {fnn.__file__}"
         Path(args.failures).write_text(failure_report(results, stamp))
         for g, r in results.items():
             print(f"{Path(g).stem}: {r.summary()}")
