@@ -174,7 +174,35 @@ def test_functional_custom_layers_and_rnn_shapes(guide):
     assert new_model.count_params() == _dense(4, 10)
 
 
+@pytest.mark.slow
+def test_functional_symbolic_shapes_follow_the_layer_formulas(guide):
+    result = guide("functional_api")
+    img, a, b, priority, department, block_3 = _need(
+        result,
+        "img_inputs",
+        "encoded_input_a",
+        "encoded_input_b",
+        "priority_pred",
+        "department_pred",
+        "block_3_output",
+    )
+    assert tuple(img.shape) == (None, 32, 32, 3) and np.dtype(img.dtype) == np.float32
+    assert tuple(a.shape) == tuple(b.shape) == (None, None, 128)  # one shared Embedding
+    assert (tuple(priority.shape), tuple(department.shape)) == ((None, 1), (None, 4))
+    # 32 -> 30 -> 28 (two valid 3x3) -> 9 (MaxPooling2D(3)); "same" convs keep 9x9
+    assert tuple(block_3.shape) == (None, 9, 9, 64)
+
+
 # ------------------------------------------------------------------- sequential_model
+
+
+def test_sequential_prints_what_the_guide_says(guide):
+    result = guide("sequential_model")
+    _ran(result, "model.pop()")
+    _ran(result, "print(")
+    lines = result.output.splitlines()
+    assert "2" in lines  # print(len(model.layers))  # 2
+    assert "Number of weights after calling the model: 6" in lines
 
 
 def test_sequential_built_layer_weights_and_outputs(guide):
@@ -202,6 +230,17 @@ def test_subclassing_weights_and_non_trainable_sum(guide):
     # Two calls on ones((2, 2)) add the column sums twice.
     np.testing.assert_allclose(np.asarray(my_sum.weights[0]), 2 * np.ones((2, 2)).sum(axis=0))
     assert len(my_sum.non_trainable_weights) == 1
+
+
+def test_subclassing_prints_what_the_guide_says(guide):
+    result = guide("making_new_layers_and_models_via_subclassing")
+    _ran(result, "print(")
+    lines = result.output.splitlines()
+    # ComputeSum on ones((2, 2)), twice; then its weight counts; then the MLPBlock's.
+    assert lines.count("[2. 2.]") == 1 and lines.count("[4. 4.]") == 1
+    assert "non-trainable weights: 1" in lines and "trainable_weights: []" in lines
+    assert "weights: 6" in lines and "trainable weights: 6" in lines
+    assert "{'units': 64}" in lines
 
 
 def test_subclassing_config_and_add_loss_in_fit(guide):

@@ -75,6 +75,7 @@ class Result:
     seconds: float
     timings: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (s, line)
     unbound: dict[str, int] = dataclasses.field(default_factory=dict)  # name -> failed line
+    output: str = ""  # what the guide printed (when run quietly)
     namespace: dict = dataclasses.field(repr=False, default_factory=dict)
 
     @property
@@ -166,7 +167,8 @@ def port_source(path: str | os.PathLike, keras: bool = False) -> str:
 
 @contextlib.contextmanager
 def _guide_environment(path: Path, cwd: str | None, quiet: bool):
-    """cwd, sys.path (the guide's folder, for ``_port``), a headless matplotlib, stdout."""
+    """cwd, sys.path (the guide's folder, for ``_port``), a headless matplotlib, stdout
+    (captured into the yielded ``StringIO`` when ``quiet``)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("KERAS_BACKEND", "jax")
     old_cwd, old_path = os.getcwd(), list(sys.path)
@@ -175,10 +177,11 @@ def _guide_environment(path: Path, cwd: str | None, quiet: bool):
             cwd = stack.enter_context(tempfile.TemporaryDirectory(prefix="keras_guide_"))
         os.chdir(cwd)
         sys.path.insert(0, str(path.parent))
+        captured = io.StringIO()
         if quiet:
-            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            stack.enter_context(contextlib.redirect_stdout(captured))
         try:
-            yield
+            yield captured
         finally:
             os.chdir(old_cwd)
             sys.path[:] = old_path
@@ -204,7 +207,7 @@ def run_guide(
     failed_names: dict[str, int] = {}  # name -> line of the failed statement binding it
     failures, changed, timings, total, ran = [], [], [], 0, 0
     start = time.perf_counter()
-    with _guide_environment(path, cwd, quiet):
+    with _guide_environment(path, cwd, quiet) as captured:
         for node in tree.body:
             if _is_prose(node):
                 continue
@@ -245,7 +248,16 @@ def run_guide(
                 timings.append((time.perf_counter() - began, node.lineno))
     seconds = time.perf_counter() - start
     return Result(
-        str(path), total, ran, changed, failures, seconds, timings, failed_names, namespace
+        str(path),
+        total,
+        ran,
+        changed,
+        failures,
+        seconds,
+        timings,
+        failed_names,
+        captured.getvalue(),
+        namespace,
     )
 
 
