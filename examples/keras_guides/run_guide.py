@@ -25,6 +25,7 @@ import builtins
 import contextlib
 import dataclasses
 import io
+import json
 import os
 import re
 import runpy
@@ -42,6 +43,7 @@ GUIDES = (
     "timeseries_classification_from_scratch.py",
     "text_classification_with_transformer.py",
 )
+KERAS_RAN = HERE / "keras_reference.json"  # statements that ran with Keras 3 (--with-keras)
 _PORT = re.compile(r"#\s*fnn-port:\s*(.*)$")
 
 
@@ -280,8 +282,9 @@ def _cause(failure: Failure) -> str:
     return f"{failure.error}: {failure.message}"
 
 
-def report(results: dict[str, Result], reference: dict[str, Result] | None = None) -> str:
-    """The README's measurement table: one row per guide, root causes with what they cost."""
+def report(results: dict[str, Result], reference: dict[str, int] | None = None) -> str:
+    """The README's measurement table: one row per guide, root causes with what they cost.
+    ``reference``: statements that ran with Keras 3, by guide file name."""
     rows = [
         "| guide | statements | changed for the port | ran (fnn) | ran unchanged (fnn) | "
         "ran (Keras 3) | failing statements: line, cause (+ statements failing after it) |",
@@ -292,7 +295,7 @@ def report(results: dict[str, Result], reference: dict[str, Result] | None = Non
             f"{f.line} `{_cause(f)[:90]}`" + (f" (+{n - 1})" if n > 1 else "")
             for f, n in result.root_causes()
         )
-        ref = reference[name].ran if reference else "-"
+        ref = (reference or {}).get(Path(name).name, "-")
         rows.append(
             f"| {Path(name).stem} | {result.total} | {len(result.changed)} | {result.ran} | "
             f"{result.ran_unchanged} | {ref} | {causes or 'none'} |"
@@ -350,16 +353,23 @@ def main(argv=None) -> int:
         action="store_true",
         help="run all guides quietly, rewrite README.md's table and the failures file",
     )
-    parser.add_argument("--with-keras", action="store_true", help="--report: also run Keras 3")
+    parser.add_argument(
+        "--with-keras",
+        action="store_true",
+        help=f"--report: also run Keras 3 (-> {KERAS_RAN.name})",
+    )
     parser.add_argument("--failures", default="/work/guides_failures.md", help="--report output")
     parser.add_argument("--no-readme", action="store_true", help="--report: leave README.md")
     args = parser.parse_args(argv)
     guides = args.guides or [str(HERE / g) for g in GUIDES]
     if args.report:
         results = {g: run_guide(g, cwd=args.cwd, quiet=True) for g in guides}
-        reference = None
         if args.with_keras:
-            reference = {g: run_guide(g, keras=True, cwd=args.cwd, quiet=True) for g in guides}
+            reference = {
+                Path(g).name: run_guide(g, keras=True, cwd=args.cwd, quiet=True).ran for g in guides
+            }
+            KERAS_RAN.write_text(json.dumps(reference, indent=1) + "\n")
+        reference = json.loads(KERAS_RAN.read_text()) if KERAS_RAN.exists() else None
         if not args.no_readme:
             update_readme(HERE / "README.md", report(results, reference))
         import fnn
