@@ -23,7 +23,7 @@ from fnn.core.summary import summary
 from fnn.distributed import data_parallel
 from fnn.io import checkpoint, datasets, saving
 from fnn.io.saving import load_weights, save_weights
-from fnn.shell import callbacks
+from fnn.shell import callbacks, models
 from fnn.shell.model import Input, Model, Sequential
 from fnn.shell.saving import load_model, save_model
 from fnn.training import losses, metrics, optimizers
@@ -42,6 +42,7 @@ for _name, _module in {
     "initializers": initializers,
     "losses": losses,
     "metrics": metrics,
+    "models": models,
     "optimizers": optimizers,
     "saving": saving,
     "train": train,
@@ -74,6 +75,7 @@ __all__ = [
     "load_weights",
     "losses",
     "metrics",
+    "models",
     "optimizers",
     "parallel",
     "register_layer",

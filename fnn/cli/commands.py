@@ -157,7 +157,7 @@ class Run:
         )
         self.metric_names = [m.name for m in self.metrics]
         self.model = Sequential(
-            [Input(self.input_shape, x_train.dtype), *self.layer.spec.config["layers"]]
+            [Input(self.input_shape, dtype=x_train.dtype), *self.layer.spec.config["layers"]]
         )
         self.model.compile(
             optimizer=self.optimizer(), loss=self.loss, metrics=self.metrics, seed=cfg["seed"]

@@ -2,7 +2,7 @@
 initializers, activations, errors, pytree path helpers and the model summary. Imports
 nothing else from fnn."""
 
-from fnn.core import activations, errors, initializers, pytree, spec
+from fnn.core import activations, eager, errors, graph, initializers, pytree, spec, subclass
 from fnn.core.combinators import Lambda, fan_out, parallel, residual, serial
 from fnn.core.layer import (
     Layer,
@@ -23,9 +23,11 @@ __all__ = [
     "activations",
     "as_shape_struct",
     "check_name",
+    "eager",
     "errors",
     "fan_out",
     "get_layer_factory",
+    "graph",
     "initializers",
     "output_shapes",
     "parallel",
@@ -36,4 +38,5 @@ __all__ = [
     "residual",
     "serial",
     "spec",
+    "subclass",
 ]

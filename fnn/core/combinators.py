@@ -86,17 +86,17 @@ def as_inputs(outputs: Any) -> tuple:
     return outputs if isinstance(outputs, tuple) else (outputs,)
 
 
-def call_child(key: str, child: Layer, params, state, inputs: tuple, rng, train: bool):
+def call_child(key: str, child: Layer, params, state, inputs: tuple, rng, train: bool, **kwargs):
     """``child.apply`` on ``inputs``; records the call when ``summary`` is tracing."""
     records = _RECORDER.get()
     if records is None:
-        return child.apply(params, state, *inputs, rng=rng, train=train)
+        return child.apply(params, state, *inputs, rng=rng, train=train, **kwargs)
     path = _PATH.get() + (key,)
     index = len(records)
     records.append(None)
     token = _PATH.set(path)
     try:
-        outputs, new_state = child.apply(params, state, *inputs, rng=rng, train=train)
+        outputs, new_state = child.apply(params, state, *inputs, rng=rng, train=train, **kwargs)
     finally:
         _PATH.reset(token)
     records[index] = (path, child, outputs, params, state)
@@ -156,7 +156,7 @@ def serial(*layers: Layer, name: str = "sequential") -> Layer:
             xs = as_inputs(out)
         return (xs[0] if len(xs) == 1 else xs), new_state
 
-    return Layer(init, apply, name)
+    return Layer(init, apply, name, children=tuple(zip(keys, layers)))
 
 
 @register_layer

@@ -49,6 +49,10 @@ class LayerSpec:
     config: Mapping[str, Any]
 
 
+# What Keras-style calls of a layer do, filled in by ``fnn.core.graph`` (symbolic calls)
+# and ``fnn.core.eager`` (calls on arrays), which build on this module.
+KERAS_FACE: dict[str, Callable] = {}
+
 _NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
@@ -78,6 +82,8 @@ class Layer:
     # state. Keys it does not name keep their stored order, after the named ones. Needed
     # because jax returns dicts with sorted keys, so creation order is not kept.
     weight_order: tuple[str, ...] | None = None
+    # ``(key, layer)`` of the direct children of a combinator or graph, when it has them.
+    children: tuple[tuple[str, Layer], ...] | None = None
 
     def __post_init__(self):
         check_name(self.name)
@@ -89,9 +95,56 @@ class Layer:
     def __iter__(self):
         return iter((self.init, self.apply))
 
+    def __call__(self, *args, **kwargs):
+        """Keras-style call: on symbolic tensors (``fnn.Input`` and layer outputs) it
+        records a node of the functional API and returns symbolic outputs; on arrays it
+        runs the layer with weights it creates on the first call (``fnn.core.eager``)."""
+        return KERAS_FACE["call"](self, args, kwargs)
+
     def __repr__(self) -> str:
         kind = self.spec.class_name if self.spec else "Layer"
         return f"<fnn {kind} {self.name!r}>"
+
+    # Keras conveniences; the weights are those of eager calls (``fnn.core.eager``) or,
+    # for layers of a built model, read through ``model.get_layer(name)``.
+    def get_weights(self) -> list:
+        """This layer's eager weights in Keras's order (``[]`` before its first call)."""
+        return KERAS_FACE["get_weights"](self)
+
+    def set_weights(self, weights) -> None:
+        """Replace this layer's eager weights from a list in Keras's order."""
+        KERAS_FACE["set_weights"](self, weights)
+
+    @property
+    def weights(self) -> list:
+        return self.get_weights()
+
+    def count_params(self) -> int:
+        return int(sum(w.size for w in self.get_weights()))
+
+    def _nodes(self) -> list:
+        return self.__dict__.get("_fnn_nodes", [])
+
+    @property
+    def output(self):
+        """The symbolic output of this layer's call in a functional graph (Keras's
+        ``layer.output``; a layer called several times has no single output)."""
+        return self._one_node("output").outputs
+
+    @property
+    def input(self):
+        """The symbolic input(s) of this layer's call in a functional graph."""
+        node = self._one_node("input")
+        return node.args[0] if len(node.args) == 1 else list(node.args)
+
+    def _one_node(self, what):
+        nodes = self._nodes()
+        if len(nodes) != 1:
+            raise ConfigError(
+                f"{self.name}: layer.{what} needs a layer called exactly once on symbolic "
+                f"tensors; it was called {len(nodes)} times."
+            )
+        return nodes[0]
 
     @property
     def explicitly_named(self) -> bool:
@@ -251,3 +304,21 @@ def param_dtype(x: Any, dtype: Any = None) -> jnp.dtype:
         return jnp.dtype(dtype)
     x_dtype = jnp.result_type(x)
     return x_dtype if x_dtype in (jnp.float32, jnp.float64) else jnp.dtype(jnp.float32)
+
+
+def _layer_setattr(self, name: str, value: Any) -> None:
+    # Layers are immutable except for Keras's ``layer.trainable = False`` (a flag that the
+    # next ``compile`` reads to freeze the layer's params; it changes no function).
+    if name == "trainable":
+        object.__setattr__(self, "_fnn_trainable", bool(value))
+        return
+    _frozen_setattr(self, name, value)
+
+
+_frozen_setattr = Layer.__setattr__
+Layer.__setattr__ = _layer_setattr
+Layer.trainable = property(
+    lambda self: self.__dict__.get("_fnn_trainable", True),
+    lambda self, value: object.__setattr__(self, "_fnn_trainable", bool(value)),
+    doc="Keras's trainable flag: False freezes this layer's params in the next compile.",
+)

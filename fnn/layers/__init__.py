@@ -1,5 +1,8 @@
 """The layer catalogue: Keras names and arguments, each layer an ``init``/``apply`` pair."""
 
+from fnn.core.combinators import Lambda
+from fnn.core.graph import Input
+from fnn.core.subclass import SubclassLayer as Layer
 from fnn.layers.activation import Activation
 from fnn.layers.attention import MultiHeadAttention, TransformerEncoderBlock
 from fnn.layers.conv import (
@@ -16,7 +19,18 @@ from fnn.layers.conv import (
 )
 from fnn.layers.dense import Dense
 from fnn.layers.embedding import Embedding, PositionalEmbedding
-from fnn.layers.merging import Add, Average, Concatenate, Maximum, Multiply, add, concatenate
+from fnn.layers.merging import (
+    Add,
+    Average,
+    Concatenate,
+    Maximum,
+    Multiply,
+    add,
+    average,
+    concatenate,
+    maximum,
+    multiply,
+)
 from fnn.layers.normalization import (
     BatchNormalization,
     GroupNormalization,
@@ -87,6 +101,9 @@ __all__ = [
     "GlobalMaxPooling2D",
     "GlobalMaxPooling3D",
     "GroupNormalization",
+    "Input",
+    "Lambda",
+    "Layer",
     "LayerNormalization",
     "MaxPooling1D",
     "MaxPooling2D",
@@ -108,5 +125,8 @@ __all__ = [
     "ZeroPadding2D",
     "ZeroPadding3D",
     "add",
+    "average",
     "concatenate",
+    "maximum",
+    "multiply",
 ]

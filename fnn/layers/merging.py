@@ -83,6 +83,20 @@ def Concatenate(axis: int = -1, name: str = "concatenate") -> Layer:
     return Layer(_no_params, apply, name)
 
 
-# Lowercase aliases read naturally in functional code: serial(fan_out(a, b), concatenate()).
-concatenate = Concatenate
-add = Add
+def _merge_function(factory):
+    """Keras's lowercase merge functions: ``concatenate([a, b], axis=1)`` builds the layer
+    and calls it on the tensors (symbolic or arrays) in one go."""
+
+    def merge(inputs, *args, **kwargs):
+        return factory(*args, **kwargs)(list(inputs))
+
+    merge.__name__ = factory.__name__.lower()
+    merge.__doc__ = f"``{factory.__name__}(...)(inputs)`` in one call (Keras's functional form)."
+    return merge
+
+
+concatenate = _merge_function(Concatenate)
+add = _merge_function(Add)
+multiply = _merge_function(Multiply)
+average = _merge_function(Average)
+maximum = _merge_function(Maximum)

@@ -17,10 +17,13 @@ from fnn.training import metrics as metrics_lib
 from fnn.training import optimizers as optimizers_lib
 
 
-def resolve(config: Mapping[str, Any], out, y, model_name: str) -> tuple:
+def resolve(
+    config: Mapping[str, Any], out, y, model_name: str, output_names: list[str] | None = None
+) -> tuple:
     """``(loss, metrics)`` of ``compile``'s settings for outputs shaped ``out`` and targets
     ``y``: per-output losses combined with ``loss_weights``, ``"<output>_loss"`` logs and
-    per-output metrics for tuple/dict outputs; ``"accuracy"`` resolved as Keras does."""
+    per-output metrics for tuple/dict outputs; ``"accuracy"`` resolved as Keras does.
+    ``output_names`` names tuple outputs (a functional model's output layers)."""
     cfg = config
     multi = isinstance(out, tuple | dict) or isinstance(cfg["loss"], list | tuple | dict)
     if multi:
@@ -30,12 +33,14 @@ def resolve(config: Mapping[str, Any], out, y, model_name: str) -> tuple:
                 f"output of shape {out.shape}."
             )
         names = _output_names(out)
+        if output_names is not None and not isinstance(out, dict):
+            names = list(output_names)
         keys = list(out) if isinstance(out, dict) else list(range(len(out)))
         losses = [losses_lib.get(v) for v in _by_output(cfg["loss"], names, "losses")]
         weights = _by_output(
             1.0 if cfg["loss_weights"] is None else cfg["loss_weights"], names, "loss_weights"
         )
-        loss = _combined_loss(losses, weights, names)
+        loss = _combined_loss(losses, weights, names if isinstance(out, dict) else None)
         y_parts = (
             y if isinstance(y, Mapping) else (tuple(y) if isinstance(y, list | tuple) else (y,))
         )
@@ -139,7 +144,7 @@ def _by_output(value, names, what):
 
 def _combined_loss(losses, weights, names):
     """One Loss over tuple/dict outputs: the weighted sum of per-output per-example losses."""
-    keys = names if names and not names[0].startswith("output_") else range(len(losses))
+    keys = names if names else range(len(losses))
 
     def fn(y_true, y_pred):
         total = 0.0

@@ -33,32 +33,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.core import eager, graph, subclass
 from fnn.core import weights as weights_lib
 from fnn.core.combinators import serial
 from fnn.core.errors import ConfigError, ShapeError
+from fnn.core.graph import Input, Tensor
 from fnn.core.layer import Layer, as_shape_struct
 from fnn.io import data_adapter as data_lib
 from fnn.shell import callbacks as callbacks_lib
 from fnn.shell import compile_utils
+from fnn.shell import layer_views as views
 from fnn.training import loop as loop_lib
 
 __all__ = ["Input", "Model", "Sequential"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Input:
-    """The input shape of a ``Sequential`` (without the batch axis), as ``keras.Input``.
-
-    >>> import fnn
-    >>> from fnn.layers import Dense
-    >>> model = fnn.Sequential([fnn.Input((4,)), Dense(2)])
-    >>> model.params["dense"]["kernel"].shape
-    (4, 2)
-    """
-
-    shape: tuple[int, ...]
-    dtype: Any = "float32"
-    name: str | None = None
 
 
 def _is_verbose_auto(verbose) -> int:
@@ -70,37 +57,342 @@ def _is_verbose_auto(verbose) -> int:
 
 
 class Model:
-    """A Keras-style model around any fnn ``Layer`` (multi-input/-output layers included).
+    """A Keras-style model: around any fnn ``Layer``, a functional graph, or a subclass.
 
-    Inputs: a single array for one-input layers, a tuple/list of arrays for several inputs
-    (passed positionally to ``layer.apply``), or a dict of arrays (passed as one pytree
-    argument). Targets follow the layer's outputs (a tuple for several outputs).
+    ``Model(layer)`` wraps an init/apply pair; ``Model(inputs, outputs)`` compiles the
+    graph between symbolic tensors (``fnn.Input`` and layer calls) into one layer
+    (``fnn.core.graph``); a subclass that defines ``call`` (sublayers as attributes)
+    becomes one through ``fnn.core.subclass``. Inputs: a single array for one-input
+    layers, a tuple/list of arrays for several inputs, or a dict (by input name for
+    graphs). Targets follow the outputs (a tuple or dict for several outputs).
+
+    >>> import numpy as np, fnn
+    >>> from fnn.layers import Dense
+    >>> x = fnn.Input((4,), name="features")
+    >>> model = fnn.Model(x, Dense(2, name="out")(Dense(8, activation="relu")(x)))
+    >>> model.output_shape, model.count_params()
+    ((None, 2), 58)
+    >>> model(np.ones((3, 4), "float32")).shape
+    (3, 2)
     """
 
-    def __init__(self, layer: Layer | None = None, name: str | None = None):
+    _fnn_model = True  # what fnn.core.subclass looks for in attributes
+
+    def __init__(self, *args, inputs=None, outputs=None, name: str | None = None, **kwargs):
+        layer = kwargs.pop("layer", None)
+        kwargs.pop("trainable", None)
+        if kwargs:
+            raise ConfigError(f"Model: unexpected keyword arguments {sorted(kwargs)}.")
+        if args and isinstance(args[0], Layer):
+            if len(args) > 2:
+                raise ConfigError("Model: expected Model(layer, name=None).")
+            layer, name = args[0], (args[1] if len(args) > 1 else name)
+        elif args:
+            if len(args) > 2 or inputs is not None:
+                raise ConfigError("Model: expected Model(inputs, outputs, name=None).")
+            inputs = args[0]
+            outputs = args[1] if len(args) > 1 else outputs
         if layer is not None and not isinstance(layer, Layer):
             raise ConfigError(
                 f"Model: expected an fnn Layer (an init/apply pair), got {type(layer).__name__}."
             )
+        self._graph_inputs = self._graph_outputs = None
+        if inputs is not None or outputs is not None:
+            if inputs is None or outputs is None:
+                raise ConfigError("Model: a functional model needs both inputs= and outputs=.")
+            layer = graph.functional(inputs, outputs, name=name or "functional")
+            self._graph_inputs, self._graph_outputs = inputs, outputs
+        self._subclassed = layer is None and type(self).call is not Model.call
         self._layer = layer
-        self.name = name or (layer.name if layer is not None else "model")
+        self.name = name or (
+            layer.name
+            if layer is not None
+            else subclass.snake_case(type(self).__name__)
+            if self._subclassed
+            else "model"
+        )
         self._train_state = None  # the only copy of params/state/opt_state (a TrainState)
         self._input_spec = None  # abstract inputs (tuple) the params were built for
         self._compile_config: dict | None = None
         self._trainer: loop_lib.Trainer | None = None  # compiled steps, once per compile
         self._predictor = None  # (layer, compiled predict step)
+        self._callers: dict = {}  # training flag -> compiled call for model(x)
         self._traces: tuple = (None, {})  # (layer, {input shapes: (jaxpr, outputs)})
         self._placement: tuple | None = None  # (trainer, devices, data-parallel step)
         self._initial_epoch: int | None = None  # set by a callback that restores a backup
         self._weight_order: list | None = None
+        self._views: dict = {}
         self.stop_training = False
         self.history: callbacks_lib.History | None = None
+        self._fnn_base_attrs = set(self.__dict__) | {"_fnn_base_attrs"}
+
+    def call(self, *inputs, **kwargs):
+        """Override in a subclass: the forward pass on arrays (sublayers as attributes)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no call method.")
+
+    def __call__(self, *args, **kwargs):
+        """``model(x)`` / ``model(x, training=True)`` on arrays runs the pure apply with
+        the current params and returns the outputs only; on symbolic tensors it adds the
+        model to a functional graph as one node."""
+        layer = views.require_layer(self, "calling the model")
+        if graph.is_symbolic((args, kwargs)):
+            return graph.call(layer, args, kwargs, owner=self)
+        if eager.SCOPE.get() is not None:
+            return eager.call(layer, args, kwargs, owner=self)
+        args, kwargs, training = eager.split_call(layer, args, kwargs)
+        if kwargs:
+            raise ConfigError(f"{self.name}: unexpected call arguments {sorted(kwargs)}.")
+        x = args[0] if len(args) == 1 else list(args)
+        inputs = self._arrange_inputs(x)
+        self._ensure_built(inputs)
+        train = bool(training)
+        if train not in self._callers:
+
+            def run(params, state, rng, xs):
+                return layer.apply(params, state, *xs, rng=rng, train=train)
+
+            self._callers[train] = jax.jit(run)
+        ts = self._train_state
+        xs = jax.tree.map(jnp.asarray, _as_inputs(inputs))
+        rng = eager.next_key() if train else None
+        out, new_state = self._callers[train](ts.params, ts.state, rng, xs)
+        if train and not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(new_state)):
+            self._train_state = _replace(ts, state=new_state)
+        return out
+
+    # ------------------------------------------------------------------ Keras conveniences
+
+    @property
+    def inputs(self) -> list:
+        """The symbolic input tensors (a list, as Keras)."""
+        self._symbolic()
+        ins = self._graph_inputs
+        return (
+            list(ins.values())
+            if isinstance(ins, Mapping)
+            else (list(ins) if isinstance(ins, list | tuple) else [ins])
+        )
+
+    @property
+    def outputs(self) -> list:
+        """The symbolic output tensors (a list, as Keras)."""
+        self._symbolic()
+        outs = self._graph_outputs
+        return (
+            list(outs.values())
+            if isinstance(outs, Mapping)
+            else (list(outs) if isinstance(outs, list | tuple) else [outs])
+        )
+
+    @property
+    def input(self):
+        self._symbolic()
+        return self._graph_inputs
+
+    @property
+    def output(self):
+        self._symbolic()
+        return self._graph_outputs
+
+    def _symbolic(self) -> None:
+        if self._graph_inputs is None:
+            raise ConfigError(
+                f"{self.name}: the model has no symbolic inputs/outputs (it was not built from "
+                "fnn.Input tensors); build it as fnn.Model(inputs, outputs) or start a "
+                "Sequential with fnn.Input(shape)."
+            )
+
+    @property
+    def input_shape(self):
+        shapes = [t.shape for t in self.inputs]
+        return shapes[0] if len(shapes) == 1 else shapes
+
+    @property
+    def output_shape(self):
+        shapes = [t.shape for t in self.outputs]
+        return shapes[0] if len(shapes) == 1 else shapes
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the outputs: dict keys, or the names of the layers producing them."""
+        outs = self._graph_outputs
+        if isinstance(outs, Mapping):
+            return list(outs)
+        return [t.node.layer.name if t.node is not None else t.name for t in self.outputs]
+
+    def _input_names(self) -> list[str]:
+        ins = self._graph_inputs
+        if isinstance(ins, Mapping):
+            return list(ins)
+        return graph.unique_input_names(self.inputs)
+
+    def _arrange_inputs(self, x):
+        """Data for the layer's positional inputs: a dict of arrays keyed by input name
+        becomes the list in input order (Keras feeds named inputs this way)."""
+        if (
+            self._graph_inputs is not None
+            and isinstance(x, Mapping)
+            and not isinstance(self._graph_inputs, Mapping)
+        ):
+            names = self._input_names()
+            missing = [n for n in names if n not in x]
+            if missing:
+                raise ConfigError(
+                    f"{self.name}: the input dict is missing {missing}; the model's inputs are "
+                    f"{names}, got keys {sorted(x)}."
+                )
+            extra = sorted(set(x) - set(names))
+            if extra:
+                raise ConfigError(
+                    f"{self.name}: the input dict has keys {extra} that are no inputs of the "
+                    f"model (its inputs are {names})."
+                )
+            arranged = [x[n] for n in names]
+            return arranged[0] if len(arranged) == 1 else arranged
+        return x
+
+    def _arrange_targets(self, y):
+        """A dict of targets keyed by output name becomes the tuple in output order."""
+        if (
+            y is not None
+            and self._graph_outputs is not None
+            and isinstance(y, Mapping)
+            and isinstance(self._graph_outputs, list | tuple)
+        ):
+            names = self.output_names
+            missing = [n for n in names if n not in y]
+            if missing:
+                raise ConfigError(
+                    f"{self.name}: the target dict is missing {missing}; the model's outputs "
+                    f"are {names}."
+                )
+            return tuple(y[n] for n in names)
+        if (
+            isinstance(y, list)
+            and self._graph_outputs is not None
+            and isinstance(self._graph_outputs, list | tuple)
+        ):
+            return tuple(y)
+        return y
+
+    def _children(self) -> list[tuple[str, Layer, Any]]:
+        """``(key, layer, object)`` of the model's direct layers in order."""
+        if self._subclassed:
+            return [(k, layer, obj) for k, obj, layer in subclass.children(self)]
+        layer = self.layer
+        if layer is None:
+            return []
+        return [(k, child, child) for k, child in (layer.children or ())]
+
+    @property
+    def layers(self) -> list:
+        """The model's layers (Keras's ``model.layers``), as views holding this model's
+        weights for them; a functional model lists its inputs first."""
+        out = []
+        if self._graph_inputs is not None and not isinstance(self, Sequential):
+            out.extend(views.InputLayer(t, n) for t, n in zip(self.inputs, self._input_names()))
+        for key, layer, obj in self._children():
+            if key not in self._views or self._views[key].layer is not layer:
+                self._views[key] = views.LayerView(self, key, layer, obj)
+            out.append(self._views[key])
+        return out
+
+    def get_layer(self, name: str | None = None, index: int | None = None):
+        """A layer by unique name or by index into ``model.layers``."""
+        layers = self.layers
+        if index is not None:
+            if not -len(layers) <= index < len(layers):
+                raise ConfigError(
+                    f"{self.name}: get_layer(index={index}) is out of range; the model has "
+                    f"{len(layers)} layers."
+                )
+            return layers[index]
+        for layer in layers:
+            if layer.name == name:
+                return layer
+        from fnn.core.errors import closest
+
+        names = [layer.name for layer in layers]
+        raise ConfigError(
+            f"{self.name}: no layer named {name!r}.{closest(str(name), names)} Layers: {names}."
+        )
+
+    @property
+    def trainable(self) -> bool:
+        layer = self._layer
+        return True if layer is None else layer.trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        views.require_layer(self, "trainable").trainable = bool(value)
+        self._trainer = None  # the next fit rebuilds the optimizer with the new mask
+
+    @property
+    def weights(self) -> list:
+        """Params and state in Keras order, as NumPy arrays."""
+        return self.get_weights()
+
+    @property
+    def trainable_weights(self) -> list:
+        frozen = views.frozen_paths(self.layer)
+        return [
+            w
+            for (kind, path), w in zip(self._weight_paths(), self.get_weights())
+            if kind == "params" and not any(path[: len(f)] == f for f in frozen)
+        ]
+
+    @property
+    def non_trainable_weights(self) -> list:
+        frozen = views.frozen_paths(self.layer)
+        return [
+            w
+            for (kind, path), w in zip(self._weight_paths(), self.get_weights())
+            if kind == "state" or any(path[: len(f)] == f for f in frozen)
+        ]
+
+    def count_params(self) -> int:
+        """Number of parameters and state entries (Keras counts both)."""
+        from fnn.core.summary import count_params
+
+        ts = self._require_built("count_params")
+        return count_params(ts.params) + count_params(ts.state)
+
+    def get_config(self) -> dict:
+        """The architecture as JSON-ready data (``from_config`` rebuilds it, with fresh
+        weights)."""
+        from fnn.io import saving
+
+        return saving.layer_to_config(views.require_layer(self, "get_config"))
+
+    @classmethod
+    def from_config(cls, config: Mapping):
+        """A new, unbuilt model from ``get_config()`` output."""
+        from fnn.io import saving
+
+        layer = saving.layer_from_config(config)
+        if layer.spec is not None and layer.spec.class_name == "Functional":
+            inputs, outputs = graph.replay(layer)
+            return Model(inputs, outputs, name=layer.name)
+        if layer.spec is not None and layer.spec.class_name == "serial":
+            return Sequential(list(layer.spec.config.get("layers", ())), name=layer.name)
+        return Model(layer)
+
+    def to_json(self, **kwargs) -> str:
+        """``get_config()`` as a JSON string (``fnn.models.model_from_json`` reads it)."""
+        import json
+
+        return json.dumps(
+            {"class_name": type(self).__name__, "config": self.get_config()}, **kwargs
+        )
 
     # ------------------------------------------------------------------ functional state
 
     @property
     def layer(self) -> Layer:
         """The wrapped ``Layer`` (the init/apply pair)."""
+        if self._layer is None and getattr(self, "_subclassed", False):
+            init, apply = subclass.pure_pair(self, self.name)
+            self._layer = Layer(init, apply, self.name)
         return self._layer
 
     @property
@@ -109,6 +401,8 @@ class Model:
         return self._train_state is not None
 
     def _require_built(self, what: str):
+        if self._train_state is None and self._default_inputs() is not None:
+            self._build(self._default_inputs())
         if self._train_state is None:
             raise ConfigError(
                 f"{self.name}: {what} needs built parameters; call model.build(input_shape), "
@@ -195,6 +489,10 @@ class Model:
         abstract = as_shape_struct(inputs)
         # One compiled program instead of one per initializer op.
         params, state = jax.jit(lambda key: layer.init(key, *abstract))(init_key)
+        # Layers that already hold weights (in another built model, or from eager calls)
+        # bring them along, as Keras's shared layers do.
+        params, state = views.seed_weights(self, layer, params, state)
+        views.register_owner(self, layer)
         self._input_spec = abstract
         self._weight_order = None
         self._traces = (None, {})
@@ -207,7 +505,21 @@ class Model:
             metric_states=None,
         )
 
+    def _default_inputs(self) -> tuple | None:
+        """Abstract inputs from the model's ``fnn.Input`` tensors (``None`` sizes -> 1)."""
+        if self._graph_inputs is None:
+            return None
+        structs = [
+            jax.ShapeDtypeStruct(tuple(1 if d is None else d for d in t.shape), t.dtype)
+            for t in self.inputs
+        ]
+        if isinstance(self._graph_inputs, Mapping):
+            return (dict(zip(self._graph_inputs, structs)),)
+        return tuple(structs)
+
     def _ensure_built(self, x) -> None:
+        if self._train_state is None and self._default_inputs() is not None:
+            self._build(self._default_inputs())
         if self._train_state is None:
             inputs = _as_inputs(x)
             self._build(
@@ -218,6 +530,8 @@ class Model:
         """Print the layer table (``fnn.summary``) for the built input shape."""
         from fnn.core.summary import summary
 
+        if self._graph_inputs is not None and not isinstance(self, Sequential):
+            return views.graph_summary(self, print_fn)
         self._require_built("summary")
         summary(self.layer, *self._input_spec, print_fn=print_fn, batch_label="None")
 
@@ -423,12 +737,18 @@ class Model:
         cfg = self._compile_config
         if self._trainer is not None:
             return self._trainer
-        loss, metrics = compile_utils.resolve(cfg, out, y, self.name)
+        names = self.output_names if self._graph_outputs is not None else None
+        loss, metrics = compile_utils.resolve(cfg, out, y, self.name, output_names=names)
         steps, unroll = loop_lib.plan_steps(cfg["steps_per_execution"], jaxpr)
+        optimizer = views.freeze(
+            compile_utils.injectable_optimizer(cfg["optimizer"]),
+            self._train_state.params,
+            views.frozen_paths(self.layer),
+        )
         self._trainer = loop_lib.Trainer(
             self.layer,
             loss,
-            compile_utils.injectable_optimizer(cfg["optimizer"]),
+            optimizer,
             metrics_lib.get_all(metrics),
             steps_per_execution=steps,
             unroll=unroll,
@@ -488,6 +808,7 @@ class Model:
     # ------------------------------------------------------------------ data
 
     def _fit_data(self, x, y, sample_weight, class_weight, name):
+        x, y = self._arrange_inputs(x), self._arrange_targets(y)
         # A list of (x, y) tuples is a list of batches, not several inputs (Keras's inputs
         # lists hold arrays).
         batches = isinstance(x, list) and x and all(isinstance(b, tuple | list) for b in x)
@@ -740,6 +1061,7 @@ class Model:
         verbose = _is_verbose_auto(verbose)
         batch_size = self._count("batch_size", batch_size, 32)
         steps = self._count("steps", steps)
+        x = self._arrange_inputs(x)
         if data_lib.is_array_tree(x):
             data = data_lib.ArrayData(x, None, None, name="predict")
             self._ensure_built(data.x)
@@ -804,7 +1126,7 @@ class Model:
 
     def predict_on_batch(self, x):
         """Outputs for exactly this batch (no padding, no batching)."""
-        x = data_lib.as_arrays(x)
+        x = data_lib.as_arrays(self._arrange_inputs(x))
         self._ensure_built(x)
         ts = self._train_state
         return jax.tree.map(
@@ -923,25 +1245,42 @@ class Sequential(Model):
     [(64, 16), (16,), (16, 10), (10,)]
     """
 
-    def __init__(self, layers: Sequence[Layer | Input] | None = None, name: str | None = None):
-        super().__init__(None, name=name or "sequential")
+    def __init__(self, layers: Sequence[Layer] | None = None, name: str | None = None, **kwargs):
+        super().__init__(name=name or "sequential", **kwargs)
         self._layers: list[Layer] = []
-        self._build_input: Input | None = None
+        self._build_input: Tensor | None = None
+        self._graph_for = None  # the layers the symbolic graph was traced for
         for layer in layers or ():
             self.add(layer)
 
-    @property
-    def layers(self) -> list[Layer]:
-        return list(self._layers)
+    def _unbuild(self) -> None:
+        """Forget the built state, keeping each layer's weights on it so that the next
+        build starts from them (``add``/``pop`` after building, as Keras)."""
+        ts = self._train_state
+        if ts is not None and self._layer is not None:
+            for key, child in self._layer.children or ():
+                params, state = ts.params.get(key, {}), ts.state.get(key, {})
+                if params or state:
+                    eager.store(child, params, state)
+        self._train_state = None
+        self._trainer = self._predictor = None
+        self._callers = {}
+        self._layer = None
+        self._graph_inputs = self._graph_outputs = None
 
-    def add(self, layer: Layer | Input) -> None:
-        """Append a layer (or set the input shape with ``fnn.Input``)."""
-        if self.built:
-            raise ConfigError(
-                f"{self.name}: cannot add layers after the model was built (its parameters "
-                "exist); create a new Sequential instead."
-            )
-        if isinstance(layer, Input):
+    def add(self, layer) -> None:
+        """Append a layer (or set the input shape with ``fnn.Input``); after the model
+        was built it is rebuilt, keeping the weights of the layers it had."""
+        if isinstance(layer, views.LayerView):
+            layer = layer._obj if isinstance(layer._obj, Layer) else layer.layer
+        elif getattr(layer, "_fnn_model", False):
+            layer = layer.layer
+        if isinstance(layer, Tensor):
+            if layer.node is not None:
+                raise ConfigError(
+                    f"{self.name}: expected fnn.Input(shape) or a layer, got the output of "
+                    f"layer {layer.node.layer.name!r}."
+                )
             if self._layers or self._build_input is not None:
                 raise ConfigError(f"{self.name}: fnn.Input must come first and only once.")
             self._build_input = layer
@@ -950,11 +1289,24 @@ class Sequential(Model):
             raise ConfigError(
                 f"{self.name}: expected an fnn Layer, got {type(layer).__name__} ({layer!r})."
             )
+        if self.built:
+            self._unbuild()
         if layer.input_shape is not None and not self._layers and self._build_input is None:
             # tf.keras style: Dense(64, input_shape=(784,)) as the first layer.
             self._build_input = Input(layer.input_shape)
         self._layers.append(layer)
         self._layer = None
+        self._graph_inputs = self._graph_outputs = None
+
+    def pop(self):
+        """Remove and return the last layer (the model is rebuilt on next use)."""
+        if not self._layers:
+            raise ConfigError(f"{self.name}: pop() on a model without layers.")
+        if self.built:
+            self._unbuild()
+        layer = self._layers.pop()
+        self._layer = None
+        return layer
 
     @property
     def layer(self) -> Layer:
@@ -962,16 +1314,48 @@ class Sequential(Model):
             self._layer = serial(*self._layers, name=self.name)
         return self._layer
 
+    def _symbolic(self) -> None:
+        """Trace the stack on its ``fnn.Input`` once, so ``inputs``/``outputs`` and each
+        layer's ``output`` exist (Keras's Sequential is a functional graph too)."""
+        if self._graph_inputs is not None and self._graph_for == self._layers:
+            return
+        if self._build_input is None:
+            if self._input_spec is None:
+                super()._symbolic()
+            shape = self._input_spec[0].shape
+            self._build_input = Input(
+                batch_shape=(None, *shape[1:]), dtype=self._input_spec[0].dtype
+            )
+        x = self._build_input
+        h = x
+        for layer in self._layers:
+            h = layer(h)
+        self._graph_inputs, self._graph_outputs = x, h
+        self._graph_for = list(self._layers)
+
+    def _default_inputs(self):
+        if self._build_input is None or not self._layers:
+            return None
+        t = self._build_input
+        return (jax.ShapeDtypeStruct(tuple(1 if d is None else d for d in t.shape), t.dtype),)
+
+    def _arrange_inputs(self, x):
+        return x
+
+    def _arrange_targets(self, y):
+        return y
+
+    @property
+    def output_names(self) -> list[str]:
+        return [self._layers[-1].name] if self._layers else []
+
     def _build(self, inputs):
         if self.layer is None:
             raise ConfigError(f"{self.name}: the model has no layers; call add(layer) first.")
         super()._build(inputs)
 
-    def _maybe_build_from_input(self):
-        if self._train_state is None and self._build_input is not None and self._layers:
-            inp = self._build_input
-            self._build(self._input_struct((None, *inp.shape), inp.dtype))
-
-    def _require_built(self, what: str):
-        self._maybe_build_from_input()
-        return super()._require_built(what)
+    def summary(self, print_fn: Callable[[str], Any] = print) -> None:
+        if self._train_state is None and self._default_inputs() is None:
+            print_fn(views.not_built_message(self.name))
+            return
+        super().summary(print_fn=print_fn)

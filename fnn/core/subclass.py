@@ -1,0 +1,458 @@
+"""Keras-style subclassing, pure at the boundary: an object with ``build``/``call`` (and
+sublayers as attributes) becomes an ordinary init/apply pair.
+
+``self.add_weight(...)`` returns a ``Variable`` handle, never an array: inside ``call``
+the handle reads the parameters passed to ``apply`` (``Variable.value``; arithmetic,
+``fnn.ops`` and ``assign`` work on it), so the object holds no arrays between calls and
+``apply`` stays pure under ``jit``/``grad``/``vmap``. Trainable weights go to ``params``
+under their attribute names, non-trainable ones to ``state`` (``assign`` in ``call``
+becomes the new state); sublayers' params sit under their attribute names too.
+
+>>> import jax, jax.numpy as jnp, fnn
+>>> class Linear(fnn.layers.Layer):
+...     def __init__(self, units=4):
+...         super().__init__()
+...         self.units = units
+...     def build(self, input_shape):
+...         self.w = self.add_weight(shape=(input_shape[-1], self.units))
+...         self.b = self.add_weight(shape=(self.units,), initializer="zeros")
+...     def call(self, x):
+...         return x @ self.w + self.b
+>>> layer = Linear(2)
+>>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 3), "float32"))
+>>> jax.tree.map(jnp.shape, params)
+{'b': (2,), 'w': (3, 2)}
+>>> y, _ = jax.jit(layer.apply)(params, state, jnp.ones((5, 3)))
+>>> y.shape
+(5, 2)
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn.core import eager, initializers
+from fnn.core.combinators import call_child
+from fnn.core.errors import ConfigError
+from fnn.core.layer import Layer, as_shape_struct, check_name
+
+__all__ = ["SubclassLayer", "Variable", "pure_pair"]
+
+
+def snake_case(name: str) -> str:
+    """``"MyDense"`` -> ``"my_dense"`` (Keras's default layer names)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def unwrap(x: Any) -> Any:
+    """``x.value`` for a ``Variable``, else ``x``."""
+    return x.value if getattr(x, "_fnn_variable", False) else x
+
+
+class Variable:
+    """A weight created by ``add_weight``: a handle to ``params[key]`` (trainable) or
+    ``state[key]`` (non-trainable) of its layer, resolved in the current call."""
+
+    _fnn_variable = True
+    __array_priority__ = 1000
+
+    def __init__(self, owner, name, shape, dtype, initializer, trainable):
+        self.owner = owner
+        self.name = name
+        self.key = None  # the attribute name, once known (see ``_variables``)
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = jnp.dtype(dtype)
+        self.initializer = initializers.get(initializer)
+        self.trainable = bool(trainable)
+
+    @property
+    def path(self) -> str:
+        return f"{self.owner.name}/{self.key or self.name}"
+
+    @property
+    def value(self) -> jax.Array:
+        scope = eager.SCOPE.get()
+        if scope is not None and scope.owner is self.owner:
+            return scope.read(self)
+        weights = eager.stored(self.owner)
+        if weights is None:
+            raise ConfigError(
+                f"{self.path}: the variable has no value outside a call; call the layer on "
+                "an array first (or read the model's params)."
+            )
+        params, state = weights
+        return (params if self.trainable else state)[self.key]
+
+    def assign(self, value) -> Variable:
+        """Set the value: inside ``call`` this becomes the layer's new state."""
+        value = jnp.asarray(unwrap(value), self.dtype)
+        scope = eager.SCOPE.get()
+        if scope is not None and scope.owner is self.owner:
+            scope.write(self, value)
+            return self
+        params, state = eager.layer_weights(self.owner, "assign")
+        tree = params if self.trainable else state
+        tree = {**tree, self.key: value}
+        eager.store(self.owner, *((tree, state) if self.trainable else (params, tree)))
+        return self
+
+    def assign_add(self, delta) -> Variable:
+        return self.assign(self.value + unwrap(delta))
+
+    def assign_sub(self, delta) -> Variable:
+        return self.assign(self.value - unwrap(delta))
+
+    def numpy(self) -> np.ndarray:
+        return np.asarray(self.value)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.value, dtype=dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __repr__(self) -> str:
+        return f"<fnn.Variable {self.path} shape={self.shape} dtype={self.dtype.name}>"
+
+    def __getitem__(self, index):
+        return self.value[index]
+
+    def __len__(self):
+        return self.shape[0]
+
+
+def _binary(op):
+    def forward(self, other):
+        return op(self.value, unwrap(other))
+
+    def backward(self, other):
+        return op(unwrap(other), self.value)
+
+    return forward, backward
+
+
+for _name, _op in {
+    "add": jnp.add,
+    "sub": jnp.subtract,
+    "mul": jnp.multiply,
+    "truediv": jnp.divide,
+    "matmul": jnp.matmul,
+    "pow": jnp.power,
+}.items():
+    _f, _b = _binary(_op)
+    setattr(Variable, f"__{_name}__", _f)
+    setattr(Variable, f"__r{_name}__", _b)
+Variable.__neg__ = lambda self: -self.value
+del _name, _op, _f, _b
+
+
+# ---------------------------------------------------------------------------------------
+# What a subclassed object holds
+
+
+def _base_attrs(obj) -> set[str]:
+    return obj.__dict__.get("_fnn_base_attrs", set())
+
+
+def _members(obj):
+    """``(key, value)`` of the user's attributes (not the base class's), lists and dicts
+    expanded with ``_i``/``_k`` suffixes, in assignment order."""
+    base = _base_attrs(obj)
+    for name, value in list(obj.__dict__.items()):
+        if name in base or name.startswith("_fnn"):
+            continue
+        key = name.lstrip("_") or name
+        if isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                yield f"{key}_{i}", v
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                yield f"{key}_{k}", v
+        else:
+            yield key, value
+
+
+def _as_layer(value) -> Layer | None:
+    """The ``Layer`` behind an attribute: a layer, or a Keras-style model's ``layer``."""
+    if isinstance(value, Layer):
+        return value
+    if getattr(value, "_fnn_model", False):
+        return value.layer
+    return None
+
+
+def children(obj) -> list[tuple[str, Any, Layer]]:
+    """``(key, attribute value, layer)`` of the sublayers an object holds."""
+    return [(k, v, layer) for k, v in _members(obj) if (layer := _as_layer(v)) is not None]
+
+
+def _variables(obj) -> list[Variable]:
+    """The object's variables in creation order, each keyed by its attribute name (or its
+    ``name=`` when it is not an attribute)."""
+    created = obj.__dict__.get("_fnn_variables", [])
+    for key, value in _members(obj):
+        if isinstance(value, Variable) and value.owner is obj:
+            value.key = key
+    taken = {v.key for v in created if v.key}
+    for v in created:
+        if v.key is None:
+            key, i = v.name, 0
+            while key in taken:
+                i += 1
+                key = f"{v.name}_{i}"
+            v.key = key
+            taken.add(key)
+    return created
+
+
+class Scope:
+    """One pure call of a subclassed object: its params and state, the rng and mode, and
+    the sublayer calls routed to their slices (``fnn.core.eager.call`` looks it up)."""
+
+    def __init__(self, owner, params, state, rng, train, *, discover=None):
+        self.owner = owner
+        self.params = params
+        self.state = dict(state)
+        self.rng = rng
+        self.train = train
+        self.discover = discover  # init: {key: abstract args of the first call}
+        self.count = 0
+        self.keys = {id(v): k for k, v, _ in children(owner)}
+
+    def __enter__(self):
+        self._token = eager.SCOPE.set(self)
+        return self
+
+    def __exit__(self, *exc):
+        eager.SCOPE.reset(self._token)
+
+    def read(self, var: Variable):
+        tree = self.params if var.trainable else self.state
+        return tree[var.key]
+
+    def write(self, var: Variable, value):
+        if var.trainable:
+            raise ConfigError(
+                f"{var.path}: assign on a trainable variable inside call is not supported "
+                "(params change only through the optimizer); create it with trainable=False."
+            )
+        self.state[var.key] = value
+
+    def call(self, obj, layer: Layer, args, kwargs, training):
+        key = self.keys.get(id(obj))
+        if key is None:
+            raise ConfigError(
+                f"{self.owner.name}: called layer {layer.name!r}, which is not an attribute of "
+                "it; create sublayers in __init__ or build and assign them to self (e.g. "
+                "self.dense = Dense(4))."
+            )
+        train = self.train if training is None else training
+        if self.discover is not None and key not in self.params and key not in self.state:
+            abstract = as_shape_struct(args)
+            self.discover.setdefault(key, abstract)
+            p, s = jax.eval_shape(layer.init, jax.random.key(0), *abstract)
+            zeros = lambda t: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), t)  # noqa: E731
+            self.params = {**self.params, key: zeros(p)}
+            self.state[key] = zeros(s)
+        rng = None
+        if self.rng is not None:
+            rng = jax.random.fold_in(self.rng, self.count)
+            self.count += 1
+        out, new = call_child(
+            key,
+            layer,
+            self.params.get(key, {}),
+            self.state.get(key, {}),
+            args,
+            rng,
+            train,
+            **kwargs,
+        )
+        if new:
+            self.state[key] = new
+        return out
+
+
+def _shapes(abstract: tuple):
+    """Keras's ``build`` argument: one shape tuple, or a list for several inputs."""
+    shapes = [tuple(a.shape) for a in jax.tree.leaves(abstract)]
+    return shapes[0] if len(shapes) == 1 else shapes
+
+
+def ensure_built(obj, abstract: tuple) -> None:
+    """Run ``obj.build(input_shape)`` once per input shape (it creates variables and
+    sublayers)."""
+    shapes = _shapes(abstract)
+    if obj.__dict__.get("_fnn_built_for") == shapes:
+        return
+    created = obj.__dict__.setdefault("_fnn_variables", [])
+    # A new input shape rebuilds: variables of the previous build go, those made in
+    # __init__ stay.
+    keep = obj.__dict__.setdefault("_fnn_init_variables", len(created))
+    del created[keep:]
+    build = getattr(obj, "build", None)
+    if build is not None:
+        build(shapes)
+    object.__setattr__(obj, "_fnn_built_for", shapes)
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _unwrap_tree(tree):
+    return jax.tree.map(unwrap, tree, is_leaf=lambda x: getattr(x, "_fnn_variable", False))
+
+
+def pure_pair(obj, name: str):
+    """``(init, apply)`` of an object with ``call`` (and optional ``build``)."""
+
+    def run_call(scope, xs):
+        kwargs = {"training": scope.train} if _accepts(obj.call, "training") else {}
+        with scope:
+            return _unwrap_tree(obj.call(*xs, **kwargs))
+
+    def init(key, *inputs):
+        abstract = as_shape_struct(inputs)
+        ensure_built(obj, abstract)
+        variables = _variables(obj)
+        k_vars, k_children = jax.random.split(key)
+        params, state = {}, {}
+        for v, k in zip(variables, jax.random.split(k_vars, max(len(variables), 1))):
+            (params if v.trainable else state)[v.key] = v.initializer(k, v.shape, v.dtype)
+        found: dict[str, tuple] = {}
+
+        def discover(p, s, xs):
+            run_call(Scope(obj, p, s, None, False, discover=found), xs)
+
+        jax.eval_shape(discover, as_shape_struct(params), as_shape_struct(state), abstract)
+        layers = {k: layer for k, _, layer in children(obj)}
+        for (k, args), ck in zip(found.items(), jax.random.split(k_children, max(len(found), 1))):
+            p, s = layers[k].init(ck, *args)
+            if p:
+                params[k] = p
+            if s:
+                state[k] = s
+        return params, state
+
+    def apply(params, state, *inputs, rng=None, train=False):
+        scope = Scope(obj, params, state, rng, train)
+        out = run_call(scope, inputs)
+        new_state = {k: v for k, v in scope.state.items() if jax.tree.leaves(v)}
+        return out, new_state
+
+    return init, apply
+
+
+class SubclassLayer(Layer):
+    """Base class of Keras-style subclassed layers (``fnn.layers.Layer``): override
+    ``__init__`` (call ``super().__init__()``), optionally ``build(input_shape)`` with
+    ``self.add_weight``, and ``call(inputs, training=None)``. The instance *is* an fnn
+    ``Layer``: its ``init``/``apply`` are pure and it works in ``fnn.serial``, graphs and
+    ``fnn.Sequential``."""
+
+    def __init__(self, name: str | None = None, trainable: bool = True, dtype=None, **kwargs):
+        input_shape = kwargs.pop("input_shape", None)
+        if "input_dim" in kwargs:
+            input_shape = (kwargs.pop("input_dim"),)
+        kwargs.pop("autocast", None)
+        if kwargs:
+            raise ConfigError(
+                f"{type(self).__name__}: unexpected keyword arguments {sorted(kwargs)}."
+            )
+        name = name or snake_case(type(self).__name__)
+        check_name(name)
+        init, apply = pure_pair(self, name)
+        for field, value in {
+            "init": init,
+            "apply": apply,
+            "name": name,
+            "spec": None,
+            "input_shape": None if input_shape is None else tuple(input_shape),
+            "weight_order": None,
+            "children": None,
+        }.items():
+            object.__setattr__(self, field, value)
+        object.__setattr__(self, "_fnn_variables", [])
+        self.trainable = trainable
+        self.dtype_policy = dtype
+        object.__setattr__(self, "_fnn_base_attrs", set(self.__dict__))
+
+    def add_weight(
+        self,
+        shape=(),
+        initializer=None,
+        dtype=None,
+        trainable: bool = True,
+        name: str | None = None,
+        **kwargs,
+    ) -> Variable:
+        """A new weight of this layer (Keras's ``add_weight``): default initializer
+        ``glorot_uniform`` for float weights of rank >= 2, else ``zeros``."""
+        kwargs.pop("regularizer", None)  # see the README: regularizers are not supported
+        kwargs.pop("constraint", None)
+        kwargs.pop("autocast", None)
+        if kwargs:
+            raise ConfigError(f"{self.name}: add_weight got unexpected arguments {sorted(kwargs)}.")
+        shape = (shape,) if isinstance(shape, int) else tuple(shape or ())
+        if initializer is None:
+            initializer = "glorot_uniform" if len(shape) >= 2 else "zeros"
+        var = Variable(self, name or "variable", shape, dtype or "float32", initializer, trainable)
+        self.__dict__["_fnn_variables"].append(var)
+        return var
+
+    add_variable = add_weight
+
+    def build(self, input_shape) -> None:
+        """Create weights for ``input_shape`` (override; the default creates none)."""
+        del input_shape
+
+    def call(self, *inputs, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must define call(self, inputs).")
+
+    @property
+    def variables(self) -> list[Variable]:
+        return list(_variables(self))
+
+    @property
+    def weights(self) -> list:
+        """Own variables, then the sublayers' weights (Keras's ``layer.weights``)."""
+        out = list(_variables(self))
+        for _, _, layer in children(self):
+            out.extend(layer.weights)
+        return out
+
+    @property
+    def trainable_weights(self) -> list[Variable]:
+        return [v for v in _variables(self) if v.trainable]
+
+    @property
+    def non_trainable_weights(self) -> list[Variable]:
+        return [v for v in _variables(self) if not v.trainable]
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config: Mapping):
+        return cls(**config)
+
+    def renamed(self, name: str):
+        raise ConfigError(
+            f"{self.name}: a subclassed layer cannot be renamed; pass name= to its constructor."
+        )
+
+    def __repr__(self) -> str:
+        return f"<fnn {type(self).__name__} {self.name!r}>"
