@@ -370,11 +370,11 @@ def main(argv=None) -> int:
             }
             KERAS_RAN.write_text(json.dumps(reference, indent=1) + "\n")
         reference = json.loads(KERAS_RAN.read_text()) if KERAS_RAN.exists() else None
-        if not args.no_readme:
-            update_readme(HERE / "README.md", report(results, reference))
         import fnn
 
         stamp = f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, fnn from {fnn.__file__}"
+        if not args.no_readme:
+            update_readme(HERE / "README.md", f"Measured {stamp}.\n\n{report(results, reference)}")
         Path(args.failures).write_text(failure_report(results, stamp))
         for g, r in results.items():
             print(f"{Path(g).stem}: {r.summary()}")
