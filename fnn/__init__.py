@@ -14,7 +14,7 @@ everything users need is an attribute of ``fnn`` (``fnn.serial``, ``fnn.layers.D
 
 import sys as _sys
 
-from fnn import core, distributed, layers
+from fnn import core, distributed, layers, ops, utils
 from fnn.core import activations, errors, initializers
 from fnn.core.combinators import Lambda, fan_out, parallel, residual, serial
 from fnn.core.errors import ConfigError, FnnError, ShapeError
@@ -44,6 +44,7 @@ for _name, _module in {
     "metrics": metrics,
     "models": models,
     "optimizers": optimizers,
+    "optimizers.schedules": optimizers.schedules,
     "saving": saving,
     "train": train,
 }.items():
@@ -76,6 +77,7 @@ __all__ = [
     "losses",
     "metrics",
     "models",
+    "ops",
     "optimizers",
     "parallel",
     "register_layer",
@@ -86,4 +88,5 @@ __all__ = [
     "serial",
     "summary",
     "train",
+    "utils",
 ]

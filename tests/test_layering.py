@@ -14,6 +14,17 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fnn"
 ORDER = ("core", "layers", "training", "distributed", "io", "shell", "cli")
+# Public modules outside the folders, each placed at a level of ORDER: ``fnn.ops`` is core
+# (jax, numpy and fnn.core only); ``fnn.utils`` sits at the shell (``plot_model`` draws
+# models) but its array helpers import nothing above training and its time-series windows
+# (a PyDataset) nothing above io.
+PLACED = {
+    "fnn.ops": "core",
+    "fnn.utils": "shell",
+    "fnn.utils.arrays": "training",
+    "fnn.utils.plotting": "shell",
+    "fnn.utils.timeseries": "io",
+}
 
 
 def _module_name(path: Path) -> str:
@@ -44,6 +55,8 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
 
 
 def _folder(module: str) -> str | None:
+    if module in PLACED:
+        return PLACED[module]
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[1] in ORDER else None
 
@@ -98,3 +111,10 @@ def test_the_checker_sees_an_arrow_against_the_order(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from fnn.shell.model import Model\n")
     assert _imports(source, _modules()) == {"fnn.shell.model"}
+
+
+def test_placed_modules_exist_and_sit_at_their_level():
+    """Every PLACED module exists, and a placed module counts at its level (``fnn.ops``
+    may not import ``fnn.layers``)."""
+    assert set(PLACED) <= set(_modules())
+    assert _folder("fnn.ops") == "core" and ORDER.index(_folder("fnn.layers.dense")) > 0

@@ -326,8 +326,15 @@ def test_single_file_names_are_a_clear_error(tmp_path, name):
     suffix = name[name.rindex(".") :].lower()
     with pytest.raises(fnn.ConfigError, match=rf"bn_net: save_weights: cannot write .*\{suffix} "):
         model.save_weights(path)
-    with pytest.raises(fnn.ConfigError, match=rf"bn_net: save: cannot write .*not \{suffix} files"):
+    if suffix == ".keras":  # a Sequential writes a real Keras archive there
         model.save(path)
+        assert path.is_file()
+        path.unlink()
+    else:
+        with pytest.raises(
+            fnn.ConfigError, match=rf"bn_net: save: cannot write .*not \{suffix} files"
+        ):
+            model.save(path)
     with pytest.raises(fnn.ConfigError, match=r"^save_weights: cannot write"):
         fnn.save_weights(path, model.params, model.state)
     assert not path.exists()  # no directory named like a file of another format

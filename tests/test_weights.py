@@ -46,15 +46,16 @@ def two_children(first: str, order=None):
     return fnn.Layer(init, apply, "pair", weight_order=order)
 
 
-def test_children_in_call_order_then_the_parents_own_arrays():
+def test_the_parents_own_arrays_then_children_in_call_order():
+    # Keras's Layer.weights: the layer's own variables, then each sublayer's weights.
     dense = ["kernel", "bias"]  # Dense's declared order
     for first, second in (("a", "z"), ("z", "a")):
         got = weights.weight_names(paths_of(two_children(first)))
         # Undeclared own arrays keep their stored (here: sorted, from eval_shape) order.
         own = sorted(["scale", "offset"])
-        assert got == [f"{first}/{k}" for k in dense] + [f"{second}/{k}" for k in dense] + own
+        assert got == own + [f"{first}/{k}" for k in dense] + [f"{second}/{k}" for k in dense]
     got = weights.weight_names(paths_of(two_children("z", order=("scale", "offset"))))
-    assert got[-2:] == ["scale", "offset"]
+    assert got[:2] == ["scale", "offset"]
 
 
 def test_declared_order_ranks_patterns_at_every_depth_and_state_after_params():

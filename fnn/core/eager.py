@@ -98,8 +98,8 @@ def call(layer, args: tuple, kwargs: dict, owner: Any = None) -> Any:
     out, new_state = layer.apply(
         params, state, *args, rng=next_key() if train else None, train=train, **kwargs
     )
-    if train:
-        store(layer, params, new_state)
+    if jax.tree.structure(new_state) == jax.tree.structure(state):
+        store(layer, params, new_state)  # assign() in a subclass's call persists, as in Keras
     return out
 
 

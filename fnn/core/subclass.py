@@ -299,8 +299,14 @@ def ensure_built(obj, abstract: tuple) -> None:
     keep = obj.__dict__.setdefault("_fnn_init_variables", len(created))
     del created[keep:]
     build = getattr(obj, "build", None)
-    if build is not None:
-        build(shapes)
+    if build is not None and not getattr(build, "_fnn_base_build", False):
+        # A Keras-style model's own build (reached through super().build) must not
+        # build the model again while its layer is being initialised.
+        object.__setattr__(obj, "_fnn_building", True)
+        try:
+            build(shapes)
+        finally:
+            object.__setattr__(obj, "_fnn_building", False)
     object.__setattr__(obj, "_fnn_built_for", shapes)
 
 
@@ -339,6 +345,9 @@ def pure_pair(obj, name: str):
 
         jax.eval_shape(discover, as_shape_struct(params), as_shape_struct(state), abstract)
         layers = {k: layer for k, _, layer in children(obj)}
+        # Keras's weight order: own variables in creation order, then the sublayers.
+        target = obj.__dict__.get("_fnn_pure_target", obj)
+        object.__setattr__(target, "weight_order", (*(v.key for v in variables), *layers))
         for (k, args), ck in zip(found.items(), jax.random.split(k_children, max(len(found), 1))):
             p, s = layers[k].init(ck, *args)
             if p:
@@ -418,6 +427,8 @@ class SubclassLayer(Layer):
     def build(self, input_shape) -> None:
         """Create weights for ``input_shape`` (override; the default creates none)."""
         del input_shape
+
+    build._fnn_base_build = True
 
     def call(self, *inputs, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} must define call(self, inputs).")

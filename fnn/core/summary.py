@@ -70,7 +70,7 @@ def summary_rows(
         {
             "name": path[-1],
             "depth": len(path) - 1,
-            "kind": child.spec.class_name if child.spec else "Layer",
+            "kind": child.spec.class_name if child.spec else type(child).__name__,
             "output_shape": _shape_text(out, batch_label),
             "params": count_params(p) + count_params(s),
         }

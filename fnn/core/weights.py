@@ -88,18 +88,22 @@ def weight_paths(layer: Layer, params: Any, state: Any, *inputs: Any) -> list[We
     for path, child, *_ in records:
         owners.setdefault(path, child)
     calls = list(dict.fromkeys(r[0] for r in records))
-    # The innermost calls own their arrays; a layer that calls no children owns all.
-    leaves = [p for p in calls if not any(q[: len(p)] == p and q != p for q in calls)] or [()]
+    # Calls in pre-order (a parent is recorded before its children): each call owns the
+    # arrays under it that no deeper call owns, so a layer's own weights come before its
+    # sublayers' (Keras's order for subclassed layers); combinators own none.
     trees = (("params", params), ("state", state))
     order: list[WeightPath] = []
     seen: set[WeightPath] = set()
-    for path in leaves:
+    for path in dict.fromkeys([(), *calls]):
+        deeper = [q for q in calls if q[: len(path)] == path and q != path]
         for kind, tree in trees:
             try:
                 sub = get_path(tree, path)
             except (KeyError, TypeError):
                 continue  # a child without params (or without state)
             for leaf in _ordered_leaves(sub, path, owners, ()):
+                if any(leaf[: len(q)] == q for q in deeper):
+                    continue
                 if (kind, leaf) not in seen:
                     seen.add((kind, leaf))
                     order.append((kind, leaf))

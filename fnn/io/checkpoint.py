@@ -278,7 +278,7 @@ def check_directory_path(path: str | os.PathLike, who: str, *, action: str = "wr
     >>> check_directory_path("runs/best.keras", "ModelCheckpoint")
     Traceback (most recent call last):
     ...
-    fnn.core.errors.ConfigError: ModelCheckpoint: cannot write 'runs/best.keras': fnn saves checkpoint directories (arrays.safetensors + checkpoint.json), not .keras files. Use a path without that suffix, e.g. 'runs/best'.
+    fnn.core.errors.ConfigError: ModelCheckpoint: cannot write 'runs/best.keras': fnn saves checkpoint directories (arrays.safetensors + checkpoint.json), not .keras files. Use a path without that suffix, e.g. 'runs/best' (fnn.save_model(path, model) writes a whole model as a Keras .keras file).
     """
     if action not in ("write", "read"):
         raise ConfigError(
@@ -288,18 +288,25 @@ def check_directory_path(path: str | os.PathLike, who: str, *, action: str = "wr
     suffix = next((s for s in _FOREIGN_SUFFIXES if p.name.lower().endswith(s)), None)
     if suffix is None:
         return p
+    keras = suffix in (".keras", ".h5", ".hdf5")
     if action == "read":
+        keras_hint = ", or open a whole Keras model file with fnn.load_model(path)" if keras else ""
         raise ConfigError(
             f"{who}: cannot read {str(path)!r}: fnn reads checkpoint directories "
             f"({ARRAYS_FILE} + {INDEX_FILE}) written by save_weights or save, not {suffix} "
             "files. Move weights from Keras with keras_model.get_weights() and "
-            "model.set_weights(...)."
+            f"model.set_weights(...){keras_hint}."
         )
     stem = p.name[: -len(suffix)].removesuffix(".weights") or "checkpoint"
     raise ConfigError(
         f"{who}: cannot write {str(path)!r}: fnn saves checkpoint directories "
         f"({ARRAYS_FILE} + {INDEX_FILE}), not {suffix} files. Use a path without that "
-        f"suffix, e.g. {str(p.with_name(stem))!r}."
+        f"suffix, e.g. {str(p.with_name(stem))!r}"
+        + (
+            " (fnn.save_model(path, model) writes a whole model as a Keras .keras file)."
+            if keras
+            else "."
+        )
     )
 
 

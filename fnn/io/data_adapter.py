@@ -1,4 +1,5 @@
-"""Feeding ``Model.fit``/``evaluate``/``predict``: arrays, dicts of arrays and iterables.
+"""Feeding ``Model.fit``/``evaluate``/``predict``: arrays, dicts of arrays, iterables and
+``PyDataset`` batch sources (Keras's ``keras.utils.PyDataset``/``Sequence``).
 
 In-memory arrays are copied to the device once and batches are gathered there inside
 the compiled step (``fnn.training.loop.DeviceRows``), so no per-step index crosses from
@@ -16,8 +17,11 @@ batch to the device, so Python and the device overlap. The epoch order is
 
 from __future__ import annotations
 
+import concurrent.futures
+import itertools
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -26,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.core.errors import ConfigError, ShapeError
-from fnn.training.loop import DeviceRows, take
+from fnn.training.loop import DeviceRows, epoch_order, take
 
 # Arrays up to this size live on the device for the whole fit; larger ones are batched on
 # the host and prefetched.
@@ -175,42 +179,158 @@ def unpack(data) -> tuple[Any, Any, Any]:
     )
 
 
+class PyDataset:
+    """A batch source by index, as Keras's ``keras.utils.PyDataset`` (alias ``Sequence``).
+
+    Subclasses call ``super().__init__(**kwargs)`` and define ``__len__`` (the number of
+    batches) and ``__getitem__(i)`` (batch ``i``: ``x``, ``(x,)``, ``(x, y)`` or
+    ``(x, y, sample_weight)``); ``on_epoch_begin``/``on_epoch_end`` run around every pass.
+    ``Model.fit`` takes ``len`` batches per epoch, in index order with ``shuffle=False``.
+    Batches are read in a background thread; ``workers > 1`` reads that many batches at
+    once in threads (``use_multiprocessing=True`` also uses threads: JAX does not survive
+    ``fork``), with at most ``max_queue_size`` batches ahead.
+
+    >>> import numpy as np
+    >>> class Halves(PyDataset):
+    ...     def __len__(self):
+    ...         return 2
+    ...     def __getitem__(self, i):
+    ...         return np.full((3, 1), i, "float32"), np.zeros(3)
+    >>> [float(x[0, 0]) for x, _ in Halves(workers=2)]
+    [0.0, 1.0]
+    """
+
+    def __init__(
+        self, workers: int = 1, use_multiprocessing: bool = False, max_queue_size: int = 10
+    ):
+        self.workers = workers
+        self.use_multiprocessing = use_multiprocessing
+        self.max_queue_size = max_queue_size
+
+    def __len__(self) -> int:
+        raise NotImplementedError(f"{type(self).__name__}: define __len__ (the number of batches).")
+
+    def __getitem__(self, index: int):
+        raise NotImplementedError(f"{type(self).__name__}: define __getitem__(index) -> a batch.")
+
+    @property
+    def num_batches(self) -> int | None:
+        """``len(self)`` (``None``: endless)."""
+        return len(self)
+
+    def __iter__(self) -> Iterator:
+        """Batches ``0 .. len - 1`` in order (no threads, no epoch hooks), as Keras."""
+        n = self.num_batches
+        for i in itertools.count() if n is None else range(n):
+            yield self[i]
+
+    def on_epoch_begin(self) -> None:
+        """Called before every pass over the batches."""
+
+    def on_epoch_end(self) -> None:
+        """Called after every pass over the batches (e.g. to reshuffle)."""
+
+
+Sequence = PyDataset
+
+
+def is_py_dataset(data) -> bool:
+    """An fnn ``PyDataset``, or an object shaped like one (Keras's own ``PyDataset`` and
+    ``Sequence`` instances: ``__len__``, ``__getitem__`` and ``on_epoch_end``)."""
+    if isinstance(data, PyDataset):
+        return True
+    return not isinstance(data, list | tuple | dict | np.ndarray) and all(
+        hasattr(data, a) for a in ("__len__", "__getitem__", "on_epoch_end")
+    )
+
+
+def _setting(data, name: str, default):
+    value = getattr(data, name, default)
+    return default if value is None else value
+
+
 class IterableData:
-    """Batches from a Python iterable or generator of ``(x, y[, sample_weight])``.
+    """Batches from a Python iterable or generator of ``(x, y[, sample_weight])``, or from
+    a ``PyDataset``.
 
     A re-iterable (e.g. a list) restarts every epoch; a one-shot iterator is consumed
-    across epochs, ``steps_per_epoch`` batches at a time.
+    across epochs, ``steps_per_epoch`` batches at a time. A ``PyDataset`` gives ``len``
+    batches per epoch; with a smaller ``steps_per_epoch`` the next epoch continues where
+    the last stopped, and a new pass starts once all batches were read (Keras's rule).
     """
 
     def __init__(self, data: Iterable, *, name: str = "fit"):
-        if not isinstance(data, Iterable):
+        self.sequence = is_py_dataset(data)
+        if not self.sequence and not isinstance(data, Iterable):
             raise ConfigError(
-                f"{name}: expected arrays, a dict of arrays or an iterable of batches, got "
-                f"{type(data).__name__}."
+                f"{name}: expected arrays, a dict of arrays, a PyDataset or an iterable of "
+                f"batches, got {type(data).__name__}."
             )
         self.data = data
         self.name = name
-        self.one_shot = iter(data) is data
+        self.one_shot = not self.sequence and iter(data) is data
         self._iterator: Iterator | None = None
         self.exhausted = False
+        self._pass: list[int] = []  # PyDataset: batch indices of the current pass still to read
+        self._passes = 0
 
-    def epoch(self, steps: int | None) -> Iterator:
-        """The batches of one epoch, as ``(x, y, sample_weight)`` on the device."""
-        if self.one_shot:
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def epoch(self, steps: int | None, *, shuffle: bool = False, seed: int = 0) -> Iterator:
+        """The batches of one epoch, as ``(x, y, sample_weight)`` on the device. For a
+        ``PyDataset``, ``shuffle`` permutes the batch order of each pass (seeded by
+        ``seed`` and the pass number, ``fnn.training.loop.epoch_order``), as Keras's
+        ``fit(shuffle=True)`` shuffles a PyDataset's batches; the user code of
+        ``__getitem__``/``on_epoch_*`` runs in the reading thread."""
+        if self.sequence:
+            it = self._sequence_epoch(steps, shuffle, seed)
+        elif self.one_shot:
             it = self.data
         else:
             it = iter(self.data)
+
+        limit = None if self.sequence else steps  # a PyDataset epoch is cut to steps already
 
         def batches():
             for count, item in enumerate(it, start=1):
                 x, y, sw = unpack(item)
                 yield as_arrays(x), as_arrays(y), as_arrays(sw)
-                if steps is not None and count >= steps:
+                if limit is not None and count >= limit:
                     return
             if self.one_shot:
                 self.exhausted = True
 
         return prefetch(batches())
+
+    def _sequence_epoch(self, steps: int | None, shuffle: bool, seed: int) -> Iterator:
+        data = self.data
+        if not self._pass:
+            order = epoch_order(len(data), seed=seed, epoch=self._passes, shuffle=shuffle)
+            self._pass, self._passes = order.tolist(), self._passes + 1
+        take_n = len(self._pass) if steps is None else min(steps, len(self._pass))
+        indices, self._pass = self._pass[:take_n], self._pass[take_n:]
+        workers = int(_setting(data, "workers", 1))
+        ahead = max(1, int(_setting(data, "max_queue_size", 10)))
+
+        def read():
+            if hasattr(data, "on_epoch_begin"):
+                data.on_epoch_begin()
+            if workers > 1:
+                with concurrent.futures.ThreadPoolExecutor(workers, "fnn-pydataset") as pool:
+                    pending: deque = deque()
+                    for i in indices:
+                        pending.append(pool.submit(data.__getitem__, i))
+                        if len(pending) >= ahead:
+                            yield pending.popleft().result()
+                    while pending:
+                        yield pending.popleft().result()
+            else:
+                for i in indices:
+                    yield data[i]
+            data.on_epoch_end()
+
+        return read()
 
 
 _END = object()

@@ -15,6 +15,7 @@ only when a callback reads them, so callbacks that act per epoch cost nothing pe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -65,10 +66,12 @@ _HOOKS = (
 
 class Callback:
     """Base class: override any hook. ``self.model`` is the ``fnn.Model`` being trained and
-    ``self.params`` holds ``epochs``, ``steps`` and ``verbose`` (as in Keras).
+    ``self.params`` holds ``epochs``, ``steps`` and ``verbose`` (as in Keras). Every hook
+    gets a dict as ``logs`` (``{}`` when there is nothing to log, never ``None``).
 
     Batch ``logs`` are lazy mappings: read them inside the hook (reading synchronises with
-    the device); keep ``dict(logs)`` if you need them later.
+    the device); keep ``dict(logs)`` if you need them later. As in Keras,
+    ``on_batch_begin``/``on_batch_end`` are the training batch hooks under older names.
     """
 
     def __init__(self):
@@ -89,8 +92,15 @@ class Callback:
     def on_test_end(self, logs=None): ...
     def on_predict_begin(self, logs=None): ...
     def on_predict_end(self, logs=None): ...
-    def on_train_batch_begin(self, batch, logs=None): ...
-    def on_train_batch_end(self, batch, logs=None): ...
+    def on_batch_begin(self, batch, logs=None): ...
+    def on_batch_end(self, batch, logs=None): ...
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.on_batch_begin(batch, logs=logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs=logs)
+
     def on_test_batch_begin(self, batch, logs=None): ...
     def on_test_batch_end(self, batch, logs=None): ...
     def on_predict_batch_begin(self, batch, logs=None): ...
@@ -102,11 +112,15 @@ class Callback:
         return (monitor,) if isinstance(monitor, str) else ()
 
 
+_ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
+
+
 def _overrides(callback: Callback, hook: str) -> bool:
+    names = (hook, _ALIASES[hook]) if hook in _ALIASES else (hook,)
     given = getattr(callback, "_given", None)  # LambdaCallback: hooks set per instance
     if given is not None:
-        return hook in given
-    return getattr(type(callback), hook, None) is not getattr(Callback, hook)
+        return any(name in given for name in names)
+    return any(getattr(type(callback), n, None) is not getattr(Callback, n) for n in names)
 
 
 class CallbackList:
@@ -198,14 +212,43 @@ class History(Callback):
             self.model.history = self
 
 
+# Metrics Keras maximises (those with ``_direction = "up"``); every other key is minimised.
+_HIGHER_IS_BETTER = (
+    "acc",
+    "accuracy",
+    "auc",
+    "precision",
+    "recall",
+    "sensitivity_at_specificity",
+    "specificity_at_sensitivity",
+    "precision_at_recall",
+    "recall_at_precision",
+    "f1_score",
+    "fbeta_score",
+    "iou",
+    "io_u",  # Keras's default names of BinaryIoU, MeanIoU, ...
+    "pearson_correlation",
+    "concordance_correlation",
+    "cosine_similarity",
+    "r2_score",
+)
+
+
 def _mode_op(name: str, monitor: str, mode: str):
-    """``np.less`` or ``np.greater`` for a monitored key (Keras's "auto" rule)."""
+    """``np.less`` or ``np.greater`` for a monitored key. ``"auto"`` maximises the metrics
+    Keras maximises (accuracies, AUC, precision, recall, F-scores, IoU, R², correlations;
+    also with a ``val_`` prefix or a ``_1``-style suffix) and minimises everything else.
+
+    >>> _mode_op("EarlyStopping", "val_accuracy", "auto") is np.greater
+    True
+    >>> _mode_op("EarlyStopping", "val_loss", "auto") is np.less
+    True
+    """
     if mode not in ("auto", "min", "max"):
         raise ConfigError(f"{name}: expected mode 'auto', 'min' or 'max', got {mode!r}.")
     if mode == "auto":
-        base = monitor.removeprefix("val_")
-        higher = base.endswith(("acc", "accuracy", "auc", "precision", "recall", "f1_score"))
-        mode = "max" if higher else "min"
+        base = monitor.removeprefix("val_").rstrip("0123456789").rstrip("_")
+        mode = "max" if base.endswith(_HIGHER_IS_BETTER) else "min"
     return np.greater if mode == "max" else np.less
 
 
@@ -263,6 +306,7 @@ class EarlyStopping(Callback):
         current = _to_float(current)
         if self.restore_best_weights and self.best_weights is None:
             self.best_weights = self.model.get_weights()
+            self.best_epoch = epoch
         self.wait += 1
         if self._is_improvement(current, self.best):
             self.best = current
@@ -287,15 +331,43 @@ class EarlyStopping(Callback):
             self.model.set_weights(self.best_weights)
 
 
-class ModelCheckpoint(Callback):
-    """Save the weights after every epoch, or only when ``monitor`` improved.
+def _count_batches(callback, batch: int) -> bool:
+    """Keras's batch counter of ``save_freq=N``: add the batches run since the last call
+    (a compiled call of ``steps_per_execution`` steps reports its last batch) and say
+    whether ``N`` were reached, then restart the count."""
+    last = callback._last_batch_seen
+    added = batch + 1 if last is None or batch <= last else batch - last
+    callback._batches_seen += added
+    callback._last_batch_seen = batch
+    if callback._batches_seen >= callback.save_freq:
+        callback._batches_seen = 0
+        return True
+    return False
 
-    ``filepath`` may hold format fields filled from the epoch logs, e.g.
-    ``"ckpt/weights.{epoch:02d}-{val_loss:.3f}"`` (``epoch`` counts from 1, as in Keras);
-    a suffix of another library's single-file format (``.keras``, ``.h5``, ``.npz``) is a
-    ``ConfigError``. Weights are written with ``model.save_weights``; with
-    ``save_weights_only=False`` the model's ``save`` is used when it has one. To resume
-    an interrupted fit use ``BackupAndRestore``.
+
+def _check_save_freq(name: str, save_freq) -> None:
+    if save_freq != "epoch" and (
+        not isinstance(save_freq, int) or isinstance(save_freq, bool) or save_freq < 1
+    ):
+        raise ConfigError(
+            f"{name}: expected save_freq 'epoch' or a number of batches >= 1, got {save_freq!r}."
+        )
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (or only its weights) every epoch, every ``save_freq`` batches, or
+    only when ``monitor`` improved (``save_best_only``), with Keras's arguments, rules and
+    messages.
+
+    ``filepath`` may hold format fields filled from the logs, e.g.
+    ``"ckpt/weights.{epoch:02d}-{val_loss:.3f}"`` (``epoch`` counts from 1, as in Keras;
+    with an integer ``save_freq`` also ``{batch}``, from 1). Each save is an fnn directory
+    (``model.save_weights`` with ``save_weights_only``, else ``model.save``); a suffix of
+    another library's single-file format (``.keras``, ``.h5``, ``.npz``) is a
+    ``ConfigError``. ``mode="auto"`` maximises accuracy-like metrics and minimises the
+    rest; the best value starts at ``initial_value_threshold`` (``None``: the first value
+    is an improvement; Keras then prints "improved from None"). As in Keras, the best value
+    is kept across calls of ``fit``. To resume an interrupted fit use ``BackupAndRestore``.
     """
 
     def __init__(
@@ -306,91 +378,145 @@ class ModelCheckpoint(Callback):
         save_best_only: bool = False,
         save_weights_only: bool = False,
         mode: str = "auto",
-        save_freq: str = "epoch",
+        save_freq: str | int = "epoch",
         initial_value_threshold: float | None = None,
     ):
         super().__init__()
-        if save_freq != "epoch":
-            raise ConfigError(
-                f"ModelCheckpoint: only save_freq='epoch' is supported, got {save_freq!r}."
-            )
+        _check_save_freq("ModelCheckpoint", save_freq)
         from fnn.io.checkpoint import check_directory_path
 
-        self.filepath = os.fspath(check_directory_path(filepath, "ModelCheckpoint"))
+        if str(filepath).lower().endswith(".keras") and not save_weights_only:
+            self.filepath = os.fspath(filepath)  # model.save writes a Keras archive there
+        else:
+            self.filepath = os.fspath(check_directory_path(filepath, "ModelCheckpoint"))
         self.monitor = monitor
         self.verbose = verbose
         self.save_best_only = save_best_only
         self.save_weights_only = save_weights_only
+        self.mode = mode
         self.monitor_op = _mode_op("ModelCheckpoint", monitor, mode)
+        self.save_freq = save_freq
         self.initial_value_threshold = initial_value_threshold
         self.best = initial_value_threshold
         self.saved: list[str] = []
+        self._current_epoch = 0
+        self._batches_seen = 0
+        self._last_batch_seen: int | None = None
 
     def monitored_keys(self):
         return (self.monitor,) if self.save_best_only else ()
 
-    def on_train_begin(self, logs=None):
-        self.best = self.initial_value_threshold
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq != "epoch" and _count_batches(self, batch):
+            self._save(self._current_epoch, batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        if self.save_best_only:
-            current = logs.get(self.monitor)
-            if current is None:
-                return
-            current = _to_float(current)
-            if self.best is not None and not self.monitor_op(current, self.best):
-                if self.verbose > 0:
-                    print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
-                return
+        if self.save_freq == "epoch":
+            self._save(epoch, None, logs)
+
+    def _path(self, epoch: int, batch: int | None, logs: dict) -> str:
+        fields = {"epoch": epoch + 1, **logs}
+        if batch is not None and "batch" not in logs:
+            fields["batch"] = batch + 1
+        try:
+            return self.filepath.format(**fields)
+        except KeyError as e:
+            raise ConfigError(
+                f"ModelCheckpoint: expected filepath fields among the logged keys "
+                f"({', '.join(fields)}), got {{{e.args[0]}}} in {self.filepath!r}."
+            ) from None
+
+    def _should_save(self, epoch: int, logs: dict, path: str) -> bool:
+        if not self.save_best_only:
             if self.verbose > 0:
-                prev = "inf" if self.best is None else f"{self.best:.5f}"
-                print(f"Epoch {epoch + 1}: {self.monitor} improved from {prev} to {current:.5f}")
+                print(f"\nEpoch {epoch + 1}: saving model to {path}")
+            return True
+        current = logs.get(self.monitor)
+        if current is None:
+            import warnings
+
+            warnings.warn(f"Can save best model only with {self.monitor} available.", stacklevel=3)
+            return True
+        current = _to_float(current)
+        best = "None" if self.best is None else f"{self.best:.5f}"
+        if self.best is None or self.monitor_op(current, self.best):
+            if self.verbose > 0:
+                print(
+                    f"\nEpoch {epoch + 1}: {self.monitor} improved from {best} to "
+                    f"{current:.5f}, saving model to {path}"
+                )
             self.best = current
-        path = self.filepath.format(epoch=epoch + 1, **logs)
+            return True
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best}")
+        return False
+
+    def _save(self, epoch: int, batch: int | None, logs) -> None:
+        logs = dict(logs or {})
+        path = self._path(epoch, batch, logs)
+        if not self._should_save(epoch, logs, path):
+            return
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if self.save_weights_only or not hasattr(self.model, "save"):
             self.model.save_weights(path)
         else:
             self.model.save(path)
         self.saved.append(path)
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: finished saving model to {path}")
 
 
 class BackupAndRestore(Callback):
     """Back up the whole ``TrainState`` (params, state, optimizer state, PRNG key, step)
-    every ``every_epochs`` epochs and after the last one, with
-    ``fnn.checkpoint.CheckpointManager`` in ``backup_dir`` (``step_*`` directories); when
-    a fit begins and a backup exists, restore the latest and continue from its epoch.
+    at the end of every epoch (``save_freq="epoch"``) or every ``save_freq`` batches, and
+    after the last epoch, with ``fnn.checkpoint.CheckpointManager`` in ``backup_dir``
+    (``step_*`` directories); when a fit begins and a backup exists, restore the latest
+    and continue from the epoch after the last one it completed (a backup made inside an
+    epoch reruns that epoch from its weights, as Keras does).
 
     The epoch order depends on ``(seed, epoch)`` only, so on CPU a resumed fit ends bit
-    for bit where an uninterrupted one does. ``max_to_keep``/``keep_best``/``monitor``/
-    ``mode`` prune as ``CheckpointManager`` does; ``metadata`` is stored with each backup;
-    ``delete_checkpoint`` removes ``backup_dir`` when training ends (Keras's default; an
-    interrupted fit never gets there, so its backup stays).
+    for bit where an uninterrupted one does. Keras's arguments come first:
+    ``double_checkpoint`` keeps the previous backup too (so a corrupt latest one can be
+    skipped); ``delete_checkpoint`` removes ``backup_dir`` when training ends (an
+    interrupted fit never gets there, so its backup stays). fnn's keyword-only extras:
+    ``every_epochs`` (with ``save_freq="epoch"``), ``max_to_keep``/``keep_best``/
+    ``monitor``/``mode`` prune as ``CheckpointManager`` does, ``metadata`` is stored with
+    each backup.
     """
 
     def __init__(
         self,
         backup_dir: str | os.PathLike,
+        save_freq: str | int = "epoch",
+        double_checkpoint: bool = False,
+        delete_checkpoint: bool = True,
+        *,
         every_epochs: int = 1,
         max_to_keep: int | None = 1,
         keep_best: bool = False,
         monitor: str = "val_loss",
         mode: str = "auto",
-        delete_checkpoint: bool = True,
         metadata: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         from fnn.io.checkpoint import CheckpointManager, check_directory_path
 
+        _check_save_freq("BackupAndRestore", save_freq)
         if not isinstance(every_epochs, int) or every_epochs < 1:
             raise ConfigError(
                 f"BackupAndRestore: expected every_epochs >= 1, got {every_epochs!r}."
             )
         self.backup_dir = check_directory_path(backup_dir, "BackupAndRestore")
+        self.save_freq = save_freq
+        self.double_checkpoint = double_checkpoint
         self.every_epochs = every_epochs
         self.monitor = monitor if keep_best else None
         op = _mode_op("BackupAndRestore", monitor, mode)
+        if double_checkpoint and max_to_keep is not None:
+            max_to_keep = max(max_to_keep, 2)
         self.manager = CheckpointManager(
             self.backup_dir,
             max_to_keep,
@@ -401,6 +527,9 @@ class BackupAndRestore(Callback):
         self.delete_checkpoint = delete_checkpoint
         self.metadata = dict(metadata or {})
         self.restored_step: int | None = None
+        self._current_epoch = 0
+        self._batches_seen = 0
+        self._last_batch_seen: int | None = None
 
     def latest_epoch(self) -> int | None:
         """Epochs completed by the latest backup (``None`` without one)."""
@@ -416,14 +545,28 @@ class BackupAndRestore(Callback):
         )
         self.model._initial_epoch = self.latest_epoch()
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq != "epoch" and _count_batches(self, batch):
+            self._backup(self._current_epoch, {})
+
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every_epochs and epoch + 1 != self.params.get("epochs"):
+        self._last_batch_seen = None
+        last = epoch + 1 == self.params.get("epochs")
+        if self.save_freq == "epoch" and (epoch + 1) % self.every_epochs and not last:
             return
-        if not math.isfinite(_to_float((logs or {}).get("loss", 0.0))):
+        if self.save_freq != "epoch" and not last:
+            return
+        self._backup(epoch + 1, logs or {})
+
+    def _backup(self, epochs_done: int, logs) -> None:
+        if not math.isfinite(_to_float(logs.get("loss", 0.0))):
             return  # resuming from a non-finite state could not recover
         ts = self.model.train_state
-        metrics = {"epoch": epoch + 1}
-        for key, value in (logs or {}).items():
+        metrics = {"epoch": epochs_done}
+        for key, value in logs.items():
             if np.ndim(value) == 0 and not isinstance(value, str):
                 metrics[key] = _to_float(value)
         self.manager.save(int(ts.step), ts, metrics=metrics, metadata=self.metadata)
@@ -440,10 +583,13 @@ def _get_lr(model) -> float:
 
 
 class LearningRateScheduler(Callback):
-    """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)``.
+    """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)`` (or
+    ``schedule(epoch)``, Keras's older form, when the schedule takes one argument), and
+    log it as ``learning_rate`` at each epoch end.
 
     The learning rate lives in ``model.opt_state`` (the optimizer is built with
-    ``optax.inject_hyperparams``), so changing it recompiles nothing.
+    ``optax.inject_hyperparams``) and is set through ``model.learning_rate``, so changing
+    it recompiles nothing.
     """
 
     def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0):
@@ -452,14 +598,18 @@ class LearningRateScheduler(Callback):
         self.verbose = verbose
 
     def on_epoch_begin(self, epoch, logs=None):
-        lr = self.schedule(epoch, _get_lr(self.model))
-        if not isinstance(lr, int | float | np.floating) or not math.isfinite(float(lr)):
+        try:
+            lr = self.schedule(epoch, _get_lr(self.model))
+        except TypeError:  # schedule(epoch), as Keras still accepts
+            lr = self.schedule(epoch)
+        if not isinstance(lr, float | np.floating) or not math.isfinite(float(lr)):
             raise ConfigError(
-                f"LearningRateScheduler: the schedule must return a finite float, got {lr!r}."
+                f"LearningRateScheduler: the schedule must return a finite float, got {lr!r}. "
+                "Return float(...) of the new rate."
             )
         self.model.learning_rate = float(lr)
         if self.verbose > 0:
-            print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -491,19 +641,19 @@ class ReduceLROnPlateau(Callback):
         self.min_delta = min_delta
         self.cooldown = cooldown
         self.min_lr = min_lr
-        op = _mode_op("ReduceLROnPlateau", monitor, mode)
-        if op is np.less:
-            self.monitor_op = lambda a, b: np.less(a, b - self.min_delta)
-            self._worst = np.inf
-        else:
-            self.monitor_op = lambda a, b: np.greater(a, b + self.min_delta)
-            self._worst = -np.inf
+        self.monitor_op = _mode_op("ReduceLROnPlateau", monitor, mode)
         self._reset()
 
     def _reset(self):
-        self.best = self._worst
+        self.best = None  # the first value is an improvement (Keras)
         self.wait = 0
         self.cooldown_counter = 0
+
+    def _is_improvement(self, value, reference) -> bool:
+        if reference is None:
+            return True
+        delta = self.min_delta if self.monitor_op is np.greater else -self.min_delta
+        return bool(self.monitor_op(value - delta, reference))
 
     def on_train_begin(self, logs=None):
         self._reset()
@@ -518,7 +668,7 @@ class ReduceLROnPlateau(Callback):
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0
-        if self.monitor_op(current, self.best):
+        if self._is_improvement(current, self.best):
             self.best = current
             self.wait = 0
         elif self.cooldown_counter <= 0:
@@ -530,7 +680,7 @@ class ReduceLROnPlateau(Callback):
                     self.model.learning_rate = new
                     if self.verbose > 0:
                         print(
-                            f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}."
+                            f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}."
                         )
                     self.cooldown_counter = self.cooldown
                     self.wait = 0
@@ -584,27 +734,80 @@ def _format_csv(value):
 
 
 class TensorBoard(Callback):
-    """Write epoch scalars as TensorBoard event files (``log_dir/train`` and
-    ``log_dir/validation``, tags ``epoch_<name>``) with tensorboardX.
+    """Write TensorBoard event files with tensorboardX, laid out and tagged as Keras does.
+
+    - every epoch: the epoch logs as scalars ``epoch_<name>`` at step ``epoch``, in
+      ``log_dir/train`` (with ``epoch_learning_rate`` when the optimizer has one) and, for
+      the ``val_*`` keys, in ``log_dir/validation``; after each validation or
+      ``evaluate``, ``evaluation_<name>_vs_iterations`` at the optimizer step;
+    - ``update_freq="batch"`` or ``N``: also ``batch_<name>`` every ``N`` training batches
+      at the global batch number (from 1; with ``steps_per_execution`` only the last
+      batch of each compiled call is seen);
+    - ``histogram_freq=N``: histograms ``<layer>/<weight>/histogram`` of every weight
+      every ``N`` epochs (epochs 0, N, 2N, ...);
+    - ``write_steps_per_second``: ``epoch_steps_per_second``.
+
+    Accepted for Keras compatibility and not applicable (they write nothing):
+    ``write_graph`` (there is no TensorFlow graph: an fnn model is a jitted JAX function;
+    use ``model.summary()``), ``write_images``, ``profile_batch`` (use
+    ``jax.profiler.trace``), ``embeddings_freq``/``embeddings_metadata`` (no projector);
+    a non-default ``profile_batch`` or ``embeddings_freq`` warns once.
 
     tensorboardX is an optional extra (``pip install 'fnn[tensorboard]'``); without it
     this callback prints one line saying it skipped and does nothing. The writers are
-    opened at the first epoch end (as Keras opens them lazily), so a fit that fails
-    before any epoch leaves no files and prints nothing.
+    opened at the first write (as Keras opens them lazily), so a fit that fails before
+    any step leaves no files and prints nothing.
     """
 
-    def __init__(self, log_dir: str | os.PathLike = "logs", update_freq: str = "epoch"):
+    def __init__(
+        self,
+        log_dir: str | os.PathLike = "logs",
+        histogram_freq: int = 0,
+        write_graph: bool = True,
+        write_images: bool = False,
+        write_steps_per_second: bool = False,
+        update_freq: str | int = "epoch",
+        profile_batch: int | tuple[int, int] = 0,
+        embeddings_freq: int = 0,
+        embeddings_metadata=None,
+    ):
         super().__init__()
-        if update_freq != "epoch":
+        if not isinstance(histogram_freq, int) or histogram_freq < 0:
             raise ConfigError(
-                f"TensorBoard: only update_freq='epoch' is supported, got {update_freq!r}."
+                f"TensorBoard: expected histogram_freq an integer >= 0, got {histogram_freq!r}."
+            )
+        freq = 1 if update_freq == "batch" else update_freq
+        if freq != "epoch" and (not isinstance(freq, int) or isinstance(freq, bool) or freq < 1):
+            raise ConfigError(
+                f"TensorBoard: expected update_freq 'epoch', 'batch' or a number of batches "
+                f">= 1, got {update_freq!r}."
+            )
+        if profile_batch or embeddings_freq:
+            import warnings
+
+            warnings.warn(
+                "TensorBoard: profile_batch and embeddings_freq do not apply in fnn and write "
+                "nothing (profile with jax.profiler.trace).",
+                stacklevel=2,
             )
         self.log_dir = os.fspath(log_dir)
+        self.histogram_freq = histogram_freq
+        self.write_graph = write_graph
+        self.write_images = write_images
+        self.write_steps_per_second = write_steps_per_second
+        self.update_freq = freq
+        self.profile_batch = profile_batch
+        self.embeddings_freq = embeddings_freq
+        self.embeddings_metadata = embeddings_metadata
         self._writers: dict[str, Any] = {}
         self.enabled = True
+        self._global_train_batch = 0
+        self._epoch_base = 0
+        self._epoch_start = 0.0
 
-    def _open(self) -> bool:
-        if not self._writers and self.enabled:
+    def _writer(self, split: str):
+        """The ``"train"`` or ``"validation"`` writer (``None`` without tensorboardX)."""
+        if split not in self._writers and self.enabled:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:
@@ -614,19 +817,67 @@ class TensorBoard(Callback):
                     "skipped writing event files.",
                     file=sys.stderr,
                 )
-                return False
-            self._writers = {
-                "train": SummaryWriter(os.path.join(self.log_dir, "train")),
-                "validation": SummaryWriter(os.path.join(self.log_dir, "validation")),
-            }
-        return self.enabled
+                return None
+            self._writers[split] = SummaryWriter(os.path.join(self.log_dir, split))
+        return self._writers.get(split)
+
+    def _scalars(self, split: str, logs: Mapping, prefix: str, step: int, suffix=""):
+        items = [(k, v) for k, v in logs.items() if np.ndim(v) == 0 and not isinstance(v, str)]
+        writer = self._writer(split) if items else None
+        if writer is None:
+            return
+        for key, value in items:
+            writer.add_scalar(f"{prefix}{key}{suffix}", _to_float(value), step)
+
+    def on_train_begin(self, logs=None):
+        self._global_train_batch = 0
+        self._epoch_base = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        import time
+
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._global_train_batch = self._epoch_base + batch + 1
+        if self.update_freq != "epoch" and self._global_train_batch % self.update_freq == 0:
+            self._scalars("train", logs or {}, "batch_", self._global_train_batch)
+
+    def on_test_end(self, logs=None):
+        ts = getattr(self.model, "train_state", None)
+        if ts is not None and getattr(ts, "step", None) is not None:
+            self._scalars("validation", logs or {}, "evaluation_", int(ts.step), "_vs_iterations")
+        self._flush()
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self._open():
+        import time
+
+        self._epoch_base = self._global_train_batch
+        logs = dict(logs or {})
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        if "learning_rate" not in train:
+            with contextlib.suppress(ConfigError, AttributeError, TypeError):
+                train["learning_rate"] = _get_lr(self.model)
+        if self.write_steps_per_second and self.params.get("steps"):
+            elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
+            train["steps_per_second"] = self.params["steps"] / elapsed
+        self._scalars("train", train, "epoch_", epoch)
+        self._scalars("validation", val, "epoch_", epoch)
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            self._histograms(epoch)
+        self._flush()
+
+    def _histograms(self, epoch: int) -> None:
+        writer = self._writer("train")
+        if writer is None:
             return
-        for key, value in (logs or {}).items():
-            split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-            self._writers[split].add_scalar(f"epoch_{name}", _to_float(value), epoch)
+        for name, weight in zip(self.model.weight_names(), self.model.get_weights()):
+            writer.add_histogram(f"{name}/histogram", np.asarray(weight), epoch)
+
+    def _flush(self) -> None:
+        for writer in self._writers.values():
+            writer.flush()
 
     def on_train_end(self, logs=None):
         for writer in self._writers.values():
@@ -635,26 +886,38 @@ class TensorBoard(Callback):
 
 
 class TerminateOnNaN(Callback):
-    """Stop training when the batch loss is NaN or infinite.
+    """Stop training when the batch loss is NaN or infinite (Keras's callback).
 
-    It reads the loss after every step, which synchronises with the device each step.
-    ``invalid_loss`` is then ``(batch, loss)`` of the batch that stopped training (``None``
+    ``raise_error=False``: print ``"Batch <i>: Invalid loss, terminating training"`` and
+    set ``model.stop_training`` (the other callbacks' ``on_train_end`` still run);
+    ``raise_error=True``: raise ``RuntimeError`` at once. It reads the loss after every
+    compiled call, which synchronises with the device each step (so it is not on by
+    default; ``fit`` itself warns once when an epoch's loss is not finite).
+    ``invalid_loss`` is ``(batch, loss)`` of the batch that stopped training (``None``
     while every loss was finite).
     """
 
-    def __init__(self):
+    def __init__(self, raise_error: bool = False):
         super().__init__()
+        self.raise_error = raise_error
         self.invalid_loss: tuple[int, float] | None = None
 
     def on_train_begin(self, logs=None):
         self.invalid_loss = None
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(_to_float(loss)):
-            print(f"Batch {batch}: invalid loss, terminating training")
-            self.invalid_loss = (batch, _to_float(loss))
-            self.model.stop_training = True
+        if loss is None or math.isfinite(_to_float(loss)):
+            return
+        loss = _to_float(loss)
+        self.invalid_loss = (batch, loss)
+        if self.raise_error:
+            raise RuntimeError(
+                f"NaN or Inf loss encountered at batch {batch}. "
+                f"Loss value: {loss}. Terminating training immediately."
+            )
+        print(f"Batch {batch}: Invalid loss, terminating training")
+        self.model.stop_training = True
 
 
 class LambdaCallback(Callback):
@@ -684,10 +947,10 @@ class LambdaCallback(Callback):
             **kwargs,
         }
         for hook, fn in hooks.items():
-            if hook not in _HOOKS:
+            if hook not in _HOOKS and hook not in _ALIASES.values():
                 from fnn.core.errors import unknown_name
 
-                raise unknown_name("callback hook", hook, _HOOKS)
+                raise unknown_name("callback hook", hook, (*_HOOKS, *_ALIASES.values()))
             if fn is not None:
                 setattr(self, hook, fn)
         self._given = {h for h, fn in hooks.items() if fn is not None}
@@ -697,10 +960,11 @@ class ProgbarLogger(Callback):
     """The progress display of ``fit``/``evaluate``/``predict`` (added automatically when
     ``verbose`` is not 0): a tqdm bar with live loss/metrics and steps/s on a terminal,
     one line per epoch otherwise. The bar reads the logs at most every ``interval``
-    seconds, so it adds no per-step device synchronisation.
+    seconds, so it adds no per-step device synchronisation. ``ProgbarLogger()`` takes no
+    positional arguments, as Keras's; ``interval`` and ``file`` are fnn's keyword extras.
     """
 
-    def __init__(self, interval: float = 0.2, file=None):
+    def __init__(self, *, interval: float = 0.2, file=None):
         super().__init__()
         self.interval = interval
         self.file = file

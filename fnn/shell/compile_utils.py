@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fnn.core.errors import ConfigError
@@ -23,8 +24,16 @@ def resolve(
     """``(loss, metrics)`` of ``compile``'s settings for outputs shaped ``out`` and targets
     ``y``: per-output losses combined with ``loss_weights``, ``"<output>_loss"`` logs and
     per-output metrics for tuple/dict outputs; ``"accuracy"`` resolved as Keras does.
-    ``output_names`` names tuple outputs (a functional model's output layers)."""
+    ``output_names`` names tuple outputs (a functional model's output layers).
+
+    ``config["metrics"]`` are reported without sample or class weights and
+    ``config.get("weighted_metrics")`` with them (Keras 3's rule; a weighted metric whose
+    name is taken is renamed ``"weighted_<name>"``). Metrics whose state is per class are
+    built from the output shape, and ``"precision"``/``"recall"``/``"f1_score"``/``"auc"``/
+    ``"confusion_matrix"`` with a categorical cross-entropy are multi-class (macro) over the
+    output's last axis (see ``fnn.metrics.get``)."""
     cfg = config
+    plain, weighted = list(cfg.get("metrics") or []), list(cfg.get("weighted_metrics") or [])
     multi = isinstance(out, tuple | dict) or isinstance(cfg["loss"], list | tuple | dict)
     if multi:
         if not isinstance(out, tuple | dict):
@@ -44,32 +53,54 @@ def resolve(
         y_parts = (
             y if isinstance(y, Mapping) else (tuple(y) if isinstance(y, list | tuple) else (y,))
         )
-        # Keras logs each output's loss too: "<output>_loss" (mean over examples).
+        # Keras logs each output's loss too: "<output>_loss" (mean over examples, with the
+        # sample weights as the loss itself).
         metrics = [
-            _output_metric(metrics_lib.MeanMetricWrapper(part_loss, "loss"), key, name)
+            _output_metric(
+                metrics_lib.weighted(metrics_lib.MeanMetricWrapper(part_loss, "loss")), key, name
+            )
             for key, name, part_loss in zip(keys, names, losses)
         ]
         for key, name, part_loss in zip(keys, names, losses):
             y_shape = np.shape(y_parts[key]) if y is not None else None
-            for m in cfg["metrics"]:
-                metric = metrics_lib.get(
-                    m, loss=part_loss, y_true_shape=y_shape, y_pred_shape=out[key].shape
-                )
-                metrics.append(_output_metric(metric, key, name))
+            for group, is_weighted in ((plain, False), (weighted, True)):
+                for m in group:
+                    metric = _resolve_metric(
+                        m, part_loss, y_shape, out[key].shape, is_weighted, metrics
+                    )
+                    metrics.append(_output_metric(metric, key, name))
     else:
         loss = losses_lib.get(cfg["loss"])
         if cfg["loss_weights"] is not None:
             weight = float(cfg["loss_weights"])
             inner = loss
             loss = losses_lib.Loss(
-                lambda t, p: weight * inner(t, p), inner.name, inner.config, inner.mask_fn
+                inner.name,
+                inner.reduction,
+                fn=lambda t, p: weight * jnp.asarray(inner.call(t, p)),
+                config=inner.config,
+                mask_fn=inner.mask,
             )
         y_shape = None if y is None else tuple(np.shape(jax.tree.leaves(y)[0]))
-        metrics = [
-            metrics_lib.get(m, loss=loss, y_true_shape=y_shape, y_pred_shape=out.shape)
-            for m in cfg["metrics"]
-        ]
+        metrics = []
+        for group, is_weighted in ((plain, False), (weighted, True)):
+            for m in group:
+                metrics.append(_resolve_metric(m, loss, y_shape, out.shape, is_weighted, metrics))
     return loss, metrics
+
+
+def _resolve_metric(identifier, loss, y_shape, out_shape, is_weighted, taken):
+    """One compile metric: resolved against the loss and shapes, built for the output
+    shape, marked weighted or not (a copy, so one object may sit in both lists)."""
+    classes = out_shape[-1] if len(out_shape) >= 2 and out_shape[-1] > 1 else None
+    metric = metrics_lib.get(
+        identifier, loss=loss, num_classes=classes, y_true_shape=y_shape, y_pred_shape=out_shape
+    )
+    metric = metric.build(out_shape)
+    metric = metrics_lib.weighted(metric) if is_weighted else metrics_lib.unweighted(metric)
+    if is_weighted and metric.name in {m.name for m in taken}:
+        metric = metric.renamed(f"weighted_{metric.name}")
+    return metric
 
 
 def hyperparam_states(opt_state) -> list:
@@ -105,19 +136,16 @@ def map_hyperparam_states(opt_state, fn):
     return opt_state
 
 
-def injectable_optimizer(optimizer):
-    """A string optimizer built with ``optax.inject_hyperparams`` so its learning rate lives
-    in ``opt_state`` (schedulers change it without recompiling); objects are used as given."""
-    import optax
-
-    if not isinstance(optimizer, str):
-        return optimizers_lib.get(optimizer)
-    name = optimizer.lower()
-    lr = optimizers_lib.DEFAULT_LEARNING_RATE.get(name, 1e-3)
-    optimizers_lib.get(name)  # unknown names raise here, listing the valid ones
-    return optax.inject_hyperparams(
-        lambda learning_rate: optimizers_lib.get(name, learning_rate=learning_rate)
-    )(learning_rate=lr)
+def optimizer_object(optimizer):
+    """The optimizer object of ``compile(optimizer=...)``: a name (``"adam"``) or a
+    ``serialize`` dict as its ``fnn.optimizers`` class instance, with Keras's defaults;
+    class instances and optax transformations as given. Class instances keep their
+    learning rate in ``opt_state`` (``optax.inject_hyperparams``), so schedulers change
+    it without recompiling."""
+    if isinstance(optimizer, str):
+        optimizers_lib.get(optimizer)  # unknown names raise here, listing the valid ones
+        return optimizers_lib.by_name(optimizer)
+    return optimizers_lib.get(optimizer)
 
 
 def _output_names(out_spec) -> list[str]:
@@ -149,10 +177,10 @@ def _combined_loss(losses, weights, names):
     def fn(y_true, y_pred):
         total = 0.0
         for key, loss, w in zip(keys, losses, weights):
-            total = total + w * loss(y_true[key], y_pred[key])
+            total = total + w * loss.per_example(y_true[key], y_pred[key])
         return total
 
-    return losses_lib.Loss(fn, "loss")
+    return losses_lib.Loss("loss", fn=fn)
 
 
 def _output_metric(metric, key, prefix):
@@ -160,19 +188,31 @@ def _output_metric(metric, key, prefix):
         return metric.update(state, y_true[key], y_pred[key], sample_weight)
 
     return metrics_lib.Metric(
-        f"{prefix}_{metric.name}", metric.init, update, metric.compute, metric.config
+        f"{prefix}_{metric.name}",
+        metric.init,
+        update,
+        metric.compute,
+        metric.config,
+        weighted=metric.weighted,
     )
 
 
 def compile_to_json(config: Mapping[str, Any] | None, name: str) -> dict | None:
     """``Model.compile`` arguments as JSON, or ``None`` (with a warning) if an optimizer,
-    loss or metric is an object that has no registered name."""
+    loss or metric is an object that has no registered name. ``fnn.optimizers`` class
+    instances are stored as Keras writes them (``optimizers.serialize``)."""
     if config is None:
         return None
     out = dict(config)
     problem = None
-    if not isinstance(out.get("optimizer"), str):
-        problem = f"optimizer {out.get('optimizer')!r}"
+    optimizer = out.get("optimizer")
+    if isinstance(optimizer, optimizers_lib.Optimizer):
+        try:
+            out["optimizer"] = optimizers_lib.serialize(optimizer)
+        except ConfigError:
+            problem = f"optimizer {optimizer!r}"
+    elif not isinstance(optimizer, str | Mapping):
+        problem = f"optimizer {optimizer!r}"
     loss = out.get("loss")
     if isinstance(loss, losses_lib.Loss):
         try:
@@ -181,7 +221,10 @@ def compile_to_json(config: Mapping[str, Any] | None, name: str) -> dict | None:
             problem = f"loss {loss.name!r}"
     elif not isinstance(loss, str | None):
         problem = f"loss {loss!r}"
-    if any(not isinstance(m, str) for m in out.get("metrics") or []):
+    if any(
+        not isinstance(m, str)
+        for m in [*(out.get("metrics") or []), *(out.get("weighted_metrics") or [])]
+    ):
         problem = "metrics given as objects"
     try:
         import json

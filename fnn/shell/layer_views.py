@@ -69,7 +69,24 @@ class LayerView:
         return f"<fnn {kind} {self._key!r} in {self._model.name!r}>"
 
     def __call__(self, *args, **kwargs):
-        return self._obj(*args, **kwargs)
+        """On symbolic tensors: the layer joins a new graph (starting from this model's
+        weights for it); on arrays: the layer applied with this model's weights."""
+        from fnn.core import graph
+
+        if graph.is_symbolic((args, kwargs)) or eager.SCOPE.get() is not None:
+            return self._obj(*args, **kwargs)
+        args, kwargs, training = eager.split_call(self.layer, args, kwargs)
+        ts = self._model._require_built("calling a layer")
+        train = bool(training)
+        out, _ = self.layer.apply(
+            ts.params.get(self._key, {}),
+            ts.state.get(self._key, {}),
+            *jax.tree.map(jax.numpy.asarray, args),
+            rng=eager.next_key() if train else None,
+            train=train,
+            **kwargs,
+        )
+        return out
 
     def _paths(self):
         return [p for p in self._model._weight_paths() if p[1][:1] == (self._key,)]

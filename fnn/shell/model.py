@@ -114,6 +114,7 @@ class Model:
         self._train_state = None  # the only copy of params/state/opt_state (a TrainState)
         self._input_spec = None  # abstract inputs (tuple) the params were built for
         self._compile_config: dict | None = None
+        self._optimizer = None  # the optimizer object of compile (names resolved)
         self._trainer: loop_lib.Trainer | None = None  # compiled steps, once per compile
         self._predictor = None  # (layer, compiled predict step)
         self._callers: dict = {}  # training flag -> compiled call for model(x)
@@ -393,6 +394,7 @@ class Model:
         if self._layer is None and getattr(self, "_subclassed", False):
             init, apply = subclass.pure_pair(self, self.name)
             self._layer = Layer(init, apply, self.name)
+            self.__dict__["_fnn_pure_target"] = self._layer
         return self._layer
 
     @property
@@ -476,7 +478,11 @@ class Model:
 
     def build(self, input_shape) -> None:
         """Initialise the parameters from shapes alone (batch axis included, ``None`` allowed)."""
-        self._build(self._input_struct(input_shape))
+        if self.__dict__.get("_fnn_building"):
+            return  # super().build(...) inside a subclass's own build
+        self._build(self._input_struct(input_shape, _input_dtype(self.layer)))
+
+    build._fnn_base_build = True
 
     def _build(self, inputs: tuple) -> None:
         from fnn.training import step as train_lib
@@ -590,8 +596,24 @@ class Model:
         """Save the architecture (registered layer names and arguments as JSON), weights and
         compile settings to the directory ``filepath``, atomically; ``fnn.load_model``
         rebuilds the model without running stored code (see ``fnn.saving``)."""
-        from fnn.io import checkpoint, saving
+        from fnn.io import checkpoint, keras_file, saving
 
+        if keras_file.is_keras_path(filepath):  # a Keras 3 .keras archive (Sequential only)
+            if not isinstance(self, Sequential):
+                raise ConfigError(
+                    f"{self.name}: save: cannot write a .keras file of a {type(self).__name__} "
+                    "yet; fnn writes Sequential models of layers Keras has."
+                )
+            self._require_built("save")
+            return keras_file.write_model(
+                filepath,
+                name=self.name,
+                layers=[view.layer for view in self.layers],
+                inputs=list(self._input_spec),
+                weight_names=self.weight_names(),
+                weights=self.get_weights(),
+                who=f"{self.name}: save",
+            )
         checkpoint.check_directory_path(filepath, f"{self.name}: save")
         return saving.save_model(
             filepath,
@@ -639,11 +661,15 @@ class Model:
         loss=None,
         metrics=None,
         loss_weights=None,
+        weighted_metrics=None,
         steps_per_execution: int | str = 1,
         jit: bool = True,
         seed: int = 0,
     ) -> None:
         """Set the optimizer, loss and metrics (names or objects, as in Keras).
+
+        ``sample_weight``/``class_weight`` weight the loss; ``metrics`` are reported
+        unweighted and ``weighted_metrics`` weighted (Keras 3's rule).
 
         ``steps_per_execution``: steps per compiled call (``"auto"`` picks by model and
         backend). ``jit=False`` runs the steps eagerly (debugging). ``seed`` seeds the
@@ -666,11 +692,17 @@ class Model:
             )
         if isinstance(metrics, str):
             metrics = [metrics]
-        optimizers_lib.get(optimizer)  # unknown names and wrong types raise here
+        if isinstance(weighted_metrics, str):
+            weighted_metrics = [weighted_metrics]
+        # Unknown names and wrong types raise here; names become their class instance.
+        self._optimizer = compile_utils.optimizer_object(optimizer)
+        if isinstance(self._optimizer, optimizers_lib.Optimizer):
+            self._optimizer.attach(self)  # optimizer.learning_rate reads/writes opt_state
         self._compile_config = {
             "optimizer": optimizer,
             "loss": loss,
             "metrics": list(metrics or []),
+            "weighted_metrics": list(weighted_metrics or []),
             "loss_weights": loss_weights,
             "steps_per_execution": steps_per_execution,
             "jit": bool(jit),
@@ -680,6 +712,36 @@ class Model:
         self._predictor = None
         if self._train_state is not None:
             self._train_state = _replace(self._train_state, opt_state=None, metric_states=None)
+
+    @property
+    def optimizer(self):
+        """The optimizer given to ``compile``: an ``fnn.optimizers`` class instance (a name
+        such as ``"adam"`` resolved to ``fnn.optimizers.Adam()``) or the optax
+        transformation given; ``None`` before ``compile``."""
+        return self._optimizer
+
+    @property
+    def metrics(self) -> list:
+        """The loss tracker and the compiled metrics, each holding what the last
+        ``fit``/``evaluate``/``train_on_batch`` accumulated (``m.result()``), in the order
+        of the logs; empty before the first of those (Keras 3 nests the compiled metrics
+        in one ``CompileMetrics`` object; fnn lists them)."""
+        from fnn.training import metrics as metrics_lib
+
+        ts = self._train_state
+        if self._trainer is None or ts is None or ts.metric_states is None:
+            return []
+        states = ts.metric_states
+        tracked = [metrics_lib.Mean("loss"), *self._trainer.metrics]
+        return [metrics_lib.with_state(m, states[m.name]) for m in tracked]
+
+    @property
+    def metrics_names(self) -> list[str]:
+        """``["loss", *metric names]``: the keys of the logs and the order of
+        ``evaluate``'s list (Keras 3 gives ``["loss", "compile_metrics"]``)."""
+        if self._trainer is not None:
+            return list(self._trainer.metric_names)
+        return [m.name for m in self.metrics]
 
     @property
     def steps_per_execution(self) -> int:
@@ -741,7 +803,7 @@ class Model:
         loss, metrics = compile_utils.resolve(cfg, out, y, self.name, output_names=names)
         steps, unroll = loop_lib.plan_steps(cfg["steps_per_execution"], jaxpr)
         optimizer = views.freeze(
-            compile_utils.injectable_optimizer(cfg["optimizer"]),
+            self._optimizer,
             self._train_state.params,
             views.frozen_paths(self.layer),
         )
@@ -918,7 +980,7 @@ class Model:
             steps = n_batches if steps_per_epoch is None else min(steps_per_epoch, n_batches)
         else:
             # Peek the first batch to build and check; it is trained on like the others.
-            iterator = data.epoch(steps_per_epoch)
+            iterator = data.epoch(steps_per_epoch, shuffle=shuffle, seed=cfg["seed"])
             try:
                 first = next(iterator)
             except StopIteration:
@@ -980,7 +1042,7 @@ class Model:
                     file=sys.stderr,
                 )
                 return None
-            return data.epoch(steps_per_epoch)
+            return data.epoch(steps_per_epoch, shuffle=shuffle, seed=cfg["seed"])
 
         validation = None
         if val is not None:
@@ -1218,6 +1280,17 @@ def _class_weights(y, class_weight: Mapping, name: str) -> np.ndarray:
         )
     table = {int(k): float(v) for k, v in class_weight.items()}
     return np.array([table[c] for c in labels.tolist()], np.float32)
+
+
+def _input_dtype(layer) -> str:
+    """The dtype ``build(shape)`` assumes: int32 when the first layer called is an
+    ``Embedding`` (token ids), else float32."""
+    while layer is not None and layer.spec is not None and layer.spec.class_name == "serial":
+        children = layer.children or ()
+        layer = children[0][1] if children else None
+    if layer is not None and layer.spec is not None and layer.spec.class_name == "Embedding":
+        return "int32"
+    return "float32"
 
 
 def _replace(train_state, **changes):

@@ -1,7 +1,9 @@
 """Saving and loading Keras-style models: ``fnn.save_model`` / ``fnn.load_model``.
 
-The files are :mod:`fnn.io.saving`'s (architecture JSON + weights in one checkpoint
-directory); this module only adds the ``Model``/``Sequential`` around them.
+Paths ending in ``.keras`` (and ``.h5``/``.hdf5`` for loading) are Keras model files
+(:mod:`fnn.io.keras_file`: Keras 3 archives both ways, legacy Keras HDF5 files read);
+every other path is :mod:`fnn.io.saving`'s checkpoint directory (architecture JSON +
+weights), fnn's own format. This module only adds the ``Model``/``Sequential`` around them.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from fnn.core.errors import ConfigError
+from fnn.core.graph import Input
 from fnn.core.layer import Layer
-from fnn.io import checkpoint
+from fnn.io import checkpoint, keras_file
 from fnn.io import saving as io_saving
 from fnn.shell.model import Model, Sequential
 
-__all__ = ["load_model", "save_model"]
+__all__ = ["load_keras", "load_model", "save_keras", "save_model"]
 
 
 def save_model(
@@ -24,6 +29,8 @@ def save_model(
 ) -> Path:
     """``model.save(path)`` for a ``fnn.Model``; for a ``Layer``, ``fnn.saving.save_model``
     with its ``params``, ``state`` and ``inputs=``."""
+    if isinstance(model, Model) and keras_file.is_keras_path(path):
+        return save_keras(path, model)
     if isinstance(model, Model):
         return model.save(path)
     if isinstance(model, Layer):
@@ -34,7 +41,12 @@ def save_model(
 def load_model(path: str | os.PathLike, compile: bool = True) -> Any:
     """Rebuild the ``fnn.Model``/``fnn.Sequential`` saved by ``model.save(path)``: layers
     from the registry, weights checked against them, and ``compile`` with the saved
-    settings (when there are any and ``compile=True``). No stored code runs."""
+    settings (when there are any and ``compile=True``). No stored code runs.
+
+    A ``.keras`` / ``.h5`` / ``.hdf5`` path opens a Keras model file instead (see
+    :func:`load_keras`)."""
+    if keras_file.is_keras_path(path):
+        return load_keras(path)
     checkpoint.check_directory_path(path, "load_model", action="read")
     loaded = io_saving.load_layer(path)
     extra = loaded.metadata
@@ -60,3 +72,55 @@ def load_model(path: str | os.PathLike, compile: bool = True) -> Any:
             settings["loss"] = losses.get(loss)  # a configured Loss (e.g. from_logits=True)
         model.compile(**settings)
     return model
+
+
+def _set_file_weights(model: Model, by_layer: dict, where: str) -> None:
+    """``model.set_weights`` from a Keras file's arrays by layer name."""
+    names = model.weight_names()
+    shapes = [w.shape for w in model.get_weights()]
+    model.set_weights(keras_file.arrange_weights(names, shapes, by_layer, where))
+
+
+def load_keras(path: str | os.PathLike) -> Model:
+    """An fnn ``Sequential`` (or functional ``Model``) from a Keras 3 ``.keras`` archive or
+    a legacy Keras ``.h5`` full-model file, with Keras's weights; uncompiled (Keras's
+    optimizer and loss objects are not read). Layers outside fnn's catalogue, Lambda layers
+    and custom classes raise one ``ConfigError`` that lists them all."""
+    loaded = keras_file.read_model(path)
+    where = os.path.basename(os.fspath(path))
+    if loaded.kind == "Sequential":
+        model = Sequential(loaded.layers, name=loaded.name)
+        model._build(loaded.inputs)
+    else:
+        inputs, outputs = keras_file.functional_graph(loaded, Input, where)
+        model = Model(inputs=inputs, outputs=outputs, name=loaded.name)
+        tensors = inputs if isinstance(inputs, list) else [inputs]
+        model._build(
+            tuple(
+                jax.ShapeDtypeStruct(tuple(1 if d is None else d for d in t.shape), t.dtype)
+                for t in tensors
+            )
+        )
+    _set_file_weights(model, loaded.weights, where)
+    return model
+
+
+def save_keras(path: str | os.PathLike, model: Model) -> Path:
+    """Write ``model`` (an fnn ``Sequential`` whose layers Keras also has) as a Keras 3
+    ``.keras`` archive that ``keras.saving.load_model`` opens with the same predictions.
+    Compile settings are not written."""
+    if not isinstance(model, Sequential):
+        raise ConfigError(
+            f"{model.name}: cannot write a .keras file of a {type(model).__name__} yet: fnn "
+            "writes Sequential models (fnn.Sequential([...]) of layers Keras has); functional "
+            "and subclassed models are read from .keras files but not written."
+        )
+    model._require_built("save")
+    return keras_file.write_model(
+        path,
+        name=model.name,
+        layers=[view.layer for view in model.layers],
+        inputs=list(model._input_spec),
+        weight_names=model.weight_names(),
+        weights=model.get_weights(),
+    )

@@ -23,6 +23,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -175,9 +176,13 @@ class Trainer:
         self._compute = jax.jit(compute) if jit else compute
 
     def read_metrics(self, metric_states) -> dict[str, float]:
-        """The metrics' current values as floats (one device synchronisation)."""
+        """The metrics' current values as floats (one device synchronisation); a metric
+        with several values (per class, per threshold) as a numpy array, as Keras logs it."""
         values = jax.device_get(self._compute(metric_states))
-        return {k: float(np.asarray(v)) for k, v in values.items()}
+        return {
+            k: float(np.asarray(v).reshape(())) if np.size(v) == 1 else np.asarray(v)
+            for k, v in values.items()
+        }
 
 
 # ---------------------------------------------------------------------------- training
@@ -285,9 +290,12 @@ def fit(
 ) -> dict[str, float]:
     """Epochs ``hooks.initial_epoch .. epochs - 1`` of ``epoch_data(epoch)`` (``None``:
     no more data, stop), each followed by ``validation()`` batches if given (logged as
-    ``val_*``); returns the last epoch's logs. Metrics restart at every epoch, as Keras."""
+    ``val_*``); returns the last epoch's logs. Metrics restart at every epoch, as Keras.
+    The first epoch whose loss is NaN or infinite warns (once per fit) unless a callback
+    stopped training there."""
     hooks.on_train_begin({})
     logs: dict = {}
+    warned = False
     for epoch in range(hooks.initial_epoch, epochs):
         if hooks.train_state.metric_states is not None:
             hooks.train_state = step_lib.reset_metrics(hooks.train_state)
@@ -303,8 +311,17 @@ def fit(
             hooks.on_test_end(val_logs)
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
         hooks.on_epoch_end(epoch, logs)
-        if hooks.stop_training:
+        if hooks.stop_training:  # a callback that stops on a NaN loss has said so already
             break
+        if not warned and not np.isfinite(logs.get("loss", 0.0)):
+            warned = True
+            warnings.warn(
+                f"fit: the training loss of epoch {epoch + 1} is {logs['loss']}; check the data "
+                "for NaN/inf values and the learning rate. Pass "
+                "callbacks=[fnn.callbacks.TerminateOnNaN()] to stop at the first such batch.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     hooks.on_train_end(logs)
     return logs
 

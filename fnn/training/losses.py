@@ -1,8 +1,9 @@
-"""Pure per-example losses with Keras names: ``loss(y_true, y_pred) -> [batch]``.
+"""Losses with Keras names: ``loss(y_true, y_pred, sample_weight=None) -> scalar``.
 
-Every loss returns one value per example: the elementwise loss (cross-entropies over the
-class axis) averaged over the remaining non-batch axes, like Keras. ``reduce`` turns that
-into the scalar you differentiate, with Keras's ``"sum_over_batch_size"`` semantics.
+Each loss's ``call(y_true, y_pred)`` returns one value per example: the elementwise loss
+(cross-entropies over the class axis) averaged over the remaining non-batch axes, like
+Keras. Calling the loss reduces those values (``reduce``), by default with Keras's
+``"sum_over_batch_size"`` semantics. Subclass ``Loss`` and define ``call`` for your own.
 
 Low-precision inputs (bfloat16, float16) are upcast to float32 inside each loss, so
 losses are always computed and returned in float32 (or float64 under x64): the
@@ -14,16 +15,16 @@ to ``[EPSILON, 1 - EPSILON]`` as Keras does.
 >>> loss.name
 'sparse_categorical_crossentropy'
 >>> ce = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
->>> per_example = ce(jnp.array([0, 1]), jnp.array([[2.0, 0.0], [0.0, 2.0]]))
->>> per_example.shape
+>>> labels, logits = jnp.array([0, 1]), jnp.array([[2.0, 0.0], [0.0, 2.0]])
+>>> ce.call(labels, logits).shape
 (2,)
->>> round(float(fnn.losses.reduce(per_example)), 4)
+>>> round(float(ce(labels, logits)), 4)
 0.1269
 """
 
 from __future__ import annotations
 
-import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,27 +38,91 @@ from fnn.core.errors import ConfigError, ShapeError, shape_of, unknown_name
 EPSILON = 1e-7
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Loss:
-    """A per-example loss ``fn(y_true, y_pred) -> [batch]`` with a Keras snake-case ``name``.
+_REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", "none", None)
 
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+class Loss:
+    """A loss with Keras's interface: ``loss(y_true, y_pred, sample_weight=None)`` is the
+    reduced scalar, ``loss.call(y_true, y_pred)`` the unreduced values ``[batch, ...]``.
+
+    Subclass it the Keras way (define ``call``), or wrap a function with
+    ``Loss(fn=f, name=...)``. ``reduction``: ``"sum_over_batch_size"`` (Keras's default;
+    ``"mean"`` is the same), ``"sum"``, ``"mean_with_sample_weight"`` or ``None``/``"none"``.
     ``config`` holds the constructor arguments and ``class_name`` the constructor (for
-    ``serialize``); ``mask_fn(y_true) -> [batch]`` (optional) gives each example's weight
-    in the reduction (used by ``ignore_class``).
+    ``serialize``); ``mask(y_true) -> [batch]`` gives each example's weight in the
+    reduction (used by ``ignore_class``).
+
+    >>> import jax.numpy as jnp, fnn
+    >>> class Doubled(fnn.losses.Loss):
+    ...     def call(self, y_true, y_pred):
+    ...         return 2.0 * jnp.mean(jnp.abs(y_true - y_pred), axis=-1)
+    >>> loss = Doubled()
+    >>> loss.name, float(loss(jnp.zeros((2, 1)), jnp.ones((2, 1))))
+    ('doubled', 2.0)
     """
 
-    fn: Callable[[Any, Any], jax.Array]
-    name: str
-    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    mask_fn: Callable[[Any], jax.Array] | None = None
-    class_name: str | None = None
+    def __init__(
+        self,
+        name: str | None = None,
+        reduction: str | None = "sum_over_batch_size",
+        dtype=None,
+        *,
+        fn: Callable[[Any, Any], jax.Array] | None = None,
+        config: Mapping[str, Any] | None = None,
+        mask_fn: Callable[[Any], jax.Array] | None = None,
+        class_name: str | None = None,
+    ):
+        if name is None:
+            name = getattr(fn, "__name__", "loss") if fn is not None else None
+            name = name or _snake_case(type(self).__name__)
+        if reduction not in _REDUCTIONS:
+            raise ConfigError(
+                f"{name}: expected reduction in {list(_REDUCTIONS)}, got {reduction!r}."
+            )
+        self.name = name
+        self.reduction = reduction
+        self.dtype = dtype
+        self.fn = fn
+        self.config = dict(config or {})
+        self.mask_fn = mask_fn
+        self.class_name = class_name if class_name is not None or fn else type(self).__name__
 
-    def __call__(self, y_true, y_pred) -> jax.Array:
+    def call(self, y_true, y_pred) -> jax.Array:
+        """Unreduced loss values ``[batch, ...]`` (override this in a subclass)."""
+        if self.fn is None:
+            raise ConfigError(
+                f"{self.name}: expected a subclass of fnn.losses.Loss to define "
+                "call(self, y_true, y_pred), or Loss(fn=...), got neither."
+            )
         return self.fn(y_true, y_pred)
+
+    def __call__(self, y_true, y_pred, sample_weight=None) -> jax.Array:
+        """The loss reduced with ``self.reduction``: a scalar (``[batch, ...]`` for
+        ``reduction=None``), weighted by ``sample_weight`` ``[batch]``."""
+        return reduce(
+            self.call(y_true, y_pred), sample_weight, self.mask(y_true), reduction=self.reduction
+        )
+
+    def per_example(self, y_true, y_pred) -> jax.Array:
+        """``call``'s values averaged over every non-batch axis: ``[batch]``."""
+        return per_example_mean(jnp.asarray(self.call(y_true, y_pred)))
 
     def mask(self, y_true) -> jax.Array | None:
         """Per-example reduction weights ``[batch]`` (``None``: every example counts)."""
         return None if self.mask_fn is None else self.mask_fn(y_true)
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments, Keras's ``get_config`` (``name`` and ``reduction`` too)."""
+        return {"name": self.name, "reduction": self.reduction, **self.config}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Loss:
+        """``cls(**config)``, Keras's inverse of ``get_config``."""
+        return cls(**config)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
@@ -331,7 +396,38 @@ def categorical_hinge(y_true, y_pred):
     return per_example_mean(jnp.maximum(0.0, neg - pos + 1.0))
 
 
-# --------------------------------------------------------------------------- constructors
+def binary_focal_crossentropy(
+    y_true,
+    y_pred,
+    apply_class_balancing=False,
+    alpha=0.25,
+    gamma=2.0,
+    from_logits=False,
+    label_smoothing=0.0,
+):
+    """Binary cross-entropy scaled by ``(1 - p_t) ** gamma`` (and ``alpha`` for positives,
+    ``1 - alpha`` for negatives with ``apply_class_balancing``), averaged to ``[batch]``."""
+    name = "binary_focal_crossentropy"
+    check_batch_axis(name, y_pred)
+    y_true, y_pred = match_ranks(name, y_true, y_pred)
+    y_pred = _float(y_pred)
+    y_true = _float(y_true).astype(y_pred.dtype)
+    if label_smoothing:
+        y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    if from_logits:
+        y_pred = jax.nn.sigmoid(y_pred)
+    p = jnp.clip(y_pred, EPSILON, 1.0 - EPSILON)
+    bce = -(y_true * jnp.log(p) + (1 - y_true) * jnp.log(1 - p))
+    p_t = y_true * y_pred + (1 - y_true) * (1 - y_pred)
+    loss = jnp.power(1.0 - p_t, gamma) * bce
+    if apply_class_balancing:
+        loss = (y_true * alpha + (1 - y_true) * (1 - alpha)) * loss
+    return per_example_mean(loss)
+
+
+# --------------------------------------------------------------------------- classes
+
+_DEFAULT_REDUCTION = "sum_over_batch_size"
 
 
 def _check_smoothing(name, label_smoothing):
@@ -339,111 +435,194 @@ def _check_smoothing(name, label_smoothing):
         raise ConfigError(f"{name}: expected label_smoothing in [0, 1], got {label_smoothing!r}.")
 
 
-def SparseCategoricalCrossentropy(
-    from_logits: bool = False,
-    label_smoothing: float = 0.0,
-    ignore_class: int | None = None,
-    name: str = "sparse_categorical_crossentropy",
-) -> Loss:
+class SparseCategoricalCrossentropy(Loss):
     """Cross-entropy with integer labels ``[batch, ...]`` and scores ``[batch, ..., C]``.
 
     ``ignore_class``: positions with that label contribute nothing; the per-example value
     averages the remaining positions and ``mask`` weights each example by its fraction of
-    valid positions, so ``reduce`` gives Keras's mean over all valid positions.
+    valid positions, so the reduction gives Keras's mean over all valid positions.
+    ``label_smoothing`` (keyword, an fnn extension) smooths towards the uniform
+    distribution.
     """
-    _check_smoothing(name, label_smoothing)
 
-    def fn(y_true, y_pred):
+    def __init__(
+        self,
+        from_logits: bool = False,
+        ignore_class: int | None = None,
+        reduction: str | None = _DEFAULT_REDUCTION,
+        axis: int = -1,
+        name: str = "sparse_categorical_crossentropy",
+        dtype=None,
+        *,
+        label_smoothing: float = 0.0,
+    ):
+        _check_smoothing(name, label_smoothing)
+        if axis != -1:
+            raise ConfigError(f"{name}: expected axis=-1 (the class axis last), got {axis!r}.")
+        config = {"from_logits": from_logits, "label_smoothing": label_smoothing}
+        if ignore_class is not None:
+            config["ignore_class"] = ignore_class
+        super().__init__(name, reduction, dtype, config=config)
+        self.from_logits, self.ignore_class = from_logits, ignore_class
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
         return sparse_categorical_crossentropy(
-            y_true, y_pred, from_logits, label_smoothing, ignore_class
+            y_true, y_pred, self.from_logits, self.label_smoothing, self.ignore_class
         )
 
-    mask_fn = None
-    if ignore_class is not None:
-
-        def mask_fn(y_true):
-            return per_example_mean((jnp.asarray(y_true) != ignore_class).astype(jnp.float32))
-
-    config = {"from_logits": from_logits, "label_smoothing": label_smoothing}
-    if ignore_class is not None:
-        config["ignore_class"] = ignore_class
-    return Loss(fn, name, config, mask_fn, "SparseCategoricalCrossentropy")
+    def mask(self, y_true):
+        if self.ignore_class is None:
+            return None
+        return per_example_mean((jnp.asarray(y_true) != self.ignore_class).astype(jnp.float32))
 
 
-def CategoricalCrossentropy(
-    from_logits: bool = False,
-    label_smoothing: float = 0.0,
-    axis: int = -1,
-    name: str = "categorical_crossentropy",
-) -> Loss:
+class CategoricalCrossentropy(Loss):
     """Cross-entropy with one-hot (or soft) targets of the predictions' shape ``[batch, ..., C]``."""
-    _check_smoothing(name, label_smoothing)
-    return Loss(
-        lambda t, p: categorical_crossentropy(t, p, from_logits, label_smoothing, axis),
-        name,
-        {"from_logits": from_logits, "label_smoothing": label_smoothing, "axis": axis},
-        class_name="CategoricalCrossentropy",
-    )
+
+    def __init__(
+        self,
+        from_logits: bool = False,
+        label_smoothing: float = 0.0,
+        axis: int = -1,
+        reduction: str | None = _DEFAULT_REDUCTION,
+        name: str = "categorical_crossentropy",
+        dtype=None,
+    ):
+        _check_smoothing(name, label_smoothing)
+        config = {"from_logits": from_logits, "label_smoothing": label_smoothing, "axis": axis}
+        super().__init__(name, reduction, dtype, config=config)
+
+    def call(self, y_true, y_pred):
+        return categorical_crossentropy(y_true, y_pred, **self.config)
 
 
-def BinaryCrossentropy(
-    from_logits: bool = False, label_smoothing: float = 0.0, name: str = "binary_crossentropy"
-) -> Loss:
+class BinaryCrossentropy(Loss):
     """Binary cross-entropy with 0/1 targets, elementwise (multi-label), ``[batch, ...]``."""
-    _check_smoothing(name, label_smoothing)
-    return Loss(
-        lambda t, p: binary_crossentropy(t, p, from_logits, label_smoothing),
-        name,
-        {"from_logits": from_logits, "label_smoothing": label_smoothing},
-        class_name="BinaryCrossentropy",
-    )
+
+    def __init__(
+        self,
+        from_logits: bool = False,
+        label_smoothing: float = 0.0,
+        axis: int = -1,
+        reduction: str | None = _DEFAULT_REDUCTION,
+        name: str = "binary_crossentropy",
+        dtype=None,
+    ):
+        _check_smoothing(name, label_smoothing)
+        if axis != -1:
+            raise ConfigError(f"{name}: expected axis=-1, got {axis!r}.")
+        config = {"from_logits": from_logits, "label_smoothing": label_smoothing}
+        super().__init__(name, reduction, dtype, config=config)
+
+    def call(self, y_true, y_pred):
+        return binary_crossentropy(y_true, y_pred, **self.config)
 
 
-def Huber(delta: float = 1.0, name: str = "huber_loss") -> Loss:
+class BinaryFocalCrossentropy(Loss):
+    """Focal binary cross-entropy (Lin et al. 2017), Keras's arguments."""
+
+    def __init__(
+        self,
+        apply_class_balancing: bool = False,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+        from_logits: bool = False,
+        label_smoothing: float = 0.0,
+        axis: int = -1,
+        reduction: str | None = _DEFAULT_REDUCTION,
+        name: str = "binary_focal_crossentropy",
+        dtype=None,
+    ):
+        _check_smoothing(name, label_smoothing)
+        if axis != -1:
+            raise ConfigError(f"{name}: expected axis=-1, got {axis!r}.")
+        config = {
+            "apply_class_balancing": apply_class_balancing,
+            "alpha": alpha,
+            "gamma": gamma,
+            "from_logits": from_logits,
+            "label_smoothing": label_smoothing,
+        }
+        super().__init__(name, reduction, dtype, config=config)
+
+    def call(self, y_true, y_pred):
+        return binary_focal_crossentropy(y_true, y_pred, **self.config)
+
+
+class Huber(Loss):
     """Huber loss, quadratic below ``delta`` and linear above."""
-    if not isinstance(delta, int | float) or delta <= 0:
-        raise ConfigError(f"{name}: expected delta > 0, got {delta!r}.")
-    return Loss(lambda t, p: huber(t, p, delta), name, {"delta": delta}, class_name="Huber")
+
+    def __init__(
+        self,
+        delta: float = 1.0,
+        reduction: str | None = _DEFAULT_REDUCTION,
+        name: str = "huber_loss",
+        dtype=None,
+    ):
+        if not isinstance(delta, int | float) or delta <= 0:
+            raise ConfigError(f"{name}: expected delta > 0, got {delta!r}.")
+        super().__init__(name, reduction, dtype, config={"delta": delta})
+
+    def call(self, y_true, y_pred):
+        return huber(y_true, y_pred, self.config["delta"])
 
 
-def CosineSimilarity(axis: int = -1, name: str = "cosine_similarity") -> Loss:
+class CosineSimilarity(Loss):
     """Negative cosine similarity along ``axis``."""
-    return Loss(
-        lambda t, p: cosine_similarity(t, p, axis),
-        name,
-        {"axis": axis},
-        class_name="CosineSimilarity",
-    )
+
+    def __init__(
+        self,
+        axis: int = -1,
+        reduction: str | None = _DEFAULT_REDUCTION,
+        name: str = "cosine_similarity",
+        dtype=None,
+    ):
+        super().__init__(name, reduction, dtype, config={"axis": axis})
+
+    def call(self, y_true, y_pred):
+        return cosine_similarity(y_true, y_pred, self.config["axis"])
 
 
-def _simple(fn, default_name, class_name):
-    def make(name: str = default_name) -> Loss:
-        return Loss(fn, name, class_name=class_name)
+class _NoOptions(Loss):
+    """A Keras loss without options: ``Cls(reduction=..., name=..., dtype=None)``."""
 
-    make.__doc__ = fn.__doc__
-    return make
+    _fn: Callable = staticmethod(lambda y_true, y_pred: None)
+    _default_name = "loss"
+
+    def __init__(self, reduction: str | None = _DEFAULT_REDUCTION, name=None, dtype=None):
+        super().__init__(name or self._default_name, reduction, dtype)
+
+    def call(self, y_true, y_pred):
+        return type(self)._fn(y_true, y_pred)
 
 
-MeanSquaredError = _simple(mean_squared_error, "mean_squared_error", "MeanSquaredError")
-MeanAbsoluteError = _simple(mean_absolute_error, "mean_absolute_error", "MeanAbsoluteError")
+def _simple(class_name, fn, default_name):
+    attrs = {"_fn": staticmethod(fn), "_default_name": default_name, "__doc__": fn.__doc__}
+    return type(class_name, (_NoOptions,), {**attrs, "__module__": __name__})
+
+
+MeanSquaredError = _simple("MeanSquaredError", mean_squared_error, "mean_squared_error")
+MeanAbsoluteError = _simple("MeanAbsoluteError", mean_absolute_error, "mean_absolute_error")
 MeanAbsolutePercentageError = _simple(
-    mean_absolute_percentage_error, "mean_absolute_percentage_error", "MeanAbsolutePercentageError"
+    "MeanAbsolutePercentageError", mean_absolute_percentage_error, "mean_absolute_percentage_error"
 )
 MeanSquaredLogarithmicError = _simple(
-    mean_squared_logarithmic_error, "mean_squared_logarithmic_error", "MeanSquaredLogarithmicError"
+    "MeanSquaredLogarithmicError", mean_squared_logarithmic_error, "mean_squared_logarithmic_error"
 )
-KLDivergence = _simple(kl_divergence, "kl_divergence", "KLDivergence")
-LogCosh = _simple(log_cosh, "log_cosh", "LogCosh")
-Poisson = _simple(poisson, "poisson", "Poisson")
-Hinge = _simple(hinge, "hinge", "Hinge")
-SquaredHinge = _simple(squared_hinge, "squared_hinge", "SquaredHinge")
-CategoricalHinge = _simple(categorical_hinge, "categorical_hinge", "CategoricalHinge")
+KLDivergence = _simple("KLDivergence", kl_divergence, "kl_divergence")
+LogCosh = _simple("LogCosh", log_cosh, "log_cosh")
+Poisson = _simple("Poisson", poisson, "poisson")
+Hinge = _simple("Hinge", hinge, "hinge")
+SquaredHinge = _simple("SquaredHinge", squared_hinge, "squared_hinge")
+CategoricalHinge = _simple("CategoricalHinge", categorical_hinge, "categorical_hinge")
 
 
-_CONSTRUCTORS: dict[str, Callable[..., Loss]] = {
+_CONSTRUCTORS: dict[str, type[Loss]] = {
     "SparseCategoricalCrossentropy": SparseCategoricalCrossentropy,
     "CategoricalCrossentropy": CategoricalCrossentropy,
     "BinaryCrossentropy": BinaryCrossentropy,
+    "BinaryFocalCrossentropy": BinaryFocalCrossentropy,
     "MeanSquaredError": MeanSquaredError,
     "MeanAbsoluteError": MeanAbsoluteError,
     "MeanAbsolutePercentageError": MeanAbsolutePercentageError,
@@ -463,6 +642,7 @@ _ALIASES: dict[str, str] = {
     "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
     "categorical_crossentropy": "CategoricalCrossentropy",
     "binary_crossentropy": "BinaryCrossentropy",
+    "binary_focal_crossentropy": "BinaryFocalCrossentropy",
     "mean_squared_error": "MeanSquaredError",
     "mse": "MeanSquaredError",
     "mean_absolute_error": "MeanAbsoluteError",
@@ -508,8 +688,10 @@ def get(identifier) -> Loss:
         if key not in _CONSTRUCTORS:
             raise unknown_name("loss class", key, _CONSTRUCTORS)
         return _CONSTRUCTORS[key](**dict(identifier.get("config", {})))
+    if isinstance(identifier, type) and issubclass(identifier, Loss):
+        return identifier()
     if callable(identifier):
-        return Loss(identifier, getattr(identifier, "__name__", "loss"))
+        return Loss(fn=identifier, name=getattr(identifier, "__name__", "loss"))
     raise ConfigError(
         f"expected a loss name, Loss or callable fn(y_true, y_pred), got {identifier!r}."
     )
@@ -517,43 +699,70 @@ def get(identifier) -> Loss:
 
 def serialize(loss: Loss) -> dict[str, Any]:
     """``{"class_name", "config"}`` for a built-in ``Loss`` (inverse of ``get``)."""
-    if loss.class_name in _CONSTRUCTORS:
-        return {"class_name": loss.class_name, "config": {**loss.config, "name": loss.name}}
+    if loss.class_name in _CONSTRUCTORS and type(loss) is _CONSTRUCTORS[loss.class_name]:
+        config = {**loss.config, "name": loss.name}
+        if loss.reduction != _DEFAULT_REDUCTION:
+            config["reduction"] = loss.reduction
+        return {"class_name": loss.class_name, "config": config}
     raise ConfigError(f"cannot serialize custom loss {loss.name!r}; only built-in losses.")
 
 
-def reduce(per_example, sample_weight=None, mask=None) -> jax.Array:
-    """Scalar loss from per-example values ``[batch]``, Keras's ``"sum_over_batch_size"``.
+def reduce(
+    per_example, sample_weight=None, mask=None, *, reduction: str | None = _DEFAULT_REDUCTION
+) -> jax.Array:
+    """Reduce loss values ``[batch, ...]`` (usually per-example ``[batch]``) as Keras does.
 
-    ``sum(loss * sample_weight * mask) / denominator`` where the denominator is the batch
-    size, or ``sum(mask)`` when a mask is given (Keras rescales masked weights so only
-    valid entries count). Sample weights do not change the denominator: Keras divides by
-    the number of examples, not by the sum of weights. An all-masked batch gives 0.
+    ``"sum_over_batch_size"`` (default; ``"mean"`` is the same):
+    ``sum(loss * sample_weight * mask) / n`` where ``n`` is the number of values, or
+    ``sum(mask)`` when a mask is given (Keras rescales masked weights so only valid
+    entries count); sample weights do not change the denominator. ``"sum"``: the weighted
+    sum. ``"mean_with_sample_weight"``: divided by the sum of the (masked) weights.
+    ``None``/``"none"``: the weighted values. ``sample_weight`` and ``mask`` are
+    ``[batch]`` (broadcast over trailing axes) or the values' shape. An all-masked batch
+    gives 0.
 
     >>> import jax.numpy as jnp, fnn
     >>> float(fnn.losses.reduce(jnp.array([1.0, 3.0]), sample_weight=jnp.array([1.0, 0.0])))
     0.5
     """
-    per_example = jnp.asarray(per_example)
-    if per_example.ndim != 1:
+    if reduction not in _REDUCTIONS:
+        raise ConfigError(f"reduce: expected reduction in {list(_REDUCTIONS)}, got {reduction!r}.")
+    values = jnp.asarray(per_example)
+    if values.ndim < 1:
         raise ShapeError(
-            f"reduce: expected per-example losses of shape [batch], got shape {per_example.shape}."
+            f"reduce: expected per-example losses of shape [batch], got shape {values.shape}."
         )
-    weights = jnp.ones_like(per_example)
+    if not jnp.issubdtype(values.dtype, jnp.floating):
+        values = _float(values)
+    batch = values.shape[0]
+    factors = {}
     for arg_name, arg in (("sample_weight", sample_weight), ("mask", mask)):
         if arg is None:
             continue
-        arg = jnp.asarray(arg)
-        if arg.ndim == 2 and arg.shape[-1] == 1:
+        arg = jnp.asarray(arg).astype(values.dtype)
+        if arg.ndim == 2 and arg.shape[-1] == 1 and values.ndim == 1:
             arg = arg[:, 0]
-        if arg.shape not in ((), per_example.shape):
+        if arg.shape not in ((), (batch,), values.shape):
             raise ShapeError(
-                f"reduce: expected {arg_name} of shape {per_example.shape} (one per example), "
+                f"reduce: expected {arg_name} of shape ({batch},) (one per example), "
                 f"got shape {arg.shape}."
             )
-        weights = weights * arg.astype(per_example.dtype)
-    total = jnp.sum(per_example * weights)
-    if mask is None:
-        return total / per_example.shape[0]
-    count = jnp.sum(jnp.broadcast_to(jnp.asarray(mask, per_example.dtype), per_example.shape))
-    return jnp.where(count > 0, total / jnp.maximum(count, EPSILON), 0.0)
+        factors[arg_name] = jnp.broadcast_to(
+            arg.reshape(arg.shape + (1,) * (values.ndim - arg.ndim)), values.shape
+        )
+    weights = jnp.ones_like(values)
+    for factor in factors.values():
+        weights = weights * factor
+    weighted = values * weights
+    if reduction in (None, "none"):
+        return weighted
+    total = jnp.sum(weighted)
+    if reduction == "sum":
+        return total
+    if reduction == "mean_with_sample_weight" and factors:
+        count = jnp.sum(weights)
+    elif "mask" in factors:
+        count = jnp.sum(factors["mask"])
+    else:
+        return total / values.size
+    return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)

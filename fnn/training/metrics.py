@@ -13,11 +13,21 @@ they accumulate inside a jitted loop or ``lax.scan``, and per-device states merg
 >>> state = acc.update(state, jnp.array([1]), jnp.array([[0.3, 0.7]]))
 >>> round(float(acc.compute(state)), 4)
 0.6667
+
+Keras's stateful interface sits on top (``update_state``/``result``/``reset_state``), and
+``Metric`` subclasses written the Keras way (``add_variable``, ``assign_add``) are traced
+into the same pure triple, so they run inside the compiled steps:
+
+>>> p = fnn.metrics.Precision(thresholds=[0.3, 0.6])
+>>> p.update_state(jnp.array([1, 0, 1]), jnp.array([0.9, 0.5, 0.4]))
+>>> [round(float(v), 3) for v in p.result()]
+[0.667, 1.0]
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,30 +41,331 @@ from fnn.training import losses as losses_lib
 State = Any
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+class Variable:
+    """One state variable of a Keras-style ``Metric`` subclass (``add_variable``).
+
+    ``value`` is a jax array of fixed ``shape`` and ``dtype``; ``assign``,
+    ``assign_add`` and ``assign_sub`` replace it (inside ``fit`` the value is a tracer:
+    the metric's variables are the pytree state of a pure accumulator).
+    ``jnp.asarray(variable)`` and arithmetic give arrays.
+    """
+
+    def __init__(self, value, name: str):
+        self._value = jnp.asarray(value)
+        self.name = name
+
+    @property
+    def value(self) -> jax.Array:
+        return self._value
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self._value.shape)
+
+    @property
+    def dtype(self):
+        return self._value.dtype
+
+    def assign(self, value) -> Variable:
+        value = jnp.asarray(value).astype(self.dtype)
+        if value.shape != self._value.shape:
+            if value.ndim:
+                raise ShapeError(
+                    f"variable {self.name!r}: expected a value of shape {self.shape}, got "
+                    f"shape {value.shape}."
+                )
+            value = jnp.broadcast_to(value, self._value.shape)
+        self._value = value
+        return self
+
+    def assign_add(self, value) -> Variable:
+        return self.assign(self._value + jnp.asarray(value))
+
+    def assign_sub(self, value) -> Variable:
+        return self.assign(self._value - jnp.asarray(value))
+
+    def numpy(self) -> np.ndarray:
+        return np.asarray(self._value)
+
+    def __jax_array__(self):
+        return self._value
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self._value, dtype)
+
+    def __float__(self):
+        return float(self._value)
+
+    def __getitem__(self, idx):
+        return self._value[idx]
+
+    def __neg__(self):
+        return -self._value
+
+    def __repr__(self) -> str:
+        return f"<fnn metric Variable {self.name!r} shape={self.shape} dtype={self.dtype}>"
+
+
+def _value_of(x):
+    return x.value if isinstance(x, Variable) else x
+
+
+def _binary_op(op):
+    def method(self, other):
+        return op(self._value, _value_of(other))
+
+    def reflected(self, other):
+        return op(_value_of(other), self._value)
+
+    return method, reflected
+
+
+for _op_name, _op in {
+    "add": jnp.add,
+    "sub": jnp.subtract,
+    "mul": jnp.multiply,
+    "truediv": jnp.true_divide,
+    "pow": jnp.power,
+}.items():
+    _method, _reflected = _binary_op(_op)
+    setattr(Variable, f"__{_op_name}__", _method)
+    setattr(Variable, f"__r{_op_name}__", _reflected)
+for _op_name, _op in {
+    "lt": jnp.less,
+    "le": jnp.less_equal,
+    "gt": jnp.greater,
+    "ge": jnp.greater_equal,
+}.items():
+    setattr(Variable, f"__{_op_name}__", _binary_op(_op)[0])
+del _op_name, _op, _method, _reflected
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
 class Metric:
-    """A streaming metric: ``init() -> state``, ``update(state, y_true, y_pred,
-    sample_weight=None) -> state``, ``compute(state) -> value``; all pure.
+    """A streaming metric: pure ``init() -> state``, ``update(state, y_true, y_pred,
+    sample_weight=None) -> state``, ``compute(state) -> value``, plus Keras's stateful
+    interface on top (``update_state``, ``result``, ``reset_state``, ``__call__``).
 
     ``init()`` must return zeros, and ``update`` must *add* the batch's contribution, so
     that states from several batches or devices merge by summation.
+
+    Subclass it the Keras way: create state with ``self.add_variable(...)`` (or
+    ``add_weight``) in ``__init__``, and define ``update_state`` (with ``assign_add``),
+    ``result`` and optionally ``reset_state`` (default: every variable to zeros). The pure
+    functions are then traced from those methods, the variables' values being the state
+    pytree, so the metric works inside compiled ``fit``/``evaluate`` steps; states merge
+    across devices by summation, which is right for counts and totals (as Keras's own
+    metrics keep).
+
+    ``weighted``: whether the training and evaluation steps pass ``sample_weight`` (and
+    ``class_weight``) to ``update``; ``False`` as Keras's ``compile(metrics=...)``,
+    ``True`` for ``compile(weighted_metrics=...)`` (see ``weighted``).
+
+    >>> import jax.numpy as jnp, fnn
+    >>> class Positives(fnn.metrics.Metric):
+    ...     def __init__(self, name="positives", **kwargs):
+    ...         super().__init__(name=name, **kwargs)
+    ...         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+    ...     def update_state(self, y_true, y_pred, sample_weight=None):
+    ...         self.count.assign_add(jnp.sum(jnp.asarray(y_pred) > 0.5))
+    ...     def result(self):
+    ...         return self.count
+    >>> m = Positives()
+    >>> m.update_state(None, jnp.array([0.2, 0.9, 0.7]))
+    >>> float(m.result()), float(m.compute(m.update(m.init(), None, jnp.array([0.9]))))
+    (2.0, 1.0)
     """
 
-    name: str
-    init: Callable[[], State]
-    update: Callable[..., State]
-    compute: Callable[[State], Any]
-    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    def __init__(
+        self,
+        name: str | None = None,
+        init: Callable[[], State] | None = None,
+        update: Callable[..., State] | None = None,
+        compute: Callable[[State], Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        *,
+        dtype=None,
+        weighted: bool = False,
+        builder: Callable[[tuple], Metric] | None = None,
+    ):
+        self.name = name or _snake_case(type(self).__name__)
+        self.config = dict(config or {})
+        self.dtype = dtype or "float32"
+        self.weighted = weighted
+        self._builder = builder
+        self._variables: list[Variable] = []
+        self._state = None
+        if init is None:
+            # A Keras-style subclass: the pure functions come from its variables.
+            init, update, compute = self._traced_init, self._traced_update, self._traced_compute
+        self.init, self.update, self.compute = init, update, compute
 
     def __iter__(self):
         return iter((self.init, self.update, self.compute))
 
+    @property
+    def built(self) -> bool:
+        """Whether the state's shapes are known (metrics with per-class state built
+        without ``num_classes`` learn it from the first predictions, as in Keras)."""
+        return self._builder is None
+
+    def build(self, y_pred_shape) -> Metric:
+        """This metric with its state shaped for predictions ``[batch, ..., C]`` (itself if
+        already built). ``compile`` builds every metric from the model's output shape."""
+        if self._builder is None:
+            return self
+        out = self._builder(tuple(y_pred_shape))
+        out.name, out.weighted = self.name, self.weighted
+        return out
+
     def renamed(self, name: str) -> Metric:
         """The same metric reported under another name."""
-        return dataclasses.replace(self, name=name)
+        out = copy.copy(self)
+        out.name, out._state = name, None
+        return out
 
     def __repr__(self) -> str:
         return f"<fnn Metric {self.name!r}>"
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments, Keras's ``get_config`` (``name`` and ``dtype`` too)."""
+        return {"name": self.name, "dtype": self.dtype, **self.config}
+
+    # ------------------------------------------------------------ Keras's stateful API
+
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
+        """Add one batch to this instance's state (eager)."""
+        if self._builder is not None:
+            built = self.build(np.shape(y_pred))
+            self.init, self.update, self.compute = built.init, built.update, built.compute
+            self.config, self._builder = built.config, None
+        state = self.init() if self._state is None else self._state
+        self._state = self.update(state, y_true, y_pred, sample_weight)
+
+    def result(self):
+        """The metric's value over every batch since the last ``reset_state``."""
+        return self.compute(self.init() if self._state is None else self._state)
+
+    def reset_state(self) -> None:
+        """Forget the accumulated batches (variables of a subclass go back to zeros)."""
+        self._state = None
+        for v in self._variables:
+            v.assign(jnp.zeros(v.shape, v.dtype))
+
+    def reset_states(self) -> None:
+        """tf.keras's name of ``reset_state``."""
+        self.reset_state()
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """``update_state`` then ``result``, as Keras."""
+        self.update_state(y_true, y_pred, sample_weight=sample_weight)
+        return self.result()
+
+    @property
+    def variables(self) -> list[Variable]:
+        return list(self._variables)
+
+    def add_variable(
+        self, shape=(), initializer="zeros", dtype=None, aggregation="sum", name=None
+    ) -> Variable:
+        """A new state variable (Keras's signature; only ``aggregation="sum"``: states
+        merge across devices by summation)."""
+        if aggregation not in ("sum", None):
+            raise ConfigError(
+                f"{self.name}: expected aggregation='sum' (states merge by summation), got "
+                f"{aggregation!r}."
+            )
+        shape = (shape,) if isinstance(shape, int) else tuple(shape or ())
+        dtype = jnp.dtype(dtype or self.dtype or jnp.float32)
+        if isinstance(initializer, int | float | np.ndarray | jax.Array):
+            value = jnp.broadcast_to(jnp.asarray(initializer, dtype), shape)
+        else:
+            from fnn.core import initializers
+
+            value = initializers.get(initializer)(jax.random.key(0), shape, dtype)
+        names = {v.name for v in self._variables}
+        name = name or f"variable_{len(self._variables)}"
+        if name in names:
+            name = f"{name}_{len(self._variables)}"
+        variable = Variable(value, name)
+        self._variables.append(variable)
+        return variable
+
+    def add_weight(self, name=None, shape=(), initializer="zeros", dtype=None) -> Variable:
+        """``add_variable`` with tf.keras's argument order."""
+        return self.add_variable(shape=shape, initializer=initializer, dtype=dtype, name=name)
+
+    # ------------------------------------------------------------ traced pure functions
+
+    def _values(self) -> dict:
+        return {v.name: v.value for v in self._variables}
+
+    def _load(self, state: Mapping) -> None:
+        for v in self._variables:
+            v._value = jnp.asarray(state[v.name])
+
+    def _traced(self, state, fn):
+        if type(self).update_state is Metric.update_state:
+            raise ConfigError(
+                f"{self.name}: expected a Metric subclass to define update_state and result "
+                "(or Metric(name, init, update, compute)), got neither."
+            )
+        saved = self._values()
+        try:
+            if state is not None:
+                self._load(state)
+            return fn()
+        finally:
+            self._load(saved)
+
+    def _traced_init(self):
+        return self._traced(None, lambda: (self.reset_state(), self._values())[1])
+
+    def _traced_update(self, state, y_true, y_pred, sample_weight=None):
+        def run():
+            self.update_state(y_true, y_pred, sample_weight=sample_weight)
+            return self._values()
+
+        return self._traced(state, run)
+
+    def _traced_compute(self, state):
+        return self._traced(state, lambda: jax.tree.map(jnp.asarray, _value_of(self.result())))
+
+
+def weighted(metric: Metric) -> Metric:
+    """``metric`` (a copy if needed) that the training steps update with the sample
+    weights (what ``compile(weighted_metrics=[...])`` does)."""
+    if metric.weighted:
+        return metric
+    out = copy.copy(metric)
+    out.weighted, out._state = True, None
+    return out
+
+
+def with_state(metric: Metric, state: State) -> Metric:
+    """``metric`` itself, now holding a copy of ``state`` (e.g. from
+    ``TrainState.metric_states``) as its eager state, so ``result()`` reads it, as a Keras
+    metric instance reads what ``fit`` accumulated (a subclass gets the values loaded into
+    its variables). The copy survives the step donating the train state."""
+    state = jax.tree.map(lambda a: jnp.array(a, copy=True), state)
+    if metric._variables and metric.init == metric._traced_init:
+        metric._load(state)
+    else:
+        metric._state = state
+    return metric
+
+
+def unweighted(metric: Metric) -> Metric:
+    """``metric`` (a copy if needed) that the training steps update without the sample
+    weights (what ``compile(metrics=[...])`` does)."""
+    if not metric.weighted:
+        return metric
+    out = copy.copy(metric)
+    out.weighted, out._state = False, None
+    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -115,7 +426,29 @@ def _sparse_labels(name, y_true, y_pred):
     return y_true.astype(jnp.int32)
 
 
-def Mean(name: str = "mean") -> Metric:
+class _ValuesMetric(Metric):
+    """A metric of values, not predictions: ``update_state(values, sample_weight=None)``."""
+
+    def update_state(self, values, sample_weight=None) -> None:
+        state = self.init() if self._state is None else self._state
+        self._state = self.update(state, values, sample_weight)
+
+    def __call__(self, values, sample_weight=None):
+        self.update_state(values, sample_weight=sample_weight)
+        return self.result()
+
+
+def _value_weights(values, sample_weight):
+    if sample_weight is None:
+        return jnp.ones_like(values)
+    w = jnp.asarray(sample_weight, jnp.float32)
+    if w.ndim > values.ndim:
+        w = jnp.squeeze(w, tuple(range(values.ndim, w.ndim)))
+    w = w.reshape(w.shape + (1,) * (values.ndim - w.ndim))
+    return jnp.broadcast_to(w, values.shape)
+
+
+def Mean(name: str = "mean", dtype=None) -> Metric:
     """Weighted mean of values: ``update(state, values, sample_weight=None)``.
 
     ``values`` has any shape; ``sample_weight`` broadcasts against it (a scalar weight for
@@ -127,12 +460,7 @@ def Mean(name: str = "mean") -> Metric:
 
     def update(state, values, sample_weight=None):
         values = jnp.asarray(values, jnp.float32)
-        if sample_weight is None:
-            w = jnp.ones_like(values)
-        else:
-            w = jnp.asarray(sample_weight, jnp.float32)
-            w = w.reshape(w.shape + (1,) * (values.ndim - w.ndim))
-            w = jnp.broadcast_to(w, values.shape)
+        w = _value_weights(values, sample_weight)
         return {
             "total": state["total"] + jnp.sum(values * w),
             "count": state["count"] + jnp.sum(w),
@@ -141,22 +469,36 @@ def Mean(name: str = "mean") -> Metric:
     def compute(state):
         return _safe_div(state["total"], state["count"])
 
-    return Metric(name, init, update, compute)
+    return _ValuesMetric(name, init, update, compute, dtype=dtype)
 
 
-def MeanMetricWrapper(fn: Callable, name: str | None = None, **config) -> Metric:
-    """Weighted mean over examples of a per-example ``fn(y_true, y_pred) -> [batch]``."""
-    name = name or getattr(fn, "__name__", "mean_metric")
+def Sum(name: str = "sum", dtype=None) -> Metric:
+    """Weighted sum of values: ``update(state, values, sample_weight=None)``."""
+
+    def update(state, values, sample_weight=None):
+        values = jnp.asarray(values, jnp.float32)
+        return {"total": state["total"] + jnp.sum(values * _value_weights(values, sample_weight))}
+
+    return _ValuesMetric(
+        name, lambda: {"total": _zeros()}, update, lambda state: state["total"], dtype=dtype
+    )
+
+
+def MeanMetricWrapper(fn: Callable, name: str | None = None, dtype=None, **config) -> Metric:
+    """Weighted mean over examples of a per-example ``fn(y_true, y_pred) -> [batch]`` (a
+    ``Loss`` contributes its unreduced ``call``)."""
+    name = name or getattr(fn, "name", None) or getattr(fn, "__name__", "mean_metric")
+    per_example = fn.call if isinstance(fn, losses_lib.Loss) else fn
     mean = Mean(name)
 
     def update(state, y_true, y_pred, sample_weight=None):
-        values = fn(y_true, y_pred)
+        values = jnp.asarray(per_example(y_true, y_pred))
         if values.ndim != 1:
             values = losses_lib.per_example_mean(values)
         w = _example_weights(sample_weight, values.shape[0], name)
         return mean.update(state, values, w)
 
-    return Metric(name, mean.init, update, mean.compute, config)
+    return Metric(name, mean.init, update, mean.compute, config, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -218,44 +560,53 @@ def top_k_categorical_accuracy(y_true, y_pred, k=5):
     return _per_example(_in_top_k(labels, y_pred, k))
 
 
-def Accuracy(name: str = "accuracy") -> Metric:
+def Accuracy(name: str = "accuracy", dtype=None) -> Metric:
     """Exact-match accuracy (Keras ``Accuracy``: ``y_true == y_pred``)."""
-    return MeanMetricWrapper(accuracy, name)
+    return MeanMetricWrapper(accuracy, name, dtype)
 
 
 def BinaryAccuracy(
-    threshold: float = 0.5, from_logits: bool = False, name: str = "binary_accuracy"
+    name: str = "binary_accuracy",
+    dtype=None,
+    threshold: float = 0.5,
+    *,
+    from_logits: bool = False,
 ) -> Metric:
     """Fraction of 0/1 targets matched by ``p > threshold`` (``sigmoid`` first if
-    ``from_logits``; Keras has no ``from_logits`` here)."""
+    ``from_logits``, an fnn extension: Keras has no ``from_logits`` here)."""
     return MeanMetricWrapper(
         lambda t, p: binary_accuracy(t, p, threshold, from_logits),
         name,
+        dtype,
         threshold=threshold,
         from_logits=from_logits,
     )
 
 
-def CategoricalAccuracy(name: str = "categorical_accuracy") -> Metric:
+def CategoricalAccuracy(name: str = "categorical_accuracy", dtype=None) -> Metric:
     """Accuracy for one-hot targets ``[batch, C]`` and scores ``[batch, C]``."""
-    return MeanMetricWrapper(categorical_accuracy, name)
+    return MeanMetricWrapper(categorical_accuracy, name, dtype)
 
 
-def SparseCategoricalAccuracy(name: str = "sparse_categorical_accuracy") -> Metric:
+def SparseCategoricalAccuracy(name: str = "sparse_categorical_accuracy", dtype=None) -> Metric:
     """Accuracy for integer labels ``[batch]`` and scores ``[batch, C]``."""
-    return MeanMetricWrapper(sparse_categorical_accuracy, name)
+    return MeanMetricWrapper(sparse_categorical_accuracy, name, dtype)
 
 
-def TopKCategoricalAccuracy(k: int = 5, name: str = "top_k_categorical_accuracy") -> Metric:
+def TopKCategoricalAccuracy(
+    k: int = 5, name: str = "top_k_categorical_accuracy", dtype=None
+) -> Metric:
     """Top-``k`` accuracy for one-hot targets."""
-    return MeanMetricWrapper(lambda t, p: top_k_categorical_accuracy(t, p, k), name, k=k)
+    return MeanMetricWrapper(lambda t, p: top_k_categorical_accuracy(t, p, k), name, dtype, k=k)
 
 
 def SparseTopKCategoricalAccuracy(
-    k: int = 5, name: str = "sparse_top_k_categorical_accuracy"
+    k: int = 5, name: str = "sparse_top_k_categorical_accuracy", dtype=None
 ) -> Metric:
     """Top-``k`` accuracy for integer labels."""
-    return MeanMetricWrapper(lambda t, p: sparse_top_k_categorical_accuracy(t, p, k), name, k=k)
+    return MeanMetricWrapper(
+        lambda t, p: sparse_top_k_categorical_accuracy(t, p, k), name, dtype, k=k
+    )
 
 
 # --------------------------------------------------------------------------- confusion counts
@@ -346,142 +697,408 @@ def _from_matrix(kind: str, matrix: jax.Array, average):
     return values
 
 
-def _binary_counts_update(name, threshold, from_logits):
+# Keras's metrics_utils.NEG_INF: the score of entries outside the top k.
+NEG_INF = -1e10
+
+
+def _div_no_nan(num, den):
+    """``num / den`` with 0 where ``den == 0`` (Keras's ``divide_no_nan``)."""
+    return jnp.where(den != 0, num / jnp.where(den != 0, den, 1.0), 0.0)
+
+
+def _parse_thresholds(name, thresholds, default) -> tuple[tuple[float, ...], bool]:
+    """``(thresholds, single)``: a float gives one threshold (a scalar result), a list one
+    result per threshold, ``None`` the ``default``."""
+    if thresholds is None:
+        return (default,), True
+    single = isinstance(thresholds, int | float)
+    values = (float(thresholds),) if single else tuple(float(t) for t in thresholds)
+    if not values or any(not 0.0 <= t <= 1.0 for t in values):
+        raise ConfigError(
+            f"{name}: expected thresholds in [0, 1] (a float or a list), got {thresholds!r}."
+        )
+    return values, single
+
+
+def _filter_top_k(y_pred, k: int):
+    """Scores outside the ``k`` largest of the last axis set to ``NEG_INF``."""
+    _, idx = jax.lax.top_k(y_pred, k)
+    keep = jnp.sum(jax.nn.one_hot(idx, y_pred.shape[-1], dtype=y_pred.dtype), axis=-2)
+    return y_pred * keep + NEG_INF * (1 - keep)
+
+
+def _threshold_counts(name, thresholds, top_k, class_id, from_logits):
+    """``init, update`` of weighted ``tp, fp, tn, fn`` ``[T]`` at fixed thresholds, the
+    state of Keras's confusion metrics: every entry of ``y_pred`` (after ``top_k`` and
+    ``class_id``) is positive where it is ``> threshold``; ``y_true`` counts where non-zero."""
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ConfigError(f"{name}: expected top_k to be an int >= 1, got {top_k!r}.")
+    if class_id is not None and (not isinstance(class_id, int) or class_id < 0):
+        raise ConfigError(f"{name}: expected class_id to be an int >= 0, got {class_id!r}.")
+    t_values = jnp.asarray(thresholds, jnp.float32)
+    size = len(thresholds)
+
+    def init():
+        return {k: _zeros(size) for k in ("tp", "fp", "tn", "fn")}
+
     def update(state, y_true, y_pred, sample_weight=None):
         batch = _batch_size(name, y_pred)
         y_true, y_pred = _match_ranks(name, y_true, y_pred)
+        y_pred = y_pred.astype(jnp.float32)
         if from_logits:
-            y_pred = jax.nn.sigmoid(y_pred.astype(jnp.float32))
+            y_pred = jax.nn.sigmoid(y_pred)
         w = _broadcast_weights(_example_weights(sample_weight, batch, name), y_true.shape)
-        t = (y_true > 0.5).astype(jnp.float32)
-        p = (y_pred > threshold).astype(jnp.float32)
+        if top_k is not None:
+            y_pred = _filter_top_k(y_pred, top_k)
+        if class_id is not None:
+            if y_pred.ndim < 2 or class_id >= y_pred.shape[-1]:
+                raise ShapeError(
+                    f"{name}: expected predictions [batch, classes] with more than "
+                    f"class_id={class_id} classes, got shape {y_pred.shape}."
+                )
+            y_true, y_pred, w = y_true[..., class_id], y_pred[..., class_id], w[..., class_id]
+        t = (y_true != 0).astype(jnp.float32).ravel()
+        w = w.ravel()
+        positive = (y_pred.ravel()[None, :] > t_values[:, None]).astype(jnp.float32)  # [T, n]
         return {
-            "tp": state["tp"] + jnp.sum(w * t * p),
-            "fp": state["fp"] + jnp.sum(w * (1 - t) * p),
-            "fn": state["fn"] + jnp.sum(w * t * (1 - p)),
+            "tp": state["tp"] + positive @ (t * w),
+            "fp": state["fp"] + positive @ ((1 - t) * w),
+            "tn": state["tn"] + (1 - positive) @ ((1 - t) * w),
+            "fn": state["fn"] + (1 - positive) @ (t * w),
         }
 
-    return update
+    return init, update
+
+
+def _thresholded(kind, name, thresholds, top_k, class_id, from_logits):
+    default = 0.5 if top_k is None else NEG_INF
+    values, single = _parse_thresholds(name, thresholds, default)
+    init, update = _threshold_counts(name, values, top_k, class_id, from_logits)
+    formulas = {
+        "true_positives": lambda s: s["tp"],
+        "false_positives": lambda s: s["fp"],
+        "true_negatives": lambda s: s["tn"],
+        "false_negatives": lambda s: s["fn"],
+        "precision": lambda s: _div_no_nan(s["tp"], s["tp"] + s["fp"]),
+        "recall": lambda s: _div_no_nan(s["tp"], s["tp"] + s["fn"]),
+        "f1_score": lambda s: _div_no_nan(2 * s["tp"], 2 * s["tp"] + s["fp"] + s["fn"]),
+    }
+
+    def compute(state):
+        value = formulas[kind](state)
+        return value[0] if single else value
+
+    config = {"thresholds": thresholds, "top_k": top_k, "class_id": class_id}
+    if from_logits:
+        config["from_logits"] = True
+    return Metric(name, init, update, compute, config)
+
+
+def _count_metric(kind, doc):
+    def make(thresholds=None, name: str | None = None, dtype=None, *, from_logits=False):
+        metric = _thresholded(kind, name or kind, thresholds, None, None, from_logits)
+        metric.dtype = dtype or metric.dtype
+        return metric
+
+    make.__name__ = "".join(part.title() for part in kind.split("_"))
+    make.__qualname__ = make.__name__
+    make.__doc__ = doc
+    return make
+
+
+TruePositives = _count_metric(
+    "true_positives",
+    "Weighted count of entries with ``y_true != 0`` and ``y_pred > threshold`` (Keras's "
+    "``TruePositives``; a list of thresholds gives one count each).",
+)
+FalsePositives = _count_metric(
+    "false_positives", "Weighted count of entries with ``y_true == 0`` and ``y_pred > threshold``."
+)
+TrueNegatives = _count_metric(
+    "true_negatives", "Weighted count of entries with ``y_true == 0`` and ``y_pred <= threshold``."
+)
+FalseNegatives = _count_metric(
+    "false_negatives", "Weighted count of entries with ``y_true != 0`` and ``y_pred <= threshold``."
+)
 
 
 def _confusion_metric(kind, thresholds, average, num_classes, from_logits, name):
+    """Single-label multi-class precision/recall from the confusion matrix (fnn's
+    ``average`` extension, sklearn's meaning)."""
     if average not in _AVERAGES:
         raise ConfigError(f"{name}: expected average in {list(_AVERAGES)}, got {average!r}.")
     config = {"thresholds": thresholds, "average": average, "num_classes": num_classes}
     config["from_logits"] = from_logits
-    if average == "binary":
-        if not isinstance(thresholds, int | float) or not 0.0 <= thresholds <= 1.0:
-            raise ConfigError(f"{name}: expected a threshold in [0, 1], got {thresholds!r}.")
-
-        def compute(state):
-            tp, fp, fn = state["tp"], state["fp"], state["fn"]
-            return {
-                "precision": _safe_div(tp, tp + fp),
-                "recall": _safe_div(tp, tp + fn),
-                "f1_score": _safe_div(2 * tp, 2 * tp + fp + fn),
-            }[kind]
-
-        return Metric(
-            name,
-            lambda: {"tp": _zeros(), "fp": _zeros(), "fn": _zeros()},
-            _binary_counts_update(name, thresholds, from_logits),
-            compute,
-            config,
-        )
     _check_num_classes(name, num_classes)
+    threshold = 0.5 if thresholds is None else thresholds
     return Metric(
         name,
         lambda: {"matrix": _zeros(num_classes, num_classes)},
-        _confusion_update(name, num_classes, thresholds, from_logits),
+        _confusion_update(name, num_classes, threshold, from_logits),
         lambda state: _from_matrix(kind, state["matrix"], average),
         config,
     )
 
 
 def Precision(
-    thresholds: float = 0.5,
+    thresholds=None,
+    top_k: int | None = None,
+    class_id: int | None = None,
+    name: str = "precision",
+    dtype=None,
+    *,
     average: str | None = "binary",
     num_classes: int | None = None,
     from_logits: bool = False,
-    name: str = "precision",
 ) -> Metric:
-    """Precision ``tp / (tp + fp)`` (0 when nothing is predicted positive).
+    """Precision ``tp / (tp + fp)`` (0 when nothing is predicted positive), Keras's way.
 
-    ``average="binary"`` (Keras's ``Precision``): every entry of ``y_pred`` is thresholded
-    at ``thresholds`` against 0/1 targets of the same shape (multi-label entries pooled).
-    ``average="micro" | "macro" | "weighted" | None`` (sklearn's meaning, classes
-    ``0..num_classes-1``): single-label multi-class from arg-maxed scores ``[batch, C]``;
-    ``None`` returns per-class values ``[C]``.
+    Every entry of ``y_pred`` is positive where it is ``> thresholds`` (default 0.5; a list
+    gives one value per threshold), against targets of the same shape (non-zero =
+    positive; multi-label entries pooled). ``top_k``: only the ``k`` highest scores of each
+    row can be positive (default threshold then none). ``class_id``: only that column.
+    fnn extensions (keyword-only): ``from_logits`` applies ``sigmoid`` first;
+    ``average="micro" | "macro" | "weighted" | None`` with ``num_classes`` is
+    single-label multi-class precision from arg-maxed scores ``[batch, C]`` (sklearn's
+    meaning; ``None`` gives per-class values ``[C]``).
     """
-    return _confusion_metric("precision", thresholds, average, num_classes, from_logits, name)
+    if average != "binary":
+        return _confusion_metric("precision", thresholds, average, num_classes, from_logits, name)
+    metric = _thresholded("precision", name, thresholds, top_k, class_id, from_logits)
+    metric.dtype = dtype or metric.dtype
+    return metric
 
 
 def Recall(
-    thresholds: float = 0.5,
+    thresholds=None,
+    top_k: int | None = None,
+    class_id: int | None = None,
+    name: str = "recall",
+    dtype=None,
+    *,
     average: str | None = "binary",
     num_classes: int | None = None,
     from_logits: bool = False,
-    name: str = "recall",
 ) -> Metric:
     """Recall ``tp / (tp + fn)``; arguments as ``Precision``."""
-    return _confusion_metric("recall", thresholds, average, num_classes, from_logits, name)
+    if average != "binary":
+        return _confusion_metric("recall", thresholds, average, num_classes, from_logits, name)
+    metric = _thresholded("recall", name, thresholds, top_k, class_id, from_logits)
+    metric.dtype = dtype or metric.dtype
+    return metric
+
+
+def _unbuilt(name, what):
+    def init():
+        raise ConfigError(
+            f"{name}: expected {what} (its state has one entry per class), got none. Pass "
+            f"it, use the metric in compile (which builds it from the output shape), or "
+            "call update_state once."
+        )
+
+    return init
+
+
+_FBETA_AVERAGES = (None, "micro", "macro", "weighted")
+
+
+def FBetaScore(
+    average: str | None = None,
+    beta: float = 1.0,
+    threshold: float | None = None,
+    name: str = "fbeta_score",
+    dtype=None,
+    *,
+    num_classes: int | None = None,
+    from_logits: bool = False,
+) -> Metric:
+    """F-beta per class over targets ``[batch, C]`` (one-hot or multi-label), Keras's way.
+
+    ``threshold=None``: the row's highest score is the prediction; else scores
+    ``> threshold``. ``average``: ``None`` (per-class ``[C]``), ``"micro"`` (pooled counts),
+    ``"macro"`` or ``"weighted"`` (by support). ``num_classes`` (keyword) fixes the state's
+    shape up front; without it the first predictions (or ``compile``) build it. Integer
+    labels ``[batch]`` are one-hot encoded and ``from_logits`` applies ``sigmoid`` (fnn
+    extensions).
+    """
+    if average not in _FBETA_AVERAGES:
+        raise ConfigError(f"{name}: expected average in {list(_FBETA_AVERAGES)}, got {average!r}.")
+    if not isinstance(beta, int | float) or beta <= 0:
+        raise ConfigError(f"{name}: expected beta > 0, got {beta!r}.")
+    if threshold is not None and not (isinstance(threshold, int | float) and 0 < threshold <= 1):
+        raise ConfigError(f"{name}: expected threshold in (0, 1] or None, got {threshold!r}.")
+    config = {"average": average, "beta": beta, "threshold": threshold}
+    if num_classes is None:
+
+        def build(shape):
+            return FBetaScore(
+                average,
+                beta,
+                threshold,
+                name,
+                dtype,
+                num_classes=shape[-1],
+                from_logits=from_logits,
+            )
+
+        return Metric(
+            name, _unbuilt(name, "num_classes"), None, None, config, dtype=dtype, builder=build
+        )
+    keys = ("tp", "fp", "fn", "support")
+
+    def update(state, y_true, y_pred, sample_weight=None):
+        batch = _batch_size(name, y_pred)
+        y_true, y_pred = jnp.asarray(y_true), jnp.asarray(y_pred, jnp.float32)
+        if y_pred.ndim == 2 and y_true.shape in ((batch,), (batch, 1)):
+            if num_classes > 1:
+                labels = _sparse_labels(name, y_true, y_pred)
+                y_true = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+            else:  # one score per example
+                y_true = y_true.reshape(batch, 1)
+        if y_pred.ndim != 2 or y_true.shape != y_pred.shape or y_pred.shape[-1] != num_classes:
+            raise ShapeError(
+                f"{name}: expected targets and predictions [batch, {num_classes}], got "
+                f"targets {y_true.shape} and predictions {y_pred.shape}."
+            )
+        if from_logits:
+            y_pred = jax.nn.sigmoid(y_pred)
+        if threshold is None:
+            top = jnp.max(y_pred, axis=-1, keepdims=True)
+            p = (y_pred >= top) & (jnp.abs(y_pred) > 1e-9)
+        else:
+            p = y_pred > threshold
+        p, t = p.astype(jnp.float32), y_true.astype(jnp.float32)
+        w = _example_weights(sample_weight, batch, name)[:, None]
+        batch_counts = (p * t, p * (1 - t), (1 - p) * t, t)
+        return {k: state[k] + jnp.sum(v * w, 0) for k, v in zip(keys, batch_counts)}
+
+    def compute(state):
+        tp, fp, fn, support = (state[k] for k in keys)
+        if average == "micro":
+            tp, fp, fn = jnp.sum(tp), jnp.sum(fp), jnp.sum(fn)
+        eps = losses_lib.EPSILON
+        precision, recall = tp / (tp + fp + eps), tp / (tp + fn + eps)
+        score = (1 + beta**2) * precision * recall / (beta**2 * precision + recall + eps)
+        if average == "weighted":
+            return jnp.sum(score * support / (jnp.sum(support) + eps))
+        return score if average is None else jnp.mean(score)
+
+    config["num_classes"] = num_classes
+    return Metric(
+        name, lambda: {k: _zeros(num_classes) for k in keys}, update, compute, config, dtype=dtype
+    )
 
 
 def F1Score(
-    average: str | None = "binary",
-    threshold: float = 0.5,
+    average: str | None = None,
+    threshold: float | None = None,
+    name: str = "f1_score",
+    dtype=None,
+    *,
     num_classes: int | None = None,
     from_logits: bool = False,
-    name: str = "f1_score",
 ) -> Metric:
-    """F1 ``2 tp / (2 tp + fp + fn)``; arguments as ``Precision`` (``average=None`` gives
-    per-class scores like Keras's ``F1Score``)."""
-    return _confusion_metric("f1_score", threshold, average, num_classes, from_logits, name)
+    """``FBetaScore`` with ``beta=1`` (Keras's ``F1Score``). ``average="binary"`` (an fnn
+    extension, what ``metrics=["f1_score"]`` gives) is ``2 tp / (2 tp + fp + fn)`` over
+    every entry thresholded at ``threshold`` (default 0.5), like sklearn's binary F1."""
+    if average == "binary":
+        metric = _thresholded("f1_score", name, threshold, None, None, from_logits)
+        metric.dtype = dtype or metric.dtype
+        return metric
+    return FBetaScore(
+        average, 1.0, threshold, name, dtype, num_classes=num_classes, from_logits=from_logits
+    )
 
 
 # --------------------------------------------------------------------------- AUC
 
 
 def AUC(
-    num_thresholds: int = 8192,
+    num_thresholds: int = 200,
     curve: str = "ROC",
+    summation_method: str = "interpolation",
+    name: str = "auc",
+    dtype=None,
+    thresholds=None,
     multi_label: bool = False,
     num_labels: int | None = None,
+    label_weights=None,
     from_logits: bool = False,
+    *,
     average: str | None = "macro",
-    name: str = "auc",
 ) -> Metric:
-    """Area under the ROC (or PR) curve from a histogram of scores.
+    """Area under the ROC or PR curve, Keras's approximation (Riemann sum over
+    confusion counts at ``num_thresholds`` thresholds).
 
-    State: weighted counts of positive and negative entries in ``num_thresholds`` equal
-    bins of the score in ``[0, 1]`` (Keras keeps confusion counts at the same number of
-    fixed thresholds; a histogram is the same information at O(batch) update cost). The
-    ROC area counts a positive above a negative as 1 and a pair in the same bin as 1/2,
-    i.e. the trapezoidal rule at the bin edges, so it equals the exact (sklearn) value
-    up to ties inside one bin: about ``1 / (2 num_thresholds)`` for spread-out scores.
-    ``curve="PR"`` gives average precision (sklearn's step sum over bin-edge thresholds).
+    Thresholds: ``-eps``, ``i / (num_thresholds - 1)``, ``1 + eps`` (or the sorted
+    ``thresholds`` between ``-eps`` and ``1 + eps``). The state is a histogram of the
+    weighted positive and negative entries between consecutive thresholds
+    ``[labels, num_thresholds]``, from which the counts at every threshold are suffix
+    sums (the same bucketing as Keras's, O(batch) per update). ``summation_method``:
+    ``"interpolation"`` (trapezoids; for PR, Davis & Goadrich's interpolation),
+    ``"minoring"`` or ``"majoring"``.
 
-    ``multi_label=False`` pools every entry into one binary problem (Keras's default).
-    ``multi_label=True`` keeps one histogram per column of ``num_labels`` and averages
-    the per-label areas (``"macro"``, ``"weighted"`` by positives, or ``None`` for all);
-    integer labels ``[batch]`` with scores ``[batch, C]`` give one-vs-rest multi-class
-    AUC as sklearn's ``roc_auc_score(..., multi_class="ovr")``. ``from_logits`` applies
-    ``sigmoid`` (softmax for integer labels) first. Areas with no positives or no
-    negatives are 0.
+    ``multi_label=False`` pools every entry into one binary problem (``label_weights``
+    weight the columns). ``multi_label=True`` gives one curve per column (``num_labels``,
+    or learned from the first predictions / ``compile``) and averages the areas: mean, or
+    ``label_weights``-weighted, as Keras; fnn's keyword ``average`` may also be
+    ``"weighted"`` (by positives) or ``None`` (every label's area). Integer labels
+    ``[batch]`` with scores ``[batch, C]`` (``multi_label=True``) give one-vs-rest AUC,
+    with ``softmax`` for ``from_logits``. ``from_logits`` otherwise applies ``sigmoid``.
     """
     if curve not in ("ROC", "PR"):
         raise ConfigError(f"{name}: expected curve 'ROC' or 'PR', got {curve!r}.")
-    if not isinstance(num_thresholds, int) or num_thresholds < 2:
-        raise ConfigError(f"{name}: expected num_thresholds >= 2, got {num_thresholds!r}.")
+    if summation_method not in ("interpolation", "minoring", "majoring"):
+        raise ConfigError(
+            f"{name}: expected summation_method 'interpolation', 'minoring' or 'majoring', got "
+            f"{summation_method!r}."
+        )
     if average not in ("macro", "weighted", None):
         raise ConfigError(f"{name}: expected average 'macro', 'weighted' or None, got {average!r}.")
-    if multi_label and (not isinstance(num_labels, int) or num_labels < 1):
-        raise ConfigError(
-            f"{name}: multi_label=True needs num_labels (the number of score columns), got "
-            f"{num_labels!r}."
+    if thresholds is not None:
+        edges = sorted(float(t) for t in thresholds)
+        thr = np.asarray([-losses_lib.EPSILON, *edges, 1.0 + losses_lib.EPSILON], np.float32)
+        num_thresholds = len(thr)
+    elif not isinstance(num_thresholds, int) or num_thresholds < 2:
+        raise ConfigError(f"{name}: expected num_thresholds > 1, got {num_thresholds!r}.")
+    else:
+        thr = None
+    config = {
+        "num_thresholds": num_thresholds,
+        "curve": curve,
+        "summation_method": summation_method,
+        "thresholds": thresholds,
+        "multi_label": multi_label,
+        "num_labels": num_labels,
+        "label_weights": label_weights,
+        "from_logits": from_logits,
+        "average": average,
+    }
+    if multi_label and num_labels is None:
+
+        def build(shape):
+            return AUC(
+                num_thresholds,
+                curve,
+                summation_method,
+                name,
+                dtype,
+                thresholds,
+                True,
+                shape[-1],
+                label_weights,
+                from_logits,
+                average=average,
+            )
+
+        return Metric(
+            name, _unbuilt(name, "num_labels"), None, None, config, dtype=dtype, builder=build
         )
+    if multi_label and (not isinstance(num_labels, int) or num_labels < 1):
+        raise ConfigError(f"{name}: expected num_labels to be an int >= 1, got {num_labels!r}.")
     labels = num_labels if multi_label else 1
     bins = num_thresholds
+    lw = None if label_weights is None else jnp.asarray(label_weights, jnp.float32)
 
     def init():
         return {"pos": _zeros(labels, bins), "neg": _zeros(labels, bins)}
@@ -500,6 +1117,8 @@ def AUC(
             if from_logits:
                 y_pred = jax.nn.sigmoid(y_pred)
         w = _broadcast_weights(_example_weights(sample_weight, batch, name), y_true.shape)
+        if lw is not None and not multi_label:
+            w = w * jnp.broadcast_to(lw, w.shape)
         if multi_label:
             if y_pred.shape[-1] != labels:
                 raise ShapeError(
@@ -509,9 +1128,13 @@ def AUC(
             column = jnp.broadcast_to(jnp.arange(labels), y_pred.shape)
         else:
             column = jnp.zeros(y_pred.shape, jnp.int32)
-        b = jnp.clip(jnp.floor(y_pred * bins).astype(jnp.int32), 0, bins - 1)
+        p = jnp.clip(y_pred, 0.0, 1.0)
+        if thr is None:  # Keras's bucket of evenly spaced thresholds
+            b = jnp.maximum(jnp.ceil(p * (bins - 1)) - 1, 0).astype(jnp.int32)
+        else:  # the last threshold below the score
+            b = jnp.maximum(jnp.searchsorted(jnp.asarray(thr), p, side="left") - 1, 0)
         index = (column * bins + b).ravel()
-        t = (y_true > 0.5).astype(jnp.float32)
+        t = (y_true != 0).astype(jnp.float32)
         pos = jnp.zeros(labels * bins).at[index].add((w * t).ravel())
         neg = jnp.zeros(labels * bins).at[index].add((w * (1 - t)).ravel())
         return {
@@ -521,50 +1144,144 @@ def AUC(
 
     def compute(state):
         pos, neg = state["pos"], state["neg"]
-        n_pos, n_neg = jnp.sum(pos, -1), jnp.sum(neg, -1)
-        if curve == "ROC":
-            below = jnp.cumsum(neg, -1) - neg
-            area = _safe_div(jnp.sum(pos * (below + 0.5 * neg), -1), n_pos * n_neg)
+        tp = jnp.cumsum(pos[:, ::-1], -1)[:, ::-1]  # [labels, T]: entries > threshold k
+        fp = jnp.cumsum(neg[:, ::-1], -1)[:, ::-1]
+        fn = jnp.sum(pos, -1, keepdims=True) - tp
+        tn = jnp.sum(neg, -1, keepdims=True) - fp
+        if curve == "PR" and summation_method == "interpolation":
+            dtp = tp[:, :-1] - tp[:, 1:]
+            predicted = tp + fp
+            dp = predicted[:, :-1] - predicted[:, 1:]
+            slope = _div_no_nan(dtp, jnp.maximum(dp, 0))
+            intercept = tp[:, 1:] - slope * predicted[:, 1:]
+            both = (predicted[:, :-1] > 0) & (predicted[:, 1:] > 0)
+            ratio = jnp.where(
+                both, _div_no_nan(predicted[:, :-1], jnp.maximum(predicted[:, 1:], 0)), 1.0
+            )
+            terms = _div_no_nan(
+                slope * (dtp + intercept * jnp.log(ratio)), jnp.maximum(tp[:, 1:] + fn[:, 1:], 0)
+            )
         else:
-            # Threshold k predicts positive for bins >= k.
-            tp = jnp.cumsum(pos[:, ::-1], -1)[:, ::-1]
-            fp = jnp.cumsum(neg[:, ::-1], -1)[:, ::-1]
-            precision = _safe_div(tp, tp + fp)
-            recall_step = _safe_div(pos, n_pos[:, None])
-            area = jnp.sum(recall_step * precision, -1)
-            area = jnp.where(n_pos > 0, area, 0.0)
+            recall = _div_no_nan(tp, tp + fn)
+            if curve == "ROC":
+                x, y = _div_no_nan(fp, fp + tn), recall
+            else:
+                x, y = recall, _div_no_nan(tp, tp + fp)
+            heights = {
+                "interpolation": (y[:, :-1] + y[:, 1:]) / 2.0,
+                "minoring": jnp.minimum(y[:, :-1], y[:, 1:]),
+                "majoring": jnp.maximum(y[:, :-1], y[:, 1:]),
+            }[summation_method]
+            terms = (x[:, :-1] - x[:, 1:]) * heights
+        area = jnp.sum(terms, -1)
         if not multi_label:
             return area[0]
-        if average == "macro":
-            return jnp.mean(area)
+        if average is None:
+            return area
         if average == "weighted":
-            return _safe_div(jnp.sum(area * n_pos), jnp.sum(n_pos))
-        return area
+            n_pos = jnp.sum(pos, -1)
+            return _div_no_nan(jnp.sum(area * n_pos), jnp.sum(n_pos))
+        if lw is not None:
+            return _div_no_nan(jnp.sum(area * lw), jnp.sum(lw))
+        return jnp.mean(area)
 
-    config = {
-        "num_thresholds": num_thresholds,
-        "curve": curve,
-        "multi_label": multi_label,
-        "num_labels": num_labels,
-        "from_logits": from_logits,
-        "average": average,
-    }
-    return Metric(name, init, update, compute, config)
+    return Metric(name, init, update, compute, config, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- lookup
 
 
-def _loss_metric(loss_name):
-    def make(name=None, **kwargs):
-        loss = losses_lib.get(loss_name)
-        return MeanMetricWrapper(loss, name or loss.name)
+def _loss_metric(class_name, loss_name, doc, options=()):
+    """A Keras metric class that is the mean of a loss's per-example values:
+    ``Cls(name=..., dtype=None, **options)``."""
 
+    def make(name: str = loss_name, dtype=None, **kwargs):
+        unknown = sorted(set(kwargs) - set(options))
+        if unknown:
+            raise ConfigError(
+                f"{name}: unexpected arguments {unknown}; {class_name} takes name, dtype"
+                f"{''.join(', ' + o for o in options)}."
+            )
+        loss = losses_lib.get({"class_name": _LOSS_CLASSES[loss_name], "config": kwargs})
+        return MeanMetricWrapper(loss, name, dtype, **kwargs)
+
+    make.__name__ = make.__qualname__ = class_name
+    make.__doc__ = doc
     return make
 
 
+_LOSS_CLASSES = {
+    "mean_squared_error": "MeanSquaredError",
+    "mean_absolute_error": "MeanAbsoluteError",
+    "mean_absolute_percentage_error": "MeanAbsolutePercentageError",
+    "mean_squared_logarithmic_error": "MeanSquaredLogarithmicError",
+    "binary_crossentropy": "BinaryCrossentropy",
+    "categorical_crossentropy": "CategoricalCrossentropy",
+    "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
+    "kl_divergence": "KLDivergence",
+    "log_cosh": "LogCosh",
+    "poisson": "Poisson",
+    "hinge": "Hinge",
+    "squared_hinge": "SquaredHinge",
+    "categorical_hinge": "CategoricalHinge",
+}
+_MEAN_OF = "Weighted mean over examples of the per-example "
+MeanSquaredError = _loss_metric("MeanSquaredError", "mean_squared_error", _MEAN_OF + "MSE.")
+MeanAbsoluteError = _loss_metric("MeanAbsoluteError", "mean_absolute_error", _MEAN_OF + "MAE.")
+MeanAbsolutePercentageError = _loss_metric(
+    "MeanAbsolutePercentageError", "mean_absolute_percentage_error", _MEAN_OF + "MAPE."
+)
+MeanSquaredLogarithmicError = _loss_metric(
+    "MeanSquaredLogarithmicError", "mean_squared_logarithmic_error", _MEAN_OF + "MSLE."
+)
+BinaryCrossentropy = _loss_metric(
+    "BinaryCrossentropy",
+    "binary_crossentropy",
+    _MEAN_OF + "binary cross-entropy.",
+    ("from_logits", "label_smoothing"),
+)
+CategoricalCrossentropy = _loss_metric(
+    "CategoricalCrossentropy",
+    "categorical_crossentropy",
+    _MEAN_OF + "categorical cross-entropy.",
+    ("from_logits", "label_smoothing", "axis"),
+)
+SparseCategoricalCrossentropy = _loss_metric(
+    "SparseCategoricalCrossentropy",
+    "sparse_categorical_crossentropy",
+    _MEAN_OF + "sparse categorical cross-entropy.",
+    ("from_logits", "axis"),
+)
+KLDivergence = _loss_metric("KLDivergence", "kl_divergence", _MEAN_OF + "KL divergence.")
+Poisson = _loss_metric("Poisson", "poisson", _MEAN_OF + "Poisson loss.")
+Hinge = _loss_metric("Hinge", "hinge", _MEAN_OF + "hinge loss.")
+SquaredHinge = _loss_metric("SquaredHinge", "squared_hinge", _MEAN_OF + "squared hinge loss.")
+CategoricalHinge = _loss_metric(
+    "CategoricalHinge", "categorical_hinge", _MEAN_OF + "categorical hinge loss."
+)
+
+
+def LogCoshError(name: str = "logcosh", dtype=None) -> Metric:
+    """Weighted mean over examples of ``log(cosh(y_pred - y_true))``."""
+    return MeanMetricWrapper(losses_lib.log_cosh, name, dtype)
+
+
+def RootMeanSquaredError(name: str = "root_mean_squared_error", dtype=None) -> Metric:
+    """``sqrt`` of the weighted mean squared error over every entry (Keras's
+    ``RootMeanSquaredError``)."""
+    mse = MeanMetricWrapper(losses_lib.mean_squared_error, name, dtype)
+    return Metric(name, mse.init, mse.update, lambda s: jnp.sqrt(mse.compute(s)), dtype=dtype)
+
+
+def CosineSimilarity(name: str = "cosine_similarity", dtype=None, axis: int = -1) -> Metric:
+    """Weighted mean over examples of the cosine similarity along ``axis`` (1 is best)."""
+    return MeanMetricWrapper(
+        lambda t, p: -losses_lib.cosine_similarity(t, p, axis), name, dtype, axis=axis
+    )
+
+
 def _cosine(name="cosine_similarity"):
-    return MeanMetricWrapper(lambda t, p: -losses_lib.cosine_similarity(t, p), name)
+    return CosineSimilarity(name)
 
 
 _METRICS: dict[str, Callable[..., Metric]] = {
@@ -576,33 +1293,30 @@ _METRICS: dict[str, Callable[..., Metric]] = {
     "sparse_top_k_categorical_accuracy": SparseTopKCategoricalAccuracy,
     "precision": Precision,
     "recall": Recall,
-    "f1_score": F1Score,
+    "f1_score": lambda name="f1_score", average="binary", **kw: F1Score(average, name=name, **kw),
+    "fbeta_score": FBetaScore,
     "auc": AUC,
     "confusion_matrix": ConfusionMatrix,
-    "cosine_similarity": _cosine,
+    "cosine_similarity": CosineSimilarity,
+    "true_positives": TruePositives,
+    "false_positives": FalsePositives,
+    "true_negatives": TrueNegatives,
+    "false_negatives": FalseNegatives,
+    "root_mean_squared_error": RootMeanSquaredError,
+    "log_cosh": LogCoshError,
+    "mean": Mean,
+    "sum": Sum,
 }
-for _loss_name in (
-    "mean_squared_error",
-    "mean_absolute_error",
-    "mean_absolute_percentage_error",
-    "mean_squared_logarithmic_error",
-    "binary_crossentropy",
-    "categorical_crossentropy",
-    "sparse_categorical_crossentropy",
-    "kl_divergence",
-    "log_cosh",
-    "poisson",
-    "hinge",
-    "squared_hinge",
-    "categorical_hinge",
-):
-    _METRICS[_loss_name] = _loss_metric(_loss_name)
+for _loss_name, _class_name in _LOSS_CLASSES.items():
+    if _loss_name not in _METRICS:
+        _METRICS[_loss_name] = globals()[_class_name]
 _ALIASES = {
     "acc": "accuracy",
     "mse": "mean_squared_error",
     "mae": "mean_absolute_error",
     "mape": "mean_absolute_percentage_error",
     "msle": "mean_squared_logarithmic_error",
+    "rmse": "root_mean_squared_error",
     "kld": "kl_divergence",
     "logcosh": "log_cosh",
     "f1": "f1_score",
@@ -619,8 +1333,17 @@ _CLASS_NAMES = {
     "Precision": "precision",
     "Recall": "recall",
     "F1Score": "f1_score",
+    "FBetaScore": "fbeta_score",
     "AUC": "auc",
     "ConfusionMatrix": "confusion_matrix",
+    "TruePositives": "true_positives",
+    "FalsePositives": "false_positives",
+    "TrueNegatives": "true_negatives",
+    "FalseNegatives": "false_negatives",
+    "RootMeanSquaredError": "root_mean_squared_error",
+    "LogCoshError": "log_cosh",
+    "CosineSimilarity": "cosine_similarity",
+    **{c: n for n, c in _LOSS_CLASSES.items()},
 }
 _NEEDS_CLASSES = ("confusion_matrix",)
 
@@ -683,6 +1406,8 @@ def get(
     """
     if isinstance(identifier, Metric):
         return identifier
+    if isinstance(identifier, type) and issubclass(identifier, Metric):
+        return identifier()
     if isinstance(identifier, str):
         key = _CLASS_NAMES.get(identifier, identifier)
         key = _ALIASES.get(key, key)
@@ -720,8 +1445,9 @@ def get(
                 )
             return _METRICS[key](num_classes, from_logits=from_logits, name=name)
         return _METRICS[key](name=name)
-    if callable(identifier):
-        return MeanMetricWrapper(identifier, getattr(identifier, "__name__", "metric"))
+    if callable(identifier):  # a per-example function, or a Loss (its unreduced values)
+        name = getattr(identifier, "name", None) or getattr(identifier, "__name__", "metric")
+        return MeanMetricWrapper(identifier, name)
     raise ConfigError(
         f"expected a metric name, Metric or callable fn(y_true, y_pred), got {identifier!r}."
     )

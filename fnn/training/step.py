@@ -386,8 +386,9 @@ def _forward(layer, params, state, inputs, rng, train, dtype):
 
 
 def _batch_loss(loss, regularizers, params, y, y_pred, sample_weight):
-    per_example = loss(y, y_pred)
-    total = losses_lib.reduce(per_example, sample_weight, loss.mask(y))
+    total = loss(y, y_pred, sample_weight)
+    if jnp.ndim(total):  # reduction=None: Keras's trainer sums the values
+        total = jnp.sum(total)
     for reg in regularizers:
         total = total + reg(params)
     return total
@@ -407,7 +408,10 @@ def _update_metrics(metric_states, metrics, loss_value, n, y, y_pred, sw, axis_n
             metric_states["loss"], LOSS_METRIC, loss_value, jnp.asarray(n, jnp.float32)
         )
     for m in metrics:
-        new[m.name] = contribution(metric_states[m.name], m, y, y_pred, sw)
+        # Sample (and class) weights reach only the metrics marked weighted, as Keras's
+        # compile(metrics=...) vs compile(weighted_metrics=...); the loss always uses them.
+        weights = sw if getattr(m, "weighted", True) else None
+        new[m.name] = contribution(metric_states[m.name], m, y, y_pred, weights)
     return new
 
 
@@ -426,9 +430,11 @@ def make_train_step(
 
     ``batch`` is ``(x, y)`` or ``(x, y, sample_weight)``; ``x`` a tuple for multi-input
     layers. The step derives its key as ``fold_in(train_state.rng, step)``, runs ``layer.apply(..., train=True)``,
-    reduces ``loss`` (a name, ``Loss`` or callable) with ``fnn.losses.reduce`` plus the
+    reduces ``loss`` (a name, ``Loss`` or callable) with its ``reduction`` plus the
     ``regularizers`` terms, takes ``jax.value_and_grad``, applies one ``optimizer`` update
-    and adds the batch to every metric state. ``logs = {"loss": batch loss}`` (plus
+    and adds the batch to every metric state (``sample_weight`` reaches only metrics with
+    ``weighted=True``, e.g. ``fnn.metrics.weighted(m)``: Keras's ``weighted_metrics``;
+    the loss is always weighted). ``logs = {"loss": batch loss}`` (plus
     ``"loss_scale"`` under float16).
 
     ``axis_name`` (inside ``pmap``/``shard_map``): the gradients, loss and float model
@@ -624,7 +630,7 @@ def check_batch(layer: Layer, loss, params, state, batch, *, out=None) -> None:
     y = np.asarray(y)
     # The loss's own shape and range checks, evaluated abstractly against the output shape
     # with the concrete labels closed over (so their values are checked too).
-    jax.eval_shape(lambda y_pred: loss(y, y_pred), out)
+    jax.eval_shape(lambda y_pred: loss.call(y, y_pred), out)
     if sw is not None and np.shape(sw) not in ((), (y.shape[0],), (y.shape[0], 1)):
         raise ShapeError(
             f"expected sample_weight of shape ({y.shape[0]},) (one per example), got shape "
