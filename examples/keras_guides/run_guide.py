@@ -29,6 +29,7 @@ import json
 import os
 import re
 import runpy
+import subprocess
 import sys
 import tempfile
 import time
@@ -372,7 +373,11 @@ def main(argv=None) -> int:
         reference = json.loads(KERAS_RAN.read_text()) if KERAS_RAN.exists() else None
         import fnn
 
-        stamp = f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, fnn from {fnn.__file__}"
+        where = Path(fnn.__file__).parent.parent
+        sha = subprocess.run(
+            ["git", "-C", str(where), "log", "-1", "--format=%h"], capture_output=True, text=True
+        ).stdout.strip()
+        stamp = f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, fnn from {where} ({sha})"
         if not args.no_readme:
             update_readme(HERE / "README.md", f"Measured {stamp}.\n\n{report(results, reference)}")
         Path(args.failures).write_text(failure_report(results, stamp))
