@@ -3,7 +3,8 @@
 Run: python examples/keras_quickstart.py   (about 20 s on 2 CPU cores)
 
 The model code is the tf.keras snippet line for line (``fnn.Input`` gives the input
-shape, as ``keras.Input`` does in Keras 3). Underneath, ``model.params`` is a plain dict
+shape, as ``keras.Input`` does in Keras 3); ``--api functional`` builds the same network with
+the Keras functional API. Underneath, ``model.params`` is a plain dict
 and each training step is one compiled call of ``fnn.train``'s pure step function.
 """
 
@@ -25,9 +26,7 @@ def load_data(seed: int = 0):
     return tuple((x, np.eye(10, dtype=np.float32)[y]) for x, y in (train, val, test))
 
 
-def main(epochs: int = 20, batch_size: int = 32, verbose="auto") -> float:
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = load_data()
-
+def sequential_model():
     model = fnn.Sequential()
     model.add(fnn.Input(shape=(8, 8, 1)))
     model.add(Conv2D(32, (3, 3), activation="relu"))
@@ -35,9 +34,28 @@ def main(epochs: int = 20, batch_size: int = 32, verbose="auto") -> float:
     model.add(Flatten())
     model.add(Dense(64, activation="relu"))
     model.add(Dense(10, activation="softmax"))
+    return model
+
+
+def functional_model():
+    """The same network in the Keras functional API."""
+    inputs = fnn.Input(shape=(8, 8, 1), name="digits")
+    x = Conv2D(32, (3, 3), activation="relu")(inputs)
+    x = MaxPooling2D((2, 2))(x)
+    x = Dense(64, activation="relu")(Flatten()(x))
+    outputs = Dense(10, activation="softmax")(x)
+    return fnn.Model(inputs=inputs, outputs=outputs, name="digits_cnn")
+
+
+def main(epochs: int = 20, batch_size: int = 32, verbose="auto", api="sequential") -> float:
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = load_data()
+
+    model = sequential_model() if api == "sequential" else functional_model()
     model.summary()
 
-    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=fnn.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"]
+    )
     history = model.fit(
         x_train,
         y_train,
@@ -58,5 +76,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--api", choices=["sequential", "functional"], default="sequential")
     args = parser.parse_args()
-    main(args.epochs, args.batch_size)
+    main(args.epochs, args.batch_size, api=args.api)

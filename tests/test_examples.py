@@ -30,6 +30,7 @@ def _load(name):
         ("cnn_digits", {"epochs": 2}, 0.8),
         ("lstm_digits", {"epochs": 3}, 0.5),
         ("keras_quickstart", {"epochs": 2, "verbose": 0}, 0.8),
+        ("keras_quickstart", {"epochs": 2, "verbose": 0, "api": "functional"}, 0.8),
         ("transfer_learning", {"epochs": 3}, 0.5),
         ("saliency_digits", {"epochs": 2}, 0.8),
         ("data_parallel", {"method": "pmap", "devices": 4, "epochs": 3}, 0.5),

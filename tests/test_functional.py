@@ -243,12 +243,19 @@ def test_named_inputs_and_outputs_train_like_keras_dict_data():
     }
     losses = {"priority": "binary_crossentropy", "dept": "categorical_crossentropy"}
     weights = {"priority": 1.0, "dept": 0.2}
-    kmodel.compile(optimizer=keras.optimizers.SGD(0.1), loss=losses, loss_weights=weights)
-    model.compile(optimizer=optax.sgd(0.1), loss=losses, loss_weights=weights)
+    metrics = {"dept": ["categorical_accuracy"]}
+    kmodel.compile(
+        optimizer=keras.optimizers.SGD(0.1), loss=losses, loss_weights=weights, metrics=metrics
+    )
+    model.compile(optimizer=optax.sgd(0.1), loss=losses, loss_weights=weights, metrics=metrics)
     kh = kmodel.fit(data, targets, epochs=1, batch_size=4, shuffle=False, verbose=0)
     h = model.fit(data, targets, epochs=1, batch_size=4, shuffle=False, verbose=0)
     np.testing.assert_allclose(h.history["loss"], kh.history["loss"], rtol=1e-5)
     np.testing.assert_allclose(h.history["dept_loss"], kh.history["dept_loss"], rtol=1e-5)
+    assert sorted(h.history) == sorted(kh.history)
+    np.testing.assert_allclose(
+        h.history["dept_categorical_accuracy"], kh.history["dept_categorical_accuracy"]
+    )
     for got, want in zip(model.get_weights(), kmodel.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
@@ -362,3 +369,40 @@ def test_sequential_pop_add_after_build_and_unbuilt_summary():
     extractor = fnn.Model(seq.inputs, [layer.output for layer in seq.layers])
     outs = extractor.predict(np.ones((2, 3), "float32"), verbose=0)
     np.testing.assert_allclose(outs[-1], seq.predict(np.ones((2, 3), "float32"), verbose=0))
+
+
+def test_a_graph_trains_data_parallel_like_on_one_device():
+    def build():
+        a, b = fnn.Input((4,), name="a"), fnn.Input((3,), name="b")
+        h = fl.concatenate([fl.Dense(5, activation="relu")(a), b])
+        model = fnn.Model([a, b], fl.Dense(2)(fl.BatchNormalization()(h)))
+        model.compile(optimizer="adam", loss="mse")
+        return model
+
+    rng = np.random.default_rng(4)
+    data = {"a": rng.normal(size=(32, 4)), "b": rng.normal(size=(32, 3))}
+    data = {k: v.astype("float32") for k, v in data.items()}
+    y = rng.normal(size=(32, 2)).astype("float32")
+    one, many = build(), build()
+    one.fit(data, y, batch_size=16, epochs=2, verbose=0)
+    many.fit(data, y, batch_size=16, epochs=2, verbose=0, devices=jax.devices()[:4])
+    for got, want in zip(many.get_weights(), one.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_declarative_graph_out_of_order_is_refused():
+    with pytest.raises(fnn.ConfigError, match="does not come before it"):
+        fnn.core.graph.Functional(
+            layers=[fl.Dense(2), fl.Dense(2)],
+            inputs=[{"name": "x", "shape": [None, 3], "dtype": "float32"}],
+            nodes=[
+                {
+                    "layer": 0,
+                    "args": [{"__ref__": {"node": 1, "index": 0}}],
+                    "kwargs": {},
+                    "training": None,
+                },
+                {"layer": 1, "args": [{"__ref__": {"input": 0}}], "kwargs": {}, "training": None},
+            ],
+            outputs={"__ref__": {"node": 0, "index": 0}},
+        )

@@ -22,6 +22,10 @@ keras = pytest.importorskip("keras")
 # Several inputs: a list of shapes. Bidirectional's wrapped layer is built per library.
 CASES = {
     "Activation": ({"activation": "gelu"}, (6,), "float32"),
+    "ELU": ({"alpha": 0.7}, (6,), "float32"),
+    "LeakyReLU": ({"negative_slope": 0.1}, (6,), "float32"),
+    "ReLU": ({"max_value": 1.0, "negative_slope": 0.1, "threshold": 0.2}, (6,), "float32"),
+    "Softmax": ({"axis": -1}, (6,), "float32"),
     "Add": ({}, [(5,), (5,)], "float32"),
     "Average": ({}, [(5,), (5,)], "float32"),
     "AveragePooling1D": ({"pool_size": 2, "padding": "same"}, (7, 3), "float32"),

@@ -118,10 +118,12 @@ def test_backup_and_restore_resumes_bitwise(tmp_path):
 
 def test_model_checkpoint_rejects_single_file_names(tmp_path):
     with pytest.raises(
-        ConfigError, match=r"ModelCheckpoint: cannot write '.*x\.keras': fnn saves checkpoint"
+        ConfigError, match=r"ModelCheckpoint: cannot write '.*x\.h5': fnn saves checkpoint"
     ):
-        fnn.callbacks.ModelCheckpoint(str(tmp_path / "x.keras"))
-    assert not (tmp_path / "x.keras").exists()
+        fnn.callbacks.ModelCheckpoint(str(tmp_path / "x.h5"))
+    assert not (tmp_path / "x.h5").exists()
+    # A .keras path is a Keras archive that model.save writes (Sequential models).
+    assert fnn.callbacks.ModelCheckpoint(str(tmp_path / "x.keras")).filepath.endswith("x.keras")
 
 
 HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_test_begin")

@@ -129,3 +129,31 @@ def test_subclassed_model_trains_like_its_sequential_twin(digits):
     acc_twin = twin.evaluate(xt, yt, verbose=0)[1]
     assert acc_sub == pytest.approx(acc_twin, abs=1e-6)
     assert acc_sub > 0.85
+
+
+class ActivityRegularization(fnn.layers.Layer):
+    def __init__(self, rate=1e-2):
+        super().__init__()
+        self.rate = rate
+
+    def call(self, inputs):
+        self.add_loss(self.rate * jnp.sum(inputs))
+        return inputs
+
+
+def test_add_loss_joins_the_training_and_evaluation_loss():
+    x = fnn.Input((3,))
+    h = fl.Dense(4, activation="relu", name="hidden")(x)
+    model = fnn.Model(x, fl.Dense(1, name="head")(ActivityRegularization(0.1)(h)))
+    model.compile(optimizer="sgd", loss="mse")
+    rng = np.random.default_rng(0)
+    xs, ys = rng.random((6, 3)).astype("float32"), rng.random((6, 1)).astype("float32")
+    p = jax.tree.map(np.asarray, model.params)
+    act = np.maximum(xs @ p["hidden"]["kernel"] + p["hidden"]["bias"], 0.0)
+    pred = act @ p["head"]["kernel"] + p["head"]["bias"]
+    want = np.mean((pred - ys) ** 2) + 0.1 * act.sum()
+    assert model.evaluate(xs, ys, batch_size=6, verbose=0) == pytest.approx(want, rel=1e-5)
+    assert len(model.get_weights()) == 4  # the added loss is no weight
+    outer = ActivityRegularization(0.5)
+    outer(np.ones((2, 2), "float32"))
+    np.testing.assert_allclose(outer.losses, [2.0])

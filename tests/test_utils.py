@@ -19,7 +19,6 @@ from keras.src.utils.dataset_utils import _rescale_dataset_split_sizes
 
 import fnn
 from fnn import utils
-from fnn.core.combinators import child_names
 from fnn.core.errors import ConfigError, ShapeError
 from fnn.io.data_adapter import IterableData
 from fnn.layers import Dense
@@ -197,7 +196,7 @@ def test_plot_model_dot_is_the_layer_chain(stack, tmp_path):
     )
     with open(path) as f:
         nodes, edges = _dot_graph(f.read())
-    names = child_names(stack.layers, stack.name)  # the Sequential's layer keys, in order
+    names = [layer.name for layer in stack.layers]  # the Sequential's layer keys, in order
     assert names == ["dense", "block", "dense_1"]
     chain = ["input_layer", *names]
     assert edges == list(itertools.pairwise(chain))

@@ -367,12 +367,13 @@ def unique_input_names(inputs: list[Tensor]) -> list[str]:
     return names
 
 
-def functional(inputs: Any, outputs: Any, name: str = "functional") -> Layer:
+def functional(inputs: Any, outputs: Any, name: str | None = None) -> Layer:
     """The graph from ``inputs`` to ``outputs`` (symbolic tensors) as one ``Layer``.
 
     ``apply(params, state, *xs)`` takes one array per input (a list of inputs), one dict
     (dict inputs) or one array, and returns one array, a tuple (list outputs) or a dict.
-    Raises ``ConfigError`` for a disconnected input or non-symbolic inputs/outputs."""
+    Raises ``ConfigError`` for a disconnected input or non-symbolic inputs/outputs;
+    ``name`` defaults to ``"functional"``."""
     in_kind, in_tensors = _structure(inputs, "inputs")
     out_kind, out_tensors = _structure(outputs, "outputs")
     for t in in_tensors:
@@ -423,7 +424,9 @@ def functional(inputs: Any, outputs: Any, name: str = "functional") -> Layer:
         nodes=node_specs,
         outputs=out_template,
         input_structure=in_kind,
-        name=name,
+        # An unnamed graph keeps the default name, so two of them nested in one model get
+        # Keras's functional, functional_1 keys instead of a duplicate-name error.
+        **({} if name is None else {"name": name}),
     )
 
 

@@ -49,6 +49,11 @@ class LayerSpec:
     config: Mapping[str, Any]
 
 
+# A reserved state key: the sum of the losses a layer added in its last call (Keras's
+# ``add_loss``). The training step adds every such entry to the loss; Keras weight lists
+# leave it out.
+ADDED_LOSS = "_added_loss"
+
 # What Keras-style calls of a layer do, filled in by ``fnn.core.graph`` (symbolic calls)
 # and ``fnn.core.eager`` (calls on arrays), which build on this module.
 KERAS_FACE: dict[str, Callable] = {}

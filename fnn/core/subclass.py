@@ -41,9 +41,9 @@ import numpy as np
 from fnn.core import eager, initializers
 from fnn.core.combinators import call_child
 from fnn.core.errors import ConfigError
-from fnn.core.layer import Layer, as_shape_struct, check_name
+from fnn.core.layer import ADDED_LOSS, Layer, as_shape_struct, check_name
 
-__all__ = ["SubclassLayer", "Variable", "pure_pair"]
+__all__ = ["ADDED_LOSS", "SubclassLayer", "Variable", "pure_pair"]
 
 
 def snake_case(name: str) -> str:
@@ -225,6 +225,7 @@ class Scope:
         self.train = train
         self.discover = discover  # init: {key: abstract args of the first call}
         self.count = 0
+        self.losses: list = []  # add_loss values of this call
         self.keys = {id(v): k for k, v, _ in children(owner)}
 
     def __enter__(self):
@@ -279,6 +280,33 @@ class Scope:
         if new:
             self.state[key] = new
         return out
+
+
+def add_loss(obj, value) -> None:
+    """``obj.add_loss(value)``: inside a pure call it joins that call's state; in an
+    eager call it is kept for ``obj.losses``."""
+    scope = eager.SCOPE.get()
+    if scope is not None and scope.owner is obj:
+        scope.losses.append(value)
+        return
+    raise ConfigError(
+        f"{getattr(obj, 'name', type(obj).__name__)}: add_loss can only be called inside call()."
+    )
+
+
+def losses_of(obj) -> list:
+    """Every ``add_loss`` total (the layer's and its sublayers') of the last eager call."""
+    weights = eager.stored(obj) if isinstance(obj, Layer) else None
+    found: list = []
+
+    def visit(tree):
+        if isinstance(tree, Mapping):
+            for k, v in tree.items():
+                found.append(v) if k == ADDED_LOSS else visit(v)
+
+    if weights is not None:
+        visit(weights[1])
+    return found
 
 
 def _shapes(abstract: tuple):
@@ -340,10 +368,16 @@ def pure_pair(obj, name: str):
             (params if v.trainable else state)[v.key] = v.initializer(k, v.shape, v.dtype)
         found: dict[str, tuple] = {}
 
+        adds_loss = []
+
         def discover(p, s, xs):
-            run_call(Scope(obj, p, s, None, False, discover=found), xs)
+            scope = Scope(obj, p, s, None, False, discover=found)
+            run_call(scope, xs)
+            adds_loss.append(bool(scope.losses))
 
         jax.eval_shape(discover, as_shape_struct(params), as_shape_struct(state), abstract)
+        if adds_loss and adds_loss[0]:
+            state[ADDED_LOSS] = jnp.zeros((), jnp.float32)
         layers = {k: layer for k, _, layer in children(obj)}
         # Keras's weight order: own variables in creation order, then the sublayers.
         target = obj.__dict__.get("_fnn_pure_target", obj)
@@ -360,6 +394,11 @@ def pure_pair(obj, name: str):
         scope = Scope(obj, params, state, rng, train)
         out = run_call(scope, inputs)
         new_state = {k: v for k, v in scope.state.items() if jax.tree.leaves(v)}
+        if ADDED_LOSS in state or scope.losses:
+            new_state[ADDED_LOSS] = sum(
+                (jnp.sum(unwrap(v)).astype(jnp.float32) for v in scope.losses),
+                jnp.zeros((), jnp.float32),
+            )
         return out, new_state
 
     return init, apply
@@ -423,6 +462,16 @@ class SubclassLayer(Layer):
         return var
 
     add_variable = add_weight
+
+    def add_loss(self, value) -> None:
+        """Add a loss term computed in ``call`` (e.g. an activity regularizer): it is
+        added to the training loss (``fit``, ``train_on_batch``, ``evaluate``)."""
+        add_loss(self, value)
+
+    @property
+    def losses(self) -> list:
+        """The ``add_loss`` values of the last eager call (Keras's ``layer.losses``)."""
+        return losses_of(self)
 
     def build(self, input_shape) -> None:
         """Create weights for ``input_shape`` (override; the default creates none)."""

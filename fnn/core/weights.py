@@ -31,7 +31,7 @@ import numpy as np
 
 from fnn.core.combinators import record_calls
 from fnn.core.errors import ShapeError
-from fnn.core.layer import Layer, as_shape_struct
+from fnn.core.layer import ADDED_LOSS, Layer, as_shape_struct
 
 __all__ = ["get_path", "get_weights", "set_path", "set_weights", "weight_names", "weight_paths"]
 
@@ -112,7 +112,8 @@ def weight_paths(layer: Layer, params: Any, state: Any, *inputs: Any) -> list[We
             if (kind, leaf) not in seen:
                 seen.add((kind, leaf))
                 order.append((kind, leaf))
-    return order
+    # add_loss totals are outputs of the last call, not weights (Keras lists no such thing).
+    return [(kind, path) for kind, path in order if not path or path[-1] != ADDED_LOSS]
 
 
 def weight_names(paths: Sequence[WeightPath]) -> list[str]:

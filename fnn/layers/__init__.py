@@ -3,7 +3,7 @@
 from fnn.core.combinators import Lambda
 from fnn.core.graph import Input
 from fnn.core.subclass import SubclassLayer as Layer
-from fnn.layers.activation import Activation
+from fnn.layers.activation import ELU, Activation, LeakyReLU, ReLU, Softmax
 from fnn.layers.attention import MultiHeadAttention, TransformerEncoderBlock
 from fnn.layers.conv import (
     Conv1D,
@@ -68,6 +68,7 @@ from fnn.layers.reshaping import (
 )
 
 __all__ = [
+    "ELU",
     "GRU",
     "LSTM",
     "Activation",
@@ -105,6 +106,7 @@ __all__ = [
     "Lambda",
     "Layer",
     "LayerNormalization",
+    "LeakyReLU",
     "MaxPooling1D",
     "MaxPooling2D",
     "MaxPooling3D",
@@ -113,10 +115,12 @@ __all__ = [
     "Multiply",
     "PositionalEmbedding",
     "RMSNormalization",
+    "ReLU",
     "Reshape",
     "SeparableConv1D",
     "SeparableConv2D",
     "SimpleRNN",
+    "Softmax",
     "TransformerEncoderBlock",
     "UpSampling1D",
     "UpSampling2D",

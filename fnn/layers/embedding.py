@@ -47,8 +47,8 @@ def Embedding(
     which ``serial`` passes to the next layer as its second input (see the module docstring).
     As in Keras, ``input_dim`` then counts the padding id (vocabulary size + 1).
 
-    Ids must have an integer dtype; float ids raise ``ShapeError`` rather than being cast
-    silently (Keras casts), so ``1.7`` cannot quietly become ``1``. Ids outside
+    Ids of another dtype are cast to int32, as Keras does (``keras.Input`` defaults to
+    float32, so a float input of token ids is common); a fractional part is dropped. Ids outside
     ``[0, input_dim)`` raise ``ShapeError`` when ``apply`` sees concrete arrays; under
     ``jit`` they cannot be checked, and give rows of NaN so the mistake still shows in the loss.
 
@@ -68,23 +68,24 @@ def Embedding(
         else initializers.get(embeddings_initializer)
     )
 
-    def check_ids(ids):
+    def as_ids(ids):
+        # Keras casts other dtypes to int32 (a float fnn.Input of token ids is common).
         dt = jnp.result_type(ids)
-        if not jnp.issubdtype(dt, jnp.integer):
-            raise ShapeError(
-                f"{name}: expected integer token ids, got {dt} inputs (shape {shape_of(ids)}). "
-                "Cast them with ids.astype('int32')."
-            )
+        if jnp.issubdtype(dt, jnp.integer):
+            return ids
+        if isinstance(ids, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(ids.shape, jnp.int32)
+        return jnp.asarray(ids).astype(jnp.int32)
 
     def init(key, ids):
         check_rank(name, ids, min_rank=1, layout="[batch, ...] of integer ids")
-        check_ids(ids)
+        ids = as_ids(ids)
         return {"embeddings": emb_init(key, (input_dim, output_dim), param_dtype(ids, dtype))}, {}
 
     def apply(params, state, ids, *, rng=None, train=False):
         del rng, train
         check_rank(name, ids, min_rank=1, layout="[batch, ...] of integer ids")
-        check_ids(ids)
+        ids = as_ids(ids)
         table = params["embeddings"]
         if table.shape[0] != input_dim:
             raise ShapeError(

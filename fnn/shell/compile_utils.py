@@ -33,7 +33,15 @@ def resolve(
     ``"confusion_matrix"`` with a categorical cross-entropy are multi-class (macro) over the
     output's last axis (see ``fnn.metrics.get``)."""
     cfg = config
-    plain, weighted = list(cfg.get("metrics") or []), list(cfg.get("weighted_metrics") or [])
+    plain, weighted = cfg.get("metrics") or [], cfg.get("weighted_metrics") or []
+    if (isinstance(plain, Mapping) or isinstance(weighted, Mapping)) and not isinstance(
+        out, tuple | dict
+    ):
+        raise ConfigError(
+            f"{model_name}: compile got metrics per output name, but the model has a "
+            f"single output of shape {out.shape}; pass a list."
+        )
+    plain, weighted = _as_metric_group(plain), _as_metric_group(weighted)
     multi = isinstance(out, tuple | dict) or isinstance(cfg["loss"], list | tuple | dict)
     if multi:
         if not isinstance(out, tuple | dict):
@@ -61,10 +69,17 @@ def resolve(
             )
             for key, name, part_loss in zip(keys, names, losses)
         ]
-        for key, name, part_loss in zip(keys, names, losses):
+        for group in (plain, weighted):
+            unknown = sorted(set(group) - set(names)) if isinstance(group, Mapping) else []
+            if unknown:
+                raise ConfigError(
+                    f"{model_name}: compile got metrics for {unknown}, which are not outputs "
+                    f"of the model (its outputs are {names})."
+                )
+        for i, (key, name, part_loss) in enumerate(zip(keys, names, losses)):
             y_shape = np.shape(y_parts[key]) if y is not None else None
             for group, is_weighted in ((plain, False), (weighted, True)):
-                for m in group:
+                for m in _per_output(group, name, i, len(names)):
                     metric = _resolve_metric(
                         m, part_loss, y_shape, out[key].shape, is_weighted, metrics
                     )
@@ -87,6 +102,24 @@ def resolve(
             for m in group:
                 metrics.append(_resolve_metric(m, loss, y_shape, out.shape, is_weighted, metrics))
     return loss, metrics
+
+
+def _as_metric_group(group):
+    return group if isinstance(group, Mapping) else list(group)
+
+
+def _per_output(group, name: str, index: int, count: int) -> list:
+    """The metrics of output ``name``: Keras accepts one list for every output, a dict
+    keyed by output name, or one list per output."""
+    if isinstance(group, Mapping):
+        chosen = group.get(name, [])
+    elif len(group) == count and group and all(isinstance(g, list | tuple) for g in group):
+        chosen = group[index]
+    else:
+        chosen = group
+    if isinstance(chosen, list | tuple):
+        return list(chosen)
+    return [chosen]
 
 
 def _resolve_metric(identifier, loss, y_shape, out_shape, is_weighted, taken):
@@ -221,9 +254,16 @@ def compile_to_json(config: Mapping[str, Any] | None, name: str) -> dict | None:
             problem = f"loss {loss.name!r}"
     elif not isinstance(loss, str | None):
         problem = f"loss {loss!r}"
+
+    def names(group):  # every metric of one list, a dict per output or lists per output
+        group = group or []
+        items = group.values() if isinstance(group, Mapping) else group
+        for item in items:
+            yield from (item if isinstance(item, list | tuple) else [item])
+
     if any(
         not isinstance(m, str)
-        for m in [*(out.get("metrics") or []), *(out.get("weighted_metrics") or [])]
+        for m in [*names(out.get("metrics")), *names(out.get("weighted_metrics"))]
     ):
         problem = "metrics given as objects"
     try:

@@ -245,7 +245,7 @@ def graph_summary(model, print_fn) -> None:
     parameter counts and the tensors each layer is connected to."""
     from fnn.core import graph
 
-    ts = model._require_built("summary")
+    params, state = model._params_or_shapes("summary")
     inputs, names = model.inputs, model._input_names()
     nodes = graph._walk(model.outputs, inputs)
     keys = {id(child): key for key, child in model.layer.children or ()}
@@ -271,7 +271,7 @@ def graph_summary(model, print_fn) -> None:
             rows[i] = (*rows[i][:3], f"{rows[i][3]}, {connected}")
             continue
         kind = node.layer.spec.class_name if node.layer.spec else type(node.layer).__name__
-        n = count_params(ts.params.get(key, {})) + count_params(ts.state.get(key, {}))
+        n = count_params(params.get(key, {})) + count_params(state.get(key, {}))
         seen[id(node.layer)] = len(rows)
         rows.append((f"{key} ({kind})", _shape_text(node.outputs), n, connected))
     head = ("Layer (type)", "Output Shape", "Param #", "Connected to")
@@ -287,8 +287,8 @@ def graph_summary(model, print_fn) -> None:
         print_fn(f"{name:<{widths[0]}}{shape:<{widths[1]}}{n:>{widths[2]},}   {connected}")
     print_fn(rule)
     frozen = frozen_paths(model.layer)
-    trainable, frozen_n = check_trainable_count(ts.params, frozen)
-    state_n = count_params(ts.state)
+    trainable, frozen_n = check_trainable_count(params, frozen)
+    state_n = count_params(state)
     print_fn(f"Total params: {trainable + frozen_n + state_n:,}")
     print_fn(f"Trainable params: {trainable:,}")
     print_fn(f"Non-trainable params: {frozen_n + state_n:,}")

@@ -100,7 +100,7 @@ class Model:
         if inputs is not None or outputs is not None:
             if inputs is None or outputs is None:
                 raise ConfigError("Model: a functional model needs both inputs= and outputs=.")
-            layer = graph.functional(inputs, outputs, name=name or "functional")
+            layer = graph.functional(inputs, outputs, name=name)
             self._graph_inputs, self._graph_outputs = inputs, outputs
         self._subclassed = layer is None and type(self).call is not Model.call
         self._layer = layer
@@ -126,6 +126,10 @@ class Model:
         self.stop_training = False
         self.history: callbacks_lib.History | None = None
         self._fnn_base_attrs = set(self.__dict__) | {"_fnn_base_attrs"}
+
+    def add_loss(self, value) -> None:
+        """Inside a subclass's ``call``: add a loss term to the training loss (Keras)."""
+        subclass.add_loss(self, value)
 
     def call(self, *inputs, **kwargs):
         """Override in a subclass: the forward pass on arrays (sublayers as attributes)."""
@@ -355,8 +359,16 @@ class Model:
         """Number of parameters and state entries (Keras counts both)."""
         from fnn.core.summary import count_params
 
-        ts = self._require_built("count_params")
-        return count_params(ts.params) + count_params(ts.state)
+        params, state = self._params_or_shapes("count_params")
+        return count_params(params) + count_params(state)
+
+    def _params_or_shapes(self, what: str) -> tuple:
+        """``(params, state)``: the arrays when built, else their shapes from abstract
+        evaluation (a graph's summary and counts need no compiled init)."""
+        if self._train_state is None and self._default_inputs() is not None:
+            return jax.eval_shape(self.layer.init, jax.random.key(0), *self._default_inputs())
+        ts = self._require_built(what)
+        return ts.params, ts.state
 
     def get_config(self) -> dict:
         """The architecture as JSON-ready data (``from_config`` rebuilds it, with fresh
@@ -690,10 +702,11 @@ class Model:
                 f"{self.name}: expected steps_per_execution to be an int >= 1 or 'auto', got "
                 f"{steps_per_execution!r}."
             )
-        if isinstance(metrics, str):
-            metrics = [metrics]
-        if isinstance(weighted_metrics, str):
-            weighted_metrics = [weighted_metrics]
+        # One list for all outputs, a dict keyed by output name, or a list per output.
+        metrics = [metrics] if isinstance(metrics, str) else metrics
+        weighted_metrics = (
+            [weighted_metrics] if isinstance(weighted_metrics, str) else weighted_metrics
+        )
         # Unknown names and wrong types raise here; names become their class instance.
         self._optimizer = compile_utils.optimizer_object(optimizer)
         if isinstance(self._optimizer, optimizers_lib.Optimizer):
@@ -701,8 +714,8 @@ class Model:
         self._compile_config = {
             "optimizer": optimizer,
             "loss": loss,
-            "metrics": list(metrics or []),
-            "weighted_metrics": list(weighted_metrics or []),
+            "metrics": _metric_list(metrics),
+            "weighted_metrics": _metric_list(weighted_metrics),
             "loss_weights": loss_weights,
             "steps_per_execution": steps_per_execution,
             "jit": bool(jit),
@@ -1282,6 +1295,12 @@ def _class_weights(y, class_weight: Mapping, name: str) -> np.ndarray:
     return np.array([table[c] for c in labels.tolist()], np.float32)
 
 
+def _metric_list(metrics):
+    if isinstance(metrics, Mapping):
+        return dict(metrics)
+    return list(metrics or [])
+
+
 def _input_dtype(layer) -> str:
     """The dtype ``build(shape)`` assumes: int32 when the first layer called is an
     ``Embedding`` (token ids), else float32."""
@@ -1320,6 +1339,7 @@ class Sequential(Model):
 
     def __init__(self, layers: Sequence[Layer] | None = None, name: str | None = None, **kwargs):
         super().__init__(name=name or "sequential", **kwargs)
+        self._explicit_name = name is not None
         self._layers: list[Layer] = []
         self._build_input: Tensor | None = None
         self._graph_for = None  # the layers the symbolic graph was traced for
@@ -1384,7 +1404,8 @@ class Sequential(Model):
     @property
     def layer(self) -> Layer:
         if self._layer is None and self._layers:
-            self._layer = serial(*self._layers, name=self.name)
+            named = {"name": self.name} if self._explicit_name else {}
+            self._layer = serial(*self._layers, **named)
         return self._layer
 
     def _symbolic(self) -> None:

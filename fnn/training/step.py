@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from fnn.core.errors import ConfigError, FnnError, ShapeError
-from fnn.core.layer import Layer, output_shapes
+from fnn.core.layer import ADDED_LOSS, Layer, output_shapes
 from fnn.core.pytree import slash_path
 from fnn.training import losses as losses_lib
 from fnn.training import metrics as metrics_lib
@@ -385,6 +385,24 @@ def _forward(layer, params, state, inputs, rng, train, dtype):
     return y_pred, new_state
 
 
+def added_losses(state) -> jax.Array:
+    """The sum of the losses layers added in their forward pass (Keras's ``add_loss``):
+    every ``state`` entry named ``ADDED_LOSS`` (see ``fnn.core.subclass``)."""
+    total = jnp.zeros((), jnp.float32)
+
+    def visit(tree):
+        nonlocal total
+        if isinstance(tree, dict):
+            for k, v in tree.items():
+                if k == ADDED_LOSS:
+                    total = total + jnp.asarray(v, jnp.float32)
+                else:
+                    visit(v)
+
+    visit(state)
+    return total
+
+
 def _batch_loss(loss, regularizers, params, y, y_pred, sample_weight):
     total = loss(y, y_pred, sample_weight)
     if jnp.ndim(total):  # reduction=None: Keras's trainer sums the values
@@ -456,6 +474,7 @@ def make_train_step(
     def objective(params, model_state, inputs, y, sw, rng, scale):
         y_pred, new_state = _forward(layer, params, model_state, inputs, rng, True, dtype)
         total = _batch_loss(loss, regularizers, params, y, y_pred, sw)
+        total = total + added_losses(new_state)
         scaled = total if scale is None else total * scale
         return scaled, (total, y_pred, new_state)
 
@@ -549,8 +568,9 @@ def make_eval_step(
 
     def eval_step(metric_states, params, state, batch):
         inputs, y, sw = _unpack(batch)
-        y_pred, _ = _forward(layer, params, state, inputs, None, False, dtype)
+        y_pred, new_state = _forward(layer, params, state, inputs, None, False, dtype)
         loss_value = _batch_loss(loss, regularizers, params, y, y_pred, sw)
+        loss_value = loss_value + added_losses(new_state)
         if axis_name is not None:
             loss_value = jax.lax.pmean(loss_value, axis_name)
         return _update_metrics(
