@@ -63,7 +63,7 @@ def forda_like(split: str, length: int = 500):
     return x, y.astype(int)
 
 
-def imdb_like(num_words: int = 20000, n_train: int = 1000, n_val: int = 250, seed: int = 0):
+def imdb_like(num_words: int = 20000, n_train: int = 600, n_val: int = 150, seed: int = 0):
     """``keras.datasets.imdb.load_data(num_words=...)`` layout: object arrays of int lists
     (1 = start token, word indices from 4 to ``num_words - 1``), labels int64 in {0, 1}.
     A third of each review's words come from 25 words of its class, the rest are random."""

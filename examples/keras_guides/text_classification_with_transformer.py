@@ -79,7 +79,7 @@ class TokenAndPositionEmbedding(layers.Layer):
 
 vocab_size = 20000  # Only consider the top 20k words
 maxlen = 200  # Only consider the first 200 words of each movie review
-(x_train, y_train), (x_val, y_val) = imdb_like(num_words=vocab_size)  # fnn-port: download -> synthetic reviews in IMDB's layout (1000/250, not 25000/25000)
+(x_train, y_train), (x_val, y_val) = imdb_like(num_words=vocab_size)  # fnn-port: download -> synthetic reviews in IMDB's layout (600/150, not 25000/25000)
 print(len(x_train), "Training sequences")
 print(len(x_val), "Validation sequences")
 x_train = keras.utils.pad_sequences(x_train, maxlen=maxlen)
