@@ -161,6 +161,12 @@ def test_set_random_seed_matches_keras():
     np.testing.assert_array_equal(got[1], want[1])
     with pytest.raises(ConfigError, match=r"set_random_seed: expected an int seed, got 1.5"):
         utils.set_random_seed(1.5)
+    # Eager layer calls draw their initial weights from the seeded sequence too.
+    x = np.ones((1, 3), "float32")
+    utils.set_random_seed(3)
+    first = fnn.layers.Dense(2)(x)
+    utils.set_random_seed(3)
+    np.testing.assert_array_equal(fnn.layers.Dense(2)(x), first)
 
 
 def test_get_file_refuses_to_download():

@@ -169,12 +169,16 @@ def split_dataset(dataset, left_size=None, right_size=None, shuffle: bool = Fals
 
 
 def set_random_seed(seed: int) -> None:
-    """Seed Python's ``random`` and NumPy's global generator, as Keras does (fnn's own
-    randomness is keyed explicitly: ``compile(seed=...)`` and ``jax.random.key``)."""
+    """Seed Python's ``random``, NumPy's global generator and the keys of eager layer calls
+    (``Dense(3)(x)`` outside a model), as Keras does. Models keep their own explicit
+    seeds: ``compile(seed=...)`` and ``jax.random.key``."""
+    from fnn.core import eager
+
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise ConfigError(f"set_random_seed: expected an int seed, got {seed!r}.")
     random.seed(int(seed))
     np.random.seed(int(seed))
+    eager.set_seed(int(seed))
 
 
 def get_file(fname=None, origin=None, *args, **kwargs):
