@@ -216,7 +216,8 @@ ERRORS = [
         {"path": "m.layers[1]"},
         r"^m.layers\[1\].activaton: unknown argument of Dense. Did you mean 'activation'\? "
         r"Valid arguments: units, activation, use_bias, kernel_initializer, bias_initializer, "
-        r"dtype, name, input_shape, input_dim\.$",
+        r"kernel_regularizer, bias_regularizer, activity_regularizer, dtype, name, input_shape, "
+        r"input_dim\.$",
     ),
     (
         ("Dense", {"unit": 3, "bais": 0}),

@@ -189,3 +189,29 @@ def test_dense_regularizers_add_keras_penalties_to_the_loss(tmp_path):
     model.save(tmp_path / "reg")  # regularizers are stored by name in the model file
     loaded = fnn.load_model(tmp_path / "reg")
     assert loaded.evaluate(xs, ys, batch_size=8, verbose=0) == pytest.approx(want, rel=1e-5)
+
+
+def test_subclassed_layers_round_trip_through_configs_and_model_files(tmp_path):
+    class TimesFactor(fnn.layers.Layer):
+        def __init__(self, factor=2.0, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def call(self, x):
+            return x * self.factor
+
+        def get_config(self):
+            return {"factor": self.factor}
+
+    x = fnn.Input((3,))
+    model = fnn.Model(x, fl.Dense(2)(TimesFactor(3.0)(x)))
+    data = np.random.default_rng(6).normal(size=(4, 3)).astype("float32")
+    want = model.predict(data, verbose=0)
+    config = model.get_config()
+    with pytest.raises(fnn.ConfigError, match="unknown layer 'TimesFactor'"):
+        fnn.Model.from_config(config)
+    twin = fnn.Model.from_config(config, custom_objects={"TimesFactor": TimesFactor})
+    twin.set_weights(model.get_weights())
+    np.testing.assert_allclose(twin.predict(data, verbose=0), want, rtol=1e-6)
+    model.save(tmp_path / "m")  # TimesFactor is registered now, so the file rebuilds it
+    np.testing.assert_allclose(fnn.load_model(tmp_path / "m").predict(data, verbose=0), want)

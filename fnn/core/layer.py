@@ -208,6 +208,8 @@ def register_layer(
 
     def wrap(fn: Callable[..., Layer]) -> Callable[..., Layer]:
         key = name or fn.__name__
+        if isinstance(fn, type):
+            return _register_class(fn, key)
         signature = inspect.signature(fn)
         order = None if weight_order is None else _check_weight_order(key, weight_order)
 
@@ -234,6 +236,35 @@ def register_layer(
         return build
 
     return wrap(factory) if factory is not None else wrap
+
+
+def _register_class(cls: type, key: str) -> type:
+    """Register a subclassed layer class (``fnn.layers.Layer``) under ``key``: saved
+    configs rebuild it with ``cls.from_config(layer.get_config())``, as Keras's
+    ``register_keras_serializable``. Returns the class unchanged."""
+    if not (issubclass(cls, Layer) and hasattr(cls, "from_config")):
+        raise ConfigError(
+            f"register_layer: expected a layer factory or a subclass of fnn.layers.Layer, "
+            f"got the class {cls.__name__}."
+        )
+
+    def build(**config):
+        return cls.from_config(config)
+
+    build.signature = inspect.Signature(
+        [inspect.Parameter("config", inspect.Parameter.VAR_KEYWORD)]
+    )
+    build.layer_class = cls
+    _REGISTRY[key] = build
+    return cls
+
+
+def registered_name(layer: Layer) -> str | None:
+    """The registry name of a subclassed layer's class, or None."""
+    for key, build in _REGISTRY.items():
+        if getattr(build, "layer_class", None) is type(layer):
+            return key
+    return None
 
 
 def _pop_input_shape(key: str, signature: inspect.Signature, kwargs: dict):

@@ -225,8 +225,9 @@ def build(
             )
         )
     params = signature.parameters
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())  # a registered class
     unknown = [str(k) for k in arguments if k not in params and k not in _KERAS_INPUT]
-    if unknown:
+    if unknown and not open_ended:
         raise _unknown(path, class_name, unknown, signature, source)
     bound: dict[str, Any] = {}
     keras_input: dict[str, Any] = {}

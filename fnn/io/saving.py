@@ -40,7 +40,8 @@ import numpy as np
 
 from fnn.core import activations, initializers, regularizers, spec
 from fnn.core.errors import ConfigError
-from fnn.core.layer import Layer, LayerSpec, get_layer_factory
+from fnn.core.layer import Layer, LayerSpec, get_layer_factory, registered_name
+from fnn.core.subclass import SubclassLayer
 from fnn.io import checkpoint
 
 __all__ = [
@@ -134,6 +135,15 @@ def _encode(value: Any, where: str) -> Any:
     )
 
 
+def _subclass_config(layer) -> dict:
+    """A subclassed layer: its class's registry name (else its class name, which loading
+    then needs as ``custom_objects`` or ``@fnn.register_layer``) and ``get_config()``."""
+    key = registered_name(layer) or type(layer).__name__
+    where = f"{layer.name} ({key})"
+    config = {k: _encode(v, f"{where}.{k}") for k, v in layer.get_config().items()}
+    return {"class_name": key, "config": config}
+
+
 def layer_to_config(layer: Layer) -> dict:
     """``{"class_name": ..., "config": {...}}`` for ``layer`` and, recursively, its children.
 
@@ -141,6 +151,8 @@ def layer_to_config(layer: Layer) -> dict:
     an argument cannot be stored (arbitrary callables)."""
     if not isinstance(layer, Layer):
         raise ConfigError(f"expected an fnn Layer, got {type(layer).__name__}.")
+    if layer.spec is None and isinstance(layer, SubclassLayer):
+        return _subclass_config(layer)
     if layer.spec is None:
         raise ConfigError(
             f"cannot save layer {layer.name!r}: it was not built by a registered factory "

@@ -378,10 +378,16 @@ class Model:
         return saving.layer_to_config(views.require_layer(self, "get_config"))
 
     @classmethod
-    def from_config(cls, config: Mapping):
-        """A new, unbuilt model from ``get_config()`` output."""
+    def from_config(cls, config: Mapping, custom_objects: Mapping | None = None):
+        """A new, unbuilt model from ``get_config()`` output; ``custom_objects`` maps the
+        names of subclassed layers to their classes (they are registered, as
+        ``@fnn.register_layer`` would)."""
+        from fnn.core.layer import register_layer
         from fnn.io import saving
 
+        for key, value in (custom_objects or {}).items():
+            if isinstance(value, type) and issubclass(value, Layer):
+                register_layer(value, name=key)
         layer = saving.layer_from_config(config)
         if layer.spec is not None and layer.spec.class_name == "Functional":
             inputs, outputs = graph.replay(layer)
