@@ -225,15 +225,30 @@ def test_plot_model_expand_nested_boxes_the_children(stack):
     assert plain["dense"] == "Dense" and plain["block"] == "serial"
 
 
-def test_plot_model_names_what_to_install(stack, tmp_path, monkeypatch):
+def test_plot_model_without_graphviz_draws_with_matplotlib(stack, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydot", None)  # import pydot -> ImportError
+    path = utils.plot_model(stack, to_file=tmp_path / "model.png", show_shapes=True)
+    import matplotlib.image
+
+    assert matplotlib.image.imread(path).shape[0] > 100  # a real picture, read back
     with pytest.raises(
         ConfigError,
-        match=r"expected pydot and Graphviz to draw .*model.png, got no pydot package.*pip install pydot",
+        match=r"expected pydot and Graphviz to draw .*model.gif, got no pydot package.*pip install pydot",
     ):
-        utils.plot_model(stack, to_file=tmp_path / "model.png")
+        utils.plot_model(stack, to_file=tmp_path / "model.gif")
     with pytest.raises(ConfigError, match=r"plot_model: expected show_dtype=False"):
         utils.plot_model(stack, to_file=tmp_path / "m.dot", show_dtype=True)
+
+
+def test_plot_model_of_a_graph_draws_every_tensor_edge(tmp_path):
+    a, b = fnn.Input((4,), name="a"), fnn.Input((3,), name="b")
+    h = fnn.layers.concatenate([fnn.layers.Dense(5, name="d")(a), b])
+    model = fnn.Model([a, b], [fnn.layers.Dense(1, name="p")(h), fnn.layers.Dense(2, name="q")(h)])
+    nodes, edges = _dot_graph(utils.model_to_dot(model, show_layer_names=True))
+    assert sorted(edges) == sorted(
+        [("a", "d"), ("d", "concatenate"), ("b", "concatenate"), ("concatenate", "p"),
+         ("concatenate", "q")]
+    )  # fmt: skip
 
 
 def test_plot_model_draws_a_png_with_graphviz(stack, tmp_path):
