@@ -25,13 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.core.errors import ConfigError, closest
+from fnn.core.variables import unwrap_tree
 
-
-def unwrap(x):
-    """``x.value`` for an fnn weight variable (``x._fnn_variable is True``), anything else
-    as given; containers (lists, tuples, dicts) are unwrapped leaf by leaf."""
-    is_var = lambda a: getattr(a, "_fnn_variable", False) is True  # noqa: E731
-    return jax.tree.map(lambda a: a.value if is_var(a) else a, x, is_leaf=is_var)
+# Array arguments go through this: fnn variables give their value, containers leaf by leaf.
+unwrap = unwrap_tree
 
 
 def _reduce(fn):

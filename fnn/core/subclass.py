@@ -36,12 +36,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fnn.core import eager, initializers
 from fnn.core.combinators import call_child
 from fnn.core.errors import ConfigError
 from fnn.core.layer import ADDED_LOSS, Layer, as_shape_struct, check_name
+from fnn.core.variables import ArrayLike, unwrap, unwrap_tree
 
 __all__ = ["ADDED_LOSS", "SubclassLayer", "Variable", "pure_pair"]
 
@@ -51,17 +51,9 @@ def snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
-def unwrap(x: Any) -> Any:
-    """``x.value`` for a ``Variable``, else ``x``."""
-    return x.value if getattr(x, "_fnn_variable", False) else x
-
-
-class Variable:
+class Variable(ArrayLike):
     """A weight created by ``add_weight``: a handle to ``params[key]`` (trainable) or
     ``state[key]`` (non-trainable) of its layer, resolved in the current call."""
-
-    _fnn_variable = True
-    __array_priority__ = 1000
 
     def __init__(self, owner, name, shape, dtype, initializer, trainable):
         self.owner = owner
@@ -103,55 +95,12 @@ class Variable:
         eager.store(self.owner, *((tree, state) if self.trainable else (params, tree)))
         return self
 
-    def assign_add(self, delta) -> Variable:
-        return self.assign(self.value + unwrap(delta))
-
-    def assign_sub(self, delta) -> Variable:
-        return self.assign(self.value - unwrap(delta))
-
-    def numpy(self) -> np.ndarray:
-        return np.asarray(self.value)
-
-    def __array__(self, dtype=None, copy=None):
-        return np.asarray(self.value, dtype=dtype)
-
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
     def __repr__(self) -> str:
         return f"<fnn.Variable {self.path} shape={self.shape} dtype={self.dtype.name}>"
-
-    def __getitem__(self, index):
-        return self.value[index]
-
-    def __len__(self):
-        return self.shape[0]
-
-
-def _binary(op):
-    def forward(self, other):
-        return op(self.value, unwrap(other))
-
-    def backward(self, other):
-        return op(unwrap(other), self.value)
-
-    return forward, backward
-
-
-for _name, _op in {
-    "add": jnp.add,
-    "sub": jnp.subtract,
-    "mul": jnp.multiply,
-    "truediv": jnp.divide,
-    "matmul": jnp.matmul,
-    "pow": jnp.power,
-}.items():
-    _f, _b = _binary(_op)
-    setattr(Variable, f"__{_name}__", _f)
-    setattr(Variable, f"__r{_name}__", _b)
-Variable.__neg__ = lambda self: -self.value
-del _name, _op, _f, _b
 
 
 # ---------------------------------------------------------------------------------------
@@ -358,10 +307,6 @@ def _positional_count(fn) -> int | None:
     return sum(1 for p in params if p.kind in kinds and p.name not in ("training", "mask"))
 
 
-def _unwrap_tree(tree):
-    return jax.tree.map(unwrap, tree, is_leaf=lambda x: getattr(x, "_fnn_variable", False))
-
-
 def pure_pair(obj, name: str):
     """``(init, apply)`` of an object with ``call`` (and optional ``build``)."""
 
@@ -370,7 +315,7 @@ def pure_pair(obj, name: str):
         if len(xs) > 1 and _positional_count(obj.call) == 1:
             xs = (list(xs),)  # several inputs reach call(self, inputs) as one list (Keras)
         with scope:
-            return _unwrap_tree(obj.call(*xs, **kwargs))
+            return unwrap_tree(obj.call(*xs, **kwargs))
 
     def init(key, *inputs):
         abstract = as_shape_struct(inputs)

@@ -27,7 +27,6 @@ into the same pure triple, so they run inside the compiled steps:
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -36,12 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.core.errors import ConfigError, ShapeError, shape_of, unknown_name
+from fnn.core.subclass import snake_case
+from fnn.core.variables import ArrayLike, unwrap
 from fnn.training import losses as losses_lib
 
 State = Any
 
 
-class Variable:
+class Variable(ArrayLike):
     """One state variable of a Keras-style ``Metric`` subclass (``add_variable``).
 
     ``value`` is a jax array of fixed ``shape`` and ``dtype``; ``assign``,
@@ -67,7 +68,7 @@ class Variable:
         return self._value.dtype
 
     def assign(self, value) -> Variable:
-        value = jnp.asarray(value).astype(self.dtype)
+        value = jnp.asarray(unwrap(value)).astype(self.dtype)
         if value.shape != self._value.shape:
             if value.ndim:
                 raise ShapeError(
@@ -78,70 +79,17 @@ class Variable:
         self._value = value
         return self
 
-    def assign_add(self, value) -> Variable:
-        return self.assign(self._value + jnp.asarray(value))
-
-    def assign_sub(self, value) -> Variable:
-        return self.assign(self._value - jnp.asarray(value))
-
-    def numpy(self) -> np.ndarray:
-        return np.asarray(self._value)
-
     def __jax_array__(self):
         return self._value
-
-    def __array__(self, dtype=None, copy=None):
-        return np.asarray(self._value, dtype)
-
-    def __float__(self):
-        return float(self._value)
-
-    def __getitem__(self, idx):
-        return self._value[idx]
-
-    def __neg__(self):
-        return -self._value
 
     def __repr__(self) -> str:
         return f"<fnn metric Variable {self.name!r} shape={self.shape} dtype={self.dtype}>"
 
 
-def _value_of(x):
-    return x.value if isinstance(x, Variable) else x
+_value_of = unwrap
 
 
-def _binary_op(op):
-    def method(self, other):
-        return op(self._value, _value_of(other))
-
-    def reflected(self, other):
-        return op(_value_of(other), self._value)
-
-    return method, reflected
-
-
-for _op_name, _op in {
-    "add": jnp.add,
-    "sub": jnp.subtract,
-    "mul": jnp.multiply,
-    "truediv": jnp.true_divide,
-    "pow": jnp.power,
-}.items():
-    _method, _reflected = _binary_op(_op)
-    setattr(Variable, f"__{_op_name}__", _method)
-    setattr(Variable, f"__r{_op_name}__", _reflected)
-for _op_name, _op in {
-    "lt": jnp.less,
-    "le": jnp.less_equal,
-    "gt": jnp.greater,
-    "ge": jnp.greater_equal,
-}.items():
-    setattr(Variable, f"__{_op_name}__", _binary_op(_op)[0])
-del _op_name, _op, _method, _reflected
-
-
-def _snake_case(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+_snake_case = snake_case
 
 
 class Metric:
