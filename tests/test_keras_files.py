@@ -265,7 +265,177 @@ def test_nested_models_and_unwritable_models_are_named(tmp_path):
     outer.save(tmp_path / "nested.keras")
     with pytest.raises(fnn.ConfigError, match=r"'inner' \(Sequential\): a model nested in the"):
         fnn.load_model(tmp_path / "nested.keras")
+
+
+class _Subclassed(fnn.Model):
+    def __init__(self):
+        super().__init__(name="sub")
+        self.head = fl.Dense(2)
+
+    def call(self, x):
+        return self.head(x)
+
+
+def test_subclassed_and_nested_models_are_refused_when_writing(tmp_path):
+    sub = _Subclassed()
+    sub.predict(np.zeros((2, 4), "float32"), verbose=0)
+    with pytest.raises(fnn.ConfigError, match=r"sub: save: cannot write a \.keras file of a subc"):
+        sub.save(tmp_path / "s.keras")
     x = fnn.Input((4,))
-    functional = fnn.Model(x, fl.Dense(2)(x))
-    with pytest.raises(fnn.ConfigError, match=r"cannot write a \.keras file of a Model yet"):
-        fnn.save_model(tmp_path / "f.keras", functional)
+    inner = fnn.Model(x, fl.Dense(3)(x), name="inner")
+    y = fnn.Input((4,))
+    outer = fnn.Model(y, fl.Dense(2)(inner(y)), name="outer")
+    with pytest.raises(fnn.ConfigError, match=r"outer: cannot write layer 'inner' \(Functional\)"):
+        outer.save(tmp_path / "n.keras")
+    z = fnn.Input((4,))
+    arithmetic = fnn.Model(z, fl.Dense(2)(z) * 2.0, name="arith")
+    with pytest.raises(fnn.ConfigError, match=r"cannot write TensorOp to a Keras file"):
+        arithmetic.save(tmp_path / "a.keras")
+    wrapped = fnn.Model(fl.Dense(2), name="wrapped")
+    wrapped.predict(np.zeros((2, 4), "float32"), verbose=0)
+    with pytest.raises(fnn.ConfigError, match=r"wrapped: save: .* of a Model around one layer"):
+        wrapped.save(tmp_path / "w.keras")
+    assert not list(tmp_path.iterdir())
+
+
+# Functional graphs written once over ``lib`` (keras.layers or fnn.layers) and ``Input``.
+def _two_in_dict_out(lib, Input):
+    a, b = Input((4,), name="a"), Input((3,), name="b")
+    shared = lib.Dense(5, activation="tanh", name="shared")
+    x = lib.Concatenate()([shared(lib.Dense(4)(b)), shared(a)])
+    y1 = lib.Dense(2, name="o1")(lib.BatchNormalization()(x))
+    return [a, b], {"y1": y1, "y2": lib.Dense(1, activation="sigmoid", name="o2")(x)}
+
+
+def _residual_cnn(lib, Input):
+    x = Input((8, 8, 3), name="image")
+    h = lib.Activation("relu")(lib.BatchNormalization()(lib.Conv2D(4, 3, padding="same")(x)))
+    for _ in range(2):
+        r = lib.BatchNormalization()(lib.Conv2D(4, 3, padding="same", activation="relu")(h))
+        h = lib.Add()([h, r])
+    return x, lib.Dense(3, activation="softmax")(lib.GlobalAveragePooling2D()(h))
+
+
+def _text_attention_list_out(lib, Input):
+    tokens, feats = Input((7,), dtype="int32", name="tokens"), Input((5, 4), name="x")
+    emb = lib.Embedding(20, 4)(tokens)
+    att = lib.MultiHeadAttention(2, 3, name="mha")(feats, emb)
+    shared = lib.Dense(4, activation="tanh", name="shared")
+    h = lib.Concatenate()([shared(shared(att)), feats])
+    pooled = lib.GlobalAveragePooling1D()(h)
+    summed = lib.Add()([lib.Dense(3)(pooled), lib.Dense(3)(pooled)])
+    return [tokens, feats], [lib.Dense(2, name="a")(summed), lib.Dense(1, name="b")(pooled)]
+
+
+def _recurrent_branches(lib, Input):
+    x = Input((6, 3), name="seq")
+    fwd = lib.LSTM(4, return_sequences=True)(x)
+    both = lib.Bidirectional(lib.GRU(3))(fwd)
+    last = lib.SimpleRNN(2)(lib.Dropout(0.5)(x))
+    return x, lib.Dense(2)(lib.Concatenate()([both, last, lib.Dense(3)(both)]))
+
+
+def _dict_in(lib, Input):
+    a, b = Input((4,), name="left"), Input((4,), name="right")
+    d = lib.Dense(3, name="tower")
+    return {"left": a, "right": b}, lib.Multiply()([d(a), d(b)])
+
+
+GRAPHS = {
+    "two_in_dict_out": _two_in_dict_out,
+    "residual_cnn": _residual_cnn,
+    "text_attention_list_out": _text_attention_list_out,
+    "recurrent_branches": _recurrent_branches,
+    "dict_in": _dict_in,
+}
+
+
+def _random_weights(model, names, seed):
+    rng = np.random.default_rng(seed)
+    model.set_weights(
+        [
+            np.abs(rng.normal(size=w.shape)).astype("float32") + 0.5
+            if n.endswith("moving_variance")
+            else rng.normal(size=w.shape).astype("float32") * 0.4
+            for n, w in zip(names, model.get_weights(), strict=True)
+        ]
+    )
+
+
+def _graph_data(inputs, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def one(t):
+        shape = (3, *t.shape[1:])
+        if np.dtype(t.dtype).kind == "i":
+            return rng.integers(0, 20, size=shape).astype("int32")
+        return rng.normal(size=shape).astype("float32")
+
+    if isinstance(inputs, dict):
+        return {k: one(t) for k, t in inputs.items()}
+    return [one(t) for t in inputs] if isinstance(inputs, list) else one(inputs)
+
+
+def _flat(y):
+    if isinstance(y, dict):
+        return [np.asarray(y[k]) for k in sorted(y)]
+    return [np.asarray(v) for v in y] if isinstance(y, list | tuple) else [np.asarray(y)]
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_fnn_functional_file_predicts_the_same_in_keras(tmp_path, name):
+    inputs, outputs = GRAPHS[name](fl, fnn.Input)
+    f = fnn.Model(inputs, outputs, name=name)
+    _random_weights(f, f.weight_names(), seed=4)
+    x = _graph_data(inputs)
+    f.save(tmp_path / "m.keras")
+    k = keras.saving.load_model(tmp_path / "m.keras")
+    assert k.name == name
+    # Keras's own model of the same graph orders its layers and weights the same way.
+    ki, ko = GRAPHS[name](keras.layers, keras.Input)
+    reference = keras.Model(ki, ko, name=name)
+    classes = [type(layer).__name__ for layer in reference.layers]
+    assert [type(layer).__name__ for layer in k.layers] == classes
+    assert [w.shape for w in k.weights] == [w.shape for w in reference.weights]
+    for got, want in zip(k.get_weights(), f.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    fx = tuple(x) if isinstance(x, list) else x
+    expected = _flat(f.predict(fx, verbose=0))
+    keras_out = _flat(k.predict(x, verbose=0))
+    assert len(keras_out) == len(expected)
+    for got, want in zip(keras_out, expected, strict=True):
+        _close(got, want)
+    if name == "dict_in":
+        return  # fnn.load_model builds dict-input graphs from a tuple (see the report)
+    again = fnn.load_model(tmp_path / "m.keras")
+    for got, want in zip(again.get_weights(), f.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(_flat(again.predict(fx, verbose=0)), expected, strict=True):
+        _close(got, want)
+
+
+def test_model_checkpoint_writes_a_functional_keras_file(tmp_path):
+    inputs, outputs = _residual_cnn(fl, fnn.Input)
+    f = fnn.Model(inputs, outputs, name="cnn")
+    f.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = _graph_data(inputs)
+    y = np.array([0, 1, 2])
+    path = tmp_path / "best_model.keras"
+    f.fit(x, y, epochs=1, verbose=0, callbacks=[fnn.callbacks.ModelCheckpoint(path, "loss")])
+    k = keras.saving.load_model(path)
+    _close(k.predict(x, verbose=0), f.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("name", ["two_in_dict_out", "residual_cnn"])
+def test_keras_functional_graphs_incl_dict_outputs_open_in_fnn(tmp_path, name):
+    inputs, outputs = GRAPHS[name](keras.layers, keras.Input)
+    k = keras.Model(inputs, outputs, name=name)
+    _random_weights(k, [w.path for w in k.weights], seed=5)
+    x = _graph_data(inputs)
+    k.save(tmp_path / "k.keras")
+    f = fnn.load_model(tmp_path / "k.keras")
+    fx = tuple(x) if isinstance(x, list) else x
+    got, want = _flat(f.predict(fx, verbose=0)), _flat(k.predict(x, verbose=0))
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        _close(g, w)

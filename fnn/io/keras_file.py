@@ -44,6 +44,7 @@ import numpy as np
 
 import fnn.layers  # noqa: F401  (registers the catalogue that configs are built from)
 from fnn.core import activations, initializers, spec
+from fnn.core import graph as graph_lib
 from fnn.core.combinators import child_names
 from fnn.core.errors import ConfigError
 from fnn.core.layer import Layer, LayerSpec, get_layer_factory
@@ -139,6 +140,9 @@ _GROUPS = {
 }
 
 _FLOAT32 = ("float32", None)
+
+# Keras layers called on one list of tensors (fnn's graph stores them as positional args).
+_MERGE = ("Add", "Average", "Concatenate", "Maximum", "Multiply")
 
 
 def is_keras_path(path: str | os.PathLike) -> bool:
@@ -591,11 +595,14 @@ def _node_call(node: Any, lookup) -> tuple[list, dict]:
     return ([tensors] if len(tensors) > 1 else tensors), kwargs
 
 
-def _refs(value: Any) -> tuple[bool, list[tuple]]:
-    """``(several?, [(layer, node, index), ...])`` of ``input_layers``/``output_layers``."""
+def _refs(value: Any, lookup) -> Any:
+    """``input_layers``/``output_layers`` (one ``[layer, node, index]``, a list or a dict
+    of them) with each reference replaced by ``lookup`` of it, structure kept."""
+    if isinstance(value, Mapping):
+        return {k: _refs(v, lookup) for k, v in value.items()}
     if isinstance(value, list | tuple) and value and isinstance(value[0], str):
-        return False, [tuple(value[:3])]
-    return True, [tuple(v[:3]) for v in value or ()]
+        return lookup(tuple(value[:3]))
+    return [_refs(v, lookup) for v in value or ()]
 
 
 def functional_graph(loaded: KerasModelFile, Input, where: str) -> tuple[Any, Any]:
@@ -633,11 +640,7 @@ def functional_graph(loaded: KerasModelFile, Input, where: str) -> tuple[Any, An
             out = loaded.graph_layers[name](*args, **kwargs)
             for i, t in enumerate(jax.tree.leaves(out)):
                 tensors[(name, n, i)] = t
-    several_in, ins = _refs(graph.get("input_layers"))
-    several_out, outs = _refs(graph.get("output_layers"))
-    inputs = [lookup(r) for r in ins]
-    outputs = [lookup(r) for r in outs]
-    return (inputs if several_in else inputs[0]), (outputs if several_out else outputs[0])
+    return _refs(graph.get("input_layers"), lookup), _refs(graph.get("output_layers"), lookup)
 
 
 def split_weights(names: Sequence[str], arrays: Sequence) -> dict[str, list]:
@@ -683,12 +686,16 @@ def arrange_weights(
 
 
 def _input_layer(spec_: Any, name: str) -> dict:
+    return _input_layer_shape([None, *spec_.shape[1:]], spec_.dtype, name)
+
+
+def _input_layer_shape(shape: Sequence, dtype: Any, name: str) -> dict:
     return {
         "module": "keras.layers",
         "class_name": "InputLayer",
         "config": {
-            "batch_shape": [None, *[int(d) for d in spec_.shape[1:]]],
-            "dtype": np.dtype(spec_.dtype).name,
+            "batch_shape": [None if d is None else int(d) for d in shape],
+            "dtype": np.dtype(dtype).name,
             "sparse": False,
             "name": name,
         },
@@ -719,6 +726,103 @@ def _write_arrays(
         target.create_dataset(str(index), data=np.asarray(array))
 
 
+def _history(ref: Mapping, graph: Mapping, keys: Sequence[str], names: Sequence[str]) -> list:
+    """Keras's ``keras_history`` ``[layer, node, index]`` of a graph reference: an input is
+    node 0 of its InputLayer; node ``j`` is the n-th call of its layer."""
+    if "input" in ref:
+        return [names[ref["input"]], 0, 0]
+    nodes = graph["nodes"]
+    layer = nodes[ref["node"]]["layer"]
+    call = sum(1 for n in nodes[: ref["node"]] if n["layer"] == layer)
+    return [keys[layer], call, int(ref["index"])]
+
+
+def _functional_config(graph: Mapping, name: str, keys: Sequence[str]) -> dict:
+    """The Keras ``Functional`` config of an fnn graph spec (``Functional(...).spec.config``):
+    InputLayers, each layer with its ``inbound_nodes`` (tensor shapes by abstract
+    evaluation), ``input_layers`` and ``output_layers`` in the graph's structure."""
+    layers = list(graph["layers"])
+    for layer, key in zip(layers, keys, strict=True):
+        if layer.spec is not None and layer.spec.class_name in ("Functional", "Sequential"):
+            raise ConfigError(
+                f"{name}: cannot write layer {key!r} ({layer.spec.class_name}) to a Keras "
+                "file: expected layers Keras has, got a model nested in the model; rebuild "
+                "the outer model from the inner model's layers (flatten it)."
+            )
+    names = [s["name"] for s in graph["inputs"]]
+    clash = sorted(set(names) & set(keys))
+    if clash:
+        raise ConfigError(
+            f"{name}: cannot write a Keras file: expected distinct input and layer names, got "
+            f"{clash} for both; name the inputs (fnn.Input(..., name=...)) differently."
+        )
+    symbols = [
+        graph_lib.Tensor(tuple(s["shape"]), np.dtype(s["dtype"]), s["name"])
+        for s in graph["inputs"]
+    ]
+    results: list[list] = []
+
+    def symbol(ref):
+        return symbols[ref["input"]] if "input" in ref else results[ref["node"]][ref["index"]]
+
+    def keras_tensor(ref):
+        t = symbol(ref)
+        return {
+            "class_name": "__keras_tensor__",
+            "config": {
+                "shape": list(t.shape),
+                "dtype": np.dtype(t.dtype).name,
+                "keras_history": _history(ref, graph, keys, names),
+            },
+        }
+
+    inbound: list[list] = [[] for _ in layers]
+    for node in graph["nodes"]:
+        layer = layers[node["layer"]]
+        args = graph_lib._fill(node["args"], symbol)
+        kwargs = graph_lib._fill(node["kwargs"], symbol)
+        shapes = graph_lib.infer(layer, tuple(args), kwargs, node["training"])
+        results.append(
+            [graph_lib.Tensor(s.shape, np.dtype(s.dtype), "t") for s in jax.tree.leaves(shapes)]
+        )
+        call_kwargs = graph_lib._fill(node["kwargs"], keras_tensor)
+        if node["training"] is not None:
+            call_kwargs["training"] = node["training"]
+        call_args = graph_lib._fill(node["args"], keras_tensor)
+        if layer.spec is not None and layer.spec.class_name in _MERGE:
+            call_args = [call_args]  # Keras's merge layers take one list of inputs
+        inbound[node["layer"]].append({"args": call_args, "kwargs": call_kwargs})
+    entries = []
+    for s, input_name in zip(graph["inputs"], names, strict=True):
+        entry = _input_layer_shape(s["shape"], s["dtype"], input_name)
+        entries.append({**entry, "name": input_name, "inbound_nodes": []})
+    for layer, key, nodes in zip(layers, keys, inbound, strict=True):
+        entries.append({**layer_to_keras(layer, key), "name": key, "inbound_nodes": nodes})
+    structure = graph.get("input_structure", "list")
+    refs = [_history({"input": i}, graph, keys, names) for i in range(len(names))]
+    if structure == "dict":
+        input_layers: Any = {s["key"]: r for s, r in zip(graph["inputs"], refs, strict=True)}
+    elif structure == "single":
+        input_layers = refs[0]
+    else:
+        input_layers = refs
+    output_layers = graph_lib._fill(graph["outputs"], lambda ref: _history(ref, graph, keys, names))
+    return {
+        "module": "keras.src.models.functional",
+        "class_name": "Functional",
+        "config": {
+            "name": name,
+            "trainable": True,
+            "layers": entries,
+            "input_layers": input_layers,
+            "output_layers": output_layers,
+        },
+        "registered_name": "Functional",
+        "build_config": {"input_shape": None},
+        "compile_config": None,
+    }
+
+
 def write_model(
     path: str | os.PathLike,
     *,
@@ -728,11 +832,14 @@ def write_model(
     weight_names: Sequence[str],
     weights: Sequence[np.ndarray],
     who: str | None = None,
+    graph: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a Keras 3 ``.keras`` archive of a Sequential model: ``layers`` in order (each
-    built by a registered factory that Keras has), the abstract ``inputs`` it was built
-    for, and its weights with their ``weight_names`` (``Model.weight_names()``).
-    ``keras.saving.load_model`` opens it; the file is replaced atomically."""
+    """Write a Keras 3 ``.keras`` archive: a Sequential of ``layers`` in order built for the
+    abstract ``inputs``, or (``graph``, the ``Functional(...).spec.config`` of
+    ``fnn.Model(inputs, outputs)``; ``layers`` and ``inputs`` then unused) a functional
+    model. Each layer must be built by a registered factory that Keras has; weights come
+    with their ``weight_names`` (``Model.weight_names()``). ``keras.saving.load_model``
+    opens it; the file is replaced atomically."""
     p = Path(path)
     who = who or name
     if not p.name.lower().endswith(".keras"):
@@ -741,19 +848,28 @@ def write_model(
             f"{who}: cannot write {os.fspath(path)!r}: fnn writes Keras 3 .keras archives, "
             f"not {suffix} files; use a path ending in .keras."
         )
-    if len(inputs) != 1:
-        raise ConfigError(f"{name}: expected a Sequential with one input, got {len(inputs)}.")
     h5py = _h5py(path)
-    keys = child_names(list(layers), name)
-    entries = [_input_layer(inputs[0], "input_layer")]
-    entries += [layer_to_keras(layer, key) for layer, key in zip(layers, keys, strict=True)]
-    config = {
-        "module": "keras",
-        "class_name": "Sequential",
-        "config": {"name": name, "trainable": True, "layers": entries},
-        "registered_name": None,
-        "compile_config": None,
-    }
+    if graph is not None:
+        layers = list(graph["layers"])
+        keys = child_names(layers, name)
+        config = _functional_config(graph, name, keys)
+        # Keras names the h5 groups in model.layers order, InputLayers included; their
+        # groups hold no arrays, so only the order within each class matters.
+        input_names = [s["name"] for s in graph["inputs"]]
+    else:
+        if len(inputs) != 1:
+            raise ConfigError(f"{name}: expected a Sequential with one input, got {len(inputs)}.")
+        keys = child_names(list(layers), name)
+        entries = [_input_layer(inputs[0], "input_layer")]
+        entries += [layer_to_keras(layer, key) for layer, key in zip(layers, keys, strict=True)]
+        config = {
+            "module": "keras",
+            "class_name": "Sequential",
+            "config": {"name": name, "trainable": True, "layers": entries},
+            "registered_name": None,
+            "compile_config": None,
+        }
+        input_names = []
     by_layer = split_weights(weight_names, weights)
     names_by_layer = split_weights(weight_names, weight_names)
     unknown = sorted(set(by_layer) - set(keys))
@@ -763,6 +879,8 @@ def write_model(
     with h5py.File(buffer, "w") as h5:
         h5.require_group("vars").attrs["name"] = name
         h5.require_group("layers")
+        for input_name, group in zip(input_names, _group_names(["InputLayer"] * len(input_names))):
+            h5.require_group(f"layers/{group}/vars").attrs["name"] = input_name
         classes = [layer.spec.class_name for layer in layers]
         for layer, key, group in zip(layers, keys, _group_names(classes), strict=True):
             _write_arrays(

@@ -622,21 +622,26 @@ class Model:
         rebuilds the model without running stored code (see ``fnn.saving``)."""
         from fnn.io import checkpoint, keras_file, saving
 
-        if keras_file.is_keras_path(filepath):  # a Keras 3 .keras archive (Sequential only)
-            if not isinstance(self, Sequential):
+        if keras_file.is_keras_path(filepath):  # a Keras 3 .keras archive
+            sequential = isinstance(self, Sequential)
+            spec = None if self._subclassed else self.layer.spec
+            if not sequential and (spec is None or spec.class_name != "Functional"):
+                kind = "subclassed Model" if self._subclassed else "Model around one layer"
                 raise ConfigError(
-                    f"{self.name}: save: cannot write a .keras file of a {type(self).__name__} "
-                    "yet; fnn writes Sequential models of layers Keras has."
+                    f"{self.name}: save: cannot write a .keras file of a {kind}; fnn writes "
+                    "Sequential and functional (fnn.Model(inputs, outputs)) models of layers "
+                    "Keras has. Save to a directory path instead (fnn's own format)."
                 )
             self._require_built("save")
             return keras_file.write_model(
                 filepath,
                 name=self.name,
-                layers=[view.layer for view in self.layers],
+                layers=[view.layer for view in self.layers] if sequential else [],
                 inputs=list(self._input_spec),
                 weight_names=self.weight_names(),
                 weights=self.get_weights(),
                 who=f"{self.name}: save",
+                graph=None if sequential else dict(spec.config),
             )
         checkpoint.check_directory_path(filepath, f"{self.name}: save")
         return saving.save_model(
