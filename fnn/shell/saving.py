@@ -21,7 +21,7 @@ from fnn.io import checkpoint, keras_file
 from fnn.io import saving as io_saving
 from fnn.shell.model import Model, Sequential
 
-__all__ = ["load_keras", "load_model", "save_keras", "save_model"]
+__all__ = ["load_keras", "load_model", "save_model"]
 
 
 def save_model(
@@ -29,8 +29,6 @@ def save_model(
 ) -> Path:
     """``model.save(path)`` for a ``fnn.Model``; for a ``Layer``, ``fnn.saving.save_model``
     with its ``params``, ``state`` and ``inputs=``."""
-    if isinstance(model, Model) and keras_file.is_keras_path(path):
-        return save_keras(path, model)
     if isinstance(model, Model):
         return model.save(path)
     if isinstance(model, Layer):
@@ -94,33 +92,13 @@ def load_keras(path: str | os.PathLike) -> Model:
     else:
         inputs, outputs = keras_file.functional_graph(loaded, Input, where)
         model = Model(inputs=inputs, outputs=outputs, name=loaded.name)
-        tensors = inputs if isinstance(inputs, list) else [inputs]
-        model._build(
-            tuple(
-                jax.ShapeDtypeStruct(tuple(1 if d is None else d for d in t.shape), t.dtype)
-                for t in tensors
-            )
-        )
+
+        def struct(t):
+            return jax.ShapeDtypeStruct(tuple(1 if d is None else d for d in t.shape), t.dtype)
+
+        if isinstance(inputs, dict):  # a dict-input graph takes one dict
+            model._build(({k: struct(t) for k, t in inputs.items()},))
+        else:
+            model._build(tuple(map(struct, inputs if isinstance(inputs, list) else [inputs])))
     _set_file_weights(model, loaded.weights, where)
     return model
-
-
-def save_keras(path: str | os.PathLike, model: Model) -> Path:
-    """Write ``model`` (an fnn ``Sequential`` whose layers Keras also has) as a Keras 3
-    ``.keras`` archive that ``keras.saving.load_model`` opens with the same predictions.
-    Compile settings are not written."""
-    if not isinstance(model, Sequential):
-        raise ConfigError(
-            f"{model.name}: cannot write a .keras file of a {type(model).__name__} yet: fnn "
-            "writes Sequential models (fnn.Sequential([...]) of layers Keras has); functional "
-            "and subclassed models are read from .keras files but not written."
-        )
-    model._require_built("save")
-    return keras_file.write_model(
-        path,
-        name=model.name,
-        layers=[view.layer for view in model.layers],
-        inputs=list(model._input_spec),
-        weight_names=model.weight_names(),
-        weights=model.get_weights(),
-    )
