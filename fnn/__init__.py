@@ -15,7 +15,7 @@ everything users need is an attribute of ``fnn`` (``fnn.serial``, ``fnn.layers.D
 import sys as _sys
 
 from fnn import core, distributed, layers, ops, utils
-from fnn.core import activations, errors, initializers, regularizers
+from fnn.core import activations, errors, initializers, random, regularizers
 from fnn.core.combinators import Lambda, fan_out, parallel, residual, serial
 from fnn.core.errors import ConfigError, FnnError, ShapeError
 from fnn.core.layer import Layer, LayerSpec, register_layer
@@ -45,6 +45,7 @@ for _name, _module in {
     "models": models,
     "optimizers": optimizers,
     "optimizers.schedules": optimizers.schedules,
+    "random": random,
     "regularizers": regularizers,
     "saving": saving,
     "train": train,
@@ -81,6 +82,7 @@ __all__ = [
     "ops",
     "optimizers",
     "parallel",
+    "random",
     "register_layer",
     "regularizers",
     "residual",

@@ -440,3 +440,20 @@ def test_keras_functional_graphs_incl_dict_outputs_open_in_fnn(tmp_path, name):
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
         _close(g, w)
+
+
+def test_a_compiled_keras_file_loads_compiled(tmp_path):
+    k = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    k.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss="sparse_categorical_crossentropy",
+        metrics=["sparse_categorical_accuracy"],
+    )
+    k.save(tmp_path / "c.keras")
+    f = fnn.load_model(tmp_path / "c.keras")
+    assert isinstance(f.optimizer, fnn.optimizers.Adam)
+    assert f.optimizer.learning_rate == pytest.approx(0.01)
+    x = np.random.default_rng(1).random((8, 4)).astype("float32")
+    y = np.arange(8) % 3
+    np.testing.assert_allclose(f.evaluate(x, y, verbose=0), k.evaluate(x, y, verbose=0), rtol=1e-5)
+    assert not fnn.load_model(tmp_path / "c.keras", compile=False).compiled

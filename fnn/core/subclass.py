@@ -184,6 +184,14 @@ class Scope:
     def __exit__(self, *exc):
         eager.SCOPE.reset(self._token)
 
+    def next_key(self):
+        """A fresh key of this call's ``rng`` (None without one): per sublayer call and
+        per ``fnn.random`` draw."""
+        if self.rng is None:
+            return None
+        self.count += 1
+        return jax.random.fold_in(self.rng, self.count - 1)
+
     def read(self, var: Variable):
         tree = self.params if var.trainable else self.state
         return tree[var.key]
@@ -212,10 +220,7 @@ class Scope:
             zeros = lambda t: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), t)  # noqa: E731
             self.params = {**self.params, key: zeros(p)}
             self.state[key] = zeros(s)
-        rng = None
-        if self.rng is not None:
-            rng = jax.random.fold_in(self.rng, self.count)
-            self.count += 1
+        rng = self.next_key()
         out, new = call_child(
             key,
             layer,
@@ -456,12 +461,19 @@ class SubclassLayer(Layer):
         return out
 
     @property
-    def trainable_weights(self) -> list[Variable]:
-        return [v for v in _variables(self) if v.trainable]
+    def trainable_weights(self) -> list:
+        """Own trainable variables, then the sublayers' (Keras's order)."""
+        out = [v for v in _variables(self) if v.trainable]
+        for _, _, layer in children(self):
+            out.extend(getattr(layer, "trainable_weights", layer.weights))
+        return out
 
     @property
-    def non_trainable_weights(self) -> list[Variable]:
-        return [v for v in _variables(self) if not v.trainable]
+    def non_trainable_weights(self) -> list:
+        out = [v for v in _variables(self) if not v.trainable]
+        for _, _, layer in children(self):
+            out.extend(getattr(layer, "non_trainable_weights", []))
+        return out
 
     def get_config(self) -> dict:
         return {"name": self.name, "trainable": self.trainable}

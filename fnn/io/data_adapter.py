@@ -259,7 +259,10 @@ class IterableData:
     the last stopped, and a new pass starts once all batches were read (Keras's rule).
     """
 
-    def __init__(self, data: Iterable, *, name: str = "fit"):
+    def __init__(self, data: Iterable, *, name: str = "fit", arrange=None):
+        # ``arrange(x, y) -> (x, y)``: the model's mapping of named dict batches onto its
+        # inputs and outputs (applied to every batch, as to array data).
+        self.arrange = arrange
         self.sequence = is_py_dataset(data)
         if not self.sequence and not isinstance(data, Iterable):
             raise ConfigError(
@@ -295,6 +298,8 @@ class IterableData:
         def batches():
             for count, item in enumerate(it, start=1):
                 x, y, sw = unpack(item)
+                if self.arrange is not None:
+                    x, y = self.arrange(x, y)
                 yield as_arrays(x), as_arrays(y), as_arrays(sw)
                 if limit is not None and count >= limit:
                     return

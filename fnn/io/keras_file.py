@@ -13,7 +13,8 @@ that lists every one of them.
 Keras configs become fnn layers through one table (``_NEUTRAL``): a Keras config key that
 an fnn factory takes is passed on (lists as tuples, initializers by name); a key fnn has no
 argument for is dropped only at a value that leaves the model's math unchanged
-(``kernel_regularizer=None``, ``data_format="channels_last"``, ``trainable``, ``seed``);
+(``data_format="channels_last"``, ``trainable``, ``seed``; regularizers of layers other than
+``Dense``, which takes them, at ``None``);
 any other value is an error naming the layer, the key and the value. Writing is the same
 table backwards. The layers are then built by :func:`fnn.core.spec.build`, the one
 spec-to-layer builder.
@@ -23,7 +24,7 @@ spec-to-layer builder.
 (True, False)
 >>> keras_file.layer_from_keras({"class_name": "Dense", "config": {
 ...     "name": "out", "units": 3, "activation": "softmax", "kernel_regularizer": None}}).spec
-LayerSpec(class_name='Dense', config={'units': 3, 'activation': 'softmax', 'name': 'out'})
+LayerSpec(class_name='Dense', config={'units': 3, 'activation': 'softmax', 'kernel_regularizer': None, 'name': 'out'})
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import jax
 import numpy as np
 
 import fnn.layers  # noqa: F401  (registers the catalogue that configs are built from)
-from fnn.core import activations, initializers, spec
+from fnn.core import activations, initializers, regularizers, spec
 from fnn.core import graph as graph_lib
 from fnn.core.combinators import child_names
 from fnn.core.errors import ConfigError
@@ -68,7 +69,8 @@ KERAS_LAYERS = (
     "Activation", "Add", "Average", "AveragePooling1D", "AveragePooling2D",
     "AveragePooling3D", "BatchNormalization", "Bidirectional", "Concatenate", "Conv1D",
     "Conv1DTranspose", "Conv2D", "Conv2DTranspose", "Conv3D", "Conv3DTranspose",
-    "Cropping1D", "Cropping2D", "Cropping3D", "Dense", "DepthwiseConv1D",
+    "Cropping1D", "Cropping2D", "Cropping3D", "Dense", "DepthwiseConv1D", "ELU", "LeakyReLU",
+    "ReLU", "Softmax",
     "DepthwiseConv2D", "Dropout", "Embedding", "Flatten", "GRU", "GlobalAveragePooling1D",
     "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D",
     "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GroupNormalization", "LSTM",
@@ -330,6 +332,9 @@ def _json_value(value: Any, where: str) -> Any:
         return value.item()
     if isinstance(value, type | np.dtype) or type(value).__name__ == "_ScalarMeta":
         return np.dtype(value).name
+    if isinstance(value, regularizers.L1 | regularizers.L2 | regularizers.L1L2):
+        entry = regularizers.config_of(value)
+        return {"module": "keras.regularizers", **entry, "registered_name": None}
     if callable(value):
         for table in (activations._BY_NAME, initializers._BY_NAME):
             for name, fn in table.items():
@@ -391,6 +396,7 @@ class KerasModelFile:
     weights: dict[str, list[np.ndarray]]
     graph: dict | None = None
     graph_layers: dict[str, Layer] | None = None
+    compile_config: dict | None = None  # Keras 3's compile settings, as the file has them
 
 
 def _bad_file(path, why: str) -> ConfigError:
@@ -546,6 +552,7 @@ def read_model(path: str | os.PathLike) -> KerasModelFile:
             )
         _check_supported(config, where)
         name = inner.get("name") or class_name.lower()
+        compiled = config.get("compile_config") if isinstance(config, Mapping) else None
         entries = [e for e in inner.get("layers") or [] if e.get("class_name") != "InputLayer"]
         weights = {}
         all_entries = inner.get("layers") or []
@@ -563,9 +570,13 @@ def read_model(path: str | os.PathLike) -> KerasModelFile:
             weights[layer_name] = arrays
         if class_name == "Sequential":
             layers, inputs = _sequential(inner, where)
-            return KerasModelFile("Sequential", name, layers, inputs, weights)
+            return KerasModelFile(
+                "Sequential", name, layers, inputs, weights, compile_config=compiled
+            )
         graph_layers = {e["config"]["name"]: layer_from_keras(e) for e in entries}
-        return KerasModelFile("Functional", name, [], (), weights, dict(inner), graph_layers)
+        return KerasModelFile(
+            "Functional", name, [], (), weights, dict(inner), graph_layers, compiled
+        )
 
 
 def _is_keras_tensor(value: Any) -> bool:
@@ -833,13 +844,15 @@ def write_model(
     weights: Sequence[np.ndarray],
     who: str | None = None,
     graph: Mapping[str, Any] | None = None,
+    compile_config: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a Keras 3 ``.keras`` archive: a Sequential of ``layers`` in order built for the
     abstract ``inputs``, or (``graph``, the ``Functional(...).spec.config`` of
     ``fnn.Model(inputs, outputs)``; ``layers`` and ``inputs`` then unused) a functional
     model. Each layer must be built by a registered factory that Keras has; weights come
-    with their ``weight_names`` (``Model.weight_names()``). ``keras.saving.load_model``
-    opens it; the file is replaced atomically."""
+    with their ``weight_names`` (``Model.weight_names()``); ``compile_config`` is Keras's
+    (optimizer, loss, metrics). ``keras.saving.load_model`` opens it; the file is replaced
+    atomically."""
     p = Path(path)
     who = who or name
     if not p.name.lower().endswith(".keras"):
@@ -870,6 +883,7 @@ def write_model(
             "compile_config": None,
         }
         input_names = []
+    config["compile_config"] = None if compile_config is None else dict(compile_config)
     by_layer = split_weights(weight_names, weights)
     names_by_layer = split_weights(weight_names, weight_names)
     unknown = sorted(set(by_layer) - set(keys))

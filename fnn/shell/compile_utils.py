@@ -291,3 +291,33 @@ def compile_to_json(config: Mapping[str, Any] | None, name: str) -> dict | None:
         )
         return None
     return out
+
+
+def compile_to_keras(config: Mapping[str, Any] | None, optimizer) -> dict | None:
+    """``compile``'s settings as a Keras file's ``compile_config`` (optimizer class
+    serialized, loss and metrics by name), or None when one of them has no Keras name."""
+    if config is None:
+        return None
+    try:
+        opt = optimizers_lib.serialize(optimizer)
+    except ConfigError:
+        return None
+    loss = config.get("loss")
+    if isinstance(loss, losses_lib.Loss):
+        try:
+            loss = losses_lib.serialize(loss)
+        except ConfigError:
+            return None
+    metrics = config.get("metrics") or []
+    if not isinstance(loss, str | dict | None) or not all(isinstance(m, str) for m in metrics):
+        return None
+    return {
+        "optimizer": opt,
+        "loss": loss,
+        "loss_weights": config.get("loss_weights"),
+        "metrics": list(metrics) or None,
+        "weighted_metrics": None,
+        "run_eagerly": False,
+        "steps_per_execution": 1,
+        "jit_compile": True,
+    }

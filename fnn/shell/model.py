@@ -642,6 +642,9 @@ class Model:
                 weights=self.get_weights(),
                 who=f"{self.name}: save",
                 graph=None if sequential else dict(spec.config),
+                compile_config=compile_utils.compile_to_keras(
+                    self._compile_config, self._optimizer
+                ),
             )
         checkpoint.check_directory_path(filepath, f"{self.name}: save")
         return saving.save_model(
@@ -917,7 +920,11 @@ class Model:
             )
         if class_weight is not None:
             raise ConfigError(f"{self.name}: class_weight needs array data, got an iterable.")
-        return data_lib.IterableData(x, name=name)
+        return data_lib.IterableData(
+            x,
+            name=name,
+            arrange=lambda bx, by: (self._arrange_inputs(bx), self._arrange_targets(by)),
+        )
 
     def _validation_data(self, data, validation_split, validation_data):
         """``(train data, validation data or None)`` from Keras's two ways to validate."""
@@ -941,7 +948,11 @@ class Model:
                 vx, vy, vsw = data_lib.unpack(tuple(validation_data))
                 val = data_lib.ArrayData(vx, vy, vsw, name="validation_data")
             else:
-                val = data_lib.IterableData(validation_data, name="validation_data")
+                val = data_lib.IterableData(
+                    validation_data,
+                    name="validation_data",
+                    arrange=lambda bx, by: (self._arrange_inputs(bx), self._arrange_targets(by)),
+                )
         return data, val
 
     def _callbacks(self, callbacks, verbose, *, history: bool, **params):

@@ -44,7 +44,7 @@ def load_model(path: str | os.PathLike, compile: bool = True) -> Any:
     A ``.keras`` / ``.h5`` / ``.hdf5`` path opens a Keras model file instead (see
     :func:`load_keras`)."""
     if keras_file.is_keras_path(path):
-        return load_keras(path)
+        return load_keras(path, compile=compile)
     checkpoint.check_directory_path(path, "load_model", action="read")
     loaded = io_saving.load_layer(path)
     extra = loaded.metadata
@@ -79,7 +79,7 @@ def _set_file_weights(model: Model, by_layer: dict, where: str) -> None:
     model.set_weights(keras_file.arrange_weights(names, shapes, by_layer, where))
 
 
-def load_keras(path: str | os.PathLike) -> Model:
+def load_keras(path: str | os.PathLike, compile: bool = True) -> Model:
     """An fnn ``Sequential`` (or functional ``Model``) from a Keras 3 ``.keras`` archive or
     a legacy Keras ``.h5`` full-model file, with Keras's weights; uncompiled (Keras's
     optimizer and loss objects are not read). Layers outside fnn's catalogue, Lambda layers
@@ -101,4 +101,39 @@ def load_keras(path: str | os.PathLike) -> Model:
         else:
             model._build(tuple(map(struct, inputs if isinstance(inputs, list) else [inputs])))
     _set_file_weights(model, loaded.weights, where)
+    if compile and loaded.compile_config:
+        _compile_as_keras(model, loaded.compile_config, where)
     return model
+
+
+def _compile_as_keras(model: Model, config: dict, where: str) -> None:
+    """``model.compile`` with a Keras file's ``compile_config`` (optimizer, loss, metrics
+    and loss weights by Keras name or serialized object); settings fnn cannot read leave
+    the model uncompiled, with a warning that names them."""
+    import warnings
+
+    from fnn.training import losses, optimizers
+
+    def plain(value):
+        if isinstance(value, dict) and "class_name" in value:
+            return {"class_name": value["class_name"], "config": value.get("config") or {}}
+        return value
+
+    try:
+        loss = config.get("loss")
+        loss = losses.get(plain(loss)) if isinstance(loss, dict) else loss
+        metrics = config.get("metrics")
+        if isinstance(metrics, list):
+            metrics = [m["config"]["name"] if isinstance(m, dict) else m for m in metrics]
+        model.compile(
+            optimizer=optimizers.get(config.get("optimizer") or "rmsprop"),
+            loss=loss,
+            metrics=metrics,
+            loss_weights=config.get("loss_weights"),
+        )
+    except (ConfigError, KeyError, TypeError) as err:
+        warnings.warn(
+            f"{where}: loaded uncompiled; its compile settings could not be read ({err}). "
+            "Call model.compile(...) again.",
+            stacklevel=3,
+        )
