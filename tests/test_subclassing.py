@@ -215,3 +215,26 @@ def test_subclassed_layers_round_trip_through_configs_and_model_files(tmp_path):
     np.testing.assert_allclose(twin.predict(data, verbose=0), want, rtol=1e-6)
     model.save(tmp_path / "m")  # TimesFactor is registered now, so the file rebuilds it
     np.testing.assert_allclose(fnn.load_model(tmp_path / "m").predict(data, verbose=0), want)
+
+
+def test_conv_regularizers_equal_keras_penalties():
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    keras = pytest.importorskip("keras")
+
+    def build(lib, layers, regs):
+        x = lib.Input((6, 6, 2))
+        h = layers.Conv2D(3, 3, kernel_regularizer=regs.L2(0.05), bias_regularizer=regs.L1(0.1))(x)
+        h = layers.Conv1D(2, 2, activity_regularizer=regs.L1(0.01))(layers.Reshape((16, 3))(h))
+        return lib.Model(x, layers.Dense(1)(layers.Flatten()(h)))
+
+    kmodel = build(keras, keras.layers, keras.regularizers)
+    model = build(fnn, fl, fnn.regularizers)
+    model.set_weights([w + 0.1 for w in kmodel.get_weights()])
+    kmodel.set_weights(model.get_weights())
+    rng = np.random.default_rng(7)
+    xs = rng.normal(size=(4, 6, 6, 2)).astype("float32")
+    ys = rng.normal(size=(4, 1)).astype("float32")
+    kmodel.compile(loss="mse")
+    model.compile(loss="mse")
+    want = kmodel.evaluate(xs, ys, batch_size=4, verbose=0)
+    assert model.evaluate(xs, ys, batch_size=4, verbose=0) == pytest.approx(want, rel=1e-5)

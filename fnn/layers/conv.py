@@ -16,7 +16,7 @@ from fnn.core import activations, initializers
 from fnn.core.errors import ConfigError, ShapeError, shape_of
 from fnn.core.layer import Layer, param_dtype
 from fnn.layers import _spatial
-from fnn.layers.dense import Affine
+from fnn.layers.dense import Affine, Penalties
 
 
 def _positive_int(value, argument: str, layer: str) -> int:
@@ -73,9 +73,13 @@ def _conv(
     use_bias: bool = True,
     kernel_initializer="glorot_uniform",
     bias_initializer="zeros",
+    kernel_regularizer=None,
+    bias_regularizer=None,
+    activity_regularizer=None,
     dtype=None,
     name: str = "conv",
 ) -> Layer:
+    penalties = Penalties.get(kernel_regularizer, bias_regularizer, activity_regularizer)
     filters = _positive_int(filters, "filters", name)
     kernel_size, strides, dilation = _window_args(rank, kernel_size, strides, dilation_rate, name)
     padding = _spatial.padding_arg(padding, rank, name, causal=rank == 1)
@@ -94,7 +98,8 @@ def _conv(
                 f"{name}: expected input channels divisible by groups={groups}, got "
                 f"{channels} channels (inputs of shape {shape_of(x)})."
             )
-        return affine.init(key, x, dtype, (*kernel_size, channels // groups, filters), filters), {}
+        kernel_shape = (*kernel_size, channels // groups, filters)
+        return affine.init(key, x, dtype, kernel_shape, filters), penalties.init_state()
 
     def apply(params, state, x, *, rng=None, train=False):
         del rng, train
@@ -103,7 +108,8 @@ def _conv(
         detail = f", groups={groups}" if groups > 1 else ""
         _check_channels(name, x, kernel.shape[-2] * groups, "kernel", kernel.shape, detail)
         y = _convolve(x, kernel, rank, strides=strides, pads=pads, dilation=dilation, groups=groups)
-        return affine.output(y, params), state
+        y = affine.output(y, params)
+        return y, penalties.state(params, y) or state
 
     return Layer(init, apply, name)
 
