@@ -1113,10 +1113,37 @@ class Model:
         steps: int | None = None,
         callbacks: Sequence[callbacks_lib.Callback] | None = None,
         return_dict: bool = False,
+        groups=None,
     ):
         """Loss and metrics on the data: a float (loss only), a list ``[loss, *metrics]``
-        in compile order, or a dict with ``return_dict=True`` (as Keras)."""
+        in compile order, or a dict with ``return_dict=True`` (as Keras).
+
+        ``groups [n]`` (a sensitive attribute per example; needs ``return_dict=True`` and
+        array data) adds ``"fairness"``: per-group metrics and disparities
+        (:func:`fnn.metrics.group_report`) of the model's predicted classes."""
         self._require_compiled("evaluate")
+        if groups is not None:
+            if not return_dict or y is None:
+                raise ConfigError(
+                    f"{self.name}: evaluate(groups=...) needs return_dict=True and arrays x, y."
+                )
+            from fnn.training import fairness
+            from fnn.training import losses as losses_lib
+
+            if len(np.asarray(groups).reshape(-1)) != len(np.asarray(y)):
+                raise ShapeError(
+                    f"{self.name}: evaluate(groups=...): expected one group per example "
+                    f"({len(np.asarray(y))}), got groups of shape {np.shape(groups)}."
+                )
+            logs = self.evaluate(x, y, batch_size, verbose, sample_weight, steps, callbacks, True)
+            loss = losses_lib.get(self._compile_config["loss"]) if self._compile_config else None
+            logits = bool(getattr(loss, "config", {}).get("from_logits", False))
+            y_pred = self.predict(x, batch_size=batch_size, verbose=0, steps=steps)
+            n = len(y_pred)
+            logs["fairness"] = fairness.group_report(
+                np.asarray(y)[:n], y_pred, np.asarray(groups)[:n], threshold=0.0 if logits else 0.5
+            )
+            return logs
         verbose = _is_verbose_auto(verbose)
         batch_size = self._count("batch_size", batch_size, 32)
         steps = self._count("steps", steps)

@@ -1502,3 +1502,7 @@ def classification_report(
         digits=digits,
     )
     return out
+
+
+# Per-group (fairness) metrics live in their own module; fnn.metrics exposes them too.
+from fnn.training.fairness import GroupMetrics, format_report, group_report  # noqa: E402, F401
