@@ -130,3 +130,40 @@ def test_evaluate_with_groups_and_bad_input():
     text = fnn.metrics.format_report(want)
     assert text.splitlines()[0].split()[:3] == ["group", "count", "accuracy"]
     assert f"demographic_parity_difference: {want['demographic_parity_difference']:.4f}" in text
+
+
+def test_cli_fairness_key_writes_the_per_group_table(tmp_path, capsys):
+    """`fnn train` with `fairness: {feature: 0, split_at: 0.0}` on breast cancer: the table in
+    results.json equals fairlearn's on the saved model's test predictions."""
+    from pathlib import Path
+
+    from fnn.cli import commands as cli
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "breast_cancer_mlp.yaml")
+    run = tmp_path / "run"
+    sets = [f"run_dir={run}", "epochs=2", "plots=false", "tensorboard=false"]
+    sets += ["fairness.feature=0", "fairness.split_at=0.0"]
+    code = cli.main(["train", config, *(a for s in sets for a in ("--set", s))])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "fairness on the test split (input column 0 > 0.0)" in out
+    import json
+
+    report = json.loads((run / "results.json").read_text())["fairness"]
+    (_, _), (x_test, y_test) = fnn.datasets.load("breast_cancer")
+    model = fnn.load_model(run / "model")
+    y_hat = (model.predict(x_test, verbose=0).reshape(-1) > 0).astype(int)
+    g = np.where(x_test[:, 0] > 0.0, "> 0", "<= 0")
+    frame = _fairlearn_frame(y_test, y_hat, g)
+    for group, row in frame.by_group.iterrows():
+        for key, value in row.items():
+            np.testing.assert_allclose(report["groups"][group][key], value, rtol=1e-5, atol=1e-6)
+    dpd = fairlearn_metrics.demographic_parity_difference(y_test, y_hat, sensitive_features=g)
+    np.testing.assert_allclose(report["demographic_parity_difference"], dpd, rtol=1e-5)
+    code = cli.main(["train", config, "--set", f"run_dir={tmp_path / 'bad'}"]
+                    + ["--set", "fairness.feature=99"])  # fmt: skip
+    assert code == 2
+    assert "fairness.feature: expected an input column index below 30, got 99" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "bad" / "checkpoints").exists()

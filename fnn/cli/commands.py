@@ -313,6 +313,7 @@ def cmd_train(args) -> int:
             shutil.rmtree(run_dir)
     run = Run(cfg, args.config)
     model = run.model
+    _check_fairness(run)  # before any training
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(_dump_yaml(cfg))
@@ -376,6 +377,9 @@ def cmd_train(args) -> int:
     wall = time.perf_counter() - start
     test = run.evaluate(run.x_test, run.y_test)
     results = {"test": test, "epochs": epochs, "wall_time_s": round(wall, 2)}
+    report = _fairness(run)
+    if report is not None:
+        results["fairness"] = report
     if backup.manager.best_step() is not None:
         results["best_checkpoint"] = str(backup.manager.path(backup.manager.best_step()))
     if primary:
@@ -390,11 +394,82 @@ def cmd_train(args) -> int:
     plots = _plots(run, rows, run_dir) if cfg["plots"] and rows else []
     tests = "  ".join(f"test_{k} {v:.4f}" for k, v in test.items())
     _say(f"done in {wall:.1f}s: {tests}")
+    if report is not None:
+        from fnn.training.fairness import format_report
+
+        _say(f"fairness on the test split ({_fairness_source(cfg)}):\n{format_report(report)}")
     _say(
         f"wrote {run_dir}/: metrics.csv, config.yaml, checkpoints/, model/, results.json"
         + (", " + ", ".join(plots) if plots else "")
     )
     return 0
+
+
+def _fairness_source(cfg: dict) -> str:
+    fair = cfg["fairness"]
+    if fair["path"] is not None:
+        return f"groups from {fair['path']}"
+    split = fair["split_at"]
+    column = f"input column {fair['feature']}"
+    return column if split is None else f"{column} > {split}"
+
+
+def fairness_groups(cfg: dict, x_test: np.ndarray) -> np.ndarray | None:
+    """The group of each test example as the config's ``fairness`` key gives it (None when
+    the key is unset): input column ``feature`` (``"> split_at"``/``"<= split_at"`` when
+    split), or the array in the .npy file ``path``."""
+    fair = cfg["fairness"]
+    if fair["path"] is not None:
+        try:
+            groups = np.load(fair["path"], allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"fairness.path: cannot read {fair['path']!r}: {err}") from None
+        if groups.shape[:1] != (len(x_test),):
+            raise ConfigError(
+                f"fairness.path: expected one group per test example ({len(x_test)}), got an "
+                f"array of shape {list(groups.shape)}."
+            )
+        return groups.reshape(len(x_test), -1)[:, 0]
+    if fair["feature"] is None:
+        return None
+    flat = x_test.reshape(len(x_test), -1)
+    if fair["feature"] >= flat.shape[1]:
+        raise ConfigError(
+            f"fairness.feature: expected an input column index below {flat.shape[1]}, got "
+            f"{fair['feature']}."
+        )
+    column = flat[:, fair["feature"]]
+    split = fair["split_at"]
+    if split is None:
+        return column
+    return np.where(column > split, f"> {split:g}", f"<= {split:g}")
+
+
+def _check_fairness(run: Run) -> None:
+    if fairness_groups(run.cfg, run.x_test) is None:
+        return
+    if not run.classifier:
+        raise ConfigError("fairness: per-group metrics need a classification loss.")
+    pos, classes = run.cfg["fairness"]["pos_label"], max(run.num_classes, 2)
+    if pos >= classes:
+        raise ConfigError(f"fairness.pos_label: expected a class below {classes}, got {pos}.")
+
+
+def _fairness(run: Run) -> dict | None:
+    """Per-group test metrics (:func:`fnn.metrics.group_report`) when ``fairness`` is set."""
+    groups = fairness_groups(run.cfg, run.x_test)
+    if groups is None:
+        return None
+    from fnn.training.fairness import group_report
+
+    return group_report(
+        run.y_test,
+        run.predict(run.x_test),
+        groups,
+        num_classes=max(run.num_classes, 2),
+        pos_label=run.cfg["fairness"]["pos_label"],
+        threshold=0.0 if run.from_logits else 0.5,
+    )
 
 
 def _dump_yaml(cfg: dict) -> str:

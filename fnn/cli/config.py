@@ -26,7 +26,7 @@ path, e.g. ``model.layers[2].units: expected units to be a positive int, got -3`
 >>> load_config_text("epoch: 3")
 Traceback (most recent call last):
 ...
-fnn.core.errors.ConfigError: epoch: unknown key. Did you mean 'epochs'? Valid keys: batch_size, checkpoint, dataset, distribute, epochs, loss, metrics, model, optimizer, plots, run_dir, seed, tensorboard.
+fnn.core.errors.ConfigError: epoch: unknown key. Did you mean 'epochs'? Valid keys: batch_size, checkpoint, dataset, distribute, epochs, fairness, loss, metrics, model, optimizer, plots, run_dir, seed, tensorboard.
 """
 
 from __future__ import annotations
@@ -82,6 +82,9 @@ DEFAULTS: dict[str, Any] = {
     "distribute": {"strategy": "none", "num_devices": None},
     "plots": True,
     "tensorboard": True,
+    # Per-group test metrics: the group of each test example from input column ``feature``
+    # (split in two at ``split_at`` if given) or from a .npy file ``path``.
+    "fairness": {"feature": None, "split_at": None, "path": None, "pos_label": 1},
 }
 _REQUIRED = {"": ("model", "dataset"), "model": ("layers",), "dataset": ("name",)}
 _OPEN = ("dataset.options", "optimizer.options", "loss")  # free keyword arguments, checked later
@@ -310,6 +313,17 @@ def validate(raw: Any) -> dict:
     names = [m for m in metrics]
     monitors = ["loss", "val_loss", *names, *(f"val_{m}" for m in names)]
     _choice("checkpoint.monitor", ckpt["monitor"], monitors, "a logged value:")
+
+    fair = cfg["fairness"]
+    if fair["feature"] is not None and fair["path"] is not None:
+        raise ConfigError("fairness: expected feature or path, not both.")
+    if fair["feature"] is not None:
+        _positive_int("fairness.feature", fair["feature"], minimum=0)
+    if fair["split_at"] is not None:
+        _number("fairness.split_at", fair["split_at"])
+    if fair["path"] is not None and not isinstance(fair["path"], str):
+        raise ConfigError(f"fairness.path: expected a .npy path string, {_got(fair['path'])}.")
+    _positive_int("fairness.pos_label", fair["pos_label"], minimum=0)
 
     dist = cfg["distribute"]
     _choice("distribute.strategy", dist["strategy"], _STRATEGIES)
