@@ -33,6 +33,7 @@ def _load(name):
         ("keras_quickstart", {"epochs": 2, "verbose": 0, "api": "functional"}, 0.8),
         ("transfer_learning", {"epochs": 3}, 0.5),
         ("saliency_digits", {"epochs": 2}, 0.8),
+        ("fairness_breast_cancer", {"epochs": 5, "verbose": 0}, 0.8),
         ("data_parallel", {"method": "pmap", "devices": 4, "epochs": 3}, 0.5),
         ("data_parallel", {"method": "sharded", "devices": 4, "epochs": 3}, 0.5),
     ],

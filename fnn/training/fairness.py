@@ -220,11 +220,12 @@ def group_report(
 def format_report(report: Mapping) -> str:
     """The per-group table and disparities of a :func:`group_report` as text lines."""
     width = max([5, *(len(g) for g in report["groups"])])
-    cols = PER_GROUP
-    lines = [f"{'group':<{width}}  " + "  ".join(f"{c:>14}" for c in cols)]
+    lines = [f"{'group':<{width}}  " + "  ".join(f"{c:>{max(len(c), 6)}}" for c in PER_GROUP)]
     for group, row in report["groups"].items():
-        cells = [f"{row[c]:>14d}" if c == "count" and isinstance(row[c], int) else f"{row[c]:>14.4f}"
-                 for c in cols]  # fmt: skip
+        cells = []
+        for c in PER_GROUP:
+            w = max(len(c), 6)
+            cells.append(f"{row[c]:>{w}d}" if isinstance(row[c], int) else f"{row[c]:>{w}.4f}")
         lines.append(f"{group:<{width}}  " + "  ".join(cells))
     lines += [f"{k}: {report[k]:.4f}" for k in DISPARITIES]
     return "\n".join(lines)
