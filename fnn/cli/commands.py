@@ -6,6 +6,7 @@
     fnn evaluate CONFIG --checkpoint DIR
     fnn predict CONFIG --checkpoint DIR --input FILE [--output FILE]
     fnn summary CONFIG
+    fnn tune CONFIG [--workers N] [--resume | --overwrite]   (see fnn.cli.tune)
 
 A training run writes to ``run_dir`` (default ``runs/<config name>``): ``config.yaml``
 (the resolved config), ``checkpoints/step_*`` (:mod:`fnn.checkpoint`), ``metrics.csv``
@@ -703,6 +704,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="FILE", help=".npy, .npz or .csv")
     p.add_argument("--output", metavar="FILE", help=".csv or .npz (default: print CSV)")
     add("summary", "print the model's layers, shapes and parameter counts", cmd_summary)
+    from fnn.cli import tune as tune_lib  # stdlib-only at import: Optuna loads when it runs
+
+    tune_help = "search hyperparameters over a config's search: ranges (Optuna study)"
+    tune_lib.add_arguments(add("tune", tune_help, tune_lib.cmd_tune))
     return parser
 
 
