@@ -492,8 +492,6 @@ def _train_trial(cfg: dict, config_path: str, trial, metric: str) -> tuple[float
 def _work(args, raw: dict, search: dict, run_dir: Path, name: str, worker: int) -> int:
     """One worker: take trial slots until the study holds ``n_trials``; returns trials run."""
     import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     from optuna.trial import TrialState
 
     study, storage = _study(search, raw, run_dir, name, worker, create=False)
@@ -686,6 +684,13 @@ def cmd_tune(args) -> int:
         import optuna
     except ImportError:
         raise ConfigError("fnn tune needs Optuna: pip install 'fnn[tune]'.") from None
+    import warnings
+
+    # Heartbeats are marked experimental, and Optuna expects them only under study.optimize;
+    # fnn runs ask/tell under its slot lock and records the heartbeats itself (_Heartbeat).
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     from fnn.cli.commands import _UsageError
 
     run_dir = Path(raw.get("run_dir") or Path("runs") / Path(args.config).stem)

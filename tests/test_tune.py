@@ -1,0 +1,165 @@
+"""``fnn tune``: bad search configs fail before any trial; a small study on digits is read
+back from its SQLite file with sqlite3 (not Optuna); best.yaml retrains to the best value."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("optuna")
+
+from fnn.cli import commands as cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SEARCH = ROOT / "configs" / "digits_mlp_search.yaml"
+
+
+def _config(tmp_path, name="search.yaml", **search):
+    raw = yaml.safe_load(SEARCH.read_text())
+    raw["run_dir"] = str(tmp_path / "run")
+    raw["epochs"] = 2
+    raw["model"]["layers"][1]["Dense"]["units"] = 16
+    raw["search"].update(search)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "search,message",
+    [
+        ({"space": {}}, r"search\.space: expected at least one range"),
+        ({"n_trails": 3}, r"search\.n_trails: unknown key\. Did you mean 'n_trials'\?"),
+        (
+            {"space": {"optimizer.learnig_rate": {"type": "float", "low": 0.1, "high": 0.2}}},
+            r"search\.space\.optimizer\.learnig_rate: no such key in the config",
+        ),
+        (
+            {"space": {"model.layers[1].Dense.units": {"type": "int", "low": 0, "high": 8}}},
+            r"search\.space\.model\.layers\[1\]\.Dense\.units = 0: .*units",
+        ),
+        (
+            {"space": {"optimizer.learning_rate": {"type": "float", "low": 1, "high": 0.1}}},
+            r"search\.space\.optimizer\.learning_rate: empty range, low 1 > high 0\.1",
+        ),
+        ({"objective": {"metric": "val_acc"}}, r"search\.objective\.metric: expected a value"),
+        ({"storage": "nosuchdb://x/y"}, r"search\.storage: cannot open 'nosuchdb://x/y'"),
+        (
+            {"space": {"seed": {"type": "int", "low": 0, "high": 3, "when": {"epochs": 2}}}},
+            r"search\.space\.seed\.when\.epochs: expected a range listed above this one",
+        ),
+    ],
+)
+def test_bad_search_exits_2_with_one_line_before_any_trial(tmp_path, capsys, search, message):
+    code = cli.main(["tune", _config(tmp_path, **search)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert not (tmp_path / "run" / "study.db").exists() or _trials(tmp_path / "run") == []
+
+
+def _trials(run_dir: Path) -> list[tuple]:
+    """(number, state, value) of every trial, straight from Optuna's SQLite schema."""
+    with sqlite3.connect(run_dir / "study.db") as db:
+        return db.execute(
+            "SELECT t.number, t.state, v.value FROM trials t "
+            "LEFT JOIN trial_values v ON v.trial_id = t.trial_id ORDER BY t.number"
+        ).fetchall()
+
+
+def _params(run_dir: Path, number: int) -> set[str]:
+    with sqlite3.connect(run_dir / "study.db") as db:
+        rows = db.execute(
+            "SELECT p.param_name FROM trial_params p JOIN trials t ON p.trial_id = t.trial_id "
+            "WHERE t.number = ?",
+            (number,),
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Three 2-epoch trials of a 16-unit MLP, random sampler (sgd and adam both drawn)."""
+    tmp = tmp_path_factory.mktemp("tune")
+    path = _config(tmp, sampler={"name": "random", "seed": 3}, n_trials=3)
+    code = cli.main(["tune", path])
+    assert code == 0
+    return tmp / "run", path
+
+
+def test_study_table_csv_and_conditional_keys(study, capsys):
+    run_dir, path = study
+    trials = _trials(run_dir)
+    assert [t[0] for t in trials] == [0, 1, 2]  # exactly n_trials, numbered once
+    assert {t[1] for t in trials} <= {"COMPLETE", "PRUNED"}
+    with open(run_dir / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["number"]) for r in rows] == [0, 1, 2]
+    assert {r["optimizer.name"] for r in rows} == {"adam", "sgd"}  # both branches drawn
+    for row, (_, state, value) in zip(rows, trials):
+        assert row["state"] == state.lower()
+        if state == "COMPLETE":
+            assert float(row["value"]) == pytest.approx(value, rel=1e-12)
+        names = _params(run_dir, int(row["number"]))
+        # momentum is drawn exactly when the optimizer is sgd (the `when:` condition)
+        assert ("optimizer.options.momentum" in names) == (row["optimizer.name"] == "sgd")
+    assert (run_dir / "history.png").exists() and (run_dir / "params.png").exists()
+    code = cli.main(["tune", path])  # the study exists: refuses, one line, exit 2
+    assert code == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_best_yaml_retrains_to_the_best_value(study, capsys):
+    run_dir, _ = study
+    best = json.loads((run_dir / "best.json").read_text())
+    complete = [t for t in _trials(run_dir) if t[1] == "COMPLETE"]
+    assert best["value"] == max(t[2] for t in complete)
+    cfg = yaml.safe_load((run_dir / "best.yaml").read_text())
+    assert cfg["optimizer"]["learning_rate"] == best["params"]["optimizer.learning_rate"]
+    assert "search" not in cfg
+    assert cli.main(["train", str(run_dir / "best.yaml")]) == 0
+    with open(Path(cfg["run_dir"]) / "metrics.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    # Same Run, same fit, CPU-deterministic: the retrained run lands on the trial's value.
+    assert float(last["val_accuracy"]) == pytest.approx(best["value"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_killed_worker_leaves_a_consistent_study_and_resume_finishes_it(tmp_path):
+    """A worker SIGKILLed mid-trial: its trial is marked FAIL on --resume (heartbeat stale),
+    counts once, and the study ends with exactly n_trials, each number once."""
+    path = _config(
+        tmp_path, n_trials=3, heartbeat_s=1, grace_period_s=2, sampler={"name": "random"}
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    base = [sys.executable, "-m", "fnn", "tune", path]
+    run_dir = tmp_path / "run"
+    worker = subprocess.Popen([*base, "--set", "epochs=200"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (run_dir / "study.db").exists() and any(t[1] == "RUNNING" for t in _trials(run_dir)):
+            break
+        time.sleep(0.5)
+    worker.kill()
+    worker.wait()
+    assert [t[1] for t in _trials(run_dir)] == ["RUNNING"]
+    time.sleep(3)  # past the grace period
+    done = subprocess.run([*base, "--resume", "--workers", "2"], env=env, capture_output=True,
+                          text=True, timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    trials = _trials(run_dir)
+    assert [t[0] for t in trials] == [0, 1, 2]
+    assert trials[0][1] == "FAIL"
+    assert {t[1] for t in trials[1:]} <= {"COMPLETE", "PRUNED"}
