@@ -657,6 +657,13 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    """``fnn tune``: :mod:`fnn.cli.tune`, its trials trained by this module's ``Run``."""
+    from fnn.cli import tune
+
+    return tune.cmd_tune(args, tune.TrainPieces(Run, _EpochLines))
+
+
 def cmd_summary(args) -> int:
     from fnn.cli import config as config_lib
     from fnn.core.summary import summary
@@ -707,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fnn.cli import tune as tune_lib  # stdlib-only at import: Optuna loads when it runs
 
     tune_help = "search hyperparameters over a config's search: ranges (Optuna study)"
-    tune_lib.add_arguments(add("tune", tune_help, tune_lib.cmd_tune))
+    tune_lib.add_arguments(add("tune", tune_help, cmd_tune))
     return parser
 
 

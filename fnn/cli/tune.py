@@ -47,11 +47,18 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fnn.core.errors import ConfigError, FnnError, closest
 
-__all__ = ["SEARCH_DEFAULTS", "cmd_tune", "load_search", "trial_config"]
+__all__ = [
+    "SEARCH_DEFAULTS",
+    "TrainPieces",
+    "add_arguments",
+    "cmd_tune",
+    "load_search",
+    "trial_config",
+]
 
 SEARCH_DEFAULTS: dict[str, Any] = {
     "objective": {"metric": None, "mode": "max"},
@@ -443,14 +450,14 @@ def _suggest(trial, space: Mapping) -> dict:
     return params
 
 
-def _train_trial(cfg: dict, config_path: str, trial, metric: str) -> tuple[float, int, bool]:
-    """Train one trial as ``fnn train`` does; returns (last value, epochs run, pruned)."""
+def _train_trial(cfg: dict, config_path: str, trial, metric: str, cli) -> tuple[float, int, bool]:
+    """Train one trial as ``fnn train`` does (``cli.Run``, ``cli.EpochLines``: the train
+    command's pieces); returns (last value, epochs run, pruned)."""
     import jax
 
-    from fnn.cli.commands import Run, _EpochLines
     from fnn.shell.callbacks import Callback
 
-    run = Run(cfg, config_path)
+    run = cli.Run(cfg, config_path)
     reported: list[float] = []
     pruned = [False]
 
@@ -461,7 +468,7 @@ def _train_trial(cfg: dict, config_path: str, trial, metric: str) -> tuple[float
             if not math.isfinite(value):
                 self.model.stop_training = True
                 return
-            trial.report(value, epoch)
+            trial.report(value, epoch + 1)  # step = epochs done, so min_epochs means epochs
             if trial.should_prune():
                 pruned[0] = True
                 self.model.stop_training = True
@@ -469,9 +476,9 @@ def _train_trial(cfg: dict, config_path: str, trial, metric: str) -> tuple[float
     devices = None
     if cfg["distribute"]["strategy"] == "data_parallel":
         devices = cfg["distribute"]["num_devices"] or jax.device_count()
-    lines = _EpochLines(run.metric_names)
+    lines = cli.EpochLines(run.metric_names)
     # The same fit call as cmd_train (its checkpoint and log callbacks change no numbers).
-    with contextlib.redirect_stdout(open(os.devnull, "w")):
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
         run.model.fit(
             run.x_train,
             run.y_train,
@@ -486,15 +493,20 @@ def _train_trial(cfg: dict, config_path: str, trial, metric: str) -> tuple[float
         )
     if not reported:
         raise ConfigError(f"search.objective.metric: {metric} was never reported.")
+    if lines.non_finite is not None:  # fnn train would stop with an error: a failed trial
+        return math.nan, len(reported), False
     return reported[-1], len(reported), pruned[0]
 
 
-def _work(args, raw: dict, search: dict, run_dir: Path, name: str, worker: int) -> int:
+def _work(args, raw: dict, search: dict, run_dir: Path, name: str, worker: int, cli) -> int:
     """One worker: take trial slots until the study holds ``n_trials``; returns trials run."""
     import optuna
     from optuna.trial import TrialState
 
     study, storage = _study(search, raw, run_dir, name, worker, create=False)
+    # A resumed study must not replay its first draws: offset the seed by the trials so far.
+    seed = raw.get("seed", 0) if isinstance(raw.get("seed", 0), int) else 0
+    study.sampler = _sampler(search, seed + len(study.get_trials(deepcopy=False)), worker)
     metric = search["objective"]["metric"]
     done = 0
     while True:
@@ -510,7 +522,7 @@ def _work(args, raw: dict, search: dict, run_dir: Path, name: str, worker: int) 
         with _Heartbeat(storage, trial._trial_id, search["heartbeat_s"]):
             try:
                 cfg = _validated(trial_config(raw, search["space"], params))
-                value, epochs, pruned = _train_trial(cfg, args.config, trial, metric)
+                value, epochs, pruned = _train_trial(cfg, args.config, trial, metric, cli)
             except (FnnError, FloatingPointError) as err:
                 study.tell(trial, state=TrialState.FAIL)
                 print(f"trial {trial.number}: {text} -> failed: {err}", flush=True)
@@ -675,7 +687,15 @@ def _report(study, raw: dict, search: dict, run_dir: Path) -> None:
 # The command
 
 
-def cmd_tune(args) -> int:
+class TrainPieces(NamedTuple):
+    """What a trial borrows from ``fnn train`` (:mod:`fnn.cli.commands` passes them in, so
+    that the import goes one way): ``Run(cfg, config_path)`` and the epoch-line callback."""
+
+    Run: Any
+    EpochLines: Any
+
+
+def cmd_tune(args, cli: TrainPieces) -> int:
     """``fnn tune CONFIG [--workers N] [--resume | --overwrite]``: run the search."""
     import shutil
 
@@ -691,21 +711,19 @@ def cmd_tune(args) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from fnn.cli.commands import _UsageError
-
     run_dir = Path(raw.get("run_dir") or Path("runs") / Path(args.config).stem)
     name = search["study_name"] or Path(args.config).stem
     if args.workers < 1:
-        raise _UsageError(f"--workers: expected a positive int, got {args.workers}.")
+        raise ConfigError(f"--workers: expected a positive int, got {args.workers}.")
     if args.worker_index is not None:  # a process started by --workers
-        _work(args, raw, search, run_dir, name, args.worker_index)
+        _work(args, raw, search, run_dir, name, args.worker_index, cli)
         return 0
     if args.resume and args.overwrite:
-        raise _UsageError("--resume and --overwrite exclude each other.")
+        raise ConfigError("--resume and --overwrite exclude each other.")
     db = run_dir / "study.db"
     if not search["storage"] and db.exists() and not args.resume:
         if not args.overwrite:
-            raise _UsageError(
+            raise ConfigError(
                 f"run_dir: {run_dir} already holds a study; pass --resume to continue it, "
                 "--overwrite to start again, or --set run_dir=... for a new search."
             )
@@ -721,7 +739,7 @@ def cmd_tune(args) -> int:
           f"trials, {args.workers} worker(s), objective {search['objective']['mode']} "
           f"{search['objective']['metric']}", flush=True)  # fmt: skip
     if args.workers == 1:
-        _work(args, raw, search, run_dir, name, 0)
+        _work(args, raw, search, run_dir, name, 0, cli)
     else:
         cmd = [sys.executable, "-m", "fnn", "tune", args.config]
         cmd += [a for s in args.set for a in ("--set", s)]
