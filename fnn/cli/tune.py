@@ -469,7 +469,8 @@ def _train_trial(cfg: dict, config_path: str, trial, metric: str, cli) -> tuple[
                 self.model.stop_training = True
                 return
             trial.report(value, epoch + 1)  # step = epochs done, so min_epochs means epochs
-            if trial.should_prune():
+            # Never at the last epoch: a trial that ran every epoch is complete.
+            if epoch + 1 < self.params["epochs"] and trial.should_prune():
                 pruned[0] = True
                 self.model.stop_training = True
 
