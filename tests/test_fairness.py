@@ -82,6 +82,16 @@ def test_weighted_batched_and_merged_states_equal_fairlearn():
     for i, (_, row) in enumerate(frame.by_group.iterrows()):
         for key, value in row.items():
             np.testing.assert_allclose(out[key][i], value, rtol=1e-5, atol=1e-6)
+    # Per-device states merged by lax.psum (4 of the 8 fake CPU devices) give the same table.
+    shards = lambda a: a.reshape(4, -1, *a.shape[1:])  # noqa: E731
+    psummed = jax.pmap(
+        lambda *b: jax.lax.psum(gm.update(gm.init(), *b), "d"),
+        axis_name="d",
+        devices=jax.devices()[:4],
+    )(*(shards(a) for a in (y_true, scores, codes, w)))
+    np.testing.assert_allclose(
+        psummed["counts"][0], gm.merge(*halves)["counts"], rtol=1e-5, atol=1e-4
+    )
     eo = fairlearn_metrics.equalized_odds_difference(
         y_true, (scores > 0.5).astype(int), sensitive_features=g, sample_weight=w
     )
@@ -160,6 +170,13 @@ def test_cli_fairness_key_writes_the_per_group_table(tmp_path, capsys):
             np.testing.assert_allclose(report["groups"][group][key], value, rtol=1e-5, atol=1e-6)
     dpd = fairlearn_metrics.demographic_parity_difference(y_test, y_hat, sensitive_features=g)
     np.testing.assert_allclose(report["demographic_parity_difference"], dpd, rtol=1e-5)
+    # fnn evaluate on the final checkpoint prints the same report as its last JSON line
+    code = cli.main(
+        ["evaluate", config, "--checkpoint", str(run), *(a for s in sets for a in ("--set", s))]
+    )
+    assert code == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last)["fairness"] == report
     code = cli.main(["train", config, "--set", f"run_dir={tmp_path / 'bad'}"]
                     + ["--set", "fairness.feature=99"])  # fmt: skip
     assert code == 2

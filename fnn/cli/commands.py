@@ -579,11 +579,18 @@ def cmd_evaluate(args) -> int:
 
     cfg = config_lib.load_config(args.config, args.set)
     run = Run(cfg, args.config)
+    _check_fairness(run)
     directory, ts = _restore(run, args.checkpoint)
     test = run.evaluate(run.x_test, run.y_test)
     _say(f"checkpoint {directory} (step {int(ts.step)}) on {len(run.x_test)} test examples:")
     _say("  ".join(f"test_{k} {v:.4f}" for k, v in test.items()))
     _say(json.dumps({f"test_{k}": v for k, v in test.items()}))
+    report = _fairness(run)
+    if report is not None:
+        from fnn.training.fairness import format_report
+
+        _say(f"fairness on the test split ({_fairness_source(cfg)}):\n{format_report(report)}")
+        _say(json.dumps({"fairness": report}))
     return 0
 
 
