@@ -19,6 +19,7 @@ import yaml
 pytest.importorskip("optuna")
 
 from fnn.cli import commands as cli
+from fnn.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = ROOT / "configs" / "digits_mlp_search.yaml"
@@ -163,3 +164,33 @@ def test_killed_worker_leaves_a_consistent_study_and_resume_finishes_it(tmp_path
     assert [t[0] for t in trials] == [0, 1, 2]
     assert trials[0][1] == "FAIL"
     assert {t[1] for t in trials[1:]} <= {"COMPLETE", "PRUNED"}
+
+
+def test_structured_choice_then_widths_inside_it(tmp_path):
+    """A whole `model.layers` list as a categorical (recorded by index), widths set inside
+    the chosen list afterwards, and a width that exists only in the 3-block choice."""
+    from fnn.cli import tune
+
+    blocks = [{"Dense": {"units": 32, "activation": "relu"}}]
+    two = ["Flatten", *blocks * 2, {"Dense": {"units": 10}}]
+    three = ["Flatten", *blocks * 3, {"Dense": {"units": 10}}]
+    width = {"type": "int", "low": 8, "high": 64}
+    space = {
+        "model.layers": {"type": "categorical", "choices": [two, three]},
+        "model.layers[1].Dense.units": width,
+        "model.layers[3].Dense.units": {**width, "when": {"model.layers": 1}},
+    }
+    raw, search = tune.load_search(_config(tmp_path, space=space))
+    params = {
+        "model.layers": 1,
+        "model.layers[1].Dense.units": 12,
+        "model.layers[3].Dense.units": 40,
+    }
+    layers = tune.trial_config(raw, search["space"], params)["model"]["layers"]
+    units = [e["Dense"]["units"] for e in layers[1:]]
+    assert units == [12, 32, 40, 10]
+    two_only = tune.trial_config(raw, search["space"], {"model.layers": 0})["model"]["layers"]
+    assert two_only == two
+    bad = {**space, "model.layers[3].Dense.units": {**width, "when": {"model.layers": 2}}}
+    with pytest.raises(ConfigError, match=r"when\.model\.layers: 2 is not a value of that range"):
+        tune.load_search(_config(tmp_path, name="bad.yaml", space=bad))
