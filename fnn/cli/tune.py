@@ -303,7 +303,12 @@ def _show(value: Any) -> str:
 def trial_config(raw: Mapping, space: Mapping, params: Mapping) -> dict:
     """The raw config with a trial's ``params`` (key path -> value; a structured choice's
     index) applied through the ``--set`` mechanism, in the space's order (so a whole
-    ``model.layers`` choice comes before the widths set inside it)."""
+    ``model.layers`` choice comes before the widths set inside it).
+
+    >>> space = {"optimizer.learning_rate": {"type": "float", "low": 1e-3, "high": 0.1}}
+    >>> trial_config({"optimizer": {"name": "sgd"}}, space, {"optimizer.learning_rate": 0.01})
+    {'optimizer': {'name': 'sgd', 'learning_rate': 0.01}}
+    """
     from fnn.cli import config as config_lib
 
     out = copy.deepcopy(dict(raw))
@@ -741,15 +746,16 @@ def cmd_tune(args, cli: TrainPieces) -> int:
           f"{search['objective']['metric']}", flush=True)  # fmt: skip
     if args.workers == 1:
         _work(args, raw, search, run_dir, name, 0, cli)
+        codes = [0]
     else:
         cmd = [sys.executable, "-m", "fnn", "tune", args.config]
         cmd += [a for s in args.set for a in ("--set", s)]
         procs = [subprocess.Popen([*cmd, "--worker-index", str(i)]) for i in range(args.workers)]
         codes = [p.wait() for p in procs]
-        if any(codes):
+        if any(codes):  # the study stays consistent; the table below shows what was done
             print(f"fnn tune: worker exit codes {codes}", file=sys.stderr, flush=True)
     _report(_study(search, raw, run_dir, name, 0, create=False)[0], raw, search, run_dir)
-    return 0
+    return 1 if any(codes) else 0
 
 
 def add_arguments(p) -> None:
