@@ -1140,8 +1140,13 @@ class Model:
             logits = bool(getattr(loss, "config", {}).get("from_logits", False))
             y_pred = self.predict(x, batch_size=batch_size, verbose=0, steps=steps)
             n = len(y_pred)
+            weights = None if sample_weight is None else np.asarray(sample_weight)[:n]
             logs["fairness"] = fairness.group_report(
-                np.asarray(y)[:n], y_pred, np.asarray(groups)[:n], threshold=0.0 if logits else 0.5
+                np.asarray(y)[:n],
+                y_pred,
+                np.asarray(groups)[:n],
+                threshold=0.0 if logits else 0.5,
+                sample_weight=weights,
             )
             return logs
         verbose = _is_verbose_auto(verbose)
