@@ -12,23 +12,32 @@ from fnn.distributed.placement import (
 )
 from fnn.distributed.runtime import (
     ENV_COORDINATOR_ADDRESS,
+    ENV_HEARTBEAT_TIMEOUT,
     ENV_LOCAL_DEVICE_IDS,
     ENV_NUM_PROCESSES,
     ENV_PROCESS_ID,
+    ENV_TIMEOUT,
+    EXIT_CODE,
+    DistributedConfig,
     DistributedError,
     global_batch,
     initialize,
     is_primary,
     process_batch_slice,
     process_local_batch,
+    resolve_config,
 )
 
 __all__ = [
     "ENV_COORDINATOR_ADDRESS",
+    "ENV_HEARTBEAT_TIMEOUT",
     "ENV_LOCAL_DEVICE_IDS",
     "ENV_NUM_PROCESSES",
     "ENV_PROCESS_ID",
+    "ENV_TIMEOUT",
+    "EXIT_CODE",
     "DataParallelStep",
+    "DistributedConfig",
     "DistributedError",
     "batch_mesh",
     "data_parallel",
@@ -38,6 +47,7 @@ __all__ = [
     "process_batch_slice",
     "process_local_batch",
     "replicate",
+    "resolve_config",
     "shard_batch",
     "unreplicate",
 ]

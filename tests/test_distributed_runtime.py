@@ -1,0 +1,189 @@
+"""Multi-process start-up values and failure paths of ``fnn.distributed.initialize``.
+
+The value resolution is a pure function (tested without a cluster). The failure paths run
+this file as 2 worker processes on 127.0.0.1 (gloo CPU collectives): a peer killed mid-run
+and processes that disagree on the process count must each end within a bounded time with
+one line naming the cause, never JAX's C++ abort (``SIGABRT`` and an absl stack trace).
+(A process whose peer never starts: tests/test_distributed.py.)
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import fnn.distributed as dist
+from fnn.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+HEARTBEAT_S = 2
+ABORT_SIGNS = ("Check failure stack trace", "SIGABRT", "Aborted", "client.h:80]")
+
+
+def test_resolve_config_precedence():
+    env = {
+        "FNN_COORDINATOR_ADDRESS": "fnn-host:1111",
+        "JAX_COORDINATOR_ADDRESS": "jax-host:2222",
+        "FNN_NUM_PROCESSES": "4",
+        "FNN_PROCESS_ID": "3",
+        "JAX_LOCAL_DEVICE_IDS": "0,1",
+        "FNN_DIST_TIMEOUT": "12.5",
+        "FNN_DIST_HEARTBEAT_TIMEOUT": "7",
+    }
+    # FNN_* before JAX_*; JAX_* where no FNN_* is set.
+    assert dist.resolve_config(environ=env) == dist.DistributedConfig(
+        "fnn-host:1111", 4, 3, (0, 1), 12.5, 7.0
+    )
+    # Arguments before every variable.
+    assert dist.resolve_config(
+        "arg-host:3333", 2, 0, 5, timeout_s=1, heartbeat_timeout_s=2, environ=env
+    ) == dist.DistributedConfig("arg-host:3333", 2, 0, (5,), 1.0, 2.0)
+    no_fnn = {k: v for k, v in env.items() if not k.startswith("FNN_")}
+    assert dist.resolve_config(environ=no_fnn) == dist.DistributedConfig(
+        "jax-host:2222", None, None, (0, 1), 300.0, 100.0
+    )
+    # Nothing set anywhere: every value is left to JAX's cluster detection; empty counts
+    # as unset.
+    assert dist.resolve_config(environ={"FNN_NUM_PROCESSES": " "}) == dist.DistributedConfig(
+        None, None, None, None, 300.0, 100.0
+    )
+
+
+def test_resolve_config_errors():
+    resolve = dist.resolve_config
+    with pytest.raises(
+        ConfigError, match=r"expected timeout_s > 0, got nan \(seconds, below 1e6\)"
+    ):
+        resolve(timeout_s=float("nan"), environ={})
+    with pytest.raises(ConfigError, match=r"expected heartbeat_timeout_s > 0, got -1 "):
+        resolve(heartbeat_timeout_s=-1, environ={})
+    with pytest.raises(ConfigError, match=r"seconds in \$FNN_DIST_TIMEOUT, got 'soon'"):
+        resolve(environ={"FNN_DIST_TIMEOUT": "soon"})
+    with pytest.raises(ConfigError, match=r"comma-separated integers in \$JAX_LOCAL_DEVICE_IDS"):
+        resolve(environ={"JAX_LOCAL_DEVICE_IDS": "0;1"})
+    with pytest.raises(ConfigError, match=r"expected num_processes >= 1, got True"):
+        resolve(num_processes=True, environ={})
+    with pytest.raises(ConfigError, match=r"expected process_id in 0 \.\. 3, got 4"):
+        resolve(environ={"FNN_NUM_PROCESSES": "4", "FNN_PROCESS_ID": "4"})
+    with pytest.raises(ConfigError, match=r"'host:port', got 'x{60}\.\.\.'$"):
+        resolve("x" * 500, environ={})  # bounded message
+
+
+def worker(port: int, process_id: int, num_processes: int) -> None:
+    """One process: join, then loop over cross-process barriers until killed."""
+    dist.initialize(
+        f"127.0.0.1:{port}",
+        num_processes,
+        process_id,
+        timeout_s=30,
+        heartbeat_timeout_s=HEARTBEAT_S,
+    )
+    from jax.experimental import multihost_utils
+
+    print("JOINED", flush=True)
+    for i in range(600):  # at most ~2 minutes; the test kills the peer long before
+        multihost_utils.sync_global_devices(f"step {i}")
+        time.sleep(0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(counts, port):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FNN_", "JAX_"))}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), XLA_FLAGS="")
+    return [
+        subprocess.Popen(
+            [sys.executable, __file__, "worker", str(port), str(i), str(n)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i, n in enumerate(counts)
+    ]
+
+
+def collect(procs, joined=None):
+    """Read every process's output on its own thread (``joined[i]`` set at its JOINED)."""
+    outputs = [[] for _ in procs]
+
+    def read(i):
+        for line in procs[i].stdout:
+            outputs[i].append(line)
+            if joined is not None and line.startswith("JOINED"):
+                joined[i].set()
+
+    threads = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(len(procs))]
+    for t in threads:
+        t.start()
+    return outputs, threads
+
+
+def finish(procs, threads, outputs, timeout_s):
+    """Wait at most ``timeout_s`` for every process; kill what is left and fail."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        for p in procs:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"processes still running after {timeout_s} s, killed: {outputs}")
+    finally:
+        for t in threads:
+            t.join(timeout=5)
+    return [p.returncode for p in procs], ["".join(o) for o in outputs]
+
+
+def test_peer_killed_mid_run_stops_the_survivor_with_one_line():
+    procs = start([2, 2], free_port())
+    joined = [threading.Event(), threading.Event()]
+    outputs, threads = collect(procs, joined)
+    if not all(e.wait(60) for e in joined):
+        for p in procs:
+            p.kill()
+        pytest.fail(f"processes did not join: {outputs}")
+    time.sleep(0.5)  # both inside the barrier loop
+    procs[1].kill()
+    killed_at = time.monotonic()
+    codes, text = finish(procs, threads, outputs, timeout_s=30)
+    took = time.monotonic() - killed_at
+    assert codes == [dist.EXIT_CODE, -9], text
+    lines = [ln for ln in text[0].splitlines() if ln.startswith("fnn.distributed:")]
+    assert lines == [
+        f"fnn.distributed: process 1 of 2 stopped sending heartbeats for {HEARTBEAT_S} s "
+        "(killed, crashed or its host lost?); stopping process 0. Raise heartbeat_timeout_s "
+        "($FNN_DIST_HEARTBEAT_TIMEOUT) if it was only slow."
+    ], text[0]
+    assert not any(sign in text[0] for sign in ABORT_SIGNS), text[0]
+    # Silent for HEARTBEAT_S, checked every HEARTBEAT_S / 4; JAX's own abort would only
+    # come at 2 * HEARTBEAT_S + 10 s.
+    assert took < 2 * HEARTBEAT_S + 10, took
+
+
+def test_process_count_disagreement_raises_on_each_process():
+    procs = start([2, 3], free_port())
+    outputs, threads = collect(procs)
+    codes, text = finish(procs, threads, outputs, timeout_s=60)
+    assert codes == [1, 1], text
+    for mine, theirs, out in ((0, 1, text[0]), (1, 0, text[1])):
+        counts = {0: 2, 1: 3}
+        assert (
+            f"fnn.distributed.runtime.DistributedError: fnn.distributed.initialize: process "
+            f"{mine} was started with num_processes={counts[mine]} but process {theirs} with "
+            f"num_processes={counts[theirs]}. Use the same num_processes in every process."
+        ) in out, out
+        assert "JOINED" not in out and not any(sign in out for sign in ABORT_SIGNS), out
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
+    worker(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
