@@ -70,7 +70,7 @@ def test_resolve_config_errors():
         resolve(num_processes=True, environ={})
     with pytest.raises(ConfigError, match=r"expected process_id in 0 \.\. 3, got 4"):
         resolve(environ={"FNN_NUM_PROCESSES": "4", "FNN_PROCESS_ID": "4"})
-    with pytest.raises(ConfigError, match=r"'host:port', got 'x{60}\.\.\.'$"):
+    with pytest.raises(ConfigError, match=r"'host:port', got 'x{76}\.\.\.\.$"):
         resolve("x" * 500, environ={})  # bounded message
 
 
