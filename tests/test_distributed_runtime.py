@@ -7,6 +7,7 @@ one line naming the cause, never JAX's C++ abort (``SIGABRT`` and an absl stack 
 (A process whose peer never starts: tests/test_distributed.py.)
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import fnn.distributed as dist
@@ -22,6 +24,7 @@ from fnn.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 HEARTBEAT_S = 2
+N, GLOBAL = 37, 8  # 4 global batches a epoch, 5 examples left out
 ABORT_SIGNS = ("Check failure stack trace", "SIGABRT", "Aborted", "client.h:80]")
 
 
@@ -85,6 +88,9 @@ def worker(port: int, process_id: int, num_processes: int) -> None:
     )
     from jax.experimental import multihost_utils
 
+    # This process's share of two epochs, by its real jax.process_index().
+    shards = [dist.process_epoch_indices(N, GLOBAL, epoch=e, seed=3).tolist() for e in (0, 1)]
+    print("SHARDS", json.dumps(shards), flush=True)
     print("JOINED", flush=True)
     for i in range(600):  # at most ~2 minutes; the test kills the peer long before
         multihost_utils.sync_global_devices(f"step {i}")
@@ -168,6 +174,40 @@ def test_peer_killed_mid_run_stops_the_survivor_with_one_line():
     # Silent for HEARTBEAT_S, checked every HEARTBEAT_S / 4; JAX's own abort would only
     # come at 2 * HEARTBEAT_S + 10 s.
     assert took < 2 * HEARTBEAT_S + 10, took
+    # Each process read only its half of every global batch; together: each example of the
+    # epoch's order once (the reference is the formula, one process reading everything).
+    shards = [
+        np.array(json.loads(next(ln for ln in t.splitlines() if ln.startswith("SHARDS"))[7:]))
+        for t in text
+    ]
+    for e in (0, 1):
+        order = np.random.default_rng([3, e]).permutation(N)[: 4 * GLOBAL].reshape(4, GLOBAL)
+        np.testing.assert_array_equal(np.concatenate([s[e] for s in shards], axis=1), order)
+    assert shards[0].shape == (2, 4, GLOBAL // 2)
+    assert not set(shards[0][0].ravel()) & set(shards[1][0].ravel())
+
+
+def test_process_epoch_indices_cover_each_example_once():
+    for shuffle in (False, True):
+        parts = [
+            dist.process_epoch_indices(24, 6, epoch=2, shuffle=shuffle, process_index=i,
+                                       process_count=3)
+            for i in range(3)
+        ]  # fmt: skip
+        assert all(p.shape == (4, 2) for p in parts)
+        seen = np.concatenate([p.ravel() for p in parts])
+        np.testing.assert_array_equal(np.sort(seen), np.arange(24))
+    np.testing.assert_array_equal(
+        dist.process_epoch_indices(24, 6, shuffle=False, process_index=1, process_count=3),
+        np.arange(24).reshape(4, 6)[:, 2:4],
+    )
+    one = dist.process_epoch_indices(24, 6, epoch=0, process_index=0, process_count=1)
+    other = dist.process_epoch_indices(24, 6, epoch=1, process_index=0, process_count=1)
+    assert sorted(one.ravel()) == sorted(other.ravel()) and (one != other).any()
+    with pytest.raises(ConfigError, match=r"divisible by the 4 processes, got 6\. Use 4 or 8"):
+        dist.process_epoch_indices(24, 6, process_index=0, process_count=4)
+    with pytest.raises(ConfigError, match=r"at least one global batch of 32 examples, got 24"):
+        dist.process_epoch_indices(24, 32, process_index=0, process_count=1)
 
 
 def test_process_count_disagreement_raises_on_each_process():

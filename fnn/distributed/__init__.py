@@ -24,6 +24,7 @@ from fnn.distributed.runtime import (
     initialize,
     is_primary,
     process_batch_slice,
+    process_epoch_indices,
     process_local_batch,
     resolve_config,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "initialize",
     "is_primary",
     "process_batch_slice",
+    "process_epoch_indices",
     "process_local_batch",
     "replicate",
     "resolve_config",

@@ -47,6 +47,7 @@ __all__ = [
     "initialize",
     "is_primary",
     "process_batch_slice",
+    "process_epoch_indices",
     "process_local_batch",
     "resolve_config",
 ]
@@ -543,6 +544,50 @@ def process_batch_slice(
         )
     size = global_batch_size // process_count
     return slice(process_index * size, (process_index + 1) * size)
+
+
+def process_epoch_indices(
+    num_examples: int,
+    global_batch_size: int,
+    *,
+    epoch: int = 0,
+    seed: int = 0,
+    shuffle: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> np.ndarray:
+    """The example indices this process reads in one epoch: ``[steps, global_batch / processes]``.
+
+    Every process computes the same epoch order (a permutation seeded by ``seed`` and
+    ``epoch``, or ``0 .. num_examples - 1`` without ``shuffle``), cuts it into global
+    batches and keeps its own block of each (:func:`process_batch_slice`), so row ``i`` of
+    every process together make global batch ``i`` (feed them to :func:`global_batch`) and
+    all processes together read each example once per epoch. The last
+    ``num_examples % global_batch_size`` examples of the order are left out (another set
+    each shuffled epoch), so every step has full batches.
+
+    >>> process_epoch_indices(10, 4, shuffle=False, process_index=1, process_count=2)
+    array([[2, 3],
+           [6, 7]])
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    rows = process_batch_slice(global_batch_size, process_index, process_count)
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int | np.integer):
+        raise ConfigError(
+            f"process_epoch_indices: expected an integer num_examples, got {_short(num_examples)}."
+        )
+    steps = int(num_examples) // global_batch_size
+    if steps == 0:
+        raise ConfigError(
+            f"process_epoch_indices: expected at least one global batch of {global_batch_size} "
+            f"examples, got {num_examples} examples. Use a smaller global batch size."
+        )
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(int(num_examples))
+    else:
+        order = np.arange(int(num_examples))
+    return order[: steps * global_batch_size].reshape(steps, global_batch_size)[:, rows]
 
 
 def process_local_batch(batch: PyTree) -> PyTree:
