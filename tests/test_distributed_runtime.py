@@ -77,8 +77,9 @@ def test_resolve_config_errors():
         resolve("x" * 500, environ={})  # bounded message
 
 
-def worker(port: int, process_id: int, num_processes: int) -> None:
-    """One process: join, then loop over cross-process barriers until killed."""
+def worker(port: int, process_id: int, num_processes: int, raise_on: int = -1) -> None:
+    """One process: join, pass a cross-process barrier, then work locally until killed;
+    or, given ``raise_on``, loop over barriers until that process raises at step 3."""
     dist.initialize(
         f"127.0.0.1:{port}",
         num_processes,
@@ -91,10 +92,17 @@ def worker(port: int, process_id: int, num_processes: int) -> None:
     # This process's share of two epochs, by its real jax.process_index().
     shards = [dist.process_epoch_indices(N, GLOBAL, epoch=e, seed=3).tolist() for e in (0, 1)]
     print("SHARDS", json.dumps(shards), flush=True)
-    print("JOINED", flush=True)
+    multihost_utils.sync_global_devices("joined")
+    print("JOINED", flush=True)  # the test kills a peer only after this: outside collectives
+    if raise_on < 0:
+        # Outside a collective, only the watchdog notices a dead peer. (Inside one, gloo
+        # raises "Connection closed by peer" at once: a Python error, exit status 1.)
+        time.sleep(120)
     for i in range(600):  # at most ~2 minutes; the test kills the peer long before
         multihost_utils.sync_global_devices(f"step {i}")
         time.sleep(0.2)
+        if i == 3 and process_id == raise_on:
+            raise RuntimeError(f"boom in process {process_id}")
 
 
 def free_port() -> int:
@@ -103,12 +111,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(counts, port):
+def start(counts, port, *extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FNN_", "JAX_"))}
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), XLA_FLAGS="")
     return [
         subprocess.Popen(
-            [sys.executable, __file__, "worker", str(port), str(i), str(n)],
+            [sys.executable, __file__, "worker", str(port), str(i), str(n), *extra],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -210,6 +218,23 @@ def test_process_epoch_indices_cover_each_example_once():
         dist.process_epoch_indices(24, 32, process_index=0, process_count=1)
 
 
+def test_peer_error_stops_the_others_at_once():
+    """Process 0 (the coordinator's host) raises: process 1 stops with one line naming the
+    error, and neither waits in JAX's shutdown barrier or aborts in C++."""
+    procs = start([2, 2], free_port(), "0")
+    outputs, threads = collect(procs)
+    codes, text = finish(procs, threads, outputs, timeout_s=60)
+    assert codes == [1, dist.EXIT_CODE], text
+    assert "RuntimeError: boom in process 0" in text[0]
+    lines = [ln for ln in text[1].splitlines() if ln.startswith("fnn.distributed:")]
+    assert lines == [
+        "fnn.distributed: process 0 of 2 ended with an error (RuntimeError: boom in process 0);"
+        " stopping process 1."
+    ], text[1]
+    for out in text:
+        assert not any(sign in out for sign in ABORT_SIGNS), out
+
+
 def test_process_count_disagreement_raises_on_each_process():
     procs = start([2, 3], free_port())
     outputs, threads = collect(procs)
@@ -226,4 +251,4 @@ def test_process_count_disagreement_raises_on_each_process():
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
-    worker(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    worker(*(int(a) for a in sys.argv[2:]))

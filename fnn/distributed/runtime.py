@@ -403,7 +403,7 @@ def _agree_on_process_count(timeout_s: float) -> None:
     for peer in peers:
         try:
             theirs = int(client.blocking_key_value_get(f"{_KV_PREFIX}/num_processes/{peer}", ms))
-        except Exception as err:
+        except Exception as err:  # JAX's runtime error type is not public
             raise DistributedError(
                 f"fnn.distributed.initialize: process {rank} of {n} got no process count "
                 f"from process {peer} within {timeout_s:.0f} s "
@@ -459,7 +459,7 @@ class _Watchdog:
                             f"{self.rank}. Raise heartbeat_timeout_s (${ENV_HEARTBEAT_TIMEOUT})"
                             " if it was only slow."
                         )
-            except Exception as err:
+            except Exception as err:  # any failed call means the store is unreachable
                 if self.exiting:
                     return  # process 0 shut its coordinator down first: a normal end
                 _stop(
@@ -471,7 +471,7 @@ class _Watchdog:
     def _try_get(self, key: str) -> str | None:
         try:
             return self.client.key_value_try_get(key)
-        except Exception as err:
+        except Exception as err:  # a key not written yet is an error, too
             if "NOT_FOUND" in str(err):
                 return None
             raise
@@ -489,11 +489,20 @@ class _Watchdog:
         # Runs before JAX's own exit handler (atexit is last-in first-out), which then
         # waits for every peer in its shutdown barrier while the heartbeats go on.
         self.exiting = True
-        if self.failed:
-            with contextlib.suppress(Exception):  # best effort on the way out
-                self.client.key_value_set(
-                    self.key(self.rank), f"failed {self.failed}", allow_overwrite=True
-                )
+        if not self.failed:
+            return
+        with contextlib.suppress(Exception):  # best effort on the way out
+            self.client.key_value_set(
+                self.key(self.rank), f"failed {self.failed}", allow_overwrite=True
+            )
+        # The peers stop when they read this. JAX's shutdown would wait for them and then
+        # abort in C++ once they are gone, so leave now (the traceback is already printed);
+        # process 0 hosts the store, so it gives them time to read it first.
+        if self.rank == 0:
+            time.sleep(2 * self.interval_s + 0.5)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_CODE)
 
 
 def _start_watchdog(timeout_s: float) -> None:
