@@ -442,8 +442,13 @@ class _Watchdog:
             try:
                 self.client.key_value_set(self.key(self.rank), value, allow_overwrite=True)
                 now = time.monotonic()
+                # One call reads every heartbeat: n calls a round for n processes, not n^2.
+                beats = {
+                    key.rsplit("/", 1)[-1]: v
+                    for key, v in self.client.key_value_dir_get(f"{_KV_PREFIX}/alive/")
+                }
                 for peer, (last, since) in list(seen.items()):
-                    theirs = self._try_get(self.key(peer))
+                    theirs = beats.get(str(peer))
                     if theirs is not None and theirs.startswith("failed"):
                         _stop(
                             f"process {peer} of {self.n} ended with an error "
@@ -467,14 +472,6 @@ class _Watchdog:
                     f"({str(err).splitlines()[0][:120]}); stopping."
                 )
             time.sleep(self.interval_s)
-
-    def _try_get(self, key: str) -> str | None:
-        try:
-            return self.client.key_value_try_get(key)
-        except Exception as err:  # a key not written yet is an error, too
-            if "NOT_FOUND" in str(err):
-                return None
-            raise
 
     def excepthook(self, previous):
         def hook(kind, value, tb):
