@@ -89,7 +89,9 @@ def on_files(files, config):
     aliases = public_aliases()
     for module in public_modules():
         files.append(
-            File.generated(config, page_path(module), content=page_text(module, aliases.get(module, [])))
+            File.generated(
+                config, page_path(module), content=page_text(module, aliases.get(module, []))
+            )
         )
     return files
 

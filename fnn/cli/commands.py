@@ -289,6 +289,7 @@ class _EpochLines(Callback):
 
 
 def cmd_train(args) -> int:
+    """``fnn train CONFIG``: fit the configured model and write the run directory; exit code."""
     import jax
 
     from fnn.cli import config as config_lib
@@ -499,6 +500,7 @@ def _restore(run: Run, path: str):
 
 
 def cmd_evaluate(args) -> int:
+    """``fnn evaluate CONFIG --checkpoint DIR``: test-split metrics of a checkpoint; exit code."""
     from fnn.cli import config as config_lib
 
     cfg = config_lib.load_config(args.config, args.set)
@@ -542,6 +544,7 @@ def load_inputs(path: str) -> np.ndarray:
 
 
 def cmd_predict(args) -> int:
+    """``fnn predict CONFIG --checkpoint DIR --input FILE``: write predictions; exit code."""
     from fnn.cli import config as config_lib
 
     cfg = config_lib.load_config(args.config, args.set)
@@ -582,6 +585,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_summary(args) -> int:
+    """``fnn summary CONFIG``: print the configured model's layers and shapes; exit code."""
     from fnn.cli import config as config_lib
     from fnn.core.summary import summary
 
@@ -600,6 +604,7 @@ def cmd_summary(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``argparse`` parser of the ``fnn`` command and its four subcommands."""
     parser = argparse.ArgumentParser(
         prog="fnn", description="Train, evaluate and inspect fnn models from YAML configs."
     )
