@@ -5,11 +5,14 @@ blocks, and the generated reference covers every public module (see docs/hooks/)
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import docs_site
+import pytest
 
 ROOT = docs_site.ROOT
 
@@ -95,3 +98,48 @@ def test_reference_has_a_page_per_public_module_and_dense_is_documented():
     assert (
         "[..., in_features] -&gt; [..., units]" in (site / "api/fnn.layers/index.html").read_text()
     )
+
+
+# The three pages a reader opens first; the Dense anchor is on the fnn.layers page.
+READER_PAGES = {
+    "home": ("index.html", "fnn"),
+    "dense": ("api/fnn.layers/index.html", "Dense"),
+    "guide": ("guides/layer_protocol/index.html", "The layer protocol"),
+}
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.parametrize("page", sorted(READER_PAGES))
+def test_pages_render_in_headless_chromium(page, tmp_path):
+    """Chromium (Debian's ``chromium``) loads the page, runs Material's scripts, and the DOM
+    it ends with has the headings and code blocks; a screenshot (kept in tmp, out of the
+    repository) is not blank."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (the HTML itself is checked above)")
+    site = docs_site.built_site()
+    path, heading = READER_PAGES[page]
+    url = (site / path).as_uri()
+    flags = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    flags += ["--virtual-time-budget=3000", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    parser = _Outline()
+    parser.feed(dom.stdout)
+    texts = [text.split("(")[0].strip() for _, text in parser.headings]
+    assert heading in texts, f"{page}: heading {heading!r} not rendered; got {texts[:10]}"
+    assert parser.code_blocks >= 1, f"{page}: no code block rendered"
+    shot = tmp_path / f"{page}.png"
+    subprocess.run(
+        [*flags, "--window-size=1280,1200", f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    from PIL import Image
+
+    colors = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 16)
+    assert colors is None or len(colors) > 16, f"{page}: the screenshot is blank"
