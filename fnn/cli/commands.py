@@ -290,6 +290,7 @@ class _EpochLines(Callback):
 
 
 def cmd_train(args) -> int:
+    """``fnn train CONFIG``: fit the configured model and write the run directory; exit code."""
     import jax
 
     from fnn.cli import config as config_lib
@@ -575,6 +576,7 @@ def _restore(run: Run, path: str):
 
 
 def cmd_evaluate(args) -> int:
+    """``fnn evaluate CONFIG --checkpoint DIR``: test-split metrics of a checkpoint; exit code."""
     from fnn.cli import config as config_lib
 
     cfg = config_lib.load_config(args.config, args.set)
@@ -625,6 +627,7 @@ def load_inputs(path: str) -> np.ndarray:
 
 
 def cmd_predict(args) -> int:
+    """``fnn predict CONFIG --checkpoint DIR --input FILE``: write predictions; exit code."""
     from fnn.cli import config as config_lib
 
     cfg = config_lib.load_config(args.config, args.set)
@@ -672,6 +675,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_summary(args) -> int:
+    """``fnn summary CONFIG``: print the configured model's layers and shapes; exit code."""
     from fnn.cli import config as config_lib
     from fnn.core.summary import summary
 
@@ -690,6 +694,7 @@ def cmd_summary(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``argparse`` parser of the ``fnn`` command and its four subcommands."""
     parser = argparse.ArgumentParser(
         prog="fnn", description="Train, evaluate and inspect fnn models from YAML configs."
     )

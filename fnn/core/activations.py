@@ -23,12 +23,12 @@ def linear(x):
 
 
 def gelu(x):
-    """Exact GELU (Keras's default, ``approximate=False``)."""
+    """Exact GELU, elementwise (Keras's default, ``approximate=False``)."""
     return jax.nn.gelu(x, approximate=False)
 
 
 def leaky_relu(x, negative_slope: float = 0.2):
-    """Leaky ReLU with Keras 3's default slope 0.2."""
+    """Leaky ReLU, elementwise, with Keras 3's default slope 0.2."""
     return jax.nn.leaky_relu(x, negative_slope)
 
 
@@ -43,12 +43,12 @@ def log_softmax(x):
 
 
 def hard_sigmoid(x):
-    """Keras 3 hard sigmoid: ``relu6(x + 3) / 6``."""
+    """Keras 3 hard sigmoid, elementwise: ``relu6(x + 3) / 6``."""
     return jax.nn.relu6(x + 3.0) / 6.0
 
 
 def mish(x):
-    """``x * tanh(softplus(x))``."""
+    """``x * tanh(softplus(x))``, elementwise."""
     return x * jnp.tanh(jax.nn.softplus(x))
 
 

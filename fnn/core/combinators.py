@@ -87,7 +87,8 @@ def as_inputs(outputs: Any) -> tuple:
 
 
 def call_child(key: str, child: Layer, params, state, inputs: tuple, rng, train: bool, **kwargs):
-    """``child.apply`` on ``inputs``; records the call when ``summary`` is tracing."""
+    """``child.apply`` on the ``inputs`` tuple (any shapes); records the call when ``summary`` is
+    tracing."""
     records = _RECORDER.get()
     if records is None:
         return child.apply(params, state, *inputs, rng=rng, train=train, **kwargs)

@@ -107,6 +107,7 @@ def call(layer, args: tuple, kwargs: dict, owner: Any = None) -> Any:
 
 
 def layer_weights(layer, what: str = "get_weights") -> tuple:
+    """The ``(params, state)`` a layer stored at its first eager call; ``ConfigError`` if none."""
     weights = stored(layer)
     if weights is None:
         raise ConfigError(

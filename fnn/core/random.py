@@ -67,7 +67,8 @@ def randint(shape, minval, maxval, dtype="int32", seed=None) -> jax.Array:
 
 
 def dropout(inputs, rate: float, noise_shape=None, seed=None) -> jax.Array:
-    """``inputs`` with a ``rate`` fraction zeroed and the rest scaled by ``1 / (1 - rate)``."""
+    """``inputs`` with a ``rate`` fraction zeroed and the rest scaled by ``1 / (1 - rate)``
+    (same shape as ``inputs``)."""
     shape = tuple(noise_shape) if noise_shape is not None else jnp.shape(inputs)
     keep = jax.random.bernoulli(_key(seed), 1.0 - rate, shape)
     return jnp.where(keep, inputs / (1.0 - rate), jnp.zeros_like(inputs))

@@ -25,7 +25,7 @@ __all__ = ["ArrayLike", "unwrap", "unwrap_tree"]
 
 
 def unwrap(x):
-    """``x.value`` for a variable, else ``x``."""
+    """``x.value`` for a variable, else ``x`` (the shape is unchanged)."""
     return x.value if getattr(x, "_fnn_variable", False) else x
 
 

@@ -44,7 +44,7 @@ def _is_array(x) -> bool:
 
 
 def is_array_tree(x) -> bool:
-    """Arrays, or tuples/lists/dicts of arrays (not generators or datasets)."""
+    """Arrays of any shape, or tuples/lists/dicts of them (not generators or datasets)."""
     if x is None:
         return True
     if isinstance(x, dict):

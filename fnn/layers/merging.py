@@ -91,7 +91,10 @@ def _merge_function(factory):
         return factory(*args, **kwargs)(list(inputs))
 
     merge.__name__ = factory.__name__.lower()
-    merge.__doc__ = f"``{factory.__name__}(...)(inputs)`` in one call (Keras's functional form)."
+    merge.__doc__ = (
+        f"``{factory.__name__}(...)(inputs)`` in one call (Keras's functional form): "
+        "a list of arrays -> one array."
+    )
     return merge
 
 

@@ -166,6 +166,7 @@ def hyperparam_states(opt_state) -> list:
 
 
 def map_hyperparam_states(opt_state, fn):
+    """``opt_state`` with ``fn`` applied to every ``optax.inject_hyperparams`` state in it."""
     hyper = getattr(opt_state, "hyperparams", None)
     if isinstance(hyper, Mapping) and "learning_rate" in hyper:
         return fn(opt_state)

@@ -222,6 +222,7 @@ def check_trainable_count(params, paths) -> tuple[int, int]:
 
 
 def not_built_message(name: str) -> str:
+    """The error text for reading weights or shapes of the unbuilt model ``name``."""
     return (
         f"{name}: the model is not built yet, so it has no weights or shapes to show. Build it "
         "with model.build((None, ...)), start it with fnn.Input(shape) as its first layer, or "
@@ -230,6 +231,7 @@ def not_built_message(name: str) -> str:
 
 
 def require_layer(model, what):
+    """``model.layer``; ``ConfigError`` naming ``what`` when the model has no layers."""
     if model.layer is None:
         raise ConfigError(f"{model.name}: {what} needs layers; the model has none.")
     return model.layer

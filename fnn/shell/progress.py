@@ -38,6 +38,7 @@ def format_logs(logs: Mapping | None) -> str:
 
 
 def is_tty(file) -> bool:
+    """Whether ``file`` is an interactive terminal (the progress bar redraws only there)."""
     isatty = getattr(file, "isatty", None)
     try:
         return bool(isatty and isatty())

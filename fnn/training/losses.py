@@ -176,7 +176,8 @@ def check_batch_axis(name: str, y_pred) -> None:
 
 
 def check_sparse_labels(name: str, y_true, num_classes: int, *, ignore_class=None) -> None:
-    """Raise ``ConfigError`` if concrete integer labels fall outside ``[0, num_classes)``.
+    """Raise ``ConfigError`` if concrete integer labels (``y_true`` of any shape) fall outside
+    ``[0, num_classes)``.
 
     Only concrete arrays are checked (inside ``jit`` labels are tracers, and an
     out-of-range label would silently give a one-hot row of zeros): call it on the host
