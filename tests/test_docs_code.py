@@ -22,12 +22,7 @@ ILLUSTRATION = "<!-- illustration -->"
 # README blocks known not to run on their own (README.md is edited by the lead only): the
 # start of the block's code -> why. Such a block is run and must still fail (then the page
 # is reported as xfail); once it runs, this entry has to go.
-KNOWN_BROKEN = {
-    "model = fnn.Sequential()\nmodel.add(fnn.Input(shape=(8, 8, 1)))": (
-        "README 'The Keras-style shell' block uses Conv2D/MaxPooling2D/Flatten/Dense and "
-        "x_train/y_train/x_val/y_val/x_test without importing or defining them"
-    ),
-}
+KNOWN_BROKEN: dict[str, str] = {}
 
 
 def python_blocks(text: str) -> list[tuple[int, str, bool]]:
