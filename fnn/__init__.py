@@ -27,8 +27,8 @@ from fnn.shell import callbacks, models
 from fnn.shell.model import Input, Model, Sequential
 from fnn.shell.saving import load_model, save_model
 from fnn.training import explain, losses, metrics, optimizers
-from fnn.training.ensemble import ensemble
 from fnn.training import step as train
+from fnn.training.ensemble import ensemble
 
 __version__ = "0.1.0"
 

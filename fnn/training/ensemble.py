@@ -23,7 +23,7 @@ new sweep values reuse the compiled step (``CompileCounter`` counts XLA compiles
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -240,8 +240,8 @@ class CompileCounter:
     1
     """
 
-    _active: list[CompileCounter] = []
-    _registered = False
+    _active: ClassVar[list[CompileCounter]] = []
+    _registered: ClassVar[bool] = False
 
     def __init__(self):
         self.count = 0

@@ -662,14 +662,14 @@ def check_batch(layer: Layer, loss, params, state, batch, *, out=None) -> None:
 
 # Per-example gradients, DP-SGD, vmapped ensembles and sweeps, weight averaging: built on
 # the steps above, exported here so that ``fnn.train`` is the one functional namespace.
-from fnn.training.averaging import (  # noqa: E402
+from fnn.training.averaging import (  # noqa: E402, F401
     AveragedState,
     averaged_params,
     uniform_soup,
     with_ema,
     with_swa,
 )
-from fnn.training.ensemble import (  # noqa: E402
+from fnn.training.ensemble import (  # noqa: E402, F401
     CompileCounter,
     compute_member_metrics,
     ensemble,
@@ -681,7 +681,7 @@ from fnn.training.ensemble import (  # noqa: E402
     sweep_optimizer,
     sweep_table,
 )
-from fnn.training.privacy import (  # noqa: E402
+from fnn.training.privacy import (  # noqa: E402, F401
     clip_by_global_norm,
     dp_epsilon,
     make_dp_train_step,
