@@ -22,6 +22,7 @@ new sweep values reuse the compiled step (``CompileCounter`` counts XLA compiles
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -68,7 +69,9 @@ def ensemble(layer: Layer, n: int, *, name: str | None = None) -> Layer:
     name = name or f"{layer.name}_ensemble"
 
     def init(key, *inputs):
-        return jax.vmap(lambda k: layer.init(k, *inputs))(jax.random.split(key, n))
+        # One compiled program instead of n-wide eager ops (which compile one by one).
+        members = jax.jit(jax.vmap(lambda k: layer.init(k, *inputs)))
+        return members(jax.random.split(key, n))
 
     def apply(params, state, *inputs, rng=None, train=False):
         lead = {jnp.shape(a)[0] for a in jax.tree.leaves(params)}
@@ -98,7 +101,7 @@ def init_ensemble_train_state(
     def one(k):
         return step_lib.init_train_state(layer, optimizer, k, *example_inputs, **kwargs)
 
-    return jax.vmap(one)(jax.random.split(key, n))
+    return jax.jit(jax.vmap(one))(jax.random.split(key, n))
 
 
 def make_ensemble_train_step(
@@ -159,19 +162,25 @@ def predictive_stats(member_outputs, *, from_logits: bool = True) -> dict[str, j
 # --------------------------------------------------------------------------- sweeps
 
 
-def sweep_optimizer(name: str, **fixed) -> Callable[..., optax.GradientTransformation]:
-    """A factory ``make(**hyperparams) -> optax transformation``: the fnn optimizer
-    ``name`` (``fnn.optimizers.get(name, **fixed, **hyperparams)``) under
-    ``optax.inject_hyperparams``, so the swept values (``learning_rate``, or any numeric
-    argument of that optimizer such as ``beta_1``, ``momentum``, adamw's ``weight_decay``)
-    live in ``opt_state.hyperparams``."""
+def sweep_optimizer(
+    name: str, hyperparams: Mapping[str, Any], **fixed
+) -> optax.GradientTransformation:
+    """The fnn optimizer ``name`` (``fnn.optimizers.get(name, **fixed, **hyperparams)``)
+    under ``optax.inject_hyperparams``: the ``hyperparams`` (``learning_rate``, or any
+    numeric argument of that optimizer such as ``beta_1``, ``momentum``, adamw's
+    ``weight_decay``) live in ``opt_state.hyperparams``, values rather than constants of
+    the compiled program."""
     if not isinstance(name, str):
         raise ConfigError(f"sweep_optimizer: expected an optimizer name, got {name!r}.")
 
-    def build(**hyperparams):
-        return optimizers_lib.get(name, **fixed, **hyperparams)
+    def build(**values):
+        return optimizers_lib.get(name, **fixed, **values)
 
-    return optax.inject_hyperparams(build)
+    # inject_hyperparams binds its arguments to the factory's signature, so spell it out.
+    build.__signature__ = inspect.Signature(
+        [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY) for k in hyperparams]
+    )
+    return optax.inject_hyperparams(build)(**hyperparams)
 
 
 def init_sweep_train_state(
@@ -202,7 +211,7 @@ def init_sweep_train_state(
         )
     n = _check_members("init_sweep_train_state", next(iter(sizes.values())))
     values = {k: jnp.asarray(v, jnp.float32) for k, v in hyperparams.items()}
-    tx = sweep_optimizer(optimizer, **dict(fixed or {}))(**{k: v[0] for k, v in values.items()})
+    tx = sweep_optimizer(optimizer, {k: v[0] for k, v in values.items()}, **dict(fixed or {}))
     keys = jnp.stack([key] * n) if same_init else jax.random.split(key, n)
 
     def one(k, vals):
@@ -211,7 +220,7 @@ def init_sweep_train_state(
         hp.update({name: v.astype(jnp.asarray(hp[name]).dtype) for name, v in vals.items()})
         return ts._replace(opt_state=ts.opt_state._replace(hyperparams=hp))
 
-    return jax.vmap(one)(keys, values), tx
+    return jax.jit(jax.vmap(one))(keys, values), tx
 
 
 def sweep_table(hyperparams: Mapping[str, Sequence[float]], results: Mapping[str, Any]) -> str:

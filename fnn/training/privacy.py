@@ -72,7 +72,7 @@ def per_example_grads(
 def clip_by_global_norm(grads, l2_norm_clip: float):
     """``grads * min(1, l2_norm_clip / ||grads||)`` (global l2 norm over all leaves of one
     example's gradient tree); returns ``(clipped, norm)``."""
-    norm = optax.global_norm(grads)
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
     factor = jnp.minimum(1.0, l2_norm_clip / jnp.maximum(norm, 1e-12))
     return jax.tree.map(lambda g: g * factor.astype(g.dtype), grads), norm
 
@@ -98,7 +98,9 @@ def make_dp_train_step(
     Model state (e.g. BatchNorm statistics) is not updated: batch statistics mix examples,
     which per-example clipping cannot bound. ``sample_weight`` is not supported.
     """
-    if l2_norm_clip <= 0 or noise_multiplier < 0:
+    concrete = not any(isinstance(v, jax.core.Tracer) for v in (l2_norm_clip, noise_multiplier))
+    # Traced values are allowed (e.g. a noise sweep under one jit); only concrete ones are checked.
+    if concrete and (l2_norm_clip <= 0 or noise_multiplier < 0):
         raise ConfigError(
             "make_dp_train_step: expected l2_norm_clip > 0 and noise_multiplier >= 0, got "
             f"l2_norm_clip={l2_norm_clip}, noise_multiplier={noise_multiplier}."
