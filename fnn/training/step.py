@@ -656,34 +656,3 @@ def check_batch(layer: Layer, loss, params, state, batch, *, out=None) -> None:
             f"expected sample_weight of shape ({y.shape[0]},) (one per example), got shape "
             f"{np.shape(sw)}."
         )
-
-
-# --------------------------------------------------------------------------- research
-
-# Per-example gradients, DP-SGD, vmapped ensembles and sweeps, weight averaging: built on
-# the steps above, exported here so that ``fnn.train`` is the one functional namespace.
-from fnn.training.averaging import (  # noqa: E402, F401
-    AveragedState,
-    averaged_params,
-    uniform_soup,
-    with_ema,
-    with_swa,
-)
-from fnn.training.ensemble import (  # noqa: E402, F401
-    CompileCounter,
-    compute_member_metrics,
-    ensemble,
-    init_ensemble_train_state,
-    init_sweep_train_state,
-    make_ensemble_train_step,
-    member_orders,
-    predictive_stats,
-    sweep_optimizer,
-    sweep_table,
-)
-from fnn.training.privacy import (  # noqa: E402, F401
-    clip_by_global_norm,
-    dp_epsilon,
-    make_dp_train_step,
-    per_example_grads,
-)
