@@ -202,6 +202,8 @@ def test_ensemble_layer_and_predictive_stats(data):
     x, _ = data
     members = fnn.ensemble(MLP, 4)
     params, state = members.init(jax.random.key(0), x)
+    abstract = jax.eval_shape(members.init, jax.random.key(0), x)[0]
+    assert jax.tree.map(jnp.shape, abstract) == jax.tree.map(jnp.shape, params)
     keys = jax.random.split(jax.random.key(0), 4)
     out, _ = jax.jit(members.apply)(params, state, x)
     alone = jax.jit(lambda k: MLP.apply(MLP.init(k, x)[0], {}, x)[0])
