@@ -26,8 +26,9 @@ from fnn.io.saving import load_weights, save_weights
 from fnn.shell import callbacks, models
 from fnn.shell.model import Input, Model, Sequential
 from fnn.shell.saving import load_model, save_model
-from fnn.training import losses, metrics, optimizers
+from fnn.training import explain, losses, metrics, optimizers
 from fnn.training import step as train
+from fnn.training.ensemble import ensemble
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ for _name, _module in {
     "checkpoint": checkpoint,
     "datasets": datasets,
     "errors": errors,
+    "explain": explain,
     "initializers": initializers,
     "losses": losses,
     "metrics": metrics,
@@ -70,7 +72,9 @@ __all__ = [
     "data_parallel",
     "datasets",
     "distributed",
+    "ensemble",
     "errors",
+    "explain",
     "fan_out",
     "initializers",
     "layers",

@@ -2,6 +2,34 @@
 (``fnn.train``) and the one host-side loop over them (``loop``). Imports only
 ``fnn.core`` and ``fnn.layers``."""
 
-from fnn.training import loop, losses, metrics, optimizers, step
+from fnn.training import (
+    averaging,
+    ensemble,
+    explain,
+    loop,
+    losses,
+    metrics,
+    optimizers,
+    privacy,
+    step,
+)
 
-__all__ = ["loop", "losses", "metrics", "optimizers", "step"]
+# ``fnn.train`` (the ``step`` module) is the one functional namespace: it also offers the
+# helpers built on top of it (per-example gradients and DP-SGD, vmapped ensembles and
+# sweeps, weight averaging), which import ``step`` and so cannot be imported by it.
+for _module in (averaging, ensemble, privacy):
+    for _name in _module.__all__:
+        setattr(step, _name, getattr(_module, _name))
+del _module, _name
+
+__all__ = [
+    "averaging",
+    "ensemble",
+    "explain",
+    "loop",
+    "losses",
+    "metrics",
+    "optimizers",
+    "privacy",
+    "step",
+]

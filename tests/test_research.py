@@ -1,0 +1,365 @@
+"""Per-example gradients and DP-SGD, vmapped ensembles and sweeps, attributions and weight
+averaging, each against its definition (a loop over examples or members, a formula, the
+dp-accounting accountant)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fnn
+from fnn.layers import Dense, Flatten
+
+LOSS = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
+MLP = fnn.serial(Dense(8, activation="tanh"), Dense(3))
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=16).astype(np.int32)
+    return jnp.asarray(x), jnp.asarray(y)
+
+
+@pytest.fixture(scope="module")
+def mlp_params(data):
+    return MLP.init(jax.random.key(1), data[0])[0]
+
+
+def _example_loss(params, x, y):
+    return LOSS(y[None], MLP.apply(params, {}, x[None])[0])
+
+
+_GRAD1 = jax.jit(jax.grad(_example_loss))  # the reference: one example at a time
+
+
+def _close(a, b, **kw):
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, **kw), a, b)
+
+
+# --------------------------------------------------------------------------- privacy
+
+
+def test_per_example_grads_equal_a_loop_over_examples(data, mlp_params):
+    x, y = data
+    loop = [_GRAD1(mlp_params, x[i], y[i]) for i in range(len(x))]
+    want = jax.tree.map(lambda *g: np.stack(g), *loop)
+    _close(fnn.train.per_example_grads(_example_loss, mlp_params, x, y), want, atol=1e-6)
+    chunked = jax.jit(lambda p: fnn.train.per_example_grads(_example_loss, p, x, y, chunk_size=4))
+    _close(chunked(mlp_params), want, atol=1e-6)
+    with pytest.raises(fnn.ConfigError, match="chunk_size dividing the batch size 16"):
+        fnn.train.per_example_grads(_example_loss, mlp_params, x, y, chunk_size=5)
+
+
+@jax.jit
+def _dp_step(ts, batch, clip, noise):
+    # clip and noise traced: one compiled DP step serves every test below.
+    step = fnn.train.make_dp_train_step(
+        MLP, LOSS, optax.sgd(1.0), l2_norm_clip=clip, noise_multiplier=noise, chunk_size=8
+    )
+    return step(ts, batch)
+
+
+def _dp_one_step(data, clip, noise):
+    x, y = data
+    ts = fnn.train.init_train_state(MLP, optax.sgd(1.0), jax.random.key(1), x)
+    return ts, *_dp_step(ts, (x, y), clip, noise)
+
+
+def test_dp_step_clips_every_example_then_averages(data, mlp_params):
+    x, y = data
+    clip = 0.05
+    ts, new, logs = _dp_one_step(data, clip, 0.0)
+    # Reference: clip each example's flattened gradient in numpy, average, one SGD step.
+    flat = []
+    for i in range(len(x)):
+        g = _GRAD1(ts.params, x[i], y[i])
+        leaves = [np.asarray(v, np.float64) for v in jax.tree.leaves(g)]
+        norm = math.sqrt(sum(float((v**2).sum()) for v in leaves))
+        assert norm > clip  # so clipping is exercised for every example
+        flat.append([v * min(1.0, clip / norm) for v in leaves])
+        # every contribution is bounded by the clip norm
+        assert math.sqrt(sum(float((v**2).sum()) for v in flat[-1])) <= clip * (1 + 1e-6)
+    mean = [np.mean(vs, axis=0) for vs in zip(*flat)]
+    want = [p - m for p, m in zip(jax.tree.leaves(ts.params), mean)]
+    _close(jax.tree.leaves(new.params), want, atol=1e-6)
+    assert float(logs["clipped_fraction"]) == 1.0
+
+
+def test_dp_step_without_noise_and_large_clip_is_the_ordinary_step(data):
+    x, y = data
+    ts, new, logs = _dp_one_step(data, 1e6, 0.0)
+    plain = jax.jit(fnn.train.make_train_step(MLP, LOSS, optax.sgd(1.0)))(ts, (x, y))
+    _close(new.params, plain[0].params, atol=1e-6)
+    np.testing.assert_allclose(logs["loss"], plain[1]["loss"], rtol=1e-6)
+
+
+def test_dp_noise_has_std_noise_multiplier_times_clip_over_batch(data):
+    clip, noise, n = 0.05, 2.0, len(data[0])
+    ts, new, _ = _dp_one_step(data, clip, noise)
+    _, exact, _ = _dp_one_step(data, clip, 0.0)
+    # Same clipped mean in both; what is left is the Gaussian noise / batch size.
+    resid = np.concatenate(
+        [
+            np.ravel(a - b)
+            for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(exact.params))
+        ]
+    )
+    assert resid.size == 4 * 8 + 8 + 8 * 3 + 3
+    # std of a sample of 67 normals: within 25% with probability > 0.99
+    np.testing.assert_allclose(resid.std() * n, noise * clip, rtol=0.25)
+    assert abs(resid.mean() * n) < 4 * noise * clip / math.sqrt(resid.size)
+
+
+def test_epsilon_of_published_settings():
+    from dp_accounting.rdp import rdp_privacy_accountant as rdp
+
+    # TF-Privacy's MNIST tutorial (Abadi et al.'s setting): N=60000, batch 256, noise 1.1,
+    # 60 epochs, delta 1e-5 -> eps = 3.01 with the classic RDP -> (eps, delta) conversion
+    # eps = min_a rdp(a) - log(delta) / (a - 1) over TF-Privacy's orders.
+    q, steps = 256 / 60000, math.ceil(60 * 60000 / 256)
+    orders = np.array([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
+    curve = rdp._compute_rdp_poisson_subsampled_gaussian(q, 1.1, orders) * steps
+    assert round(float(np.min(curve - math.log(1e-5) / (orders - 1))), 2) == 3.01
+    setting = dict(num_examples=60000, batch_size=256, noise_multiplier=1.1, delta=1e-5)
+    eps_rdp = fnn.train.dp_epsilon(epochs=60, **setting)
+    eps_pld = fnn.train.dp_epsilon(epochs=60, accountant="pld", **setting)
+    # dp-accounting's conversion is tighter than the classic one, PLD tighter still.
+    assert eps_pld < eps_rdp < 3.01
+    assert fnn.train.dp_epsilon(steps=steps, **setting) == eps_rdp
+    # dp-accounting's documented Gaussian: sigma 4.530877117, one full-batch step is
+    # (1, 1e-6)-DP by RDP (rdp_privacy_accountant_test); PLD's exact value is smaller.
+    one = dict(num_examples=10, batch_size=10, noise_multiplier=4.530877117, delta=1e-6, steps=1)
+    np.testing.assert_allclose(fnn.train.dp_epsilon(**one), 1.0, atol=1e-5)
+    assert fnn.train.dp_epsilon(accountant="pld", **one) < 1.0
+    with pytest.raises(fnn.ConfigError, match="exactly one of epochs= or steps="):
+        fnn.train.dp_epsilon(**setting)
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+_SOLO_STEPS = {}
+
+
+def _solo_runs(opt, keys, batches, steps):
+    if opt not in _SOLO_STEPS:  # one compiled reference step per optimizer
+        _SOLO_STEPS[opt] = jax.jit(fnn.train.make_train_step(MLP, LOSS, opt, ["accuracy"]))
+    step = _SOLO_STEPS[opt]
+    out = []
+    for i, key in enumerate(keys):
+        ts = fnn.train.init_train_state(
+            MLP, opt, key, batches(i, 0)[0], metrics=["accuracy"], loss=LOSS
+        )
+        for s in range(steps):
+            ts, _ = step(ts, batches(i, s))
+        out.append(ts)
+    return out
+
+
+@pytest.mark.parametrize("same_batch", [True, False])
+def test_ensemble_members_equal_training_each_alone(data, same_batch):
+    x, y = data
+    n, steps, bs = 3, 3, 8
+    orders = fnn.train.member_orders(len(x), n, seed=5, epoch=0)
+
+    def batches(i, s):
+        if same_batch:
+            return x[s * 4 : s * 4 + bs], y[s * 4 : s * 4 + bs]
+        idx = orders[i, s * 4 : s * 4 + bs]
+        return x[idx], y[idx]
+
+    key = jax.random.key(3)
+    ts = fnn.train.init_ensemble_train_state(
+        MLP, "adam", key, n, x[:bs], metrics=["accuracy"], loss=LOSS
+    )
+    step = jax.jit(
+        fnn.train.make_ensemble_train_step(MLP, LOSS, "adam", ["accuracy"], same_batch=same_batch)
+    )
+    for s in range(steps):
+        if same_batch:
+            batch = batches(0, s)
+        else:
+            batch = tuple(jnp.stack(b) for b in zip(*[batches(i, s) for i in range(n)]))
+        ts, logs = step(ts, batch)
+    assert logs["loss"].shape == (n,)
+    solo = _solo_runs("adam", jax.random.split(key, n), batches, steps)
+    for i, one in enumerate(solo):
+        _close(jax.tree.map(lambda a: a[i], ts.params), one.params, atol=2e-6)
+    member_metrics = fnn.train.compute_member_metrics(ts.metric_states, ["accuracy"])
+    want = [fnn.train.compute_metrics(one.metric_states, ["accuracy"]) for one in solo]
+    np.testing.assert_allclose(member_metrics["loss"], [w["loss"] for w in want], rtol=1e-5)
+    np.testing.assert_allclose(member_metrics["accuracy"], [w["accuracy"] for w in want])
+    # Order check: member i shuffles as epoch_order with seed 5 + i.
+    np.testing.assert_array_equal(orders[2], fnn.training.loop.epoch_order(16, seed=7, epoch=0))
+
+
+def test_ensemble_layer_and_predictive_stats(data):
+    x, _ = data
+    members = fnn.ensemble(MLP, 4)
+    params, state = members.init(jax.random.key(0), x)
+    abstract = jax.eval_shape(members.init, jax.random.key(0), x)[0]
+    assert jax.tree.map(jnp.shape, abstract) == jax.tree.map(jnp.shape, params)
+    keys = jax.random.split(jax.random.key(0), 4)
+    out, _ = jax.jit(members.apply)(params, state, x)
+    alone = jax.jit(lambda k: MLP.apply(MLP.init(k, x)[0], {}, x)[0])
+    for i in range(4):
+        np.testing.assert_allclose(out[i], alone(keys[i]), atol=1e-6)
+    stats = jax.jit(fnn.train.predictive_stats)(out)
+    p = np.exp(out - out.max(-1, keepdims=True))
+    p = p / p.sum(-1, keepdims=True)
+    mean = p.mean(0)
+    entropy = -(mean * np.log(mean)).sum(-1)
+    np.testing.assert_allclose(stats["probs"], mean, atol=1e-6)
+    np.testing.assert_allclose(stats["entropy"], entropy, atol=1e-5)
+    np.testing.assert_allclose(
+        stats["mutual_information"], entropy + (p * np.log(p)).sum(-1).mean(0), atol=1e-5
+    )
+    np.testing.assert_allclose(stats["variance"], p.var(0), atol=1e-6)
+    with pytest.raises(fnn.ShapeError, match="leading member axis of size 4"):
+        members.apply(jax.tree.map(lambda a: a[:2], params), state, x)
+
+
+def test_lr_sweep_members_equal_single_runs_and_new_values_do_not_recompile(data):
+    x, y = data
+    lrs = [1e-3, 1e-2, 1e-1]
+    key = jax.random.key(4)
+    ts, tx = fnn.train.init_sweep_train_state(
+        MLP, "adam", key, x[:8], hyperparams={"learning_rate": lrs}
+    )
+    step = jax.jit(fnn.train.make_ensemble_train_step(MLP, LOSS, tx))
+
+    def batches(i, s):
+        del i
+        return x[s * 8 : s * 8 + 8], y[s * 8 : s * 8 + 8]
+
+    def run(state):
+        for s in range(2):
+            state, _ = step(state, batches(0, s))
+        return state
+
+    swept = run(ts)
+    for i, lr in enumerate(lrs):
+        solo = _solo_runs(fnn.optimizers.get("adam", lr), [key], batches, 2)[0]
+        _close(jax.tree.map(lambda a: a[i], swept.params), solo.params, atol=2e-6)
+    other, _ = fnn.train.init_sweep_train_state(
+        MLP, "adam", key, x[:8], hyperparams={"learning_rate": [3e-3, 3e-2, 0.3]}
+    )
+    with fnn.train.CompileCounter() as compiles:
+        other = run(other)
+    assert compiles.count == 0
+    assert not np.allclose(jax.tree.leaves(other.params)[0], jax.tree.leaves(swept.params)[0])
+    table = fnn.train.sweep_table({"learning_rate": lrs}, {"loss": [0.5, 0.25, 0.125]})
+    assert table.splitlines()[2] == "| 0 | 0.001 | 0.5000 |"
+    with pytest.raises(fnn.ConfigError, match="one value per member"):
+        fnn.train.init_sweep_train_state(
+            MLP, "adam", key, x, hyperparams={"learning_rate": [1.0], "beta_1": [0.9, 0.8]}
+        )
+
+
+# --------------------------------------------------------------------------- explain
+
+LINEAR = fnn.serial(Flatten(), Dense(3))
+
+
+@pytest.fixture(scope="module")
+def linear():
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, 4, 1)).astype(np.float32))
+    params, state = LINEAR.init(jax.random.key(2), x)
+    paths = fnn.train.tree_paths(params)
+    kernel = jax.tree.leaves(params)[[p.endswith("kernel") for p in paths].index(True)]
+    return x, params, state, np.asarray(kernel)
+
+
+def test_gradient_attributions_of_a_linear_model_match_the_weights(linear):
+    x, params, state, kernel = linear
+    target = jnp.array([0, 2])
+    w = np.stack([kernel[:, t].reshape(4, 4, 1) for t in [0, 2]])
+    kw = dict(target=target, params=params, state=state)
+
+    @jax.jit
+    def all_methods(x):
+        return (
+            fnn.explain.saliency(LINEAR, x, **kw),
+            fnn.explain.gradient_x_input(LINEAR, x, **kw),
+            fnn.explain.smoothgrad(LINEAR, x, key=jax.random.key(0), samples=4, **kw),
+            fnn.explain.occlusion(LINEAR, x, window=(2, 2, 1), stride=(1, 1, 1), **kw),
+        )
+
+    sal, gxi, sg, occ = all_methods(x)
+    np.testing.assert_allclose(sal, np.abs(w), atol=1e-6)
+    np.testing.assert_allclose(gxi, x * w, atol=1e-6)
+    np.testing.assert_allclose(sg, w, atol=1e-6)  # a linear model's gradient is constant
+    # Occlusion against a loop over 2x2 windows at stride 1 (drop = sum of x*w inside).
+    want = np.zeros((2, 4, 4, 1))
+    cover = np.zeros((4, 4, 1))
+    for a in range(3):
+        for b in range(3):
+            drop = (np.asarray(x) * w)[:, a : a + 2, b : b + 2].sum(axis=(1, 2, 3))
+            want[:, a : a + 2, b : b + 2] += drop[:, None, None, None]
+            cover[a : a + 2, b : b + 2] += 1
+    np.testing.assert_allclose(occ, want / cover, atol=1e-5)
+    with pytest.raises(fnn.ShapeError, match="one per non-batch axis"):
+        fnn.explain.occlusion(LINEAR, x, window=(2, 2), **kw)
+
+
+def test_integrated_gradients_are_complete(data, mlp_params):
+    x, _ = data
+    x = x[:4]
+    baseline = jnp.full_like(x, 0.5)
+    attr = jax.jit(
+        lambda v: fnn.explain.integrated_gradients(
+            MLP, v, baseline=baseline, steps=128, params=mlp_params
+        )
+    )(x)
+    logits = MLP.apply(mlp_params, {}, x)[0]
+    target = np.argmax(logits, -1)
+    base = MLP.apply(mlp_params, {}, baseline)[0]
+    gap = np.take_along_axis(np.asarray(logits - base), target[:, None], 1)[:, 0]
+    np.testing.assert_allclose(attr.sum(axis=1), gap, atol=2e-4 * max(1.0, np.abs(gap).max()))
+    with pytest.raises(fnn.ConfigError, match="params="):
+        fnn.explain.saliency(MLP, x)
+
+
+# --------------------------------------------------------------------------- averaging
+
+
+def test_ema_and_swa_follow_their_formulas():
+    target = np.array([1.0, -2.0, 0.5], np.float32)
+    params = {"w": jnp.zeros(3)}
+
+    def grads(p):
+        return {"w": p["w"] - target}
+
+    for opt, kind in [
+        (fnn.train.with_ema(optax.sgd(0.3), decay=0.8), "ema"),
+        (fnn.train.with_swa(optax.sgd(0.3), start=2, every=2), "swa"),
+    ]:
+        state, p = opt.init(params), params
+        history, ema = [], np.zeros(3)
+        for _ in range(7):
+            updates, state = opt.update(grads(p), state, p)
+            p = optax.apply_updates(p, updates)
+            history.append(np.asarray(p["w"]))
+            ema = 0.8 * ema + 0.2 * history[-1]
+        if kind == "ema":
+            want = ema
+        else:  # updates 2, 4, 6
+            want = np.mean([history[1], history[3], history[5]], axis=0)
+        np.testing.assert_allclose(fnn.train.averaged_params(state)["w"], want, atol=1e-6)
+    with pytest.raises(fnn.ConfigError, match="with_ema"):
+        fnn.train.averaged_params(optax.sgd(0.1).init(params))
+
+
+def test_uniform_soup(data):
+    members = fnn.ensemble(MLP, 3)
+    params, _ = members.init(jax.random.key(0), data[0])
+    one = jax.tree.map(lambda a: a[0], params)
+    _close(fnn.train.uniform_soup([one, one, one]), one, rtol=1e-6, atol=1e-7)
+    same = jax.tree.map(lambda a: jnp.stack([a[0]] * 3), params)
+    _close(fnn.train.uniform_soup(same), one, atol=1e-7)
+    _close(fnn.train.uniform_soup(params), jax.tree.map(lambda a: np.mean(a, 0), params), atol=1e-7)
