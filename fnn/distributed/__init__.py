@@ -1,5 +1,5 @@
 """Placement on devices and processes: the one data-parallel mechanism
-(:func:`data_parallel`) and multi-process start-up on ``jax.distributed`` (:func:`initialize`).
+(:func:`data_parallel`, with sharding rules for FSDP / tensor parallel parameters) and multi-process start-up on ``jax.distributed`` (:func:`initialize`).
 Imports only ``fnn.core`` and ``fnn.training``."""
 
 from fnn.distributed.placement import (
@@ -9,6 +9,13 @@ from fnn.distributed.placement import (
     replicate,
     shard_batch,
     unreplicate,
+)
+from fnn.distributed.sharding import (
+    make_mesh,
+    parse_mesh,
+    per_device_bytes,
+    resolve_rules,
+    sharding_table,
 )
 from fnn.distributed.runtime import (
     ENV_COORDINATOR_ADDRESS,
@@ -35,9 +42,14 @@ __all__ = [
     "global_batch",
     "initialize",
     "is_primary",
+    "make_mesh",
+    "parse_mesh",
+    "per_device_bytes",
     "process_batch_slice",
     "process_local_batch",
     "replicate",
+    "resolve_rules",
     "shard_batch",
+    "sharding_table",
     "unreplicate",
 ]
