@@ -11,6 +11,7 @@ from fnn.distributed.placement import (
     unreplicate,
 )
 from fnn.distributed.sharding import (
+    Distribution,
     make_mesh,
     parse_mesh,
     per_device_bytes,
@@ -36,6 +37,7 @@ __all__ = [
     "ENV_NUM_PROCESSES",
     "ENV_PROCESS_ID",
     "DataParallelStep",
+    "Distribution",
     "DistributedError",
     "batch_mesh",
     "data_parallel",

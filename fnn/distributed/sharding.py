@@ -128,7 +128,8 @@ def _spec_entries(pattern: str, spec) -> list:
             f"sharding rule {pattern!r}: expected a tuple of mesh axis names or None, got "
             f"{spec!r}."
         )
-    return list(spec)
+    # "..." is how YAML and JSON configs spell the Ellipsis.
+    return [Ellipsis if s == "..." else s for s in spec]
 
 
 def _axes_of(entry) -> tuple[str, ...]:
@@ -288,3 +289,51 @@ def sharding_table(params: PyTree, shardings: PyTree | None = None) -> str:
         f"{'total':<{widths[0]}}  {'':<{widths[1]}}  {'':<{widths[2]}}  {per_device} of {total}"
     )
     return "\n".join(lines)
+
+
+class Distribution(tuple):
+    """A mesh plus sharding rules: what ``Model.fit(distribution=...)`` and the CLI's
+    ``distribute:`` take. Build it with :meth:`get` from ``{"mesh": "fsdp=4,tensor=2",
+    "rules": {...}}`` (``mesh`` a string, a mapping of axis sizes or a ``Mesh``).
+
+    >>> d = Distribution.get({"mesh": {"data": -1}, "rules": {}})
+    >>> d.mesh.shape["data"] == jax.device_count(), d.rules
+    (True, ())
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, mesh: Mesh, rules: Rules | None = None):
+        frozen = tuple((str(k), _freeze(v)) for k, v in dict(rules or {}).items())
+        return super().__new__(cls, (mesh, frozen))
+
+    @property
+    def mesh(self) -> Mesh:
+        return self[0]
+
+    @property
+    def rules(self) -> tuple:
+        """The rules as ``((pattern, spec), ...)`` in order (``dict(d.rules)`` for a mapping)."""
+        return self[1]
+
+    @classmethod
+    def get(cls, value) -> Distribution:
+        if isinstance(value, Distribution):
+            return value
+        if isinstance(value, Mesh):
+            return cls(value)
+        if not isinstance(value, Mapping) or set(value) - {"mesh", "rules"}:
+            raise ConfigError(
+                "distribution: expected {'mesh': 'fsdp=4,tensor=2' (or axis sizes, or a Mesh), "
+                f"'rules': {{glob: spec}}}}, got {value!r}."
+            )
+        mesh = value.get("mesh", {"data": -1})
+        if not isinstance(mesh, Mesh):
+            mesh = make_mesh(**parse_mesh(mesh))
+        return cls(mesh, value.get("rules") or {})
+
+
+def _freeze(spec):
+    if isinstance(spec, list | tuple | P):
+        return tuple(_freeze(s) for s in spec)
+    return spec
