@@ -84,7 +84,8 @@ DEFAULTS: dict[str, Any] = {
     "tensorboard": True,
 }
 _REQUIRED = {"": ("model", "dataset"), "model": ("layers",), "dataset": ("name",)}
-_OPEN = ("dataset.options", "optimizer.options", "loss", "distribute.rules")  # free keyword arguments, checked later
+# Free keyword arguments, checked later.
+_OPEN = ("dataset.options", "optimizer.options", "loss", "distribute.rules")
 _SCHEDULES = ("constant", "cosine")
 _STRATEGIES = ("none", "data_parallel", "sharded")
 

@@ -10,14 +10,6 @@ from fnn.distributed.placement import (
     shard_batch,
     unreplicate,
 )
-from fnn.distributed.sharding import (
-    Distribution,
-    make_mesh,
-    parse_mesh,
-    per_device_bytes,
-    resolve_rules,
-    sharding_table,
-)
 from fnn.distributed.runtime import (
     ENV_COORDINATOR_ADDRESS,
     ENV_LOCAL_DEVICE_IDS,
@@ -30,6 +22,14 @@ from fnn.distributed.runtime import (
     process_batch_slice,
     process_local_batch,
 )
+from fnn.distributed.sharding import (
+    Distribution,
+    make_mesh,
+    parse_mesh,
+    per_device_bytes,
+    resolve_rules,
+    sharding_table,
+)
 
 __all__ = [
     "ENV_COORDINATOR_ADDRESS",
@@ -37,8 +37,8 @@ __all__ = [
     "ENV_NUM_PROCESSES",
     "ENV_PROCESS_ID",
     "DataParallelStep",
-    "Distribution",
     "DistributedError",
+    "Distribution",
     "batch_mesh",
     "data_parallel",
     "global_batch",

@@ -360,9 +360,7 @@ class DataParallelStep:
             params = train_state.get("params")
         params = train_state if params is None else params
         param_shardings = sharding_lib.resolve_rules(self.rules, params, self.mesh)
-        tree = sharding_lib.follow_params(
-            train_state, params, param_shardings, self.state_sharding
-        )
+        tree = sharding_lib.follow_params(train_state, params, param_shardings, self.state_sharding)
         self._shardings = (treedef, tree)
         return tree
 
@@ -408,9 +406,11 @@ class DataParallelStep:
             from jax.experimental import multihost_utils
 
             return jax.tree.map(
-                lambda x: x.addressable_data(0)
-                if x.is_fully_replicated
-                else multihost_utils.process_allgather(x, tiled=True),
+                lambda x: (
+                    x.addressable_data(0)
+                    if x.is_fully_replicated
+                    else multihost_utils.process_allgather(x, tiled=True)
+                ),
                 train_state,
             )
         return jax.tree.map(lambda x: x.addressable_data(0), train_state)
@@ -431,7 +431,8 @@ class DataParallelStep:
         who = f"data_parallel(method={self.method!r})"
         if self.global_input and self._multi_process:
             batch = distributed.process_local_batch(batch)
-        _check_divisible(batch, self._local_divisor, who, "local batch shards")
+        what = "local batch shards" if self._mesh_mode else "local devices"
+        _check_divisible(batch, self._local_divisor, who, what)
         if self.method == "pmap":
             return shard_batch(batch, self.num_local_devices)
         if self._multi_process:
@@ -463,9 +464,9 @@ class DataParallelStep:
             expected = jax.tree.leaves(
                 self.state_shardings(train_state), is_leaf=lambda s: isinstance(s, NamedSharding)
             )
-            if leaves and len(leaves) == self._checked_leaves:
-                if getattr(leaves[-1], "sharding", None) == expected[-1]:
-                    return
+            same = leaves and len(leaves) == self._checked_leaves
+            if same and getattr(leaves[-1], "sharding", None) == expected[-1]:
+                return
             for (path, leaf), want in zip(
                 jax.tree_util.tree_leaves_with_path(train_state), expected
             ):

@@ -10,14 +10,14 @@ name, a tuple of names, or ``None`` (not split). A leading ``...`` aligns the sp
 Data parallelism is the empty rule set: every parameter replicated, only the batch split.
 
 >>> import jax
->>> mesh = make_mesh(fsdp=1)
+>>> mesh = make_mesh(jax.devices()[:1])
 >>> dict(mesh.shape)
 {'data': 1, 'fsdp': 1, 'tensor': 1}
 >>> params = {"dense": {"kernel": jax.ShapeDtypeStruct((8, 4), "float32"),
 ...                     "bias": jax.ShapeDtypeStruct((4,), "float32")}}
 >>> specs = resolve_rules({"*/kernel": ("fsdp", "tensor")}, params, mesh)
 >>> specs["dense"]["kernel"].spec, specs["dense"]["bias"].spec
-(PartitionSpec('fsdp', 'tensor'), PartitionSpec())
+(P('fsdp', 'tensor'), P())
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ def make_mesh(devices=None, **axes: int) -> Mesh:
     sizes = {name: 1 for name in MESH_AXES}
     for name, size in axes.items():
         if not isinstance(size, int) or isinstance(size, bool) or (size < 1 and size != -1):
-            raise ConfigError(f"make_mesh: expected {name} to be a positive int or -1, got {size!r}.")
+            raise ConfigError(
+                f"make_mesh: expected {name} to be a positive int or -1, got {size!r}."
+            )
         sizes[name] = size
     free = [n for n, s in sizes.items() if s == -1]
     fixed = math.prod(s for s in sizes.values() if s != -1)
@@ -125,8 +127,7 @@ def _spec_entries(pattern: str, spec) -> list:
         spec = (spec,)
     if not isinstance(spec, Sequence):
         raise ConfigError(
-            f"sharding rule {pattern!r}: expected a tuple of mesh axis names or None, got "
-            f"{spec!r}."
+            f"sharding rule {pattern!r}: expected a tuple of mesh axis names or None, got {spec!r}."
         )
     # "..." is how YAML and JSON configs spell the Ellipsis.
     return [Ellipsis if s == "..." else s for s in spec]
@@ -255,7 +256,7 @@ def sharding_table(params: PyTree, shardings: PyTree | None = None) -> str:
     :func:`resolve_rules`. The last line sums the bytes (per device and in all).
 
     >>> import jax, jax.numpy as jnp
-    >>> mesh = make_mesh(fsdp=1)
+    >>> mesh = make_mesh(jax.devices()[:1])
     >>> p = {"kernel": jax.ShapeDtypeStruct((8, 4), jnp.float32)}
     >>> print(sharding_table(p, resolve_rules({"kernel": ("fsdp",)}, p, mesh)))
     param   shape   spec     bytes/device

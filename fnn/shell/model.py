@@ -1069,14 +1069,13 @@ class Model:
                 )
                 self._placement = (trainer, key, step)  # compiled once, reused by later fits
             placement = self._placement[2]
-        if placement is not None:
-            if isinstance(data, data_lib.ArrayData) and batch_size % placement.batch_divisor:
-                n = placement.batch_divisor
-                what = "devices" if n == placement.num_devices else "batch shards (data x fsdp)"
-                raise ConfigError(
-                    f"{self.name}: expected batch_size to be a multiple of the {n} {what}, "
-                    f"got {batch_size}."
-                )
+        n = placement.batch_divisor if placement is not None else 1
+        if isinstance(data, data_lib.ArrayData) and batch_size % n:
+            what = "devices" if n == placement.num_devices else "batch shards (data x fsdp)"
+            raise ConfigError(
+                f"{self.name}: expected batch_size to be a multiple of the {n} {what}, "
+                f"got {batch_size}."
+            )
         on_device = (
             placement is None
             and isinstance(data, data_lib.ArrayData)
