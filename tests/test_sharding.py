@@ -177,7 +177,7 @@ def test_sharding_table_lists_specs_and_bytes(runs):
     rows = {line.split()[0]: line for line in table.splitlines()[1:-1]}
     # [32, 16] float32 over fsdp=4 x tensor=2: 32 * 16 * 4 / 8 bytes on each device.
     assert rows["embedding/embeddings"].split()[-1] == str(32 * 16 * 4 // 8)
-    assert "(fsdp, tensor,)" in rows["embedding/embeddings"]
+    assert "(fsdp, tensor)" in rows["embedding/embeddings"]
     assert "replicated" in rows[f"{BLOCK}/norm1/gamma"]
     total = sum(math.prod(s) * 4 for s in [(32, 16), (16, 8), (8,)])
     assert total < int(table.splitlines()[-1].split()[-1])  # the whole model's bytes

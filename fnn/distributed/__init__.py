@@ -23,6 +23,7 @@ from fnn.distributed.runtime import (
     process_local_batch,
 )
 from fnn.distributed.sharding import (
+    TRANSFORMER_RULES,
     Distribution,
     make_mesh,
     parse_mesh,
@@ -36,6 +37,7 @@ __all__ = [
     "ENV_LOCAL_DEVICE_IDS",
     "ENV_NUM_PROCESSES",
     "ENV_PROCESS_ID",
+    "TRANSFORMER_RULES",
     "DataParallelStep",
     "DistributedError",
     "Distribution",

@@ -41,6 +41,7 @@ Rules = Mapping[str, Sequence[Any]]
 __all__ = [
     "BATCH_AXES",
     "MESH_AXES",
+    "TRANSFORMER_RULES",
     "follow_params",
     "make_mesh",
     "parse_mesh",
@@ -54,6 +55,20 @@ __all__ = [
 MESH_AXES = ("data", "fsdp", "tensor")
 # Mesh axes the batch is split over (with ``"batch"``, the 1-D data-parallel mesh's axis).
 BATCH_AXES = ("batch", "data", "fsdp")
+
+# FSDP x tensor rules for ``fnn.layers.TransformerEncoderBlock`` params (Megatron layout:
+# heads and the hidden MLP width over ``tensor``, the model width over ``fsdp``). Right-
+# aligned, so they also fit blocks stacked by ``fnn.repeat``. Add rules for the embedding
+# and the head: ``{**TRANSFORMER_RULES, "embedding/embeddings": ("tensor", "fsdp")}``.
+TRANSFORMER_RULES = {
+    "*/attention/attention_output/kernel": (..., "tensor", None, "fsdp"),  # [heads, hd, dim]
+    "*/attention/attention_output/bias": (),
+    "*/attention/*/kernel": (..., "fsdp", "tensor", None),  # [dim, heads, head_dim]
+    "*/attention/*/bias": (..., "tensor", None),  # [heads, head_dim]
+    "*/ffn/dense/kernel": (..., "fsdp", "tensor"),  # [dim, ff_dim]
+    "*/ffn/dense/bias": (..., "tensor"),  # [ff_dim]
+    "*/ffn/dense_1/kernel": (..., "tensor", "fsdp"),  # [ff_dim, dim]
+}
 
 
 def make_mesh(devices=None, **axes: int) -> Mesh:
@@ -249,6 +264,12 @@ def _bytes_on_one_device(shape, dtype, sharding) -> int:
     return int(math.prod(shard)) * np.dtype(dtype).itemsize
 
 
+def _entry_text(entry) -> str:
+    if isinstance(entry, tuple):
+        return "(" + ", ".join(entry) + ")"
+    return str(entry)
+
+
 def sharding_table(params: PyTree, shardings: PyTree | None = None) -> str:
     """A table of every parameter: path, shape, partition spec and bytes per device.
 
@@ -260,7 +281,7 @@ def sharding_table(params: PyTree, shardings: PyTree | None = None) -> str:
     >>> p = {"kernel": jax.ShapeDtypeStruct((8, 4), jnp.float32)}
     >>> print(sharding_table(p, resolve_rules({"kernel": ("fsdp",)}, p, mesh)))
     param   shape   spec     bytes/device
-    kernel  (8, 4)  (fsdp,)           128
+    kernel  (8, 4)  (fsdp)            128
     total                    128 of 128
     """
     leaves = jax.tree_util.tree_leaves_with_path(params)
@@ -272,7 +293,7 @@ def sharding_table(params: PyTree, shardings: PyTree | None = None) -> str:
     for (path, leaf), sharding in zip(leaves, shards):
         shape = tuple(np.shape(leaf))
         spec = getattr(sharding, "spec", P())
-        text = "(" + ", ".join(str(s) if s is not None else "None" for s in spec) + ",)"
+        text = "(" + ", ".join(_entry_text(s) for s in spec) + ")"
         text = "replicated" if not tuple(spec) else text
         nbytes = _bytes_on_one_device(shape, leaf.dtype, sharding)
         per_device += nbytes
