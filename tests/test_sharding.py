@@ -10,6 +10,7 @@ parameter difference ~1e-6). Expected shardings and bytes are written out by han
 
 from __future__ import annotations
 
+import json
 import math
 
 import jax
@@ -328,3 +329,40 @@ def test_repeat_equals_unrolled_blocks_with_dropout():
     np.testing.assert_allclose(*outputs, rtol=1e-6)
     with pytest.raises(ShapeError, match=r"repeat: expected the repeated block 'dense'"):
         fnn.repeat(Dense(3), 2).init(jax.random.key(0), x)
+
+
+def test_cli_sharded_strategy_prints_its_table_and_learns(tmp_path, capsys):
+    # Equality with one device is Model.fit's (above); the CLI only maps distribute: onto it.
+    from pathlib import Path
+
+    from fnn.cli import commands as cli
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "digits_mlp.yaml")
+    args = [
+        "train", config, "--set", f"run_dir={tmp_path}", "--set", "epochs=1",
+        "--set", "batch_size=128", "--set", "plots=false", "--set", "tensorboard=false",
+        "--set", "model.layers[1].Dense.units=32", "--set", "model.layers[3].Dense.units=16",
+        "--set", "distribute.strategy=sharded", "--set", "distribute.mesh=fsdp=4,tensor=2",
+        "--set", 'distribute.rules={"*kernel": [fsdp, tensor]}',
+    ]  # fmt: skip
+    assert cli.main(args) == 0
+    out = capsys.readouterr()
+    rows = {line.split()[0]: line for line in (out.out + out.err).splitlines() if "/" in line}
+    # dense_1/kernel [32, 16] float32 over fsdp=4 x tensor=2.
+    assert "(fsdp, tensor)" in rows["dense_1/kernel"]
+    assert rows["dense_1/kernel"].split()[-1] == str(32 * 16 * 4 // 8)
+    assert "replicated" in rows["dense_1/bias"]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["test"]["accuracy"] > 0.3  # 10 classes: chance is 0.1
+
+
+def test_cli_config_rejects_bad_sharded_settings():
+    from fnn.cli.config import load_config_text
+
+    base = "model: {layers: [Flatten, {Dense: {units: 4}}]}\ndataset: {name: digits}\n"
+    with pytest.raises(ConfigError, match=r"distribute.mesh: expected axis sizes"):
+        load_config_text(base + "distribute: {strategy: sharded}\n")
+    with pytest.raises(ConfigError, match=r"expected 'axis=size' entries"):
+        load_config_text(base + "distribute: {strategy: sharded, mesh: fsdp}\n")
+    cfg = load_config_text(base + "distribute: {strategy: sharded, mesh: 'fsdp=8'}\n")
+    assert cfg["distribute"]["rules"] == {}
