@@ -342,6 +342,7 @@ def test_cli_sharded_strategy_prints_its_table_and_learns(tmp_path, capsys):
         "train", config, "--set", f"run_dir={tmp_path}", "--set", "epochs=1",
         "--set", "batch_size=128", "--set", "plots=false", "--set", "tensorboard=false",
         "--set", "model.layers[1].Dense.units=32", "--set", "model.layers[3].Dense.units=16",
+        "--set", "optimizer.learning_rate=0.01",
         "--set", "distribute.strategy=sharded", "--set", "distribute.mesh=fsdp=4,tensor=2",
         "--set", 'distribute.rules={"*kernel": [fsdp, tensor]}',
     ]  # fmt: skip
@@ -353,7 +354,7 @@ def test_cli_sharded_strategy_prints_its_table_and_learns(tmp_path, capsys):
     assert rows["dense_1/kernel"].split()[-1] == str(32 * 16 * 4 // 8)
     assert "replicated" in rows["dense_1/bias"]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["test"]["accuracy"] > 0.3  # 10 classes: chance is 0.1
+    assert results["test"]["accuracy"] > 0.5  # 10 classes: chance is 0.1
 
 
 def test_cli_config_rejects_bad_sharded_settings():
