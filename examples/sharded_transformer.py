@@ -1,4 +1,4 @@
-"""Hand-written loop on purpose: a Transformer with sharded parameters (FSDP x tensor parallel).
+"""A Transformer with sharded parameters (FSDP x tensor parallel) on a data x fsdp x tensor mesh.
 
 Run: python examples/sharded_transformer.py --mesh fsdp=4,tensor=2 [--blocks 4] [--steps 30]
 (about 20 s on 2 CPU cores; without accelerators the CPU is split into 8 fake devices)
