@@ -293,7 +293,8 @@ def remat(layer: Layer, policy: str | Callable | None = None, name: str | None =
 
         return jax.checkpoint(run, policy=resolved)(params, state, rng, *inputs)
 
-    return Layer(layer.init, apply, name, children=((layer.name, layer),))
+    # No ``children``: those name sub-dicts of params, and remat keeps the layer's own params.
+    return Layer(layer.init, apply, name)
 
 
 def _unstack(tree, i):
@@ -350,4 +351,5 @@ def repeat(block: Layer, n: int, name: str = "repeat") -> Layer:
         y, new_state = jax.lax.scan(body, x, (params, state, rngs))
         return y, new_state
 
-    return Layer(init, apply, name, children=((block.name, block),))
+    # No ``children``: the block's params are stacked here, not nested under a key.
+    return Layer(init, apply, name)
