@@ -3,9 +3,10 @@
 Reference: the same ``fnn.train.make_train_step`` compiled with plain ``jax.jit`` on one
 device over the same batches. A small Transformer (embedding, attention, MLP block, head)
 is trained 5 Adam steps under data=8, fsdp=8, data=4 x tensor=2 and fsdp=4 x tensor=2.
-Tolerance: float32, ``atol=rtol=1e-4`` on every parameter and optimizer moment, 1e-5 on
+Tolerance: float32, ``atol=rtol=2e-5`` on every parameter and optimizer moment, 1e-5 on
 the losses (only the order of the floating-point reductions differs; measured max
-parameter difference ~1e-6). Expected shardings and bytes are written out by hand below.
+parameter difference 3.2e-7, loss 2.4e-7). Expected shardings and bytes are written out
+by hand below.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from fnn.distributed import (
 from fnn.layers import Dense, Dropout, Embedding, GlobalAveragePooling1D, TransformerEncoderBlock
 
 VOCAB, TIME, DIM, CLASSES, BATCH, STEPS = 32, 8, 16, 8, 16, 5
-TOL = {"atol": 1e-4, "rtol": 1e-4}
+TOL = {"atol": 2e-5, "rtol": 2e-5}
 
 RULES = {
     "embedding/embeddings": ("fsdp", "tensor"),
