@@ -16,7 +16,7 @@ import sys as _sys
 
 from fnn import core, distributed, layers, ops, utils
 from fnn.core import activations, errors, initializers, random, regularizers
-from fnn.core.combinators import Lambda, fan_out, parallel, residual, serial
+from fnn.core.combinators import Lambda, fan_out, parallel, remat, repeat, residual, serial
 from fnn.core.errors import ConfigError, FnnError, ShapeError
 from fnn.core.layer import Layer, LayerSpec, register_layer
 from fnn.core.summary import summary
@@ -89,6 +89,8 @@ __all__ = [
     "random",
     "register_layer",
     "regularizers",
+    "remat",
+    "repeat",
     "residual",
     "save_model",
     "save_weights",

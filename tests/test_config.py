@@ -274,7 +274,7 @@ ERRORS = [
     ),
     (
         text(**{"distribute.strategy": "pmapp"}),
-        r"^distribute.strategy: expected one of none, data_parallel, got 'pmapp'",
+        r"^distribute.strategy: expected one of none, data_parallel, sharded, got 'pmapp'",
     ),
     (
         text(**{"distribute.num_devices": 0}),

@@ -170,7 +170,7 @@ class Run:
         return n // b if self._drop_remainder() else math.ceil(n / b)
 
     def _drop_remainder(self) -> bool:
-        return self.cfg["distribute"]["strategy"] == "data_parallel"
+        return self.cfg["distribute"]["strategy"] in ("data_parallel", "sharded")
 
     def optimizer(self):
         import optax
@@ -243,6 +243,13 @@ def _run_dir(cfg: dict, config_path: str) -> Path:
 def _read_metrics_csv(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _resolve_rules_for(model, distribution):
+    """The shardings ``distribution``'s rules give ``model.params`` (raises on a bad rule)."""
+    from fnn.distributed import resolve_rules
+
+    return resolve_rules(dict(distribution.rules), model.params, distribution.mesh)
 
 
 def _keep_rows(path: Path, epochs: int) -> None:
@@ -344,6 +351,15 @@ def cmd_train(args) -> int:
     devices = None
     if cfg["distribute"]["strategy"] == "data_parallel":
         devices = cfg["distribute"]["num_devices"] or jax.device_count()
+    distribution = None
+    if cfg["distribute"]["strategy"] == "sharded":
+        from fnn.distributed import Distribution, sharding_table
+
+        dist = cfg["distribute"]
+        distribution = Distribution.get({"mesh": dist["mesh"], "rules": dist["rules"]})
+        devices = distribution.mesh.size
+        shardings = _resolve_rules_for(model, distribution)
+        _say(sharding_table(model.params, shardings))
     # TensorBoard before the epoch line (which adds time_s), the CSV row and the backup after.
     lines = _EpochLines(run.metric_names)
     callbacks = [TensorBoard(run_dir / "tensorboard")] if cfg["tensorboard"] and primary else []
@@ -368,7 +384,8 @@ def cmd_train(args) -> int:
         validation_data=(run.x_val, run.y_val),
         steps_per_epoch=run.steps_per_epoch(),
         validation_batch_size=run.eval_batch_size(),
-        devices=devices,
+        devices=None if distribution is not None else devices,
+        distribution=distribution,
     )
     if lines.non_finite is not None:  # one line and exit code 1
         epoch, value = lines.non_finite

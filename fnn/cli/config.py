@@ -79,7 +79,7 @@ DEFAULTS: dict[str, Any] = {
         "monitor": "val_loss",
         "mode": "min",
     },
-    "distribute": {"strategy": "none", "num_devices": None},
+    "distribute": {"strategy": "none", "num_devices": None, "mesh": None, "rules": {}},
     "plots": True,
     "tensorboard": True,
     # Per-group test metrics: the group of each test example from input column ``feature``
@@ -87,9 +87,10 @@ DEFAULTS: dict[str, Any] = {
     "fairness": {"feature": None, "split_at": None, "path": None, "pos_label": 1},
 }
 _REQUIRED = {"": ("model", "dataset"), "model": ("layers",), "dataset": ("name",)}
-_OPEN = ("dataset.options", "optimizer.options", "loss")  # free keyword arguments, checked later
+# Free keyword arguments, checked later.
+_OPEN = ("dataset.options", "optimizer.options", "loss", "distribute.rules")
 _SCHEDULES = ("constant", "cosine")
-_STRATEGIES = ("none", "data_parallel")
+_STRATEGIES = ("none", "data_parallel", "sharded")
 
 
 def _type_name(value: Any) -> str:
@@ -333,6 +334,20 @@ def validate(raw: Any) -> dict:
             raise ConfigError(
                 f"batch_size: expected a multiple of distribute.num_devices "
                 f"({dist['num_devices']}), got {cfg['batch_size']}."
+            )
+    if dist["strategy"] == "sharded":
+        # Checked against the devices (sizes, divisibility) when the run starts.
+        from fnn.distributed.sharding import parse_mesh
+
+        if not isinstance(dist["mesh"], str | dict):
+            raise ConfigError(
+                f"distribute.mesh: expected axis sizes such as 'fsdp=4,tensor=2' for strategy "
+                f"sharded, {_got(dist['mesh'])}."
+            )
+        parse_mesh(dist["mesh"])
+        if not isinstance(dist["rules"], dict):
+            raise ConfigError(
+                f"distribute.rules: expected a mapping {{glob: [axis, ...]}}, {_got(dist['rules'])}."
             )
     return cfg
 

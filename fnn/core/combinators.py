@@ -247,3 +247,110 @@ def Lambda(fn: Callable[..., Any], name: str = "lambda") -> Layer:
         return fn(*inputs), state
 
     return Layer(init, apply, name)
+
+
+# Names of ``jax.checkpoint_policies`` that ``remat`` accepts (strings keep a spec savable).
+REMAT_POLICIES = (
+    "nothing_saveable",
+    "everything_saveable",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+)
+
+
+@register_layer
+def remat(layer: Layer, policy: str | Callable | None = None, name: str | None = None) -> Layer:
+    """Gradient checkpointing: ``layer`` whose activations are recomputed in the backward
+    pass instead of kept (``jax.checkpoint``). Same inputs, outputs and params as ``layer``.
+
+    ``policy``: what may still be saved, a name from ``REMAT_POLICIES`` (``None`` =
+    ``"nothing_saveable"``: recompute everything; ``"dots_saveable"`` keeps matmul
+    results) or any ``jax.checkpoint_policies`` callable (then not savable as a spec).
+
+    >>> import jax, jax.numpy as jnp, fnn
+    >>> block = fnn.remat(fnn.layers.Dense(4, activation="relu"), policy="dots_saveable")
+    >>> params, state = block.init(jax.random.key(0), jnp.ones((2, 3)))
+    >>> block.apply(params, state, jnp.ones((2, 3)))[0].shape, sorted(params)
+    ((2, 4), ['bias', 'kernel'])
+    """
+    if not isinstance(layer, Layer):
+        raise ConfigError(f"remat: expected an fnn Layer, got {type(layer).__name__}.")
+    name = layer.name if name is None else name
+    if policy is None or isinstance(policy, str):
+        if policy is not None and policy not in REMAT_POLICIES:
+            raise ConfigError(
+                f"{name}: unknown remat policy {policy!r}. Valid policies: "
+                f"{', '.join(REMAT_POLICIES)} (or a jax.checkpoint_policies callable)."
+            )
+        resolved = getattr(jax.checkpoint_policies, policy or "nothing_saveable")
+    elif callable(policy):
+        resolved = policy
+    else:
+        raise ConfigError(f"{name}: expected policy to be a name or a callable, got {policy!r}.")
+
+    def apply(params, state, *inputs, rng=None, train=False):
+        def run(p, s, r, *xs):
+            return layer.apply(p, s, *xs, rng=r, train=train)
+
+        return jax.checkpoint(run, policy=resolved)(params, state, rng, *inputs)
+
+    # No ``children``: those name sub-dicts of params, and remat keeps the layer's own params.
+    return Layer(layer.init, apply, name)
+
+
+def _unstack(tree, i):
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+@register_layer
+def repeat(block: Layer, n: int, name: str = "repeat") -> Layer:
+    """``n`` copies of ``block`` applied in sequence, ``x -> block_n(...block_1(x))``, with
+    their params stacked on a new leading axis and the loop run by ``jax.lax.scan``: a
+    48-block model compiles ``block`` once, not 48 times.
+
+    ``[batch, ...] -> [batch, ...]``: the block must keep its input's shape and dtype
+    (one array in, one out). Params/state: the block's, each leaf ``[n, *leaf shape]``;
+    copy ``i`` is ``jax.tree.map(lambda a: a[i], params)``, initialised from the
+    ``i``-th of ``jax.random.split(key, n)``. ``rng`` is split the same way per copy.
+    Sharding rules for stacked leaves start with ``...`` (``(..., "fsdp", "tensor")``).
+
+    >>> import jax, jax.numpy as jnp, fnn
+    >>> deep = fnn.repeat(fnn.layers.Dense(8, activation="tanh"), 4)
+    >>> params, state = deep.init(jax.random.key(0), jnp.ones((2, 8)))
+    >>> params["kernel"].shape, deep.apply(params, state, jnp.ones((2, 8)))[0].shape
+    ((4, 8, 8), (2, 8))
+    """
+    if not isinstance(block, Layer):
+        raise ConfigError(f"{name}: expected an fnn Layer to repeat, got {type(block).__name__}.")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"{name}: expected n to be a positive int, got {n!r}.")
+
+    def check(x, y):
+        if not isinstance(y, jax.ShapeDtypeStruct | jax.Array) or (
+            shape_of(y) != shape_of(x) or y.dtype != x.dtype
+        ):
+            got = [shape_of(v) for v in y] if isinstance(y, tuple) else shape_of(y)
+            raise ShapeError(
+                f"{name}: expected the repeated block {block.name!r} to map its input "
+                f"{shape_of(x)} ({x.dtype}) to one array of the same shape and dtype, got {got}. "
+                "Repeat only shape-preserving blocks (e.g. a residual Transformer block)."
+            )
+
+    def init(key, x):
+        (x,) = as_shape_struct((x,))
+        params, state = jax.vmap(lambda k: block.init(k, x))(jax.random.split(key, n))
+        check(x, output_shapes(block, _unstack(params, 0), _unstack(state, 0), x))
+        return params, state
+
+    def apply(params, state, x, *, rng=None, train=False):
+        def body(carry, xs):
+            p, s, r = xs
+            y, new_s = block.apply(p, s, carry, rng=r, train=train)
+            return y, new_s
+
+        rngs = None if rng is None else jax.random.split(rng, n)
+        y, new_state = jax.lax.scan(body, x, (params, state, rngs))
+        return y, new_state
+
+    # No ``children``: the block's params are stacked here, not nested under a key.
+    return Layer(init, apply, name)

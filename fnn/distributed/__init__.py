@@ -1,5 +1,6 @@
 """Placement on devices and processes: the one data-parallel mechanism
-(:func:`data_parallel`) and multi-process start-up on ``jax.distributed`` (:func:`initialize`).
+(:func:`data_parallel`, with sharding rules for FSDP / tensor parallel parameters) and
+multi-process start-up on ``jax.distributed`` (:func:`initialize`).
 Imports only ``fnn.core`` and ``fnn.training``."""
 
 from fnn.distributed.placement import (
@@ -28,6 +29,15 @@ from fnn.distributed.runtime import (
     process_local_batch,
     resolve_config,
 )
+from fnn.distributed.sharding import (
+    TRANSFORMER_RULES,
+    Distribution,
+    make_mesh,
+    parse_mesh,
+    per_device_bytes,
+    resolve_rules,
+    sharding_table,
+)
 
 __all__ = [
     "ENV_COORDINATOR_ADDRESS",
@@ -37,19 +47,26 @@ __all__ = [
     "ENV_PROCESS_ID",
     "ENV_TIMEOUT",
     "EXIT_CODE",
+    "TRANSFORMER_RULES",
     "DataParallelStep",
     "DistributedConfig",
     "DistributedError",
+    "Distribution",
     "batch_mesh",
     "data_parallel",
     "global_batch",
     "initialize",
     "is_primary",
+    "make_mesh",
+    "parse_mesh",
+    "per_device_bytes",
     "process_batch_slice",
     "process_epoch_indices",
     "process_local_batch",
     "replicate",
     "resolve_config",
+    "resolve_rules",
     "shard_batch",
+    "sharding_table",
     "unreplicate",
 ]

@@ -22,6 +22,13 @@ steps fold the device index into the key, so their masks differ (equally random)
 
 With several processes (see :mod:`fnn.distributed`) every process calls the same
 step with only its own slice of the global batch.
+
+Sharded parameters (FSDP, tensor parallel) are the same mechanism with a rule set
+(:mod:`fnn.distributed.sharding`): ``data_parallel(step, devices=mesh, rules=...)`` places
+each parameter by its first matching rule, the optimizer state follows the parameters,
+the batch is split over the mesh's ``data``/``fsdp`` axes, and the same global-view step
+is compiled once with those shardings (XLA inserts the gathers and reductions).
+``rules=None`` (or ``{}``) is plain data parallelism.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from jax.sharding import PartitionSpec as P
 from fnn.core.errors import ConfigError, ShapeError
 from fnn.core.pytree import describe_path
 from fnn.distributed import runtime as distributed
+from fnn.distributed import sharding as sharding_lib
 
 PyTree = Any
 Step = Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]
@@ -163,7 +171,10 @@ def unreplicate(tree: PyTree) -> PyTree:
 
 
 def batch_mesh(
-    devices: int | Sequence[jax.Device] | Mesh | None = None, axis_name: str = "batch"
+    devices: int | Sequence[jax.Device] | Mesh | None = None,
+    axis_name: str = "batch",
+    *,
+    any_axes: bool = False,
 ) -> Mesh:
     """A 1-D mesh ``{axis_name: len(devices)}`` with the ``Auto`` axis type.
 
@@ -179,7 +190,7 @@ def batch_mesh(
     ({'batch': 1}, (Auto,))
     """
     if isinstance(devices, Mesh):
-        if axis_name not in devices.axis_names:
+        if axis_name not in devices.axis_names and not any_axes:
             raise ConfigError(
                 f"data_parallel: expected a mesh with an axis named {axis_name!r}, got axes "
                 f"{devices.axis_names}. Pass axis_name= to match the mesh."
@@ -264,6 +275,7 @@ class DataParallelStep:
         axis_name: str = "batch",
         donate: bool = False,
         global_input: bool = False,
+        rules: sharding_lib.Rules | None = None,
     ):
         if method not in _METHODS:
             raise ConfigError(
@@ -275,7 +287,16 @@ class DataParallelStep:
                 f"(train_state, logs), got {step!r}."
             )
         self.step, self.method, self.axis_name = step, method, axis_name
-        self.mesh = batch_mesh(devices, axis_name)
+        # Mesh mode: a rule set, or a mesh with several axes (data x fsdp x tensor).
+        self.rules = None if rules is None else dict(rules)
+        multi_axis = isinstance(devices, Mesh) and len(devices.axis_names) > 1
+        self._mesh_mode = self.rules is not None or multi_axis
+        if self._mesh_mode and method != "sharded":
+            raise ConfigError(
+                f"data_parallel(method={method!r}): sharding rules and multi-axis meshes need "
+                "method='sharded'."
+            )
+        self.mesh = batch_mesh(devices, axis_name, any_axes=self._mesh_mode)
         self.devices = list(self.mesh.devices.flat)
         self.num_devices = len(self.devices)
         self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
@@ -295,19 +316,73 @@ class DataParallelStep:
             local_mesh = Mesh(np.array(self.local_devices), (axis_name,))
             self.state_sharding = NamedSharding(local_mesh, P(axis_name))
             self.batch_sharding = self.state_sharding
+        elif self._mesh_mode:
+            self.state_sharding = NamedSharding(self.mesh, P())  # for leaves no rule selects
+            names = self.mesh.axis_names
+            batch_axes = tuple(a for a in names if a in (*sharding_lib.BATCH_AXES, axis_name))
+            self.batch_axes = batch_axes
+            self.batch_sharding = NamedSharding(self.mesh, P(batch_axes or None))
+            self.batch_divisor = int(np.prod([self.mesh.shape[a] for a in batch_axes]))
+            self._local_divisor = max(1, self.batch_divisor // jax.process_count())
         else:
             self.state_sharding = NamedSharding(self.mesh, P())
             self.batch_sharding = NamedSharding(self.mesh, P(axis_name))
+        if not self._mesh_mode:
+            self.batch_divisor, self._local_divisor = self.num_devices, self.num_local_devices
+        self._shardings = None  # (train state treedef, shardings tree) in mesh mode
 
     def __repr__(self) -> str:
+        if self._mesh_mode:
+            return (
+                f"<fnn DataParallelStep mesh={dict(self.mesh.shape)} "
+                f"rules={len(self.rules or {})} batch_axes={self.batch_axes}>"
+            )
         return (
             f"<fnn DataParallelStep method={self.method!r} devices={self.num_devices} "
             f"axis_name={self.axis_name!r}>"
         )
 
     # -- placement ------------------------------------------------------------------------
+    def state_shardings(self, train_state: PyTree) -> PyTree:
+        """The ``NamedSharding`` of every leaf of ``train_state`` (arrays or shapes).
+
+        The rules apply to ``train_state.params`` (or ``["params"]``, or the whole tree
+        when it has neither); leaves that mirror a parameter (path suffix and shape, e.g.
+        Adam's moments) follow it; everything else is replicated.
+        """
+        if not self._mesh_mode:
+            return jax.tree.map(lambda _: self.state_sharding, train_state)
+        treedef = jax.tree.structure(train_state)
+        if self._shardings is not None and self._shardings[0] == treedef:
+            return self._shardings[1]
+        params = getattr(train_state, "params", None)
+        if params is None and isinstance(train_state, dict):
+            params = train_state.get("params")
+        params = train_state if params is None else params
+        param_shardings = sharding_lib.resolve_rules(self.rules, params, self.mesh)
+        tree = sharding_lib.follow_params(train_state, params, param_shardings, self.state_sharding)
+        self._shardings = (treedef, tree)
+        return tree
+
+    def init_state(self, init_fn: Callable[..., PyTree], *args) -> PyTree:
+        """``init_fn(*args)`` (e.g. ``lambda: fnn.train.init_train_state(...)``) compiled with
+        the state's shardings as ``out_shardings``: every array is created already placed,
+        each device computing only its shards (no full copy on one device)."""
+        shapes = jax.eval_shape(init_fn, *args)
+        if self.method == "pmap":
+            return self.put_state(jax.jit(init_fn)(*args))
+        return jax.jit(init_fn, out_shardings=self.state_shardings(shapes))(*args)
+
     def put_state(self, train_state: PyTree) -> PyTree:
-        """Place a single-copy train state for this step (replicated over the devices)."""
+        """Place a single-copy train state for this step (replicated over the devices; with
+        rules, each parameter and its optimizer state sharded by its rule)."""
+        if self._mesh_mode:
+            shardings = self.state_shardings(train_state)
+            if not self._multi_process:
+                if self._donate:
+                    train_state = jax.tree.map(jnp.copy, train_state)
+                return jax.device_put(train_state, shardings)
+            return jax.tree.map(_global_replicated, train_state, shardings)
         if self.method == "pmap":
             return _replicate(train_state, self.state_sharding)
         if not self._multi_process:
@@ -318,9 +393,26 @@ class DataParallelStep:
         return jax.tree.map(lambda x: _global_replicated(x, self.state_sharding), train_state)
 
     def get_state(self, train_state: PyTree) -> PyTree:
-        """The single-copy train state back from a placed one (on this process's first device)."""
+        """The single-copy train state back from a placed one (on this process's first device).
+
+        With rules the arrays stay where they are (sharded over the mesh; they work in any
+        later computation); in multi-process runs sharded leaves are gathered to every process.
+        """
         if self.method == "pmap":
             return unreplicate(train_state)
+        if self._mesh_mode:
+            if not self._multi_process:
+                return train_state
+            from jax.experimental import multihost_utils
+
+            return jax.tree.map(
+                lambda x: (
+                    x.addressable_data(0)
+                    if x.is_fully_replicated
+                    else multihost_utils.process_allgather(x, tiled=True)
+                ),
+                train_state,
+            )
         return jax.tree.map(lambda x: x.addressable_data(0), train_state)
 
     def put_batch(self, batch: PyTree) -> PyTree:
@@ -339,7 +431,8 @@ class DataParallelStep:
         who = f"data_parallel(method={self.method!r})"
         if self.global_input and self._multi_process:
             batch = distributed.process_local_batch(batch)
-        _check_divisible(batch, self.num_local_devices, who, "local devices")
+        what = "local batch shards" if self._mesh_mode else "local devices"
+        _check_divisible(batch, self._local_divisor, who, what)
         if self.method == "pmap":
             return shard_batch(batch, self.num_local_devices)
         if self._multi_process:
@@ -367,6 +460,19 @@ class DataParallelStep:
 
     def _check_state(self, train_state) -> None:
         leaves = jax.tree.leaves(train_state)
+        if self._mesh_mode:
+            expected = jax.tree.leaves(
+                self.state_shardings(train_state), is_leaf=lambda s: isinstance(s, NamedSharding)
+            )
+            same = leaves and len(leaves) == self._checked_leaves
+            if same and getattr(leaves[-1], "sharding", None) == expected[-1]:
+                return
+            for (path, leaf), want in zip(
+                jax.tree_util.tree_leaves_with_path(train_state), expected
+            ):
+                self._check_leaf(path, leaf, want)
+            self._checked_leaves = len(leaves)
+            return
         # Full check on the first call (and when the state changes size), then a cheap look
         # at one leaf per call: steps return the state placed as they received it.
         if leaves and len(leaves) == self._checked_leaves:
@@ -381,9 +487,18 @@ class DataParallelStep:
             self._check_leaf(path, leaf)
         self._checked_leaves = len(leaves)
 
-    def _check_leaf(self, path, leaf) -> None:
+    def _check_leaf(self, path, leaf, want=None) -> None:
         who = f"data_parallel(method={self.method!r})"
         shape = tuple(np.shape(leaf))
+        if want is not None:
+            sharding = getattr(leaf, "sharding", None)
+            if sharding is not None and not sharding.is_equivalent_to(want, len(shape)):
+                raise ConfigError(
+                    f"{who}: expected {describe_path(path)} (shape {shape}) placed as "
+                    f"{want.spec} on the mesh {dict(self.mesh.shape)}, got {_describe(sharding)}. "
+                    "Place the state once with step.put_state(state) or step.init_state(fn)."
+                )
+            return
         if self.method == "pmap":
             n = self.num_local_devices
             if not shape or shape[0] != n:
@@ -425,6 +540,14 @@ class DataParallelStep:
         local = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct((x.shape[0] // n, *x.shape[1:]), x.dtype), batch
         )
+        if self._mesh_mode:
+            shardings = self.state_shardings(train_state)
+            return jax.jit(
+                self.step,
+                in_shardings=(shardings, self.batch_sharding),
+                out_shardings=(shardings, self.state_sharding),
+                donate_argnums=self._donate,
+            )
         self._per_device = _per_device_step(self.step, state, local, self.axis_name, n)
         fn = self.step
         if self._per_device:
@@ -452,6 +575,7 @@ def _describe(sharding) -> str:
 
 
 def _global_replicated(x, sharding: NamedSharding):
+    # Any sharding: each process builds only the shards its devices hold.
     if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
         data = _global_replicated(jax.random.key_data(x), sharding)
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
@@ -467,6 +591,7 @@ def data_parallel(
     axis_name: str = "batch",
     donate: bool = False,
     global_input: bool = False,
+    rules: sharding_lib.Rules | None = None,
 ) -> DataParallelStep:
     """Run ``step(train_state, batch) -> (train_state, logs)`` data-parallel.
 
@@ -486,6 +611,10 @@ def data_parallel(
         dataset and shuffles it with the same seed, as ``Model.fit`` does) and keeps only
         its own block of rows (``fnn.distributed.process_local_batch``). Default: each
         process passes only its own block.
+      rules: sharding rules ``{glob on param path: spec}`` (see
+        :mod:`fnn.distributed.sharding`) with ``devices`` a mesh from
+        ``fnn.distributed.make_mesh(fsdp=4, tensor=2)``: parameters and optimizer state
+        sharded, the batch split over ``data`` x ``fsdp``. ``None``: all replicated.
 
     Returns:
       A :class:`DataParallelStep` ``dp``: ``state = dp.put_state(state)`` once, then
@@ -514,4 +643,5 @@ def data_parallel(
         axis_name=axis_name,
         donate=donate,
         global_input=global_input,
+        rules=rules,
     )

@@ -985,6 +985,7 @@ class Model:
         validation_batch_size: int | None = None,
         validation_steps: int | None = None,
         devices=None,
+        distribution=None,
     ) -> callbacks_lib.History:
         """Train for ``epochs`` epochs; returns a ``History`` (Keras semantics and logs).
 
@@ -997,6 +998,9 @@ class Model:
         (``fnn.distributed.initialize``) every process calls ``fit`` with the same data and
         seed, ``devices=jax.device_count()``, and feeds its own block of each batch. With
         ``devices``, ``steps_per_execution`` is 1 and the data stays on the host.
+        ``distribution``: sharded params and optimizer state on a mesh, e.g.
+        ``{"mesh": "fsdp=4,tensor=2", "rules": {"*/kernel": ("fsdp", "tensor")}}`` (see
+        ``fnn.distributed.Distribution``); the batch size must divide by data x fsdp.
         """
         cfg = self._require_compiled("fit")
         verbose = _is_verbose_auto(verbose)
@@ -1039,7 +1043,21 @@ class Model:
         callbacks_lib.check_monitors(callbacks, keys)
         cl = self._callbacks(callbacks, verbose, history=True, epochs=epochs, steps=steps)
         placement = None
-        if devices is not None:
+        if distribution is not None:
+            from fnn.distributed import Distribution, data_parallel
+
+            dist = Distribution.get(distribution)
+            if self._placement is None or self._placement[:2] != (trainer, dist):
+                step = data_parallel(
+                    trainer.core,
+                    devices=dist.mesh,
+                    rules=dict(dist.rules),
+                    donate=True,
+                    global_input=True,
+                )
+                self._placement = (trainer, dist, step)
+            placement = self._placement[2]
+        elif devices is not None:
             from fnn.distributed import data_parallel
 
             # Every process holds the whole data and the same epoch order (the seed is shared);
@@ -1051,11 +1069,13 @@ class Model:
                 )
                 self._placement = (trainer, key, step)  # compiled once, reused by later fits
             placement = self._placement[2]
-            if isinstance(data, data_lib.ArrayData) and batch_size % placement.num_devices:
-                raise ConfigError(
-                    f"{self.name}: expected batch_size to be a multiple of the "
-                    f"{placement.num_devices} devices, got {batch_size}."
-                )
+        n = placement.batch_divisor if placement is not None else 1
+        if isinstance(data, data_lib.ArrayData) and batch_size % n:
+            what = "devices" if n == placement.num_devices else "batch shards (data x fsdp)"
+            raise ConfigError(
+                f"{self.name}: expected batch_size to be a multiple of the {n} {what}, "
+                f"got {batch_size}."
+            )
         on_device = (
             placement is None
             and isinstance(data, data_lib.ArrayData)

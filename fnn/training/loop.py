@@ -259,7 +259,9 @@ def _placed_epoch(trainer: Trainer, hooks, batches: Iterable, placement, wants) 
     for i, batch in enumerate(batches):
         if hooks.stop_training:
             break
-        if np.shape(jax.tree.leaves(batch)[0])[0] % placement.num_devices:
+        if np.shape(jax.tree.leaves(batch)[0])[0] % getattr(
+            placement, "batch_divisor", placement.num_devices
+        ):
             continue
         _call(hooks, trainer, wants, i, i, placement, as_batch(*batch))
     hooks.train_state = placement.get_state(hooks.train_state)
