@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn import layers as L
+from fnn import layers
 from fnn.io.export import ExportError
 
 ort = pytest.importorskip("onnxruntime")
@@ -28,14 +28,14 @@ def _built(layers, shape, dtype="float32"):
 def conv_model():
     model = _built(
         [
-            L.Conv2D(4, 3, activation="relu", padding="same"),
-            L.BatchNormalization(),
-            L.MaxPooling2D(2),
-            L.Conv2D(3, 2, strides=1, padding="valid"),
-            L.AveragePooling2D(2, padding="same"),
-            L.Flatten(),
-            L.Dropout(0.5),
-            L.Dense(5, activation="softmax"),
+            layers.Conv2D(4, 3, activation="relu", padding="same"),
+            layers.BatchNormalization(),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(3, 2, strides=1, padding="valid"),
+            layers.AveragePooling2D(2, padding="same"),
+            layers.Flatten(),
+            layers.Dropout(0.5),
+            layers.Dense(5, activation="softmax"),
         ],
         (8, 8, 1),
     )
@@ -66,11 +66,11 @@ def test_onnx_conv_bn_pool_dense_any_batch(conv_model, tmp_path):
 
 def test_onnx_embedding_layernorm_attention(tmp_path):
     tokens = fnn.Input((6,), dtype="int32")
-    h = L.Embedding(11, 8)(tokens)
-    h = L.MultiHeadAttention(2, 4)(h, h)
-    h = L.LayerNormalization()(h)
-    h = L.GlobalAveragePooling1D()(h)
-    out = L.Dense(3)(h)
+    h = layers.Embedding(11, 8)(tokens)
+    h = layers.MultiHeadAttention(2, 4)(h, h)
+    h = layers.LayerNormalization()(h)
+    h = layers.GlobalAveragePooling1D()(h)
+    out = layers.Dense(3)(h)
     model = fnn.Model(tokens, out)
     x = RNG.integers(0, 11, size=(4, 6)).astype(np.int32)
     model.predict(x, verbose=0)
@@ -102,7 +102,7 @@ def test_stablehlo_reloads_without_fnn(conv_model, tmp_path):
 def test_layer_with_explicit_params(tmp_path):
     import jax
 
-    layer = fnn.serial(L.Dense(4, activation="tanh"), L.Dense(2))
+    layer = fnn.serial(layers.Dense(4, activation="tanh"), layers.Dense(2))
     x = RNG.normal(size=(3, 5)).astype(np.float32)
     params, state = layer.init(jax.random.key(1), x)
     path = fnn.export(layer, params, state, x, tmp_path / "d.onnx", format="onnx")
@@ -113,13 +113,13 @@ def test_layer_with_explicit_params(tmp_path):
 
 
 def test_errors(tmp_path):
-    lstm = _built([L.LSTM(2)], (4, 3))
+    lstm = _built([layers.LSTM(2)], (4, 3))
     x = np.zeros((2, 4, 3), np.float32)
     with pytest.raises(ExportError, match=r"layer 'lstm' \(LSTM\) uses the JAX primitive 'scan'"):
         fnn.export(lstm, None, None, x, tmp_path / "l.onnx", format="onnx")
     with pytest.raises(ExportError, match=r"expected format in \['stablehlo', 'onnx'\]"):
         fnn.export(lstm, None, None, x, tmp_path / "l.x", format="tflite")
     with pytest.raises(ExportError, match="needs its params and state"):
-        fnn.export(L.Dense(2), None, None, x, tmp_path / "l.onnx", format="onnx")
+        fnn.export(layers.Dense(2), None, None, x, tmp_path / "l.onnx", format="onnx")
     with pytest.raises(ExportError, match="needs a batch axis"):
         fnn.export(lstm, None, None, np.float32(1.0), tmp_path / "l.onnx", format="onnx")

@@ -483,7 +483,8 @@ def _gather(g, p, ins, avals_in, layer):
         and not dn.operand_batching_dims
         and tuple(p["slice_sizes"]) == (1, *operand.shape[1:])
         and idx.shape[-1] == 1
-        and tuple(dn.offset_dims) == tuple(range(len(idx.shape) - 1, len(idx.shape) - 1 + len(operand.shape) - 1))
+        and tuple(dn.offset_dims)
+        == tuple(range(len(idx.shape) - 1, len(idx.shape) - 1 + len(operand.shape) - 1))
     )
     if not take_rows:
         raise _unsupported("gather (other than a row lookup)", layer)
