@@ -178,6 +178,8 @@ ONNX_LAYERS = frozenset(
         "Softmax",
         "Add",
         "Concatenate",
+        "MultiHeadAttention",
+        "TransformerEncoderBlock",
     }
 )
 
