@@ -21,10 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from fnn.core.errors import ConfigError
+from fnn.io.readers import CsvDataset, IdxDataset, ImageFolder, NpyDataset, read_idx, write_idx
 from fnn.training.loop import epoch_order
 
 __all__ = [
     "DATASETS",
+    "CsvDataset",
+    "IdxDataset",
+    "ImageFolder",
+    "NpyDataset",
     "batches",
     "load",
     "load_breast_cancer",
@@ -34,8 +39,10 @@ __all__ = [
     "load_npz",
     "load_sequence",
     "load_wine",
+    "read_idx",
     "shuffle",
     "split",
+    "write_idx",
 ]
 
 Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
