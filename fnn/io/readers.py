@@ -94,8 +94,9 @@ def _file(path, what: str) -> Path:
 
 class NpyDataset(ExampleBatches):
     """``x`` (and optional ``y``) from ``.npy`` files opened as read-only memory maps
-    (never unpickled): ``x [n, ...]``, ``y [n]``; batches ``x [b, ...]`` float32 for
-    floating data (``dtype`` to change), ``y [b]``."""
+    (never unpickled; the map gives shape and dtype, batches are read from the file):
+    ``x [n, ...]``, ``y [n]``; batches ``x [b, ...]`` in the file's dtype (``dtype`` to
+    cast), ``y [b]``."""
 
     def __init__(self, x_path, y_path=None, batch_size: int = 32, *, dtype=None, **kwargs):
         super().__init__(batch_size, **kwargs)
@@ -117,10 +118,29 @@ class NpyDataset(ExampleBatches):
         self.num_examples = len(self.x)
 
     def read(self, indices):
-        x = np.asarray(self.x[indices])
+        x = _read_rows(self.x, indices)
         if self.dtype is not None:
             x = x.astype(self.dtype)
         return x, None if self.y is None else np.asarray(self.y[indices])
+
+
+def _read_rows(mm: np.memmap, indices: np.ndarray) -> np.ndarray:
+    """Rows ``mm[indices]`` read with plain file reads, one per run of consecutive
+    indices: pages touched through the map would count in the process's RSS until the
+    kernel evicts them, reads into a fresh array do not."""
+    row = mm.dtype.itemsize * int(np.prod(mm.shape[1:]))
+    out = np.empty((len(indices), *mm.shape[1:]), mm.dtype)
+    indices = np.asarray(indices, np.int64)
+    with open(mm.filename, "rb") as f:
+        k = 0
+        while k < len(indices):
+            j = k + 1
+            while j < len(indices) and indices[j] == indices[j - 1] + 1:
+                j += 1
+            f.seek(mm.offset + int(indices[k]) * row)
+            out[k:j] = np.frombuffer(f.read(row * (j - k)), mm.dtype).reshape(out[k:j].shape)
+            k = j
+    return out
 
 
 # IDX: magic 0x00 0x00 <type> <ndim>, then ndim big-endian uint32 sizes, then the data.
@@ -177,7 +197,7 @@ class IdxDataset(NpyDataset):
         self.num_examples = len(self.x)
 
     def read(self, indices):
-        x = np.asarray(self.x[indices], np.float32) * np.float32(self.scale)
+        x = _read_rows(self.x, indices).astype(np.float32) * np.float32(self.scale)
         if x.ndim == 3:
             x = x[..., None]
         return x, None if self.y is None else np.asarray(self.y[indices], np.int32)
