@@ -204,3 +204,22 @@ def test_memmap_training_stays_under_a_host_memory_budget(tmp_path):
     budget_mb = file_mb / 4
     # Peak RSS during the full epoch grows by less than the budget (the file is 4x it).
     assert (after_kb - before_kb) / 1024 < budget_mb, (before_kb, after_kb)
+
+
+@pytest.mark.parametrize("name", ["digits_image_folder", "digits_csv"])
+def test_cli_trains_from_generated_files(name, tmp_path, capsys):
+    from fnn.cli import commands as cli
+
+    files = datasets.write_digits_files(tmp_path / "files")
+    assert sum(f.stat().st_size for f in files.rglob("*") if f.is_file()) < 200_000
+    config = str(ROOT / "configs" / f"{name}.yaml")
+    path = files / ("images" if name == "digits_image_folder" else "digits.csv")
+    args = ["--set", f"dataset.options.path={path}", "--set", f"run_dir={tmp_path / 'run'}"]
+    quick = ["--set", "epochs=5", "--set", "plots=false", "--set", "tensorboard=false"]
+    assert cli.main(["train", config, *args, *quick]) == 0
+    results = __import__("json").loads((tmp_path / "run" / "results.json").read_text())
+    assert results["test"]["accuracy"] > 0.6  # 10 classes: chance is 0.1
+    missing = ["--set", f"dataset.options.path={tmp_path / 'none'}"]
+    assert cli.main(["train", config, *missing, "--set", f"run_dir={tmp_path / 'r2'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such" in err[0] and "none" in err[0], err
