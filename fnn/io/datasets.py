@@ -285,10 +285,10 @@ def write_digits_files(directory: str | os.PathLike, num_samples: int = 300) -> 
     and ``digits.csv`` (header ``p0..p63,label``). A few kilobytes; no download.
 
     >>> import tempfile
-    >>> d = write_digits_files(tempfile.mkdtemp(), num_samples=20)
+    >>> d = write_digits_files(tempfile.mkdtemp(), num_samples=60)
     >>> (_, y), _ = load_image_folder(d / "images", image_size=(8, 8), color_mode="grayscale")
     >>> len(y)
-    16
+    48
     """
     from PIL import Image
     from sklearn import datasets as sk
