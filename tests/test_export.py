@@ -76,14 +76,22 @@ def test_onnx_embedding_layernorm_attention(tmp_path):
 def test_stablehlo_reloads_without_fnn(conv_net, tmp_path):
     layer, params, state, reference = conv_net
     x = RNG.normal(size=(5, 8, 8, 1)).astype(np.float32)
-    path = fnn.export(layer, params, state, x[:2], tmp_path / "m.shlo", format="stablehlo")
+    path = fnn.export(
+        layer,
+        params,
+        state,
+        x[:2],
+        tmp_path / "m.shlo",
+        format="stablehlo",
+        platforms=("cpu", "cuda"),
+    )
     np.save(tmp_path / "x.npy", x)
     script = textwrap.dedent(
         f"""
         import sys, numpy as np, jax
         exported = jax.export.deserialize(bytearray(open({str(path)!r}, "rb").read()))
         y = exported.call(np.load({str(tmp_path / "x.npy")!r}))
-        assert "fnn" not in sys.modules
+        assert "fnn" not in sys.modules and exported.platforms == ("cpu", "cuda")
         np.save({str(tmp_path / "y.npy")!r}, np.asarray(y))
         """
     )

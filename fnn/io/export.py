@@ -73,13 +73,15 @@ def export(
     path: str | os.PathLike = "model",
     *,
     format: str = "stablehlo",
+    platforms: tuple[str, ...] | None = None,
 ) -> str:
     """Write ``model_or_layer``'s inference function (``train=False``) to ``path``.
 
     ``example_inputs``: one array ``[batch, ...]`` (or a tuple of them) giving the example
     shape and dtype; the exported batch size is symbolic. ``params``/``state`` default to a
     built ``Model``'s own. ``format``: ``"stablehlo"`` (``jax.export`` bytes) or
-    ``"onnx"``. Returns the path written.
+    ``"onnx"``. ``platforms`` (stablehlo only): e.g. ``("cpu", "cuda")`` to lower for
+    several backends (default: the current one). Returns the path written.
     """
     if format not in FORMATS:
         raise ExportError(f"export: expected format in {list(FORMATS)}, got {format!r}.")
@@ -98,7 +100,7 @@ def export(
     path = str(path)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if format == "stablehlo":
-        exported = jax.export.export(jax.jit(fn))(*specs)
+        exported = jax.export.export(jax.jit(fn), platforms=platforms)(*specs)
         with open(path, "wb") as f:
             f.write(exported.serialize())
         return path
