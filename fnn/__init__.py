@@ -22,6 +22,7 @@ from fnn.core.layer import Layer, LayerSpec, register_layer
 from fnn.core.summary import summary
 from fnn.distributed import data_parallel
 from fnn.io import checkpoint, datasets, saving
+from fnn.io.export import export
 from fnn.io.saving import load_weights, save_weights
 from fnn.shell import callbacks, models
 from fnn.shell.model import Input, Model, Sequential
@@ -75,6 +76,7 @@ __all__ = [
     "ensemble",
     "errors",
     "explain",
+    "export",
     "fan_out",
     "initializers",
     "layers",

@@ -125,6 +125,21 @@ def test_evaluate_and_predict_commands(trained, tmp_path, capsys):
     assert "no checkpoint there" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime")
+def test_export_command_onnx_equals_the_saved_model(trained, tmp_path, capsys):
+    import onnxruntime
+
+    out = tmp_path / "m.onnx"
+    args = ["export", MLP, "--checkpoint", str(trained), "--format", "onnx", "--output", str(out)]
+    assert cli.main(args) == 0
+    (_, _), (x_test, _) = datasets.load_digits()
+    loaded = saving.load_layer(trained / "model")
+    want = np.asarray(loaded.layer.apply(loaded.params, loaded.state, x_test[:9])[0])
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input_0": x_test[:9]})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_summary_command(capsys):
     assert cli.main(["summary", MLP]) == 0
     out = capsys.readouterr().out

@@ -691,6 +691,21 @@ def cmd_tune(args) -> int:
     return tune.cmd_tune(args, tune.TrainPieces(Run, _EpochLines))
 
 
+def cmd_export(args) -> int:
+    """``fnn export``: the restored checkpoint as a StableHLO or ONNX file (:func:`fnn.export`)."""
+    from fnn.cli import config as config_lib
+    from fnn.io.export import export
+
+    cfg = config_lib.load_config(args.config, args.set)
+    run = Run(cfg, args.config)
+    directory, ts = _restore(run, args.checkpoint)
+    suffix = {"onnx": ".onnx", "stablehlo": ".stablehlo"}.get(args.format, "")
+    out = args.output or str(_run_dir(cfg, args.config) / f"model{suffix}")
+    path = export(run.model, ts.params, ts.state, run.x_train[:1], out, format=args.format)
+    _say(f"exported {directory} (step {int(ts.step)}) as {args.format} to {path}")
+    return 0
+
+
 def cmd_summary(args) -> int:
     """``fnn summary CONFIG``: print the configured model's layers and shapes; exit code."""
     from fnn.cli import config as config_lib
@@ -739,6 +754,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="DIR")
     p.add_argument("--input", required=True, metavar="FILE", help=".npy, .npz or .csv")
     p.add_argument("--output", metavar="FILE", help=".csv or .npz (default: print CSV)")
+    p = add("export", "export a checkpoint for serving (StableHLO or ONNX)", cmd_export)
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--format", default="stablehlo", choices=["stablehlo", "onnx"])
+    p.add_argument("--output", metavar="FILE", help="default: RUN_DIR/model.<format>")
     add("summary", "print the model's layers, shapes and parameter counts", cmd_summary)
     from fnn.cli import tune as tune_lib  # stdlib-only at import: Optuna loads when it runs
 

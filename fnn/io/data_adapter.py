@@ -249,6 +249,26 @@ def _setting(data, name: str, default):
     return default if value is None else value
 
 
+def _signature(batch):
+    leaves, treedef = jax.tree.flatten(batch)
+    return treedef, [(tuple(np.shape(a)[1:]), np.dtype(a.dtype).name) for a in leaves]
+
+
+def check_same_structure(name: str, batch, first, count: int):
+    """The signature ``(treedef, [(shape without the batch axis, dtype)])`` of the first
+    batch; a later batch with another structure, example shape or dtype raises, naming
+    the batch (only the batch size may change, e.g. a last partial batch)."""
+    sig = _signature(batch)
+    if first is not None and sig != first:
+        raise ShapeError(
+            f"{name}: batch {count} changed structure or shapes mid-epoch: expected "
+            f"{first[0]} with example shapes/dtypes {first[1]}, got {sig[0]} with {sig[1]}. "
+            "Every batch must have the same structure and shapes (only the batch size "
+            "may differ)."
+        )
+    return sig
+
+
 class IterableData:
     """Batches from a Python iterable or generator of ``(x, y[, sample_weight])``, or from
     a ``PyDataset``.
@@ -296,11 +316,14 @@ class IterableData:
         limit = None if self.sequence else steps  # a PyDataset epoch is cut to steps already
 
         def batches():
+            first = None
             for count, item in enumerate(it, start=1):
                 x, y, sw = unpack(item)
                 if self.arrange is not None:
                     x, y = self.arrange(x, y)
-                yield as_arrays(x), as_arrays(y), as_arrays(sw)
+                batch = (as_arrays(x), as_arrays(y), as_arrays(sw))
+                first = check_same_structure(self.name, batch, first, count)
+                yield batch
                 if limit is not None and count >= limit:
                     return
             if self.one_shot:

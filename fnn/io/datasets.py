@@ -21,21 +21,30 @@ from pathlib import Path
 import numpy as np
 
 from fnn.core.errors import ConfigError
+from fnn.io.readers import CsvDataset, IdxDataset, ImageFolder, NpyDataset, read_idx, write_idx
 from fnn.training.loop import epoch_order
 
 __all__ = [
     "DATASETS",
+    "CsvDataset",
+    "IdxDataset",
+    "ImageFolder",
+    "NpyDataset",
     "batches",
     "load",
     "load_breast_cancer",
     "load_csv",
     "load_digits",
+    "load_image_folder",
     "load_iris",
     "load_npz",
     "load_sequence",
     "load_wine",
+    "read_idx",
     "shuffle",
     "split",
+    "write_digits_files",
+    "write_idx",
 ]
 
 Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -253,6 +262,56 @@ def load_csv(
     return split(x, y, test_size, seed)
 
 
+def load_image_folder(
+    path: str | os.PathLike,
+    image_size=(32, 32),
+    color_mode: str = "rgb",
+    test_size: float = 0.2,
+    seed: int = 0,
+) -> Split:
+    """An image folder (``path/<class>/<image>``, :class:`ImageFolder`) read into arrays
+    ``x [n, height, width, channels]`` float32 in [0, 1], ``y [n]`` int32, then split.
+    For folders larger than memory pass ``ImageFolder`` itself to ``fit``."""
+    data = ImageFolder(path, tuple(image_size), batch_size=256, color_mode=color_mode)
+    parts = [data[i] for i in range(len(data))]
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    return split(x, y, test_size, seed)
+
+
+def write_digits_files(directory: str | os.PathLike, num_samples: int = 300) -> Path:
+    """Write the first ``num_samples`` scikit-learn digits as small files for the file
+    readers and the CLI's file configs: ``images/<digit>/<i>.png`` (8x8 grayscale PNGs)
+    and ``digits.csv`` (header ``p0..p63,label``). About 80 KB in all for 300 digits; no download.
+
+    >>> import tempfile
+    >>> d = write_digits_files(tempfile.mkdtemp(), num_samples=60)
+    >>> (_, y), _ = load_image_folder(d / "images", image_size=(8, 8), color_mode="grayscale")
+    >>> len(y)
+    48
+    """
+    from PIL import Image
+    from sklearn import datasets as sk
+
+    digits = sk.load_digits()
+    out = Path(directory)
+    images = digits.images[:num_samples]
+    labels = digits.target[:num_samples]
+    for i, (img, label) in enumerate(zip(images, labels)):
+        folder = out / "images" / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img * 255 / 16).round().astype(np.uint8), mode="L").save(
+            folder / f"{i:04d}.png"
+        )
+    header = ",".join([*(f"p{j}" for j in range(64)), "label"])
+    rows = [
+        ",".join([*(str(int(v)) for v in img.ravel()), str(int(lab))])
+        for img, lab in zip(images, labels)
+    ]
+    (out / "digits.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    return out
+
+
 DATASETS: dict[str, Callable[..., Split]] = {
     "digits": load_digits,
     "breast_cancer": load_breast_cancer,
@@ -261,12 +320,13 @@ DATASETS: dict[str, Callable[..., Split]] = {
     "sequence": load_sequence,
     "npz": load_npz,
     "csv": load_csv,
+    "image_folder": load_image_folder,
 }
 
 
 def load(name: str, **options) -> Split:
     """Load a dataset by name (``digits``, ``breast_cancer``, ``wine``, ``iris``, ``sequence``,
-    ``npz``, ``csv``) with the keyword options of its loader."""
+    ``npz``, ``csv``, ``image_folder``) with the keyword options of its loader."""
     from fnn.core.errors import unknown_name
 
     if name not in DATASETS:
