@@ -208,10 +208,15 @@ def _snake(name: str) -> str:
     return out
 
 
+# The longest error line the CLI prints (a message listing many mismatches is cut).
+_MAX_LINE = 600
+
+
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
+    text = str(err).strip() or type(err).__name__
     lines = [line.strip() for line in text.splitlines()]
-    return lines[0] if len(lines) == 1 else f"{lines[0]} {'; '.join(lines[1:])}"
+    line = lines[0] if len(lines) == 1 else f"{lines[0]} {'; '.join(lines[1:])}"
+    return line if len(line) <= _MAX_LINE else line[: _MAX_LINE - 3] + "..."
 
 
 def _output_shape(model, abstract, spec):
@@ -299,6 +304,8 @@ def cmd_train(args) -> int:
     cfg = config_lib.load_config(args.config, args.set)
     primary = is_primary()  # process 0 writes the run files; every process trains
     run_dir = _run_dir(cfg, args.config)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise _UsageError(f"run_dir: {run_dir} is a file, not a directory; choose another run_dir.")
     ckpt_dir = run_dir / "checkpoints"
     if args.overwrite and args.resume:
         raise _UsageError("--resume and --overwrite exclude each other.")
@@ -603,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fnn", description="Train, evaluate and inspect fnn models from YAML configs."
     )
+    parser.add_argument("--version", action="version", version=f"fnn {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, help_text, fn):
@@ -615,31 +623,48 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a config value, e.g. --set epochs=5 --set optimizer.learning_rate=0.01",
         )
+        p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
         p.set_defaults(fn=fn)
         return p
 
     p = add("train", "train a model; writes checkpoints, metrics and plots to run_dir", cmd_train)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run_dir first")
+    checkpoint_help = (
+        "a checkpoint directory (checkpoints/step_*), a run's checkpoints/ directory (its "
+        "latest step is used) or the run directory itself"
+    )
     p = add("evaluate", "evaluate a checkpoint on the test split", cmd_evaluate)
-    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help=checkpoint_help)
     p = add("predict", "predict with a checkpoint on inputs from a file", cmd_predict)
-    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help=checkpoint_help)
     p.add_argument("--input", required=True, metavar="FILE", help=".npy, .npz or .csv")
     p.add_argument("--output", metavar="FILE", help=".csv or .npz (default: print CSV)")
     add("summary", "print the model's layers, shapes and parameter counts", cmd_summary)
     return parser
 
 
+def _version() -> str:
+    import fnn
+
+    return fnn.__version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``fnn`` command line; returns the exit code (2 for config errors)."""
+    """Run the ``fnn`` command line; returns the exit code: 2 for bad input (config,
+    shapes, usage), 1 for a failure at run time, each with one line on stderr (the full
+    traceback only with ``--debug``)."""
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (ConfigError, ShapeError) as err:
+        if args.debug:
+            raise
         print(f"fnn: error: {_first_line(err)}", file=sys.stderr)
         return 2
     except FnnError as err:
+        if args.debug:
+            raise
         print(f"fnn: error: {_first_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -648,6 +673,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `fnn predict ... | head`
         sys.stderr.close()
         return 141
+    except Exception as err:  # a bug or an environment failure: still one line
+        if args.debug:
+            raise
+        print(
+            f"fnn: error: {type(err).__name__}: {_first_line(err)} (run with --debug for "
+            "the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":
