@@ -345,19 +345,28 @@ def cmd_train(args) -> int:
         else:
             step = backup.manager.latest_step()
             _say(f"resumed from {backup.manager.path(step)} (epoch {done}, step {step})")
+            _say_changed_epochs(backup.manager.path(step), epochs)
     devices = None
     if cfg["distribute"]["strategy"] == "data_parallel":
         devices = cfg["distribute"]["num_devices"] or jax.device_count()
     # TensorBoard before the epoch line (which adds time_s), the CSV row and the backup after.
     lines = _EpochLines(run.metric_names)
-    callbacks = [TensorBoard(run_dir / "tensorboard")] if cfg["tensorboard"] and primary else []
+    tensorboard = cfg["tensorboard"]
+    if tensorboard is None:  # the default: write event files only if tensorboardX is there
+        import importlib.util
+
+        tensorboard = importlib.util.find_spec("tensorboardX") is not None
+    callbacks = [TensorBoard(run_dir / "tensorboard")] if tensorboard and primary else []
     callbacks.append(lines)
     if primary:
         callbacks.append(CSVLogger(run_dir / "metrics.csv", append=args.resume))
     callbacks.append(backup)  # every process: checkpoint.save is collective, process 0 writes
-    n_params = sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(model.params))
+    # Counted as `fnn summary` (and Keras) count: params plus state, trainable in brackets.
+    n_params = model.count_params()
+    n_trainable = sum(int(np.prod(np.shape(p))) for p in model.trainable_weights)
     _say(
-        f"training {Path(args.config).name}: {n_params:,} params, {len(run.x_train)} train / "
+        f"training {Path(args.config).name}: {n_params:,} params ({n_trainable:,} trainable), "
+        f"{len(run.x_train)} train / "
         f"{len(run.x_val)} val / {len(run.x_test)} test examples, {epochs} epochs, "
         f"{devices or 1} device(s) -> {run_dir}"
     )
@@ -402,6 +411,20 @@ def cmd_train(args) -> int:
         + (", " + ", ".join(plots) if plots else "")
     )
     return 0
+
+
+def _say_changed_epochs(path: Path, epochs: int) -> None:
+    """Say explicitly when ``--resume`` runs to another number of epochs than the run that
+    wrote the checkpoint (``--set epochs=N``): the schedule is rebuilt for the new total."""
+    from fnn.io import checkpoint
+
+    saved = checkpoint.read_info(path)["metadata"].get("config", {}).get("epochs")
+    if isinstance(saved, int) and saved != epochs:
+        _say(
+            f"resume: epochs changed from {saved} (the checkpointed run) to {epochs}: training "
+            f"continues to epoch {epochs} and the learning-rate schedule is rebuilt for "
+            f"{epochs} epochs."
+        )
 
 
 def _dump_yaml(cfg: dict) -> str:
@@ -480,9 +503,13 @@ def _resolve_checkpoint(path: str) -> Path:
     from fnn.io.checkpoint import INDEX_FILE, CheckpointError, list_steps
 
     p = Path(path)
-    if (p / INDEX_FILE).exists():
+    # A run's model/ folder is a whole-model save (no optimizer state): use the run's
+    # latest training checkpoint instead, as for the run directory itself.
+    run_model = p.name == "model" and (p.parent / "checkpoints").is_dir()
+    if (p / INDEX_FILE).exists() and not run_model:
         return p
-    for candidate in (p, p / "checkpoints"):
+    candidates = (p.parent / "checkpoints",) if run_model else (p, p / "checkpoints")
+    for candidate in candidates:
         steps = list_steps(candidate)
         if steps:
             return candidate / f"step_{steps[-1]:08d}"

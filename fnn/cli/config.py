@@ -82,7 +82,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "distribute": {"strategy": "none", "num_devices": None},
     "plots": True,
-    "tensorboard": True,
+    "tensorboard": None,  # None: if tensorboardX is installed; true: say when it is not
 }
 _REQUIRED = {"": ("model", "dataset"), "model": ("layers",), "dataset": ("name",)}
 _OPEN = ("dataset.options", "optimizer.options", "loss")  # free keyword arguments, checked later
@@ -321,7 +321,8 @@ def validate(raw: Any) -> dict:
     if cfg["run_dir"] is not None and not isinstance(cfg["run_dir"], str):
         raise ConfigError(f"run_dir: expected a path string, {_got(cfg['run_dir'])}.")
     _bool("plots", cfg["plots"])
-    _bool("tensorboard", cfg["tensorboard"])
+    if cfg["tensorboard"] is not None:
+        _bool("tensorboard", cfg["tensorboard"])
 
     ckpt = cfg["checkpoint"]
     _positive_int("checkpoint.every_epochs", ckpt["every_epochs"])
