@@ -3,6 +3,8 @@ shape than the declared fnn.Input (Keras raises too), 0 examples, string labels.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -56,3 +58,18 @@ def test_string_labels_name_the_loss(mlp, labels):
         r"'sparse_categorical_crossentropy' needs numeric labels",
     ):
         mlp.fit(np.ones((8, 4), "float32"), labels, epochs=1, verbose=0)
+
+
+def test_layer_errors_name_the_unique_name_in_the_model():
+    model = fnn.Sequential(
+        [fnn.Input(shape=(8, 8, 1)), Conv2D(2, 3), Conv2D(2, 3), Conv2D(2, 9), Flatten()]
+    )
+    with pytest.raises(fnn.ShapeError, match=r"^conv2d_2: expected spatial size at least"):
+        model.build((None, 8, 8, 1))
+    stack = fnn.serial(Dense(4), Dense(3))
+    params, state = stack.init(jax.random.key(0), jnp.ones((2, 5)))
+    with pytest.raises(fnn.ShapeError, match=r"^dense: expected inputs with last dimension 5"):
+        stack.apply(params, state, jnp.ones((2, 6)))
+    params["dense_1"]["kernel"] = jnp.ones((7, 3))  # a wrong weight in the second Dense
+    with pytest.raises(fnn.ShapeError, match=r"^dense_1: expected inputs with last dimension 7"):
+        stack.apply(params, state, jnp.ones((2, 5)))
