@@ -672,9 +672,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    import fnn
+    # The installed distribution's version (importing the fnn package from here would
+    # point up the layer order).
+    from importlib import metadata
 
-    return fnn.__version__
+    try:
+        return metadata.version("fnn")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
