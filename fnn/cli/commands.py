@@ -355,7 +355,9 @@ def cmd_train(args) -> int:
     if tensorboard is None:  # the default: write event files only if tensorboardX is there
         import importlib.util
 
-        tensorboard = importlib.util.find_spec("tensorboardX") is not None
+        tensorboard = (
+            "tensorboardX" in sys.modules or importlib.util.find_spec("tensorboardX") is not None
+        )
     callbacks = [TensorBoard(run_dir / "tensorboard")] if tensorboard and primary else []
     callbacks.append(lines)
     if primary:
