@@ -242,6 +242,7 @@ def test_tensor_missing_from_arrays_file(saved):
     data = (path / checkpoint.ARRAYS_FILE).read_bytes()
     info["arrays_bytes"] = len(data)
     info["arrays_sha256"] = checkpoint._sha256(data)
+    info["index_sha256"] = checkpoint._index_sha256(info)
     (path / checkpoint.INDEX_FILE).write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match=r"tensor 'opt_state/0/count' for .* missing"):
         checkpoint.restore(path, target=target)

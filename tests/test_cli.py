@@ -163,8 +163,8 @@ def test_resume_equals_uninterrupted_training_bitwise(tmp_path, capsys):
     assert cli.main(["train", MLP, "--set", f"run_dir={part}", *common, "--resume"]) == 0
     captured = capsys.readouterr()
     assert "resumed from" in captured.out
-    if importlib.util.find_spec("tensorboardX") is None:
-        assert "TensorBoard: tensorboardX is not installed" in captured.err
+    # tensorboard is not set in the config: no "skipped" line either way.
+    assert "TensorBoard: tensorboardX is not installed" not in captured.err
     a = checkpoint.restore(full / "checkpoints" / f"step_{steps[-1]:08d}")
     b = checkpoint.restore(part / "checkpoints" / f"step_{steps[-1]:08d}")
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)

@@ -167,7 +167,9 @@ def test_fnn_train_equals_the_python_fit_code(tmp_path, capsys):
     sets = [f"run_dir={run}", "epochs=3", "plots=false", "tensorboard=false"]
     assert cli.main(["train", config, *(a for s in sets for a in ("--set", s))]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("training digits_mlp.yaml: 50,826 params, 1437 train / 360 val")
+    assert lines[0].startswith(
+        "training digits_mlp.yaml: 50,826 params (50,826 trainable), 1437 train / 360 val"
+    )
     assert [line.split("  ")[0] for line in lines[1:4]] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     assert lines[1].split("  ")[1].startswith("loss ") and lines[-2].startswith("done in ")
 

@@ -209,10 +209,15 @@ def _snake(name: str) -> str:
     return out
 
 
+# The longest error line the CLI prints (a message listing many mismatches is cut).
+_MAX_LINE = 600
+
+
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
+    text = str(err).strip() or type(err).__name__
     lines = [line.strip() for line in text.splitlines()]
-    return lines[0] if len(lines) == 1 else f"{lines[0]} {'; '.join(lines[1:])}"
+    line = lines[0] if len(lines) == 1 else f"{lines[0]} {'; '.join(lines[1:])}"
+    return line if len(line) <= _MAX_LINE else line[: _MAX_LINE - 3] + "..."
 
 
 def _output_shape(model, abstract, spec):
@@ -308,6 +313,8 @@ def cmd_train(args) -> int:
     cfg = config_lib.load_config(args.config, args.set)
     primary = is_primary()  # process 0 writes the run files; every process trains
     run_dir = _run_dir(cfg, args.config)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise _UsageError(f"run_dir: {run_dir} is a file, not a directory; choose another run_dir.")
     ckpt_dir = run_dir / "checkpoints"
     if args.overwrite and args.resume:
         raise _UsageError("--resume and --overwrite exclude each other.")
@@ -348,6 +355,7 @@ def cmd_train(args) -> int:
         else:
             step = backup.manager.latest_step()
             _say(f"resumed from {backup.manager.path(step)} (epoch {done}, step {step})")
+            _say_changed_epochs(backup.manager.path(step), epochs)
     devices = None
     if cfg["distribute"]["strategy"] == "data_parallel":
         devices = cfg["distribute"]["num_devices"] or jax.device_count()
@@ -362,14 +370,24 @@ def cmd_train(args) -> int:
         _say(sharding_table(model.params, shardings))
     # TensorBoard before the epoch line (which adds time_s), the CSV row and the backup after.
     lines = _EpochLines(run.metric_names)
-    callbacks = [TensorBoard(run_dir / "tensorboard")] if cfg["tensorboard"] and primary else []
+    tensorboard = cfg["tensorboard"]
+    if tensorboard is None:  # the default: write event files only if tensorboardX is there
+        import importlib.util
+
+        tensorboard = (
+            "tensorboardX" in sys.modules or importlib.util.find_spec("tensorboardX") is not None
+        )
+    callbacks = [TensorBoard(run_dir / "tensorboard")] if tensorboard and primary else []
     callbacks.append(lines)
     if primary:
         callbacks.append(CSVLogger(run_dir / "metrics.csv", append=args.resume))
     callbacks.append(backup)  # every process: checkpoint.save is collective, process 0 writes
-    n_params = sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(model.params))
+    # Counted as `fnn summary` (and Keras) count: params plus state, trainable in brackets.
+    n_params = model.count_params()
+    n_trainable = sum(int(np.prod(np.shape(p))) for p in model.trainable_weights)
     _say(
-        f"training {Path(args.config).name}: {n_params:,} params, {len(run.x_train)} train / "
+        f"training {Path(args.config).name}: {n_params:,} params ({n_trainable:,} trainable), "
+        f"{len(run.x_train)} train / "
         f"{len(run.x_val)} val / {len(run.x_test)} test examples, {epochs} epochs, "
         f"{devices or 1} device(s) -> {run_dir}"
     )
@@ -491,6 +509,20 @@ def _fairness(run: Run) -> dict | None:
     )
 
 
+def _say_changed_epochs(path: Path, epochs: int) -> None:
+    """Say explicitly when ``--resume`` runs to another number of epochs than the run that
+    wrote the checkpoint (``--set epochs=N``): the schedule is rebuilt for the new total."""
+    from fnn.io import checkpoint
+
+    saved = checkpoint.read_info(path)["metadata"].get("config", {}).get("epochs")
+    if isinstance(saved, int) and saved != epochs:
+        _say(
+            f"resume: epochs changed from {saved} (the checkpointed run) to {epochs}: training "
+            f"continues to epoch {epochs} and the learning-rate schedule is rebuilt for "
+            f"{epochs} epochs."
+        )
+
+
 def _dump_yaml(cfg: dict) -> str:
     import yaml
 
@@ -567,9 +599,13 @@ def _resolve_checkpoint(path: str) -> Path:
     from fnn.io.checkpoint import INDEX_FILE, CheckpointError, list_steps
 
     p = Path(path)
-    if (p / INDEX_FILE).exists():
+    # A run's model/ folder is a whole-model save (no optimizer state): use the run's
+    # latest training checkpoint instead, as for the run directory itself.
+    run_model = p.name == "model" and (p.parent / "checkpoints").is_dir()
+    if (p / INDEX_FILE).exists() and not run_model:
         return p
-    for candidate in (p, p / "checkpoints"):
+    candidates = (p.parent / "checkpoints",) if run_model else (p, p / "checkpoints")
+    for candidate in candidates:
         steps = list_steps(candidate)
         if steps:
             return candidate / f"step_{steps[-1]:08d}"
@@ -730,6 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fnn", description="Train, evaluate and inspect fnn models from YAML configs."
     )
+    parser.add_argument("--version", action="version", version=f"fnn {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, help_text, fn):
@@ -742,16 +779,21 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a config value, e.g. --set epochs=5 --set optimizer.learning_rate=0.01",
         )
+        p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
         p.set_defaults(fn=fn)
         return p
 
     p = add("train", "train a model; writes checkpoints, metrics and plots to run_dir", cmd_train)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run_dir first")
+    checkpoint_help = (
+        "a checkpoint directory (checkpoints/step_*), a run's checkpoints/ directory (its "
+        "latest step is used) or the run directory itself"
+    )
     p = add("evaluate", "evaluate a checkpoint on the test split", cmd_evaluate)
-    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help=checkpoint_help)
     p = add("predict", "predict with a checkpoint on inputs from a file", cmd_predict)
-    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help=checkpoint_help)
     p.add_argument("--input", required=True, metavar="FILE", help=".npy, .npz or .csv")
     p.add_argument("--output", metavar="FILE", help=".csv or .npz (default: print CSV)")
     p = add("export", "export a checkpoint for serving (StableHLO or ONNX)", cmd_export)
@@ -766,15 +808,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    # The installed distribution's version (importing the fnn package from here would
+    # point up the layer order).
+    from importlib import metadata
+
+    try:
+        return metadata.version("fnn")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``fnn`` command line; returns the exit code (2 for config errors)."""
+    """Run the ``fnn`` command line; returns the exit code: 2 for bad input (config,
+    shapes, usage), 1 for a failure at run time, each with one line on stderr (the full
+    traceback only with ``--debug``)."""
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (ConfigError, ShapeError) as err:
+        if args.debug:
+            raise
         print(f"fnn: error: {_first_line(err)}", file=sys.stderr)
         return 2
     except FnnError as err:
+        if args.debug:
+            raise
         print(f"fnn: error: {_first_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -783,6 +842,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `fnn predict ... | head`
         sys.stderr.close()
         return 141
+    except Exception as err:  # a bug or an environment failure: still one line
+        if args.debug:
+            raise
+        print(
+            f"fnn: error: {type(err).__name__}: {_first_line(err)} (run with --debug for "
+            "the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -81,7 +82,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "distribute": {"strategy": "none", "num_devices": None, "mesh": None, "rules": {}},
     "plots": True,
-    "tensorboard": True,
+    "tensorboard": None,  # None: if tensorboardX is installed; true: say when it is not
     # Per-group test metrics: the group of each test example from input column ``feature``
     # (split in two at ``split_at`` if given) or from a .npy file ``path``.
     "fairness": {"feature": None, "split_at": None, "path": None, "pos_label": 1},
@@ -101,16 +102,24 @@ _got = spec.describe
 _join = spec.join_path
 
 
-def _positive_int(path, value, minimum=1):
+# Larger ints overflow JAX's int32/int64 arguments deep inside XLA; reject them up front.
+_MAX_INT = 2**31 - 1
+
+
+def _positive_int(path, value, minimum=1, maximum=_MAX_INT):
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ConfigError(f"{path}: expected {what}, {_got(value)}.")
+    if value > maximum:
+        raise ConfigError(f"{path}: expected an int <= {maximum}, {_got(value)}.")
     return value
 
 
 def _number(path, value, low=None, high=None, *, low_open=False, high_open=False):
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise ConfigError(f"{path}: expected a number, {_got(value)}.")
+    if not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a finite number, got {value!r}.")
     bad = (
         (low is not None and (value < low or (low_open and value == low)))
         or (high is not None and (value > high or (high_open and value == high)))
@@ -185,11 +194,23 @@ def _layer_entry(path: str, entry: Any) -> tuple[str, dict]:
             raise ConfigError(
                 f"{path}.{name}: expected the layer's arguments as a mapping, {_got(args)}."
             )
+        for key, value in args.items():
+            _check_int_sizes(f"{path}.{name}.{key}", value)
         return str(name), {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
     raise ConfigError(
         f"{path}: expected a layer name or a one-key mapping like {{Dense: {{units: 10}}}}, "
         f"{_got(entry)}."
     )
+
+
+def _check_int_sizes(path: str, value: Any) -> None:
+    """Reject ints beyond int32 in layer arguments (units, kernel sizes, ...): JAX would
+    raise a raw ``OverflowError`` naming no layer."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_INT:
+        raise ConfigError(f"{path}: expected an int of at most {_MAX_INT}, {_got(value)}.")
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value[:16]):  # kernel sizes, strides: short lists
+            _check_int_sizes(f"{path}[{i}]", item)
 
 
 def build_layer(path: str, entry: Any) -> Layer:
@@ -304,7 +325,8 @@ def validate(raw: Any) -> dict:
     if cfg["run_dir"] is not None and not isinstance(cfg["run_dir"], str):
         raise ConfigError(f"run_dir: expected a path string, {_got(cfg['run_dir'])}.")
     _bool("plots", cfg["plots"])
-    _bool("tensorboard", cfg["tensorboard"])
+    if cfg["tensorboard"] is not None:
+        _bool("tensorboard", cfg["tensorboard"])
 
     ckpt = cfg["checkpoint"]
     _positive_int("checkpoint.every_epochs", ckpt["every_epochs"])
@@ -372,7 +394,44 @@ def load_config_text(text: str, overrides: Sequence[str] = ()) -> dict:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"<config>: invalid YAML{line}: {problem}.") from None
     raw = apply_overrides(raw if raw is not None else {}, overrides)
+    _check_expanded_size(raw)
     return validate(raw)
+
+
+# A real config has a few hundred values; nested YAML anchors can expand a 600-byte file
+# to billions, which every later step (copying, messages, loaders) would walk.
+_MAX_VALUES = 100_000
+
+
+def _check_expanded_size(raw: Any) -> None:
+    """Raise ``ConfigError`` if ``raw`` expands to more than ``_MAX_VALUES`` values, counted
+    once per distinct node (aliases share objects), so a YAML bomb is measured, not walked."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        if not isinstance(node, dict | list):
+            return 1
+        key = id(node)
+        if key not in sizes:
+            sizes[key] = _MAX_VALUES + 1  # a cycle (a recursive alias) counts as too big
+            items = node.values() if isinstance(node, dict) else node
+            total = 1
+            for item in items:
+                total += size(item)
+                if total > _MAX_VALUES:
+                    break
+            sizes[key] = total
+        return sizes[key]
+
+    try:
+        total = size(raw)
+    except RecursionError:
+        total = _MAX_VALUES + 1
+    if total > _MAX_VALUES:
+        raise ConfigError(
+            f"<config>: the document expands to more than {_MAX_VALUES:,} values (nested YAML "
+            "anchors and aliases?); a config needs far fewer."
+        )
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:

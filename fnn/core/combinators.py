@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 
-from fnn.core.errors import ConfigError, ShapeError, shape_of
+from fnn.core.errors import ConfigError, FnnError, ShapeError, shape_of
 from fnn.core.layer import Layer, as_shape_struct, output_shapes, register_layer
 
 # Active only inside fnn.summary: a list that collects (path, layer, outputs, params, state)
@@ -127,6 +128,17 @@ def _apply_children(keys, layers, params, state, inputs_per_child, rng, train):
     return tuple(outs), new_state
 
 
+def _renamed(key: str, child: Layer, err: FnnError) -> FnnError:
+    """``err`` re-worded with the child's unique name in this combinator when it starts
+    with the constructor name (the third Conv2D reports ``conv2d_2:``, not ``conv2d:``)."""
+    prefix, text = f"{child.name}:", str(err)
+    if key == child.name or not text.startswith(prefix):
+        return err
+    renamed = copy.copy(err)  # same class and attributes, new text
+    renamed.args = (f"{key}:{text[len(prefix) :]}",)
+    return renamed
+
+
 @register_layer
 def serial(*layers: Layer, name: str = "sequential") -> Layer:
     """Chain layers: each child's outputs are the next child's inputs (tuples are splatted).
@@ -139,19 +151,27 @@ def serial(*layers: Layer, name: str = "sequential") -> Layer:
         params, state = {}, {}
         xs = as_shape_struct(inputs)
         for k, child, child_key in zip(keys, layers, jax.random.split(key, max(len(layers), 1))):
-            p, s = child.init(child_key, *xs)
+            try:
+                p, s = child.init(child_key, *xs)
+                xs = as_inputs(output_shapes(child, p, s, *xs))
+            except FnnError as err:
+                raise _renamed(k, child, err) from None
             if p:
                 params[k] = p
             if s:
                 state[k] = s
-            xs = as_inputs(output_shapes(child, p, s, *xs))
         return params, state
 
     def apply(params, state, *inputs, rng=None, train=False):
         new_state = {}
         xs = inputs
         for k, child, child_rng in zip(keys, layers, split_rng(rng, len(layers))):
-            out, s = call_child(k, child, params.get(k, {}), state.get(k, {}), xs, child_rng, train)
+            try:
+                out, s = call_child(
+                    k, child, params.get(k, {}), state.get(k, {}), xs, child_rng, train
+                )
+            except FnnError as err:
+                raise _renamed(k, child, err) from None
             if s:
                 new_state[k] = s
             xs = as_inputs(out)

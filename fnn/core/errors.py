@@ -7,8 +7,29 @@ and are raised in Python before XLA sees the arrays.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
+
+# At most this many characters of a value's repr in any message.
+MAX_REPR = 300
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 6, 6, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 120, 120, 60
+
+
+def bounded_repr(value: object, limit: int = MAX_REPR) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters, without ever building the whole
+    repr (a YAML document of nested anchors can expand to gigabytes).
+
+    >>> bounded_repr(list(range(100)))
+    '[0, 1, 2, 3, 4, 5, ...]'
+    >>> len(bounded_repr("x" * 10_000)) <= 300
+    True
+    """
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class FnnError(ValueError):

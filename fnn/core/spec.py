@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fnn.core.errors import ConfigError, FnnError, closest
+from fnn.core.errors import ConfigError, FnnError, bounded_repr, closest
 from fnn.core.layer import Layer, LayerSpec, get_layer_factory, registered_layers
 
 __all__ = ["build", "describe", "full_arguments", "join_path"]
@@ -49,9 +49,10 @@ def join_path(path: str, key: str | int) -> str:
 
 
 def describe(value: Any) -> str:
-    """``"got 'ten' (str)"``: a value and its type for messages (None reads ``null``)."""
+    """``"got 'ten' (str)"``: a value and its type for messages (None reads ``null``); the
+    value's repr is bounded (:func:`fnn.core.errors.bounded_repr`)."""
     kind = type(value).__name__ if value is not None else "null"
-    return f"got {value!r} ({kind})"
+    return f"got {bounded_repr(value)} ({kind})"
 
 
 def _at(path: str, message: str) -> str:

@@ -8,8 +8,9 @@ A checkpoint is a directory with two files:
   can open the file; nothing in it can execute code.
 - ``checkpoint.json``: the tree structure (containers, dict keys, NamedTuple/dataclass
   class names), per-leaf kind, dtype and shape keyed by ``jax.tree_util.keystr`` path,
-  PRNG implementations, Python scalars, user ``metadata``/``metrics``, and a SHA-256 of
-  the arrays file. Nothing is pickled.
+  PRNG implementations, Python scalars, user ``metadata``/``metrics``, a SHA-256 of
+  the arrays file, and a SHA-256 of the index itself (``index_sha256``, over its canonical
+  JSON), so a changed byte in either file is caught on restore. Nothing is pickled.
 
 ``save`` writes into a hidden temporary directory next to the target, fsyncs the files
 and the directory, then renames it into place, so a crash during a save leaves the
@@ -17,7 +18,10 @@ previous checkpoint intact. ``restore(directory, target)`` rebuilds the tree wit
 ``target``'s structure (NamedTuples of optax states, dataclasses) after checking
 structure, shapes and dtypes, and names every mismatched path. Without ``target``
 containers come back as dicts, lists and tuples. Every problem with the files
-(missing, truncated, corrupted, wrong format) raises :class:`CheckpointError`.
+(missing, truncated, corrupted, wrong format, a malformed index) raises
+:class:`CheckpointError` naming the file and the problem; restore never returns values
+other than the saved ones. Version-1 checkpoints (written before the index checksum)
+are still read, with their index checked for consistency only.
 
 In multi-process runs every process calls ``save`` (arrays sharded across processes are
 gathered), only process 0 writes, and all wait for it. ``restore`` reads on every
@@ -71,7 +75,9 @@ __all__ = [
 ]
 
 FORMAT = "fnn.checkpoint"
-VERSION = 1
+VERSION = 2
+# Versions this module reads; 1 has no index checksum.
+_READABLE_VERSIONS = (1, 2)
 ARRAYS_FILE = "arrays.safetensors"
 INDEX_FILE = "checkpoint.json"
 
@@ -360,6 +366,7 @@ def save(
 def _write_atomic(directory: Path, index: dict, tensors: dict, overwrite: bool) -> None:
     if directory.exists() and not overwrite:
         raise CheckpointError(f"{directory} already exists; pass overwrite=True to replace it.")
+    _check_replaceable(directory)
     parent = directory.parent
     parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
@@ -370,6 +377,9 @@ def _write_atomic(directory: Path, index: dict, tensors: dict, overwrite: bool) 
         _write_file(tmp / ARRAYS_FILE, data)
         _hook("arrays_written", tmp)
         index = {**index, "arrays_bytes": len(data), "arrays_sha256": _sha256(data)}
+        # The checksum is taken over the parsed form, exactly what read_info recomputes.
+        parsed = json.loads(json.dumps(index, default=_json_default))
+        index = {**index, "index_sha256": _index_sha256(parsed)}
         text = json.dumps(index, default=_json_default, indent=1)
         _write_file(tmp / INDEX_FILE, text.encode())
         _fsync_dir(tmp)
@@ -386,6 +396,29 @@ def _write_atomic(directory: Path, index: dict, tensors: dict, overwrite: bool) 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_replaceable(directory: Path) -> None:
+    """Refuse to replace anything but an fnn checkpoint or an empty directory: overwrite
+    must never move a user's file or folder aside."""
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(
+            f"cannot save a checkpoint to {directory}: it is a file, not a checkpoint "
+            "directory; it was left untouched. Choose another path."
+        )
+    if directory.is_dir() and not (directory / INDEX_FILE).is_file() and any(directory.iterdir()):
+        raise CheckpointError(
+            f"cannot overwrite {directory}: it is a non-empty directory without "
+            f"{INDEX_FILE}, not an fnn checkpoint; it was left untouched. Choose another path."
+        )
+
+
+def _index_sha256(index: Mapping[str, Any]) -> str:
+    """SHA-256 of ``index`` (parsed JSON, without ``index_sha256``) in canonical form, so
+    whitespace and number spelling do not matter but every value does."""
+    body = {k: v for k, v in index.items() if k != "index_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return _sha256(text.encode())
 
 
 def _sha256(data: bytes) -> str:
@@ -411,27 +444,155 @@ def _find(directory: Path) -> Path:
 
 def read_info(directory: str | os.PathLike) -> dict:
     """The parsed ``checkpoint.json`` (``metadata``, ``metrics``, ``leaves``, ...) without
-    loading arrays."""
+    loading arrays; its checksum and consistency are verified (``CheckpointError`` names
+    the file and the problem)."""
     directory = _find(Path(directory))
+    file = directory / INDEX_FILE
     try:
-        index = json.loads((directory / INDEX_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        index = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise CheckpointError(
-            f"{directory / INDEX_FILE} is corrupted or truncated ({err}); restore an earlier "
-            "checkpoint."
+            f"{file} is corrupted or truncated ({_short(err)}); restore an earlier checkpoint."
         ) from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise CheckpointError(f"{directory / INDEX_FILE} is not an fnn checkpoint index.")
-    if index.get("version") != VERSION:
+        raise CheckpointError(f"{file} is not an fnn checkpoint index.")
+    version = index.get("version")
+    if type(version) is not int or version not in _READABLE_VERSIONS:
         raise CheckpointError(
-            f"{directory} has checkpoint format version {index.get('version')}, this fnn reads "
-            f"version {VERSION}."
+            f"{directory} has checkpoint format version {_short(version)}, this fnn reads "
+            f"versions {', '.join(map(str, _READABLE_VERSIONS))}."
         )
-    for key in ("structure", "leaves", "arrays_sha256", "arrays_bytes"):
-        if key not in index:
-            raise CheckpointError(f"{directory / INDEX_FILE} is corrupted: no {key!r} entry.")
+    if version >= 2:
+        saved = index.get("index_sha256")
+        if not isinstance(saved, str):
+            raise CheckpointError(f"{file} is corrupted: no 'index_sha256' entry.")
+        if _index_sha256(index) != saved:
+            raise CheckpointError(
+                f"{file} is corrupted: its SHA-256 does not match its 'index_sha256' entry "
+                "(the file was edited or damaged); restore an earlier checkpoint."
+            )
+    try:
+        _validate_index(index, version)
+    except CheckpointError as err:
+        raise CheckpointError(f"{file} is corrupted: {err}") from None
+    except RecursionError:
+        raise CheckpointError(f"{file} is corrupted: its structure is nested too deeply.") from None
     index["directory"] = str(directory)
     return index
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    # Strings (paths) as they are, other values as their repr; either way at most `limit`.
+    text = str(value) if isinstance(value, BaseException | str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# Mismatched paths listed in a restore error before "... and N more".
+_MAX_SHOWN = 12
+
+_V1_KEYS = {
+    "format", "version", "structure", "leaves", "metadata", "metrics", "jax_version",
+    "arrays_bytes", "arrays_sha256",
+}  # fmt: skip
+_ENTRY_KINDS = {"dict": (str, int), "seq": (int,), "attr": (str,), "flat": (int,)}
+_NODE_TYPES = ("none", "dict", "list", "tuple", "node")
+_PY_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+
+
+def _validate_index(index: dict, version: int) -> None:
+    """Raise ``CheckpointError`` (without the file name) unless ``index`` is self-consistent:
+    every structure node well formed, leaf references in range and used once, each leaf's
+    path equal to its place in the structure, kinds/dtypes/shapes/values of the right types."""
+    required = _V1_KEYS - {"jax_version"}
+    missing = sorted(required - index.keys())
+    if missing:
+        raise CheckpointError(
+            f"no {', '.join(map(repr, missing))} entr{'y' if len(missing) == 1 else 'ies'}."
+        )
+    if version == 1 and index.keys() - _V1_KEYS:
+        extra = sorted(index.keys() - _V1_KEYS)
+        raise CheckpointError(f"unexpected entries {_short(extra)} in a version-1 index.")
+    leaves = index["leaves"]
+    if not isinstance(leaves, list) or not all(isinstance(r, dict) for r in leaves):
+        raise CheckpointError("'leaves' is not a list of records.")
+    if not isinstance(index["metadata"], dict):
+        raise CheckpointError("'metadata' is not a mapping.")
+    metrics = index["metrics"]
+    if not isinstance(metrics, dict) or not all(type(v) in (int, float) for v in metrics.values()):
+        raise CheckpointError("'metrics' is not a mapping of numbers.")
+    if type(index["arrays_bytes"]) is not int or not isinstance(index["arrays_sha256"], str):
+        raise CheckpointError("'arrays_bytes'/'arrays_sha256' have the wrong types.")
+    paths: dict[int, str] = {}
+
+    def walk(node: Any, path: tuple) -> None:
+        if not isinstance(node, dict):
+            raise CheckpointError(
+                f"structure node at {_short(describe_path(path))} is not a mapping."
+            )
+        if "leaf" in node:
+            i = node["leaf"]
+            if type(i) is not int or not 0 <= i < len(leaves) or len(node) != 1:
+                raise CheckpointError(
+                    f"leaf reference {_short(i)} at {_short(describe_path(path))} is out of "
+                    f"range (the index lists {len(leaves)} leaves)."
+                )
+            if i in paths:
+                raise CheckpointError(f"leaf {i} is referenced twice.")
+            paths[i] = jax.tree_util.keystr(path)
+            return
+        kind, children = node.get("type"), node.get("children")
+        if kind not in _NODE_TYPES or not isinstance(children, list):
+            raise CheckpointError(f"structure node at {_short(describe_path(path))} is malformed.")
+        if kind == "node" and not isinstance(node.get("class"), str):
+            raise CheckpointError(f"node at {_short(describe_path(path))} has no class name.")
+        for child in children:
+            ok = isinstance(child, list) and len(child) == 2 and isinstance(child[0], list)
+            ok = ok and len(child[0]) == 2 and child[0][0] in _ENTRY_KINDS
+            if ok:
+                key = child[0][1]
+                ok = isinstance(key, _ENTRY_KINDS[child[0][0]]) and not isinstance(key, bool)
+            if not ok:
+                raise CheckpointError(
+                    f"child entry {_short(child)} at {_short(describe_path(path))} is malformed."
+                )
+            walk(child[1], (*path, _entry_from_json(child[0])))
+
+    walk(index["structure"], ())
+    if len(set(paths.values())) != len(paths):
+        raise CheckpointError("two leaves have the same path (a repeated key).")
+    if len(paths) != len(leaves):
+        raise CheckpointError(
+            f"the structure references {len(paths)} leaves, the leaf list has {len(leaves)}."
+        )
+    tensors = set()
+    for i, record in enumerate(leaves):
+        where = _short(record.get("path"))
+        if record.get("path") != paths[i]:
+            raise CheckpointError(
+                f"leaf {i} is recorded as {where}, the structure puts it at {_short(paths[i])}."
+            )
+        kind = record.get("kind")
+        if kind == "python":
+            want = _PY_TYPES.get(record.get("type"))
+            if want is None or "value" not in record or type(record["value"]) is not want:
+                raise CheckpointError(f"Python value of {where} is malformed.")
+            continue
+        if kind not in ("array", "key"):
+            raise CheckpointError(f"leaf {where} has unknown kind {_short(kind)}.")
+        shape, name = record.get("shape"), record.get("tensor")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise CheckpointError(f"leaf {where} has a malformed shape {_short(shape)}.")
+        if not isinstance(name, str) or name in tensors:
+            raise CheckpointError(f"leaf {where} has a missing or repeated tensor name.")
+        tensors.add(name)
+        dtype = record.get("dtype")
+        if kind == "array" and not any(np.dtype(t).name == dtype for t in _ST_DTYPES.values()):
+            raise CheckpointError(f"leaf {where} has unsupported dtype {_short(dtype)}.")
+        if kind == "key" and not (
+            isinstance(dtype, str)
+            and (record.get("impl") is None or isinstance(record.get("impl"), str))
+        ):
+            raise CheckpointError(f"PRNG key leaf {where} is malformed.")
 
 
 def _read_arrays(directory: Path, index: dict, verify: bool) -> dict[str, np.ndarray]:
@@ -503,8 +664,8 @@ def restore(directory: str | os.PathLike, target: Any = None, *, verify: bool = 
         values = [_load_leaf(info, arrays, directory) for info in index["leaves"]]
     except CheckpointError:
         raise
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{directory / INDEX_FILE} is corrupted: {err!r}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise CheckpointError(f"{directory / INDEX_FILE} is corrupted: {_short(err)}") from None
     if target is None:
         leaves = [v if isinstance(v, bool | int | float | str) else jnp.asarray(v) for v in values]
         return _decode_plain(index["structure"], leaves)
@@ -512,7 +673,11 @@ def restore(directory: str | os.PathLike, target: Any = None, *, verify: bool = 
     problems: list[str] = []
     _diff(index["structure"], index["leaves"], target_structure, target_leaves, (), problems)
     if problems:
-        shown = "\n  ".join(problems)
+        # Bounded: a wholly different model would otherwise list every one of its leaves.
+        shown = "\n  ".join(problems[:_MAX_SHOWN])
+        more = len(problems) - _MAX_SHOWN
+        if more > 0:
+            shown += f"\n  ... and {more} more"
         raise CheckpointError(
             f"checkpoint {directory} does not match the target tree ({len(problems)} "
             f"mismatch{'es' if len(problems) > 1 else ''}):\n  {shown}"

@@ -63,6 +63,10 @@ def split(x: np.ndarray, y: np.ndarray, test_size: float = 0.2, seed: int = 0) -
     if not 0.0 < test_size < 1.0:
         raise ConfigError(f"split: expected test_size in (0, 1), got {test_size!r}.")
     classes = np.issubdtype(y.dtype, np.integer)
+    if classes and len(y):
+        # A class seen once cannot be stratified (scikit-learn raises); it is most often an
+        # out-of-range label, which the model's label check then names.
+        classes = np.unique(y, return_counts=True)[1].min() >= 2
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=test_size, random_state=seed, stratify=y if classes else None
     )

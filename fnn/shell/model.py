@@ -36,7 +36,7 @@ import numpy as np
 from fnn.core import eager, graph, subclass
 from fnn.core import weights as weights_lib
 from fnn.core.combinators import serial
-from fnn.core.errors import ConfigError, ShapeError
+from fnn.core.errors import ConfigError, ShapeError, bounded_repr
 from fnn.core.graph import Input, Tensor
 from fnn.core.layer import Layer, as_shape_struct
 from fnn.io import data_adapter as data_lib
@@ -555,6 +555,37 @@ class Model:
             self._build(
                 jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *np.shape(a)[1:]), a.dtype), inputs)
             )
+        self._check_declared_inputs(x)
+
+    def _declared_inputs(self) -> list | None:
+        """The ``fnn.Input`` tensors of positional inputs, or ``None`` (no declared shapes,
+        or dict inputs)."""
+        if self._graph_inputs is None or isinstance(self._graph_inputs, Mapping):
+            return None
+        ins = self._graph_inputs
+        return list(ins) if isinstance(ins, list | tuple) else [ins]
+
+    def _check_declared_inputs(self, x) -> None:
+        """Raise ``ShapeError`` naming the input when arrays ``x`` do not have the shapes of
+        the model's ``fnn.Input``s (as Keras does), with the user's shapes, before any layer
+        sees a padded batch."""
+        declared = self._declared_inputs()
+        arrays = _as_inputs(x)
+        if declared is None or len(declared) != len(arrays):
+            return
+        for tensor, array in zip(declared, arrays):
+            shape = getattr(array, "shape", None)
+            if shape is None or not isinstance(shape, tuple):
+                continue
+            want = tensor.shape
+            fits = len(shape) == len(want) and all(
+                w is None or w == d for w, d in zip(want[1:], shape[1:])
+            )
+            if not fits:  # the words of fnn.core.graph's own check, with the user's shape
+                raise ShapeError(
+                    f"{self.name}: expected input {tensor.name!r} of shape {(None, *want[1:])} "
+                    f"(None: any size), got shape {tuple(shape)}."
+                )
 
     def summary(self, print_fn: Callable[[str], Any] = print) -> None:
         """Print the layer table (``fnn.summary``) for the built input shape."""
@@ -853,6 +884,7 @@ class Model:
 
         self._ensure_built(x)
         inputs = _as_inputs(x)
+        _check_label_dtypes(self.name, what, y, self._compile_config.get("loss"))
         jaxpr, out = self._trace(as_shape_struct(inputs))
         trainer = self._resolve(jaxpr, out, y)
         ts = self._train_state
@@ -1013,6 +1045,9 @@ class Model:
         validation_batch_size = self._count("validation_batch_size", validation_batch_size)
         validation_steps = self._count("validation_steps", validation_steps)
         data = self._fit_data(x, y, sample_weight, class_weight, "fit")
+        if isinstance(data, data_lib.ArrayData) and data.n == 0:
+            # Keras raises too; otherwise the loss and metrics of no batches read 0.0.
+            raise ConfigError(f"{self.name}: fit got 0 examples (x and y are empty).")
         data, val = self._validation_data(data, validation_split, validation_data)
         # Everything below up to the first step is checked on shapes, before compiling.
         first = None
@@ -1395,6 +1430,21 @@ def _replace(train_state, **changes):
     return dataclasses.replace(train_state, **changes)
 
 
+def _check_label_dtypes(name: str, what: str, y, loss) -> None:
+    """Raise ``ConfigError`` naming the loss for string or object labels (NumPy would fail
+    deep in a label check with a ``UFuncTypeError`` naming nothing)."""
+    for leaf in jax.tree.leaves(y):
+        dtype = getattr(leaf, "dtype", None)
+        if isinstance(leaf, np.ndarray) and dtype is not None and dtype.kind in "USOa":
+            loss_name = loss if isinstance(loss, str) else getattr(loss, "name", repr(loss))
+            first = bounded_repr(np.asarray(leaf.flat[0]).item() if leaf.size else "", 40)
+            raise ConfigError(
+                f"{name}: {what} holds {dtype.name} values such as {first}; "
+                f"the loss {loss_name!r} needs numeric labels. Encode classes as integers "
+                "first, e.g. with sklearn.preprocessing.LabelEncoder."
+            )
+
+
 def _as_inputs(x) -> tuple:
     """Positional inputs of ``layer.apply``: a tuple/list is several inputs, anything else
     (an array or a dict) is one."""
@@ -1497,12 +1547,19 @@ class Sequential(Model):
             self._build_input = Input(
                 batch_shape=(None, *shape[1:]), dtype=self._input_spec[0].dtype
             )
+            self._inferred_input = self._build_input  # from the data, not declared
         x = self._build_input
         h = x
         for layer in self._layers:
             h = layer(h)
         self._graph_inputs, self._graph_outputs = x, h
         self._graph_for = list(self._layers)
+
+    def _declared_inputs(self) -> list | None:
+        t = self._build_input
+        if t is None or t is self.__dict__.get("_inferred_input"):
+            return None
+        return [t]
 
     def _default_inputs(self):
         if self._build_input is None or not self._layers:

@@ -198,7 +198,7 @@ def check_sparse_labels(name: str, y_true, num_classes: int, *, ignore_class=Non
         bad = valid[(valid < 0) | (valid >= num_classes)]
         raise ConfigError(
             f"{name}: expected labels in [0, {num_classes}) for predictions with "
-            f"{num_classes} classes, got label {bad.flat[0].item()!r} (labels range "
+            f"{num_classes} classes, got label {bad.flat[0].item()!r}: label out of range (labels range "
             f"{valid.min().item()!r}..{valid.max().item()!r}). Check the number of output units."
         )
 
