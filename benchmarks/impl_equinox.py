@@ -75,8 +75,27 @@ class LSTM(eqx.Module):
         return self.head(h)
 
 
+class GRU(eqx.Module):
+    cell: eqx.nn.GRUCell
+    head: eqx.nn.Linear
+
+    def __init__(self, scenario, key):
+        k1, k2 = jax.random.split(key)
+        self.cell = eqx.nn.GRUCell(scenario.input_shape[-1], LSTM_UNITS, key=k1)
+        self.head = eqx.nn.Linear(LSTM_UNITS, NUM_CLASSES, key=k2)
+
+    def __call__(self, x):  # x [time, features]
+        def scan_fn(h, xt):
+            return self.cell(xt, h), None
+
+        h, _ = jax.lax.scan(scan_fn, jnp.zeros((LSTM_UNITS,), x.dtype), x)
+        return self.head(h)
+
+
 def make_model(scenario: Scenario):
     key = jax.random.key(0)
+    if scenario.kind == "gru":
+        return GRU(scenario, key)
     if scenario.kind == "mlp":
         return MLP((scenario.input_shape[-1], *scenario.hidden, NUM_CLASSES), key)
     return CNN(scenario, key) if scenario.kind == "cnn" else LSTM(scenario, key)

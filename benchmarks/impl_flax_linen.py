@@ -42,16 +42,19 @@ class CNN(nn.Module):
 
 
 class LSTM(nn.Module):
+    kind: str = "lstm"  # or "gru" (nn.GRUCell)
+
     @nn.compact
     def __call__(self, x):
-        h = nn.RNN(nn.OptimizedLSTMCell(LSTM_UNITS))(x)[:, -1]
+        cell = nn.OptimizedLSTMCell if self.kind == "lstm" else nn.GRUCell
+        h = nn.RNN(cell(LSTM_UNITS))(x)[:, -1]
         return nn.Dense(NUM_CLASSES)(h)
 
 
 def make_model(scenario: Scenario) -> nn.Module:
     if scenario.kind == "mlp":
         return MLP(scenario.hidden)
-    return CNN() if scenario.kind == "cnn" else LSTM()
+    return CNN() if scenario.kind == "cnn" else LSTM(kind=scenario.kind)
 
 
 def build_jit(scenario: Scenario, x, y) -> Bench:

@@ -54,7 +54,8 @@ class CNN(nnx.Module):
 
 class LSTM(nnx.Module):
     def __init__(self, scenario, rngs):
-        cell = nnx.OptimizedLSTMCell(scenario.input_shape[-1], LSTM_UNITS, rngs=rngs)
+        kind = nnx.OptimizedLSTMCell if scenario.kind == "lstm" else nnx.GRUCell
+        cell = kind(scenario.input_shape[-1], LSTM_UNITS, rngs=rngs)
         self.rnn = nnx.RNN(cell, rngs=rngs)
         self.head = nnx.Linear(LSTM_UNITS, NUM_CLASSES, rngs=rngs)
 

@@ -42,7 +42,7 @@ def make_layers(scenario: Scenario) -> list:
             layers += [Conv2D(filters, CNN_KERNEL, activation="relu"), MaxPooling2D(CNN_POOL)]
         layers += [_layer("Flatten")(), Dense(CNN_DENSE, activation="relu")]
     else:
-        layers = [_layer("LSTM")(LSTM_UNITS)]
+        layers = [_layer(scenario.kind.upper())(LSTM_UNITS)]
     return [*layers, Dense(NUM_CLASSES)]
 
 

@@ -33,10 +33,11 @@ def forward_fn(scenario: Scenario):
                 x = hk.max_pool(x, window, window, padding="VALID")
             x = jax.nn.relu(hk.Linear(CNN_DENSE)(hk.Flatten()(x)))
         else:
-            core = hk.LSTM(LSTM_UNITS)
+            # hk.GRU applies the reset gate before the recurrent matmul (Keras reset_after=False).
+            core = hk.LSTM(LSTM_UNITS) if scenario.kind == "lstm" else hk.GRU(LSTM_UNITS)
             state = core.initial_state(x.shape[0])
             _, final = hk.dynamic_unroll(core, jnp.swapaxes(x, 0, 1), state)
-            x = final.hidden
+            x = final.hidden if scenario.kind == "lstm" else final
         return hk.Linear(NUM_CLASSES)(x)
 
     return forward

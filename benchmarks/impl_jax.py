@@ -57,6 +57,13 @@ def init_params(scenario: Scenario, key) -> dict:
         params["dense_1"] = _dense(next(keys), CNN_DENSE, NUM_CLASSES)
         return params
     n_in, h = scenario.input_shape[-1], LSTM_UNITS
+    if scenario.kind == "gru":
+        gru = {
+            "kernel": _glorot(next(keys), (n_in, 3 * h)),
+            "recurrent_kernel": jax.nn.initializers.orthogonal()(next(keys), (h, 3 * h)),
+            "bias": jnp.zeros((2, 3 * h)),
+        }
+        return {"gru": gru, "dense": _dense(next(keys), h, NUM_CLASSES)}
     lstm = {
         "kernel": _glorot(next(keys), (n_in, 4 * h)),
         "recurrent_kernel": jax.nn.initializers.orthogonal()(next(keys), (h, 4 * h)),
@@ -83,6 +90,21 @@ def _lstm(p, x):
     return h
 
 
+def _gru(p, x):
+    # Keras GRU, reset_after=True: gate order z, r, h; bias row 0 input, row 1 recurrent.
+    h_size = p["recurrent_kernel"].shape[0]
+
+    def cell(h, x_t):
+        xz, xr, xh = jnp.split(x_t @ p["kernel"] + p["bias"][0], 3, axis=-1)
+        uz, ur, uh = jnp.split(h @ p["recurrent_kernel"] + p["bias"][1], 3, axis=-1)
+        z = jax.nn.sigmoid(xz + uz)
+        r = jax.nn.sigmoid(xr + ur)
+        return z * h + (1 - z) * jnp.tanh(xh + r * uh), None
+
+    h, _ = lax.scan(cell, jnp.zeros((x.shape[0], h_size), x.dtype), jnp.swapaxes(x, 0, 1))
+    return h
+
+
 def apply(scenario: Scenario, params: dict, x):
     if scenario.kind == "mlp":
         n = len(scenario.hidden)
@@ -101,7 +123,7 @@ def apply(scenario: Scenario, params: dict, x):
         x = x.reshape(x.shape[0], -1)
         x = jax.nn.relu(x @ params["dense_0"]["kernel"] + params["dense_0"]["bias"])
         return x @ params["dense_1"]["kernel"] + params["dense_1"]["bias"]
-    h = _lstm(params["lstm"], x)
+    h = _gru(params["gru"], x) if scenario.kind == "gru" else _lstm(params["lstm"], x)
     return h @ params["dense"]["kernel"] + params["dense"]["bias"]
 
 

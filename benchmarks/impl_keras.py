@@ -41,7 +41,7 @@ def make_model(scenario: Scenario, steps_per_execution: int = 1) -> keras.Model:
             layers += [L.Conv2D(filters, CNN_KERNEL, activation="relu"), L.MaxPooling2D(CNN_POOL)]
         layers += [L.Flatten(), L.Dense(CNN_DENSE, activation="relu")]
     else:
-        layers += [L.LSTM(LSTM_UNITS)]
+        layers += [L.LSTM(LSTM_UNITS) if scenario.kind == "lstm" else L.GRU(LSTM_UNITS)]
     model = keras.Sequential([*layers, L.Dense(NUM_CLASSES)])
     model.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE),

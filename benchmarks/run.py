@@ -164,6 +164,13 @@ def main(argv=None) -> dict:
         help="run each scenario's workers this many times, in reversed order every other round "
         "(A B C, C B A, ...), and pool their blocks: each worker times --repeats blocks",
     )
+    parser.add_argument(
+        "--process-per-variant",
+        action="store_true",
+        help="run every implementation in its own worker process (with --rounds: A B C, C B A "
+        "over the implementations, not the frameworks), so no variant shares a process's "
+        "compile cache, allocator or threads with another",
+    )
     parser.add_argument("--note", action="append", default=[], help="a line added to the report")
     parser.add_argument(
         "--python", default=sys.executable, help="interpreter for the worker processes"
@@ -222,17 +229,22 @@ def main(argv=None) -> dict:
         steps = max(10, round(base * args.steps_scale / 10) * 10)
         # Odd rounds run the frameworks in reverse, so a drift in the machine's load falls
         # on every framework alike.
-        order = [
-            (r, fw)
-            for r in range(args.rounds)
-            for fw in (frameworks[::-1] if r % 2 else frameworks)
-        ]
-        for round_index, framework in order:
-            wanted = [key for key, _ in FRAMEWORKS[framework].variants if key in variants]
+        units = [(fw, None) for fw in frameworks]
+        if args.process_per_variant:
+            units = [
+                (fw, [key])
+                for fw in frameworks
+                for key, _ in FRAMEWORKS[fw].variants
+                if not variants or key in variants
+            ]
+        order = [(r, u) for r in range(args.rounds) for u in (units[::-1] if r % 2 else units)]
+        for round_index, (framework, only) in order:
+            wanted = only or [key for key, _ in FRAMEWORKS[framework].variants if key in variants]
             if variants and not wanted:
                 continue
             print(
                 f"[bench] {scenario_name:9s} {framework:11s}"
+                + (f" {only[0]}" if only else "")
                 + (f" round {round_index + 1}/{args.rounds}" if args.rounds > 1 else "")
                 + " ...",
                 end="",

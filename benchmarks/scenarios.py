@@ -27,7 +27,7 @@ class Scenario:
 
     name: str
     title: str
-    kind: str  # "mlp", "cnn" or "lstm"
+    kind: str  # "mlp", "cnn", "lstm" or "gru"
     input_shape: tuple[int, ...]  # one example, no batch axis
     batch: int
     steps: int
@@ -46,12 +46,14 @@ SCENARIOS: dict[str, Scenario] = {
                  50, 20, hidden=(128,) * 50),
         Scenario("lstm", "LSTM seq 32, in 16, hidden 128 -> 10, batch 64", "lstm", (32, 16), 64,
                  20, 10),
+        Scenario("gru", "GRU seq 32, in 16, hidden 128 -> 10, batch 64", "gru", (32, 16), 64,
+                 20, 10),
         Scenario("cnn", "CNN 28x28x1 conv32-pool-conv64-pool-128-10, batch 128", "cnn",
                  (28, 28, 1), 128, 10, 10),
     )
 }  # fmt: skip
 
-# The CNN and the LSTM layer sizes, shared by every implementation.
+# The CNN and the recurrent (LSTM, GRU) layer sizes, shared by every implementation.
 CNN_FILTERS = (32, 64)
 CNN_KERNEL = 3
 CNN_POOL = 2

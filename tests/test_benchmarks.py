@@ -234,6 +234,23 @@ def test_rounds_alternate_the_order_and_fnn_base_needs_a_checkout(tmp_path, monk
         run.main([*common, "--rounds", "0"])
 
 
+def test_process_per_variant_gives_each_variant_its_own_interleaved_worker(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_worker(python, framework, scenario, steps, repeats, timeout, variants, *rest):
+        calls.append((framework, tuple(variants)))
+        return {"framework": framework, "scenario": scenario, "skipped": "fake"}
+
+    monkeypatch.setattr(run, "run_worker", fake_worker)
+    run.main(
+        ["--quick", "--scenarios", "lstm", "--output", str(tmp_path), "--frameworks", "fnn",
+         "--variants", "fnn_step,fnn_fit", "--rounds", "3", "--process-per-variant"]
+    )  # fmt: skip
+    # jax_jit (the baseline) is added to the variants; each variant is one worker per round.
+    abc = [("jax", ("jax_jit",)), ("fnn", ("fnn_step",)), ("fnn", ("fnn_fit",))]
+    assert calls == abc + abc[::-1] + abc
+
+
 def test_fnn_base_worker_without_a_checkout_is_skipped():
     record = worker.main(["fnn_base", "tiny_mlp", "--steps", "10", "--repeats", "1"])
     assert record["skipped"] == "no --fnn-base checkout given"

@@ -8,7 +8,9 @@ import pytest
 from jax.test_util import check_grads
 
 import fnn
+from fnn.core.errors import ConfigError
 from fnn.layers import GRU, LSTM, Bidirectional, Dense, SimpleRNN
+from fnn.layers import recurrent as recurrent_module
 
 B, T, F, U = 3, 5, 4, 6
 
@@ -557,18 +559,50 @@ def _scan_dot_counts(jaxpr):
     ("case", "dots"), [("simple_rnn", 1), ("lstm", 1), ("gru_after", 1), ("gru_before", 2)]
 )
 @pytest.mark.parametrize("masked", [False, True])
-def test_scan_body_holds_only_the_recurrent_matmul(case, dots, masked):
+@pytest.mark.parametrize("hoist", [False, True])
+def test_scan_body_holds_one_fused_recurrent_matmul(case, dots, masked, hoist, monkeypatch):
+    monkeypatch.setattr(recurrent_module, "_hoist_projection", lambda features, width: hoist)
     factory, kwargs, _, _ = CASES[case]
     layer = factory(U, return_sequences=True, **kwargs)
     x = jnp.ones((B, T, F))
     mask = jnp.ones((B, T), bool) if masked else None
     params, state = layer.init(jax.random.key(0), x)
     jaxpr = jax.make_jaxpr(lambda p, x: layer.apply(p, state, x, mask))(params, x).jaxpr
-    # One scan; inside it only h @ recurrent_kernel (GRU reset_after=False needs two:
-    # h @ U[:, :2u] and (r * h) @ U[:, 2u:]). The input projection is outside.
-    assert _scan_dot_counts(jaxpr) == [dots]
+    # One scan; inside it one fused h @ recurrent_kernel for all gates (GRU
+    # reset_after=False needs two: h @ U[:, :2u] and (r * h) @ U[:, 2u:]), plus the input
+    # projection unless it is hoisted before the scan as one matmul.
+    assert _scan_dot_counts(jaxpr) == [dots + (not hoist)]
     outside = sum(e.primitive.name == "dot_general" for e in jaxpr.eqns)
-    assert outside == 1
+    assert outside == int(hoist)
+
+
+@pytest.mark.parametrize("case", ["lstm"])
+def test_hoisting_and_unroll_match_the_numpy_loop(case, monkeypatch):
+    factory, kwargs, np_cell, n_states = CASES[case]
+    x = _data(31)
+    mask = np.arange(T) < np.array([[T], [2], [4]])
+    grads = []
+    for hoist, unroll in ((False, False), (True, 3)):
+        monkeypatch.setattr(recurrent_module, "_hoist_projection", lambda f, w, h=hoist: h)
+        layer = factory(U, return_sequences=True, unroll=unroll, **kwargs)
+        params, state = _init(layer, x)
+
+        def loss(p, layer=layer, state=state):
+            seq = layer.apply(p, state, x, mask)[0]
+            return jnp.sum(jnp.sin(seq)), seq
+
+        (_, seq), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        want, _ = np_run(np_cell(_np(params)), x.astype(np.float64), _zeros(n_states), mask)
+        np.testing.assert_allclose(seq, want, rtol=1e-5, atol=1e-5)
+        grads.append(g)
+    # Gradients of the default (on CPU: per-step projection) loop are checked against finite
+    # differences in test_check_grads_float64; the hoisted, unrolled one must agree with it.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *grads)
+
+
+def test_unroll_is_checked():
+    with pytest.raises(ConfigError, match="lstm: expected unroll to be a bool or a positive int"):
+        LSTM(U, unroll=0)
 
 
 # ------------------------------------------------------------------ dropout

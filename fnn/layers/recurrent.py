@@ -1,9 +1,12 @@
 """Recurrent layers: SimpleRNN, LSTM, GRU and the Bidirectional wrapper (Keras semantics).
 
 Every layer maps ``[batch, time, features]`` to ``[batch, units]`` (the last output) or
-``[batch, time, units]`` (``return_sequences=True``). The time loop is one ``jax.lax.scan``;
-the input projection ``x @ kernel (+ bias)`` of all steps is a single matmul before the
-scan, so the scan body holds only the recurrent product ``h @ recurrent_kernel``.
+``[batch, time, units]`` (``return_sequences=True``). The time loop is one ``jax.lax.scan``
+whose body does one fused matmul for all gates (``h @ recurrent_kernel``, Keras's gate
+layout). The input projection ``x @ kernel (+ bias)`` is one matmul over all steps before
+the scan on accelerators, and done per step inside it on CPU for narrow inputs, where that
+measured faster (``_hoist_projection``). ``unroll`` (Keras's argument; also an int: steps per
+loop iteration) is passed to the scan; the result does not depend on it.
 
 Apply signature: ``apply(params, state, x, mask=None, initial_state=None, *, rng=None,
 train=False)``.
@@ -86,6 +89,18 @@ def _as_state_tuple(name: str, initial_state: Any, n_states: int, batch: int, un
             f"{[shape_of(s) for s in states]}."
         )
     return states
+
+
+def _hoist_projection(features: int, width: int) -> bool:
+    """Whether to compute ``x @ kernel`` for all steps in one matmul before the scan.
+
+    Hoisting turns ``T`` small matmuls into one large one, which pays on accelerators. On
+    XLA:CPU it measured slower for narrow inputs (LSTM 16 -> 4*128, batch 64: ~1.3-1.5x
+    the train step; benchmarks/RESULTS.md): the scan then streams a ``[time, batch, width]``
+    array and its cotangent instead of ``[time, batch, features]``, and the per-step matmul
+    is cheap. So CPU projects inside the loop unless the inputs are as wide as the gates.
+    """
+    return jax.default_backend() != "cpu" or features >= width
 
 
 # --------------------------------------------------------------------------- cells
@@ -188,6 +203,7 @@ def _recurrent(
     return_sequences: bool = False,
     return_state: bool = False,
     go_backwards: bool = False,
+    unroll: bool | int = False,
     reset_after: bool = True,
     zero_output_for_mask: bool = False,
     return_mask: bool = False,
@@ -207,6 +223,11 @@ def _recurrent(
     _check_units(name, units)
     _check_rate(name, "dropout", dropout)
     _check_rate(name, "recurrent_dropout", recurrent_dropout)
+    if not isinstance(unroll, int) or (not isinstance(unroll, bool) and unroll < 1):
+        raise ConfigError(
+            f"{name}: expected unroll to be a bool or a positive int (steps per loop "
+            f"iteration), got {unroll!r}."
+        )
     if return_mask and (not return_sequences or return_state):
         raise ConfigError(
             f"{name}: return_mask=True needs return_sequences=True and return_state=False "
@@ -267,28 +288,36 @@ def _recurrent(
         if in_mask is not None:
             # One mask for every time step (variational dropout, as Keras).
             x = x * in_mask[:, None, :]
-        # The input projection of all steps: one matmul outside the scan.
-        xw = x @ kernel
-        if use_bias:
-            xw = xw + cell.input_bias(params["bias"])
+        bias_in = cell.input_bias(params["bias"]) if use_bias else None
+
+        def project(x_):
+            xw_ = x_ @ kernel
+            return xw_ if bias_in is None else xw_ + bias_in
+
+        hoist = _hoist_projection(features, cell.gates * units)
+        # Time-major for scan: either the projections of all steps (one matmul before the
+        # scan) or the raw inputs, projected step by step inside it (see _hoist_projection).
+        xs = project(jnp.swapaxes(x, 0, 1)) if hoist else jnp.swapaxes(x, 0, 1)
+        carry_dtype = jnp.result_type(x.dtype, kernel.dtype)
         if initial_state is None:
-            carry = tuple(jnp.zeros((batch, units), xw.dtype) for _ in range(n_states))
+            carry = tuple(jnp.zeros((batch, units), carry_dtype) for _ in range(n_states))
         else:
             states = _as_state_tuple(name, initial_state, n_states, batch, units)
-            carry = tuple(jnp.asarray(s).astype(xw.dtype) for s in states)
+            carry = tuple(jnp.asarray(s).astype(carry_dtype) for s in states)
 
-        def advance(carry, xw_t):
+        def advance(carry, x_t):
             h_in = carry[0] if rec_mask is None else carry[0] * rec_mask
-            return cell.step(params, carry, xw_t, h_in)
+            return cell.step(params, carry, x_t if hoist else project(x_t), h_in)
 
-        xs = jnp.swapaxes(xw, 0, 1)  # time-major for scan
+        n_steps = x.shape[1]
+        scan_unroll = max(1, n_steps) if unroll is True else max(1, int(unroll))
         if mask is None:
 
             def body(carry, xw_t):
                 new = advance(carry, xw_t)
                 return new, (new[0] if return_sequences else None)
 
-            carry, ys = jax.lax.scan(body, carry, xs, reverse=go_backwards)
+            carry, ys = jax.lax.scan(body, carry, xs, reverse=go_backwards, unroll=scan_unroll)
         else:
             keep = jnp.swapaxes(mask, 0, 1)[..., None]
 
@@ -302,7 +331,9 @@ def _recurrent(
                 out = jnp.where(keep_t, new[0], 0) if zero_output_for_mask else new[0]
                 return new, out
 
-            carry, ys = jax.lax.scan(body, carry, (xs, keep), reverse=go_backwards)
+            carry, ys = jax.lax.scan(
+                body, carry, (xs, keep), reverse=go_backwards, unroll=scan_unroll
+            )
 
         if return_sequences:
             # scan(reverse=True) stores step t at index t; Keras returns processing order.
