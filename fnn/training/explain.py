@@ -194,8 +194,9 @@ def occlusion(
 
 
 def plot_attributions(images, attributions, path: str, *, titles=None, cmap: str = "bwr"):
-    """Write a PNG: a row of images ``[n, h, w(, c)]`` over a row of their attributions
-    (summed over channels, colour scale symmetric around 0). Needs matplotlib."""
+    """Write a PNG: a row of images (``[n, h, w]`` or ``[n, h, w, c]``) over a row of their
+    attributions of the same shape (summed over channels, colour scale symmetric around 0).
+    Needs matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
