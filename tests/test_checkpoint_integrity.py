@@ -10,10 +10,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+# The same exact-bits comparison as the checkpoint tests (pytest puts tests/ on sys.path).
+from test_checkpoint import assert_bitwise_equal as assert_same_tree
 
 from fnn import checkpoint
 from fnn.checkpoint import CheckpointError
@@ -30,21 +32,6 @@ def small_tree():
         "rng": jax.random.key(1),
         "seq": [jnp.arange(3), None],
     }
-
-
-def assert_same_tree(a, b):
-    leaves_a, def_a = jax.tree_util.tree_flatten(a)
-    leaves_b, def_b = jax.tree_util.tree_flatten(b)
-    assert def_a == def_b
-    for x, y in zip(leaves_a, leaves_b, strict=True):
-        if isinstance(x, bool | int | float | str):
-            assert type(x) is type(y) and x == y
-            continue
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            assert jax.random.key_impl(y) == jax.random.key_impl(x)
-            x, y = jax.random.key_data(x), jax.random.key_data(y)
-        x, y = np.asarray(x), np.asarray(y)
-        assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
 
 
 @pytest.fixture(scope="module")
