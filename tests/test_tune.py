@@ -194,3 +194,24 @@ def test_structured_choice_then_widths_inside_it(tmp_path):
     bad = {**space, "model.layers[3].Dense.units": {**width, "when": {"model.layers": 2}}}
     with pytest.raises(ConfigError, match=r"when\.model\.layers: 2 is not a value of that range"):
         tune.load_search(_config(tmp_path, name="bad.yaml", space=bad))
+
+
+def test_trial_orphaned_before_its_first_heartbeat_is_failed(tmp_path):
+    """Optuna skips RUNNING trials without a heartbeat; a worker killed between ``ask`` and
+    its first beat would hold a slot forever. Under the slot lock fnn fails such a trial and
+    leaves a marked (live) one running."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from fnn.cli import tune
+
+    search = {"storage": None, "heartbeat_s": 60, "grace_period_s": 120}
+    storage = tune._storage(search, tmp_path)
+    study = optuna.create_study(storage=storage, study_name="s")
+    orphan, live = study.ask(), study.ask()
+    storage.record_heartbeat(live._trial_id)
+    storage.set_trial_system_attr(live._trial_id, tune._BEAT_MARK, True)
+    tune._fail_stale(study, storage)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states == [TrialState.FAIL, TrialState.RUNNING]
+    assert orphan.number == 0

@@ -506,7 +506,6 @@ def _train_trial(cfg: dict, config_path: str, trial, metric: str, cli) -> tuple[
 
 def _work(args, raw: dict, search: dict, run_dir: Path, name: str, worker: int, cli) -> int:
     """One worker: take trial slots until the study holds ``n_trials``; returns trials run."""
-    import optuna
     from optuna.trial import TrialState
 
     study, storage = _study(search, raw, run_dir, name, worker, create=False)
@@ -517,11 +516,15 @@ def _work(args, raw: dict, search: dict, run_dir: Path, name: str, worker: int, 
     done = 0
     while True:
         with _slot_lock(run_dir):
-            optuna.storages.fail_stale_trials(study)
+            _fail_stale(study, storage)
             taken = len(study.get_trials(deepcopy=False, states=_taken_states()))
             if taken >= search["n_trials"]:
                 return done
             trial = study.ask()
+            # Optuna never calls a trial without a heartbeat stale: beat and mark it while
+            # the lock is held, so any unmarked RUNNING trial seen under the lock is orphaned.
+            storage.record_heartbeat(trial._trial_id)
+            storage.set_trial_system_attr(trial._trial_id, _BEAT_MARK, True)
         start = time.perf_counter()
         params = _suggest(trial, search["space"])
         text = "  ".join(f"{k}={_show(v)}" for k, v in params.items())
@@ -547,6 +550,22 @@ def _work(args, raw: dict, search: dict, run_dir: Path, name: str, worker: int, 
         trial_done = f"{metric} {value:.4f} ({state}, {epochs} epochs, {seconds:.1f}s)"
         print(f"trial {trial.number}: {text} -> {trial_done}", flush=True)
         done += 1
+
+
+_BEAT_MARK = "fnn_heartbeat"
+
+
+def _fail_stale(study, storage) -> None:
+    """Marks FAIL the RUNNING trials whose worker died: a heartbeat older than the grace
+    period (Optuna's rule), or no heartbeat mark at all (killed between ask and the first
+    beat). Call under ``_slot_lock``: a live worker marks its trial before releasing it."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.storages.fail_stale_trials(study)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _BEAT_MARK not in t.system_attrs:
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
 
 
 def _validated(raw: dict) -> dict:
@@ -735,11 +754,10 @@ def cmd_tune(args, cli: TrainPieces) -> int:
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    study, _ = _study(search, raw, run_dir, name, 0, create=True)  # storage errors: exit 2 here
+    study, storage = _study(search, raw, run_dir, name, 0, create=True)  # errors: exit 2 here
     if args.resume:
-        import optuna
-
-        optuna.storages.fail_stale_trials(study)
+        with _slot_lock(run_dir):
+            _fail_stale(study, storage)
     url = _storage_url(search, run_dir)
     print(f"tuning {Path(args.config).name}: study {name!r} in {url}, {search['n_trials']} "
           f"trials, {args.workers} worker(s), objective {search['objective']['mode']} "
