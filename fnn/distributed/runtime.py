@@ -413,6 +413,8 @@ class _ServiceProcess:
              str(shutdown_s), str(heartbeat_s)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            # Not process 0's stderr: a lingering service would hold its pipe open.
+            stderr=subprocess.DEVNULL,
             text=True,
         )  # fmt: skip
         ready, _, _ = select.select([self.proc.stdout], [], [], _SERVICE_START_S)
