@@ -37,6 +37,7 @@ from fnn.distributed.sharding import (
     per_device_bytes,
     resolve_rules,
     sharding_table,
+    state_shardings,
 )
 
 __all__ = [
@@ -68,5 +69,6 @@ __all__ = [
     "resolve_rules",
     "shard_batch",
     "sharding_table",
+    "state_shardings",
     "unreplicate",
 ]
