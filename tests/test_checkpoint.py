@@ -453,7 +453,9 @@ def test_two_processes_only_process_0_writes_and_both_restore(tmp_path):
     for i in range(2):
         shards = safetensors.numpy.load_file(tmp_path / "ckpt" / f"shards_0000{i}.safetensors")
         rows = [(4 * i, 4 * i + 2), (4 * i + 2, 4 * i + 4)]  # one shard per local device
-        assert {k: v.shape for k, v in shards.items()} == {f"x[{a}:{b},0:3]": (2, 3) for a, b in rows}
+        assert {k: v.shape for k, v in shards.items()} == {
+            f"x[{a}:{b},0:3]": (2, 3) for a, b in rows
+        }
     # One process, one device: the whole array, assembled from both processes' shards.
     restored = checkpoint.restore(tmp_path / "ckpt")
     np.testing.assert_array_equal(restored["x"], np.arange(24, dtype=np.float32).reshape(8, 3))

@@ -77,8 +77,8 @@ from fnn.core.pytree import describe_path, key_name, slash_path
 
 __all__ = [
     "ARRAYS_FILE",
-    "SHARDS_FILE",
     "INDEX_FILE",
+    "SHARDS_FILE",
     "CheckpointError",
     "CheckpointManager",
     "check_directory_path",
