@@ -1041,7 +1041,11 @@ def _to_target(value: Any, like: Any, sharding: Any = None) -> Any:
         return jax.make_array_from_callback(value.shape, sharding, value.region)
     value = _whole(value)
     if _is_key(value):
-        return jax.device_put(value, sharding)
+        # Placed as key data (device_put cannot reach other processes' devices); the data's
+        # extra last axis is not split.
+        data = np.asarray(jax.random.key_data(value))
+        placed = jax.make_array_from_callback(data.shape, sharding, lambda index: data[index])
+        return jax.random.wrap_key_data(placed, impl=jax.random.key_impl(value))
     host = np.asarray(value)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
