@@ -260,7 +260,7 @@ def state_shardings(tree: PyTree, rules: Rules | None, mesh: Mesh) -> PyTree:
     >>> mesh = make_mesh(jax.devices()[:1])
     >>> tree = {"params": {"w": jax.ShapeDtypeStruct((4, 2), "float32")}, "step": 0}
     >>> state_shardings(tree, {"w": ("fsdp",)}, mesh)["params"]["w"].spec
-    PartitionSpec('fsdp',)
+    P('fsdp',)
     """
     params = getattr(tree, "params", None)
     if params is None and isinstance(tree, dict):
