@@ -377,7 +377,9 @@ def save(
     ``metadata`` (JSON-serializable: epoch, config, ...) and ``metrics`` are stored in
     ``checkpoint.json`` and read back by :func:`read_info`. An existing ``directory``
     raises ``CheckpointError`` unless ``overwrite=True`` (the old one is swapped out only
-    after the new one is complete). Call it on every process; only process 0 writes.
+    after the new one is complete). Call it on every process. Arrays split over devices
+    are written shard by shard, each process writing only the shards its devices hold
+    (format version 3, see the module docstring); everything else process 0 writes.
     """
     directory = Path(directory)
     structure, leaves = _encode(tree)
