@@ -279,10 +279,14 @@ def test_detected_cluster_reads_only_launcher_variables(monkeypatch):
             monkeypatch.delenv(name)
     commands._join_processes()
     assert calls == []
+    monkeypatch.setenv("FNN_DISTRIBUTED", "1")  # asked for: JAX's detection decides
+    commands._join_processes()
+    monkeypatch.delenv("FNN_DISTRIBUTED")
+    assert len(calls) == 1
     for name, value in SLURM.items():
         monkeypatch.setenv(name, value)
     commands._join_processes()
-    assert len(calls) == 1
+    assert len(calls) == 2
 
 
 SLURM_WORKER = """
