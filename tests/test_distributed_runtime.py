@@ -331,3 +331,84 @@ def test_sys_exit_on_one_process_is_reported_to_the_other():
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
     worker(*(int(a) for a in sys.argv[2:]))
+
+
+SLURM = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2"}
+SLURM.update(SLURM_PROCID="0", SLURM_LOCALID="0")
+
+
+def test_detected_cluster_reads_only_launcher_variables(monkeypatch):
+    assert dist.detected_cluster(SLURM) == "slurm"
+    assert dist.detected_cluster({**SLURM, "SLURM_NTASKS": "1"}) is None  # one task
+    assert dist.detected_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}) is None  # no srun
+    ompi = {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:1", "OMPI_COMM_WORLD_SIZE": "4"}
+    assert dist.detected_cluster(ompi) == "ompi"
+    assert dist.detected_cluster({**ompi, "OMPI_COMM_WORLD_SIZE": "1"}) is None
+    assert dist.detected_cluster({"TPU_WORKER_HOSTNAMES": "t0,t1"}) == "tpu"
+    assert dist.detected_cluster({"TPU_WORKER_HOSTNAMES": "t0"}) is None
+    # A notebook pod (no indexed Job) is not a cluster.
+    assert dist.detected_cluster({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) is None
+    # fnn train joins only when told to or launched as several processes.
+    from fnn.cli import commands
+
+    calls = []
+    monkeypatch.setattr(dist, "initialize", lambda: calls.append(dict(os.environ)))
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "OMPI_", "TPU_", "FNN_", "KUBERNETES_", "JOB_")):
+            monkeypatch.delenv(name)
+    commands._join_processes()
+    assert calls == []
+    monkeypatch.setenv("FNN_DISTRIBUTED", "1")  # asked for: JAX's detection decides
+    commands._join_processes()
+    monkeypatch.delenv("FNN_DISTRIBUTED")
+    assert len(calls) == 1
+    for name, value in SLURM.items():
+        monkeypatch.setenv(name, value)
+    commands._join_processes()
+    assert len(calls) == 2
+
+
+SLURM_WORKER = """
+import jax
+from fnn.cli import commands
+commands._join_processes()
+print("joined", jax.process_index(), jax.process_count(), jax.device_count(), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_srun_tasks_join_without_any_fnn_variable():
+    """Two processes with the variables ``srun -n 2`` sets (on localhost): ``fnn train``'s
+    start-up joins them through JAX's own Slurm detection."""
+    # JAX's Slurm port is 61440 + job id % 4096: pick a job id whose port is free.
+    with socket.socket() as sock:
+        for port in range(61440 + os.getpid() % 4000, 65536):
+            try:
+                sock.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FNN_", "SLURM_"))}
+    env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env.update({**SLURM, "SLURM_JOB_ID": str(port - 61440), "FNN_DIST_TIMEOUT": "60"})
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SLURM_WORKER],
+            env={**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=90)[0])
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    for i, out in enumerate(outputs):
+        assert f"joined {i} 2 4" in out, out

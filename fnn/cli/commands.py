@@ -68,11 +68,15 @@ def _say(*parts: Any) -> None:
 
 def _join_processes() -> None:
     """``fnn train`` started as several processes (``$FNN_NUM_PROCESSES``,
-    ``$FNN_PROCESS_ID``, ``$FNN_COORDINATOR_ADDRESS``): join them before any JAX work."""
-    from fnn.distributed import ENV_NUM_PROCESSES, initialize
+    ``$FNN_PROCESS_ID``, ``$FNN_COORDINATOR_ADDRESS``, or by a cluster launcher:
+    ``srun``, ``mpirun``, an indexed Kubernetes Job, a TPU slice), or with
+    ``$FNN_DISTRIBUTED=1`` (JAX's own detection, e.g. on a TPU VM that lists its workers
+    only in its metadata): join them before any JAX work. A plain run starts nothing."""
+    from fnn import distributed
 
-    if os.environ.get(ENV_NUM_PROCESSES):
-        initialize()
+    forced = os.environ.get("FNN_DISTRIBUTED", "").strip() == "1"
+    if forced or os.environ.get(distributed.ENV_NUM_PROCESSES) or distributed.detected_cluster():
+        distributed.initialize()
 
 
 def _barrier(name: str) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "EXIT_CODE",
     "DistributedConfig",
     "DistributedError",
+    "detected_cluster",
     "global_batch",
     "initialize",
     "is_primary",
@@ -231,6 +232,45 @@ def resolve_config(
         float(timeout_s),
         float(heartbeat_timeout_s),
     )
+
+
+def _count(environ: Mapping[str, str], name: str) -> int:
+    try:
+        return int(environ.get(name, ""))
+    except ValueError:
+        return 0
+
+
+def detected_cluster(environ: Mapping[str, str] | None = None) -> str | None:
+    """The multi-process launcher that started this process, from its environment alone
+    (no network query, no import): ``"slurm"`` (``srun`` with more than one task),
+    ``"ompi"`` (``mpirun`` with more than one rank), ``"k8s"`` (a pod of an indexed
+    Kubernetes Job, with the ``kubernetes`` package installed), ``"tpu"`` (a Cloud TPU
+    slice that lists several workers); ``None`` for a plain run. The variables are the
+    ones JAX's cluster detection reads, so :func:`initialize` with no arguments then
+    finds the same set-up.
+
+    >>> detected_cluster({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]",
+    ...                   "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"})
+    'slurm'
+    >>> detected_cluster({"SLURM_JOB_ID": "7"}) is None  # salloc, or sbatch without srun
+    True
+    """
+    environ = os.environ if environ is None else environ
+    slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
+    if all(v in environ for v in slurm) and _count(environ, "SLURM_NTASKS") > 1:
+        return "slurm"
+    if "OMPI_MCA_orte_hnp_uri" in environ and _count(environ, "OMPI_COMM_WORLD_SIZE") > 1:
+        return "ompi"
+    if "KUBERNETES_SERVICE_HOST" in environ and "JOB_COMPLETION_INDEX" in environ:
+        import importlib.util
+
+        if importlib.util.find_spec("kubernetes") is not None:
+            return "k8s"
+    workers = _first(environ, "TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES")
+    if workers is not None and len(workers[1].split(",")) > 1:
+        return "tpu"
+    return None
 
 
 def _stop(reason: str) -> None:
