@@ -255,7 +255,7 @@ def register_layer(
             if policy_mode is not None:
                 if own_dtype:
                     dtype = bound.arguments.get("dtype")
-                policy = dtype_policies.resolve(kwargs.get("name", key), dtype)
+                policy = dtype_policies.resolve(_layer_name(signature, bound, key), dtype)
                 if own_dtype:
                     bound.arguments["dtype"] = policy
                     args, kwargs = bound.args, bound.kwargs
@@ -283,6 +283,13 @@ def register_layer(
         return build
 
     return wrap(factory) if factory is not None else wrap
+
+
+def _layer_name(signature: inspect.Signature, bound: inspect.BoundArguments, key: str) -> str:
+    """The name the layer being built will have (for messages)."""
+    param = signature.parameters.get("name")
+    default = param.default if param is not None and isinstance(param.default, str) else key
+    return bound.arguments.get("name") or default
 
 
 def is_layer_typed(param: inspect.Parameter) -> bool:
