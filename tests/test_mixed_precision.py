@@ -262,8 +262,9 @@ def test_float16_training_skips_overflowing_steps_and_grows_the_scale():
     assert [float(s.opt_state.dynamic_scale) for s in (s1, s2)] == [8.0, 16.0]
     plain = fnn.serial(L.Dense(16, activation="relu"), L.Dense(3))
     ref, _ = jax.jit(train.make_train_step(plain, loss, optax.sgd(0.1)))(
-        train.init_train_state(plain, optax.sgd(0.1), jax.random.key(0), x, params=ts.params,
-                               state=ts.state),
+        train.init_train_state(
+            plain, optax.sgd(0.1), jax.random.key(0), x, params=ts.params, state=ts.state
+        ),
         (x, y),
     )
     for got, want in zip(jax.tree.leaves(s1.params), jax.tree.leaves(ref.params)):
@@ -298,3 +299,28 @@ def test_compile_wraps_float16_models_in_a_loss_scale_optimizer():
         assert dtype_policies.computes_in_float16(jax.make_jaxpr(layer.apply)(p, s, x)) is wanted
     with pytest.raises(fnn.ConfigError, match=r"dynamic_growth_steps to be an int >= 1"):
         mp.LossScaleOptimizer("sgd", dynamic_growth_steps=0)
+
+
+def test_keras_files_keep_each_layers_policy(tmp_path):
+    """A Keras mixed_bfloat16 model with a float32 softmax loads with the same policies and
+    predictions; fnn writes them back so Keras reads the same policies."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    k_model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(3),
+            keras.layers.Activation("softmax", dtype="float32"),
+        ]
+    )
+    keras.mixed_precision.set_global_policy("float32")
+    k_model.save(tmp_path / "k.keras")
+    model = fnn.load_model(tmp_path / "k.keras", compile=False)
+    assert [layer.dtype_policy.name for layer in model.layers] == ["mixed_bfloat16", "float32"]
+    np.testing.assert_allclose(
+        model.predict(_X2, verbose=0), k_model.predict(_X2, verbose=0), rtol=1e-2, atol=1e-3
+    )
+    model.save(tmp_path / "f.keras")
+    again = keras.saving.load_model(tmp_path / "f.keras", compile=False)
+    assert [layer.dtype_policy.name for layer in again.layers] == ["mixed_bfloat16", "float32"]

@@ -184,7 +184,7 @@ def computes_in_float16(jaxpr: Any) -> bool:
             return True
         for value in eqn.params.values():
             for sub in value if isinstance(value, tuple | list) else (value,):
-                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
-                    if computes_in_float16(sub):
-                        return True
+                is_jaxpr = hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns")
+                if is_jaxpr and computes_in_float16(sub):
+                    return True
     return False

@@ -387,7 +387,8 @@ class Optimizer:
     Common arguments (Keras's): ``weight_decay`` (decoupled, ``w -= lr * wd * w``),
     ``clipnorm``/``clipvalue``/``global_clipnorm`` (at most one), and
     ``gradient_accumulation_steps`` (>= 2). ``use_ema=True`` and ``loss_scale_factor``
-    are refused: fnn keeps no moving average of the weights and no loss scaling.
+    are refused: fnn keeps no moving average of the weights, and loss scaling is
+    ``LossScaleOptimizer``'s (a wrapper, as Keras's).
     """
 
     _key = ""  # the builder's name in _OPTIMIZERS
@@ -436,8 +437,9 @@ class Optimizer:
             )
         if loss_scale_factor is not None:
             raise ConfigError(
-                f"{cls}: loss_scale_factor is not supported (fnn trains without loss "
-                f"scaling), got {loss_scale_factor!r}. Leave it None."
+                f"{cls}: loss_scale_factor is not supported, got {loss_scale_factor!r}. "
+                "Leave it None; wrap the optimizer in fnn.mixed_precision.LossScaleOptimizer "
+                "for dynamic loss scaling."
             )
         if not (callable(learning_rate) or isinstance(learning_rate, int | float)):
             raise ConfigError(
