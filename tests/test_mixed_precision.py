@@ -269,6 +269,8 @@ def test_float16_training_skips_overflowing_steps_and_grows_the_scale():
     )
     for got, want in zip(jax.tree.leaves(s1.params), jax.tree.leaves(ref.params)):
         np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-3)
+    with pytest.raises(fnn.ConfigError, match=r"LossScaleOptimizer is not supported by DP-SGD"):
+        train.make_dp_train_step(model, loss, opt, l2_norm_clip=1.0, noise_multiplier=0.0)
 
 
 def test_compile_wraps_float16_models_in_a_loss_scale_optimizer():
