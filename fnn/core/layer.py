@@ -259,11 +259,15 @@ def register_layer(
                 if own_dtype:
                     bound.arguments["dtype"] = policy
                     args, kwargs = bound.args, bound.kwargs
-                # The resolved name is saved, so a rebuilt layer gets the same policy.
-                if dtype_policies.applies(policy):
+                # A policy that came from the global one (or a DTypePolicy object) is saved
+                # by name, so a rebuilt layer gets the same policy; a given name or dtype
+                # is saved as given.
+                if not dtype_policies.applies(policy):
+                    config.pop("dtype", None)
+                elif dtype is None or isinstance(dtype, dtype_policies.DTypePolicy):
                     config["dtype"] = policy.name
                 else:
-                    config.pop("dtype", None)
+                    config["dtype"] = dtype
             layer = fn(*args, **kwargs)
             if input_shape is not None:
                 config["input_shape"] = input_shape
