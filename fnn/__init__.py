@@ -27,7 +27,7 @@ from fnn.io.saving import load_weights, save_weights
 from fnn.shell import callbacks, models
 from fnn.shell.model import Input, Model, Sequential
 from fnn.shell.saving import load_model, save_model
-from fnn.training import explain, losses, metrics, optimizers
+from fnn.training import explain, losses, metrics, mixed_precision, optimizers
 from fnn.training import step as train
 from fnn.training.ensemble import ensemble
 
@@ -45,6 +45,7 @@ for _name, _module in {
     "initializers": initializers,
     "losses": losses,
     "metrics": metrics,
+    "mixed_precision": mixed_precision,
     "models": models,
     "optimizers": optimizers,
     "optimizers.schedules": optimizers.schedules,
@@ -84,6 +85,7 @@ __all__ = [
     "load_weights",
     "losses",
     "metrics",
+    "mixed_precision",
     "models",
     "ops",
     "optimizers",

@@ -403,53 +403,6 @@ def test_regularizers_are_added_to_the_loss():
     np.testing.assert_allclose(logs["loss"], expected, rtol=1e-5)
 
 
-def test_mixed_bfloat16_keeps_float32_params_and_tracks_float32_step():
-    model = _mlp()
-    x, y = _data()
-    loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
-    opt = optax.adam(1e-2)
-    ts = train.init_train_state(model, opt, jax.random.key(0), x)
-    f32 = jax.jit(train.make_train_step(model, loss, opt))
-    bf16 = jax.jit(train.make_train_step(model, loss, opt, dtype_policy="mixed_bfloat16"))
-    ts_a, ts_b = ts, ts
-    for _ in range(3):
-        ts_a, la = f32(ts_a, (x, y))
-        ts_b, lb = bf16(ts_b, (x, y))
-        np.testing.assert_allclose(lb["loss"], la["loss"], rtol=3e-2)
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(ts_b.params))
-    out = train.make_predict_step(model, dtype_policy="mixed_bfloat16")(ts_b.params, ts_b.state, x)
-    assert out.dtype == jnp.float32
-    _assert_trees_close(ts_b.params, ts_a.params, rtol=0.1, atol=0.02)
-
-
-def test_float16_dynamic_loss_scaling_skips_overflow_and_grows():
-    model = _mlp()
-    x, y = _data()
-    loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
-    opt = optax.sgd(0.1)
-    ts = train.init_train_state(
-        model, opt, jax.random.key(0), x, dtype_policy="mixed_float16", loss_scale=2.0**40
-    )
-    step = jax.jit(
-        train.make_train_step(model, loss, opt, dtype_policy="mixed_float16", loss_scale_period=2)
-    )
-    ts1, logs = step(ts, (x, y))  # 2**40 overflows float16 gradients: skipped, scale halved
-    assert float(ts1.loss_scale.scale) == 2.0**39
-    _assert_trees_close(ts1.params, ts.params, rtol=0, atol=0)
-    small = ts._replace(loss_scale=train.init_loss_scale(8.0))
-    s1, _ = step(small, (x, y))
-    s2, _ = step(s1, (x, y))
-    assert float(s1.loss_scale.scale) == 8.0 and float(s2.loss_scale.scale) == 16.0
-    ref, _ = jax.jit(train.make_train_step(model, loss, opt))(ts, (x, y))
-    _assert_trees_close(s1.params, ref.params, rtol=2e-2, atol=2e-3)
-    with pytest.raises(
-        fnn.ConfigError, match=r"dtype_policy='mixed_float16' needs dynamic loss scaling"
-    ):
-        train.make_train_step(model, loss, opt, dtype_policy="mixed_float16")(
-            ts._replace(loss_scale=None), (x, y)
-        )
-
-
 def test_check_finite_names_the_step():
     model = _mlp()
     x, y = _data()
@@ -495,8 +448,6 @@ def test_check_batch_catches_bad_labels_before_jit():
         fnn.ConfigError, match=r"expected a batch \(x, y\) or \(x, y, sample_weight\)"
     ):
         train.make_train_step(model, loss, "sgd")(ts, (x,))
-    with pytest.raises(fnn.ConfigError, match=r"unknown dtype_policy 'mixed_int8'"):
-        train.make_train_step(model, loss, "sgd", dtype_policy="mixed_int8")
 
 
 def test_metric_names_resolve_with_the_loss():

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from fnn.core.errors import ConfigError, FnnError, ShapeError, shape_of
 from fnn.core.layer import Layer, as_shape_struct, output_shapes, register_layer
@@ -362,8 +363,18 @@ def repeat(block: Layer, n: int, name: str = "repeat") -> Layer:
                 "Repeat only shape-preserving blocks (e.g. a residual Transformer block)."
             )
 
+    def entry(x):
+        # A block under a mixed-precision policy returns its compute dtype: the loop then
+        # carries that dtype from the first copy on.
+        dtype = block.compute_dtype
+        if dtype is None or not jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, dtype)
+        return x.astype(dtype)
+
     def init(key, x):
-        (x,) = as_shape_struct((x,))
+        (x,) = as_shape_struct((entry(x),))
         params, state = jax.vmap(lambda k: block.init(k, x))(jax.random.split(key, n))
         check(x, output_shapes(block, _unstack(params, 0), _unstack(state, 0), x))
         return params, state
@@ -375,7 +386,7 @@ def repeat(block: Layer, n: int, name: str = "repeat") -> Layer:
             return y, new_s
 
         rngs = None if rng is None else jax.random.split(rng, n)
-        y, new_state = jax.lax.scan(body, x, (params, state, rngs))
+        y, new_state = jax.lax.scan(body, entry(x), (params, state, rngs))
         return y, new_state
 
     # No ``children``: the block's params are stacked here, not nested under a key.

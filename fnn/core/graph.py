@@ -691,7 +691,8 @@ def _decode_index(items) -> tuple:
     return tuple(out)
 
 
-@register_layer
+# Arithmetic between symbolic tensors is no Keras layer: it casts nothing.
+@register_layer(autocast=None)
 def TensorOp(
     op: str, constant: Any = None, reverse: bool = False, name: str | None = None
 ) -> Layer:

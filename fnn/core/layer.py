@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
+from fnn.core import dtype_policies
 from fnn.core.errors import ConfigError
 
 PyTree = Any
@@ -89,6 +90,8 @@ class Layer:
     weight_order: tuple[str, ...] | None = None
     # ``(key, layer)`` of the direct children of a combinator or graph, when it has them.
     children: tuple[tuple[str, Layer], ...] | None = None
+    # The ``fnn.mixed_precision`` policy ``apply`` was built with (None: no casts).
+    dtype_policy: dtype_policies.DTypePolicy | None = None
 
     def __post_init__(self):
         check_name(self.name)
@@ -152,6 +155,16 @@ class Layer:
         return nodes[0]
 
     @property
+    def compute_dtype(self) -> str | None:
+        """The dtype ``apply`` computes in under its policy (None: its inputs' dtype)."""
+        return None if self.dtype_policy is None else self.dtype_policy.compute_dtype
+
+    @property
+    def variable_dtype(self) -> str | None:
+        """The dtype of new params under its policy (None: float32, float64 inputs' own)."""
+        return None if self.dtype_policy is None else self.dtype_policy.variable_dtype
+
+    @property
     def explicitly_named(self) -> bool:
         """True when the name was passed to a registered factory (duplicates are then an
         error); other names get ``_1``, ``_2`` suffixes inside combinators."""
@@ -191,12 +204,23 @@ def register_layer(
     *,
     name: str | None = None,
     weight_order: tuple[str, ...] | None = None,
+    autocast: bool | None = True,
 ):
     """Register a layer factory by name so saved configs can rebuild it.
 
     The returned factory records the arguments it was called with in
     ``layer.spec``. ``weight_order`` declares the Keras ``get_weights`` order of the
-    layer's arrays (see ``Layer.weight_order``). Use it on your own layer factories too:
+    layer's arrays (see ``Layer.weight_order``).
+
+    Dtype policy (``fnn.mixed_precision``): every factory takes Keras's ``dtype=`` (its own
+    parameter, or one this wrapper takes off): a policy name, a float dtype or a
+    ``DTypePolicy``, default the global policy at construction. A factory with its own
+    ``dtype`` parameter gets the resolved ``DTypePolicy`` there (``param_dtype`` reads the
+    variable dtype from it; pass it on to inner layers). A policy other than the default
+    wraps the layer with ``dtype_policies.with_policy``; ``autocast=False`` keeps its params
+    uncast (Keras's flag), ``autocast=None`` means no policy at all, as for factories that
+    take layers (combinators: their children carry their own). Use it on your own layer
+    factories too:
 
     >>> import fnn
     >>> @fnn.register_layer
@@ -212,30 +236,84 @@ def register_layer(
             return _register_class(fn, key)
         signature = inspect.signature(fn)
         order = None if weight_order is None else _check_weight_order(key, weight_order)
+        policy_mode = None if takes_layers(signature) else autocast
+        own_dtype = "dtype" in signature.parameters
 
         @functools.wraps(fn)
         def build(*args, **kwargs) -> Layer:
             input_shape = _pop_input_shape(key, signature, kwargs)
+            # Keras's dtype= on every layer: taken off here unless the factory has its own.
+            dtype = None
+            if policy_mode is not None and not own_dtype:
+                dtype = kwargs.pop("dtype", None)
             try:
                 bound = signature.bind(*args, **kwargs)
             except TypeError as err:
                 raise TypeError(f"{key}: {err}") from None
-            layer = fn(*args, **kwargs)
             config = dict(bound.arguments)
+            policy = None
+            if policy_mode is not None:
+                if own_dtype:
+                    dtype = bound.arguments.get("dtype")
+                policy = dtype_policies.resolve(_layer_name(signature, bound, key), dtype)
+                if own_dtype:
+                    bound.arguments["dtype"] = policy
+                    args, kwargs = bound.args, bound.kwargs
+                # A policy that came from the global one (or a DTypePolicy object) is saved
+                # by name, so a rebuilt layer gets the same policy; a given name or dtype
+                # is saved as given.
+                if not dtype_policies.applies(policy):
+                    config.pop("dtype", None)
+                elif dtype is None or isinstance(dtype, dtype_policies.DTypePolicy):
+                    config["dtype"] = policy.name
+                else:
+                    config["dtype"] = dtype
+            layer = fn(*args, **kwargs)
             if input_shape is not None:
                 config["input_shape"] = input_shape
-            return dataclasses.replace(
+            layer = dataclasses.replace(
                 layer,
                 spec=LayerSpec(key, config),
                 input_shape=input_shape,
                 weight_order=order or layer.weight_order,
             )
+            if dtype_policies.applies(policy):
+                layer = dtype_policies.with_policy(layer, policy, autocast=bool(policy_mode))
+            return layer
 
         build.signature = signature
+        build.takes_dtype = policy_mode is not None
         _REGISTRY[key] = build
         return build
 
     return wrap(factory) if factory is not None else wrap
+
+
+def _layer_name(signature: inspect.Signature, bound: inspect.BoundArguments, key: str) -> str:
+    """The name the layer being built will have (for messages)."""
+    param = signature.parameters.get("name")
+    default = param.default if param is not None and isinstance(param.default, str) else key
+    return bound.arguments.get("name") or default
+
+
+def is_layer_typed(param: inspect.Parameter) -> bool:
+    """``*layers`` without annotation, or an annotation naming ``Layer`` (``Layer``,
+    ``fnn.Layer``, ``Layer | None``)."""
+    annotation = param.annotation
+    if annotation is param.empty:
+        return param.kind is param.VAR_POSITIONAL
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    return {t.strip().rsplit(".", 1)[-1] for t in text.split("|")} - {"None"} == {"Layer"}
+
+
+def takes_layers(signature: inspect.Signature) -> bool:
+    """True for factories of combinators: a parameter takes layers (``Layer``,
+    ``*layers``, ``Sequence[Layer]``)."""
+    return any(
+        is_layer_typed(p) or re.search(r"\bLayer\b", str(p.annotation))
+        for p in signature.parameters.values()
+        if p.annotation is not p.empty or p.kind is p.VAR_POSITIONAL
+    )
 
 
 def _register_class(cls: type, key: str) -> type:
@@ -331,11 +409,14 @@ def output_shapes(layer: Layer, params: Params, state: State, *inputs: Any) -> A
 
 
 def param_dtype(x: Any, dtype: Any = None) -> jnp.dtype:
-    """Dtype for new parameters: ``dtype`` if given, else float32 or float64 from the input.
+    """Dtype for new parameters: ``dtype`` if given (a ``DTypePolicy``: its
+    ``variable_dtype``), else float32 or float64 from the input.
 
     Low-precision inputs (bfloat16, float16, integers) still get float32 parameters,
     as in Keras; mixed precision casts them at apply time.
     """
+    if isinstance(dtype, dtype_policies.DTypePolicy):
+        dtype = dtype.variable_dtype if dtype_policies.applies(dtype) else None
     if dtype is not None:
         return jnp.dtype(dtype)
     x_dtype = jnp.result_type(x)

@@ -28,7 +28,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fnn.core.errors import ConfigError, FnnError, bounded_repr, closest
-from fnn.core.layer import Layer, LayerSpec, get_layer_factory, registered_layers
+from fnn.core.layer import (
+    Layer,
+    LayerSpec,
+    get_layer_factory,
+    is_layer_typed,
+    registered_layers,
+)
 
 __all__ = ["build", "describe", "full_arguments", "join_path"]
 
@@ -73,15 +79,6 @@ def _annotation(param: inspect.Parameter) -> str:
     return annotation.__name__ if isinstance(annotation, type) else str(annotation)
 
 
-def _is_layer_typed(param: inspect.Parameter) -> bool:
-    """``*layers`` without annotation, or an annotation of ``Layer`` / ``fnn.Layer``
-    (``| None`` allowed)."""
-    text = _annotation(param)
-    if not text:
-        return param.kind is param.VAR_POSITIONAL
-    return {t.strip().rsplit(".", 1)[-1] for t in text.split("|")} - {"None"} == {"Layer"}
-
-
 def _check_type(path: str, param: inspect.Parameter, value: Any) -> None:
     """``int``/``float``/``bool``/``str`` annotations (``| None`` allowed); a bool is no int.
     ``None`` always passes: the factory decides what it means."""
@@ -116,13 +113,18 @@ def _build_nested(path: str, value: Any, options: dict[str, Any]) -> Any:
     return value
 
 
-def _valid_arguments(signature: inspect.Signature) -> list[str]:
-    extra = [k for k in _KERAS_INPUT if k not in signature.parameters]
-    return [*signature.parameters, *extra]
+def _keras_extra(factory) -> tuple[str, ...]:
+    """Keras arguments that ``register_layer`` takes itself for this factory."""
+    extra = _KERAS_INPUT + (("dtype",) if getattr(factory, "takes_dtype", False) else ())
+    return tuple(k for k in extra if k not in factory.signature.parameters)
 
 
-def _unknown(path, class_name, keys, signature, source) -> ConfigError:
-    valid = _valid_arguments(signature)
+def _valid_arguments(factory) -> list[str]:
+    return [*factory.signature.parameters, *_keras_extra(factory)]
+
+
+def _unknown(path, class_name, keys, factory, source) -> ConfigError:
+    valid = _valid_arguments(factory)
     hint = closest(keys[0], valid)
     listing = f"Valid arguments: {', '.join(valid)}."
     # A file may come from another version: list every key it does not know. A hand-written
@@ -163,7 +165,7 @@ def _argument(
     path: str, param: inspect.Parameter, value: Any, parse: ParseLayer | None, check: bool
 ) -> Any:
     """One argument checked against its parameter; raw layer entries parsed to specs."""
-    layer_typed = _is_layer_typed(param)
+    layer_typed = is_layer_typed(param)
     if param.kind is param.VAR_POSITIONAL:
         if not isinstance(value, list | tuple):
             what = "a list of layers" if layer_typed else "a list"
@@ -235,15 +237,16 @@ def build(
         )
     params = signature.parameters
     open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())  # a registered class
-    unknown = [str(k) for k in arguments if k not in params and k not in _KERAS_INPUT]
+    extra = _keras_extra(factory)
+    unknown = [str(k) for k in arguments if k not in params and k not in extra]
     if unknown and not open_ended:
-        raise _unknown(path, class_name, unknown, signature, source)
+        raise _unknown(path, class_name, unknown, factory, source)
     bound: dict[str, Any] = {}
     keras_input: dict[str, Any] = {}
     for key, value in arguments.items():
         sub = join_path(path, key)
         param = params.get(key)
-        if param is None:  # input_shape / input_dim, checked by register_layer
+        if param is None:  # input_shape / input_dim / dtype, checked by register_layer
             keras_input[key] = value
             continue
         value = _argument(sub, param, value, parse_layer, check_types)
@@ -281,10 +284,14 @@ def _prefixed(path: str, arguments: Mapping, message: str) -> str:
 
 def full_arguments(spec: LayerSpec) -> dict[str, Any]:
     """Every argument of ``spec``'s factory (the given ones, then defaults), without the
-    Keras ``input_shape`` that ``register_layer`` recorded: what rebuilding a variant of a
-    layer starts from (``build(spec.class_name, {**full_arguments(spec), ...})``)."""
-    signature = get_layer_factory(spec.class_name).signature
+    Keras ``input_shape`` that ``register_layer`` recorded (its ``dtype`` policy kept):
+    what rebuilding a variant of a layer starts from
+    (``build(spec.class_name, {**full_arguments(spec), ...})``)."""
+    factory = get_layer_factory(spec.class_name)
+    signature = factory.signature
     out: dict[str, Any] = {}
+    if "dtype" in _keras_extra(factory) and "dtype" in spec.config:
+        out["dtype"] = spec.config["dtype"]
     for name, param in signature.parameters.items():
         if name in spec.config:
             out[name] = spec.config[name]

@@ -397,11 +397,14 @@ class SubclassLayer(Layer):
             "input_shape": None if input_shape is None else tuple(input_shape),
             "weight_order": None,
             "children": None,
+            # Subclassed layers compute in their inputs' dtype: dtype= is accepted (Keras
+            # passes it) but no policy wraps their call.
+            "dtype_policy": None,
         }.items():
             object.__setattr__(self, field, value)
         object.__setattr__(self, "_fnn_variables", [])
         self.trainable = trainable
-        self.dtype_policy = dtype
+        del dtype
         object.__setattr__(self, "_fnn_base_attrs", set(self.__dict__))
 
     def add_weight(

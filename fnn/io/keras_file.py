@@ -186,6 +186,20 @@ def _initializer(value: Any) -> str | None:
     return name if name in initializers.names() else None
 
 
+# Keras dtype policies other than float32 that a layer's ``dtype=`` takes.
+_POLICIES = ("mixed_bfloat16", "mixed_float16", "bfloat16", "float16", "float64")
+
+
+def _mixes_policies(entries: Sequence[Mapping[str, Any]]) -> bool:
+    """True when a layer of these Keras entries has a dtype policy other than float32."""
+    names = {
+        _dtype_name((e.get("config") or {}).get("dtype"))
+        for e in entries
+        if e.get("class_name") != "InputLayer"  # an input's dtype is its data's
+    }
+    return bool(names - set(_FLOAT32))
+
+
 def _dtype_name(value: Any) -> str | None:
     if isinstance(value, Mapping):  # DTypePolicy {"config": {"name": "float32"}}
         value = (value.get("config") or {}).get("name")
@@ -256,8 +270,11 @@ def _check_supported(config: Any, where: str) -> None:
         )
 
 
-def _arguments(class_name: str, config: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """fnn factory arguments for one Keras layer config (``_NEUTRAL`` keys dropped)."""
+def _arguments(
+    class_name: str, config: Mapping[str, Any], where: str, keep_float32: bool = False
+) -> dict[str, Any]:
+    """fnn factory arguments for one Keras layer config (``_NEUTRAL`` keys dropped;
+    ``dtype="float32"`` too unless ``keep_float32``)."""
     signature = get_layer_factory(class_name).signature.parameters
     out: dict[str, Any] = {}
     problems = []
@@ -266,19 +283,23 @@ def _arguments(class_name: str, config: Mapping[str, Any], where: str) -> dict[s
             continue
         if key == "dtype":
             dtype = _dtype_name(value)
-            if dtype in _FLOAT32:
+            if dtype is None or (dtype in _FLOAT32 and not keep_float32):
                 continue
-            if "dtype" in signature and dtype in ("float64", "bfloat16", "float16"):
+            factory = get_layer_factory(class_name)
+            takes_dtype = "dtype" in signature or getattr(factory, "takes_dtype", False)
+            if takes_dtype and (dtype in _POLICIES or dtype in _FLOAT32):
                 out["dtype"] = dtype
                 continue
-            problems.append(f"dtype={dtype!r} (fnn loads float32 Keras models)")
+            problems.append(f"dtype={dtype!r} (fnn loads the policies {', '.join(_POLICIES)})")
         elif key in signature:
             if key.endswith("_initializer"):
                 name = _initializer(value)
                 if name is not None:
                     out[key] = name
             elif key in ("layer", "backward_layer") and isinstance(value, Mapping):
-                out[key] = layer_from_keras(value, where=f"{where}.{key}")
+                out[key] = layer_from_keras(
+                    value, where=f"{where}.{key}", keep_float32=keep_float32
+                )
             elif key == "activation" and not (value is None or isinstance(value, str)):
                 problems.append(f"activation={value!r} (only activation names load)")
             else:
@@ -299,15 +320,19 @@ def _arguments(class_name: str, config: Mapping[str, Any], where: str) -> dict[s
     return out
 
 
-def layer_from_keras(entry: Mapping[str, Any], where: str = "") -> Layer:
+def layer_from_keras(
+    entry: Mapping[str, Any], where: str = "", keep_float32: bool = False
+) -> Layer:
     """The fnn layer for one Keras layer entry ``{"class_name": ..., "config": {...}}``
     (from ``config.json`` or a legacy ``model_config``), built by
-    :func:`fnn.core.spec.build` under the Keras layer's name."""
+    :func:`fnn.core.spec.build` under the Keras layer's name. ``keep_float32``: a float32
+    dtype policy is kept as the layer's own (in a model that mixes policies, e.g. a
+    float32 softmax after bfloat16 layers); otherwise the layer gets fnn's default."""
     _check_supported(entry, where or "keras file")
     class_name, config = entry["class_name"], entry.get("config") or {}
     name = config.get("name")
     where = where or (name or class_name)
-    arguments = _arguments(class_name, config, where)
+    arguments = _arguments(class_name, config, where, keep_float32)
     if name is not None:
         arguments["name"] = name
     if class_name == "Activation" and arguments.get("activation") not in activations.names():
@@ -482,7 +507,8 @@ def _sequential(config: Mapping, where: str):
             f"{where}: the Keras Sequential has no input shape (it was saved before it was "
             "built); build it in Keras (keras.Input(shape) first) and save again."
         )
-    layers = [layer_from_keras(e) for e in entries]
+    mixed = _mixes_policies(entries)
+    layers = [layer_from_keras(e, keep_float32=mixed) for e in entries]
     if (
         layers
         and layers[0].spec.class_name == "Embedding"
@@ -573,7 +599,10 @@ def read_model(path: str | os.PathLike) -> KerasModelFile:
             return KerasModelFile(
                 "Sequential", name, layers, inputs, weights, compile_config=compiled
             )
-        graph_layers = {e["config"]["name"]: layer_from_keras(e) for e in entries}
+        mixed = _mixes_policies(entries)
+        graph_layers = {
+            e["config"]["name"]: layer_from_keras(e, keep_float32=mixed) for e in entries
+        }
         return KerasModelFile(
             "Functional", name, [], (), weights, dict(inner), graph_layers, compiled
         )

@@ -195,7 +195,8 @@ def MultiHeadAttention(
     return Layer(init, apply, name)
 
 
-@register_layer
+# The inner layers cast their own params (the norms keep theirs in float32).
+@register_layer(autocast=False)
 def TransformerEncoderBlock(
     num_heads: int,
     key_dim: int,
@@ -207,6 +208,7 @@ def TransformerEncoderBlock(
     use_causal_mask: bool = False,
     kernel_initializer="glorot_uniform",
     bias_initializer="zeros",
+    dtype=None,
     name: str = "transformer_encoder_block",
 ) -> Layer:
     """A Transformer encoder layer: self-attention and a feed-forward network, each with a
@@ -226,7 +228,8 @@ def TransformerEncoderBlock(
     Params: ``attention`` (``MultiHeadAttention`` layout: ``query``, ``key``, ``value``,
     ``attention_output``), ``norm1`` and ``norm2`` (``gamma [dim]``, ``beta [dim]``),
     ``ffn`` (``dense``: ``kernel [dim, ff_dim]``, ``bias [ff_dim]``; ``dense_1``:
-    ``kernel [ff_dim, dim]``, ``bias [dim]``).
+    ``kernel [ff_dim, dim]``, ``bias [dim]``). ``dtype``: the policy of the block and of
+    every layer in it (each casts its own params).
 
     An optional padding mask bool ``[batch, time]`` (True = real token) as second input
     (``apply(params, state, x, mask)``, e.g. from ``Embedding(mask_zero=True)`` in a
@@ -253,14 +256,21 @@ def TransformerEncoderBlock(
         use_causal_mask=use_causal_mask,
         kernel_initializer=kernel_initializer,
         bias_initializer=bias_initializer,
+        dtype=dtype,
         name="attention",
     )
-    norm1 = LayerNormalization(epsilon=epsilon, name="norm1")
-    norm2 = LayerNormalization(epsilon=epsilon, name="norm2")
-    drop = Dropout(dropout)
+    norm1 = LayerNormalization(epsilon=epsilon, dtype=dtype, name="norm1")
+    norm2 = LayerNormalization(epsilon=epsilon, dtype=dtype, name="norm2")
+    drop = Dropout(dropout, dtype=dtype)
 
     def ffn(dim: int) -> Layer:
-        common = {"kernel_initializer": kernel_initializer, "bias_initializer": bias_initializer}
+        # Built in init and apply (the width follows the input) with the block's resolved
+        # policy, so apply reads no global policy.
+        common = {
+            "kernel_initializer": kernel_initializer,
+            "bias_initializer": bias_initializer,
+            "dtype": dtype,
+        }
         return serial(Dense(ff_dim, activation, **common), Dense(dim, **common), name="ffn")
 
     def check(x, mask):

@@ -26,7 +26,7 @@ def _positive_int(name: str, arg: str, value) -> None:
         raise ConfigError(f"{name}: expected {arg} to be a positive int, got {value!r}.")
 
 
-@register_layer
+@register_layer(autocast=False)
 def Embedding(
     input_dim: int,
     output_dim: int,

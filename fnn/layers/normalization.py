@@ -98,7 +98,7 @@ def _first_param(params, keys):
     return None, None
 
 
-@register_layer(weight_order=("gamma", "beta", "moving_mean", "moving_variance"))
+@register_layer(weight_order=("gamma", "beta", "moving_mean", "moving_variance"), autocast=False)
 def BatchNormalization(
     axis: int = -1,
     momentum: float = 0.99,
@@ -214,7 +214,7 @@ def _norm_params(name, x, axes, center, scale, gamma_init, beta_init, key, dtype
     return params
 
 
-@register_layer(weight_order=("gamma", "beta"))
+@register_layer(weight_order=("gamma", "beta"), autocast=False)
 def LayerNormalization(
     axis=-1,
     epsilon: float = 1e-3,
@@ -266,7 +266,7 @@ def LayerNormalization(
     return Layer(init, apply, name)
 
 
-@register_layer(weight_order=("gamma", "beta"))
+@register_layer(weight_order=("gamma", "beta"), autocast=False)
 def GroupNormalization(
     groups: int = 32,
     axis: int = -1,
@@ -338,7 +338,7 @@ def GroupNormalization(
     return Layer(init, apply, name)
 
 
-@register_layer
+@register_layer(autocast=False)
 def RMSNormalization(
     axis=-1, epsilon: float = 1e-6, dtype=None, name: str = "rms_normalization"
 ) -> Layer:

@@ -249,7 +249,7 @@ def compile_to_json(config: Mapping[str, Any] | None, name: str) -> dict | None:
     out = dict(config)
     problem = None
     optimizer = out.get("optimizer")
-    if isinstance(optimizer, optimizers_lib.Optimizer):
+    if isinstance(optimizer, optimizers_lib.Optimizer | optimizers_lib.LossScaleOptimizer):
         try:
             out["optimizer"] = optimizers_lib.serialize(optimizer)
         except ConfigError:

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.core import eager, graph, subclass
+from fnn.core import dtype_policies, eager, graph, subclass
 from fnn.core import weights as weights_lib
 from fnn.core.combinators import serial
 from fnn.core.errors import ConfigError, ShapeError, bounded_repr
@@ -740,6 +740,7 @@ class Model:
         steps_per_execution: int | str = 1,
         jit: bool = True,
         seed: int = 0,
+        auto_scale_loss: bool = True,
     ) -> None:
         """Set the optimizer, loss and metrics (names or objects, as in Keras).
 
@@ -748,7 +749,9 @@ class Model:
 
         ``steps_per_execution``: steps per compiled call (``"auto"`` picks by model and
         backend). ``jit=False`` runs the steps eagerly (debugging). ``seed`` seeds the
-        parameter initialisation, dropout and shuffling.
+        parameter initialisation, dropout and shuffling. ``auto_scale_loss``: wrap the
+        optimizer in ``fnn.mixed_precision.LossScaleOptimizer`` when the model computes in
+        float16 (a ``"mixed_float16"`` policy), as Keras.
         """
         from fnn.training import optimizers as optimizers_lib
 
@@ -767,7 +770,8 @@ class Model:
         )
         # Unknown names and wrong types raise here; names become their class instance.
         self._optimizer = compile_utils.optimizer_object(optimizer)
-        if isinstance(self._optimizer, optimizers_lib.Optimizer):
+        attachable = (optimizers_lib.Optimizer, optimizers_lib.LossScaleOptimizer)
+        if isinstance(self._optimizer, attachable):
             self._optimizer.attach(self)  # optimizer.learning_rate reads/writes opt_state
         self._compile_config = {
             "optimizer": optimizer,
@@ -778,6 +782,7 @@ class Model:
             "steps_per_execution": steps_per_execution,
             "jit": bool(jit),
             "seed": int(seed),
+            "auto_scale_loss": bool(auto_scale_loss),
         }
         self._trainer = None
         self._predictor = None
@@ -873,6 +878,12 @@ class Model:
         names = self.output_names if self._graph_outputs is not None else None
         loss, metrics = compile_utils.resolve(cfg, out, y, self.name, output_names=names)
         steps, unroll = loop_lib.plan_steps(cfg["steps_per_execution"], jaxpr)
+        if cfg.get("auto_scale_loss") and dtype_policies.computes_in_float16(jaxpr):
+            from fnn.training.optimizers import LossScaleOptimizer
+
+            if not isinstance(self._optimizer, LossScaleOptimizer):  # Keras's compile rule
+                self._optimizer = LossScaleOptimizer(self._optimizer)
+                self._optimizer.attach(self)
         optimizer = views.freeze(
             self._optimizer,
             self._train_state.params,

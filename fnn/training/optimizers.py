@@ -284,6 +284,8 @@ def get(
     >>> import fnn
     >>> opt = fnn.optimizers.get("adam", learning_rate=3e-4, global_clipnorm=1.0)
     """
+    if isinstance(identifier, LossScaleOptimizer) and not kwargs and learning_rate is None:
+        return identifier
     if isinstance(identifier, Optimizer | Mapping):
         common = (learning_rate, clipnorm, clipvalue, global_clipnorm, weight_decay)
         if kwargs or gradient_accumulation_steps or any(v is not None for v in common):
@@ -385,7 +387,8 @@ class Optimizer:
     Common arguments (Keras's): ``weight_decay`` (decoupled, ``w -= lr * wd * w``),
     ``clipnorm``/``clipvalue``/``global_clipnorm`` (at most one), and
     ``gradient_accumulation_steps`` (>= 2). ``use_ema=True`` and ``loss_scale_factor``
-    are refused: fnn keeps no moving average of the weights and no loss scaling.
+    are refused: fnn keeps no moving average of the weights, and loss scaling is
+    ``LossScaleOptimizer``'s (a wrapper, as Keras's).
     """
 
     _key = ""  # the builder's name in _OPTIMIZERS
@@ -434,8 +437,9 @@ class Optimizer:
             )
         if loss_scale_factor is not None:
             raise ConfigError(
-                f"{cls}: loss_scale_factor is not supported (fnn trains without loss "
-                f"scaling), got {loss_scale_factor!r}. Leave it None."
+                f"{cls}: loss_scale_factor is not supported, got {loss_scale_factor!r}. "
+                "Leave it None; wrap the optimizer in fnn.mixed_precision.LossScaleOptimizer "
+                "for dynamic loss scaling."
             )
         if not (callable(learning_rate) or isinstance(learning_rate, int | float)):
             raise ConfigError(
@@ -742,6 +746,162 @@ class Adafactor(Optimizer):
         super().__init__(learning_rate, hyper, **common)
 
 
+class LossScaleState(NamedTuple):
+    """``LossScaleOptimizer`` state: the scale, finite steps since it last changed, and
+    the wrapped optimizer's state."""
+
+    dynamic_scale: jax.Array  # float32 scalar: the loss is multiplied by it
+    step_counter: jax.Array  # int32 scalar: finite steps since the last change
+    inner_state: Any  # the inner optimizer's state
+
+
+class LossScaleOptimizer:
+    """Dynamic loss scaling around ``inner_optimizer``, as Keras's ``LossScaleOptimizer``
+    (float16 training: small gradients would underflow in float16).
+
+    The training step multiplies the loss by ``state.dynamic_scale`` (found in the
+    optimizer state, see ``loss_scale_state``); ``update`` gets the scaled gradients and
+    - if one is not finite: returns zero updates, keeps the inner state, halves the scale
+      and resets the counter (the step is skipped);
+    - else: divides them by the scale, applies ``inner_optimizer`` and counts the step;
+      after ``dynamic_growth_steps`` finite steps in a row the scale doubles.
+
+    ``Model.compile`` wraps its optimizer in one when the model computes in float16
+    (``compile(auto_scale_loss=True)``, Keras's default).
+
+    >>> import fnn, jax.numpy as jnp
+    >>> opt = fnn.mixed_precision.LossScaleOptimizer(fnn.optimizers.SGD(0.1), initial_scale=8.0)
+    >>> state = opt.init({"w": jnp.ones(2)})
+    >>> updates, state = opt.update({"w": jnp.array([8.0, jnp.inf])}, state)
+    >>> updates["w"], float(state.dynamic_scale)
+    (Array([0., 0.], dtype=float32), 4.0)
+    """
+
+    def __init__(
+        self, inner_optimizer, initial_scale=2.0**15, dynamic_growth_steps=2000, name=None
+    ):
+        if isinstance(inner_optimizer, LossScaleOptimizer):
+            raise ConfigError("LossScaleOptimizer: the inner optimizer already scales the loss.")
+        if not (isinstance(initial_scale, int | float) and initial_scale > 0):
+            raise ConfigError(
+                f"LossScaleOptimizer: expected initial_scale to be a positive float, got "
+                f"{initial_scale!r}."
+            )
+        if not (
+            isinstance(dynamic_growth_steps, int)
+            and not isinstance(dynamic_growth_steps, bool)
+            and dynamic_growth_steps >= 1
+        ):
+            raise ConfigError(
+                f"LossScaleOptimizer: expected dynamic_growth_steps to be an int >= 1, got "
+                f"{dynamic_growth_steps!r}."
+            )
+        # A name becomes its class (as compile does), so learning_rate stays readable.
+        if isinstance(inner_optimizer, str):
+            get(inner_optimizer)  # unknown names raise here, listing the valid ones
+            inner_optimizer = by_name(inner_optimizer)
+        self.inner_optimizer = get(inner_optimizer)
+        self.initial_scale = float(initial_scale)
+        self.dynamic_growth_steps = dynamic_growth_steps
+        self.name = name or "loss_scale_optimizer"
+
+    def init(self, params) -> LossScaleState:
+        """``LossScaleState`` with ``initial_scale`` and the inner optimizer's state."""
+        return LossScaleState(
+            jnp.asarray(self.initial_scale, jnp.float32),
+            jnp.zeros((), jnp.int32),
+            self.inner_optimizer.init(params),
+        )
+
+    def update(self, updates, state: LossScaleState, params=None):
+        """``(updates, new_state)`` from gradients of the *scaled* loss (shapes as params)."""
+        leaves = jax.tree.leaves(updates)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
+        scale = state.dynamic_scale
+        unscaled = jax.tree.map(lambda g: g / scale.astype(g.dtype), updates)
+        inner_updates, inner_state = self.inner_optimizer.update(
+            unscaled, state.inner_state, params
+        )
+        inner_updates = jax.tree.map(
+            lambda u: jnp.where(finite, u, jnp.zeros_like(u)), inner_updates
+        )
+        inner_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), inner_state, state.inner_state
+        )
+        grow = finite & (state.step_counter == self.dynamic_growth_steps - 1)
+        new_scale = jnp.where(finite, jnp.where(grow, scale * 2.0, scale), scale * 0.5)
+        counter = jnp.where(finite & ~grow, state.step_counter + 1, 0)
+        new_state = LossScaleState(
+            new_scale.astype(jnp.float32), counter.astype(jnp.int32), inner_state
+        )
+        return inner_updates, new_state
+
+    def __iter__(self):  # ``init, update = optimizer`` as for an optax transformation
+        return iter((self.init, self.update))
+
+    def attach(self, owner) -> None:
+        """Let the inner optimizer read ``learning_rate`` through ``owner`` (see
+        ``Optimizer.attach``)."""
+        if isinstance(self.inner_optimizer, Optimizer):
+            self.inner_optimizer.attach(owner)
+
+    @property
+    def learning_rate(self):
+        """The inner optimizer's learning rate."""
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value) -> None:
+        self.inner_optimizer.learning_rate = value
+
+    def get_config(self) -> dict[str, Any]:
+        """Keras's config: ``name``, ``inner_optimizer`` (serialized), ``initial_scale``,
+        ``dynamic_growth_steps``."""
+        return {
+            "name": self.name,
+            "inner_optimizer": serialize(self.inner_optimizer),
+            "initial_scale": self.initial_scale,
+            "dynamic_growth_steps": self.dynamic_growth_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]):
+        """The optimizer of ``get_config()``'s dict."""
+        config = dict(config)
+        config["inner_optimizer"] = deserialize(config["inner_optimizer"])
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return (
+            f"LossScaleOptimizer({self.inner_optimizer!r}, initial_scale={self.initial_scale!r}, "
+            f"dynamic_growth_steps={self.dynamic_growth_steps!r})"
+        )
+
+
+def loss_scale_state(opt_state) -> LossScaleState | None:
+    """The ``LossScaleState`` inside ``opt_state`` (at any depth: an optimizer wrapped by
+    ``freeze`` keeps it nested), or None when the optimizer scales no loss."""
+    found = []
+
+    def visit(node):
+        if isinstance(node, LossScaleState):
+            found.append(node)
+        elif isinstance(node, tuple | list):
+            for child in node:
+                visit(child)
+        elif isinstance(node, Mapping):
+            for child in node.values():
+                visit(child)
+
+    visit(opt_state)
+    if len(found) > 1:
+        raise ConfigError(
+            f"expected at most one LossScaleOptimizer in the optimizer, got {len(found)}; "
+            "wrap the whole optimizer once."
+        )
+    return found[0] if found else None
+
+
 class Ftrl:
     """Not available: optax has no FTRL transformation (constructing one raises)."""
 
@@ -771,6 +931,13 @@ def by_name(name: str, **kwargs) -> Optimizer:
 
 def serialize(optimizer: Optimizer) -> dict[str, Any]:
     """``{"module", "class_name", "config", "registered_name"}`` as Keras writes it."""
+    if isinstance(optimizer, LossScaleOptimizer):
+        return {
+            "module": "keras.optimizers",
+            "class_name": "LossScaleOptimizer",
+            "config": optimizer.get_config(),
+            "registered_name": None,
+        }
     if not isinstance(optimizer, Optimizer) or type(optimizer).__name__ not in _CLASSES:
         raise ConfigError(
             f"cannot serialize optimizer {optimizer!r}; only fnn.optimizers classes "
@@ -789,6 +956,8 @@ def deserialize(config: Mapping[str, Any]) -> Optimizer:
     if "class_name" not in config:
         raise ConfigError(f"expected an optimizer config with 'class_name', got {config!r}.")
     name = config["class_name"]
+    if name == "LossScaleOptimizer":
+        return LossScaleOptimizer.from_config(config.get("config", {}))
     cls = _CLASSES.get(name) or _CLASS_BY_NAME.get(str(name).lower())
     if cls is None:
         raise unknown_name("optimizer class", name, _CLASSES)

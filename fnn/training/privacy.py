@@ -107,6 +107,12 @@ def make_dp_train_step(
         )
     loss = losses_lib.get(loss)
     optimizer = optimizers_lib.get(optimizer)
+    if isinstance(optimizer, optimizers_lib.LossScaleOptimizer):
+        # Its update expects scaled gradients; per-example clipping bounds unscaled ones.
+        raise ConfigError(
+            "make_dp_train_step: LossScaleOptimizer is not supported by DP-SGD; train in "
+            "float32 or mixed_bfloat16 (no loss scaling needed)."
+        )
     metrics = step_lib._resolve_metrics(metrics, loss)
 
     def example_loss(params, model_state, inputs, y, rng):

@@ -45,21 +45,13 @@ PyTree = Any
 LOSS_METRIC = metrics_lib.Mean("loss")
 
 
-class LossScale(NamedTuple):
-    """Dynamic loss scaling state for float16 (as in Keras's ``LossScaleOptimizer``):
-    the scale doubles after ``period`` finite steps and halves on a non-finite gradient,
-    which skips that update."""
-
-    scale: jax.Array  # float32 scalar
-    good_steps: jax.Array  # int32 scalar: finite steps since the last change
-
-
 class TrainState(NamedTuple):
     """Everything that changes during training, as one pytree (donate it to ``jit``).
 
     ``step`` int32 scalar; ``params``/``state`` the layer's; ``opt_state`` optax's;
     ``rng`` the base PRNG key (step keys are ``fold_in(rng, step)``); ``metric_states`` ``{name: metric state}``
-    including ``"loss"``; ``loss_scale`` a ``LossScale`` for float16 training, else None.
+    including ``"loss"``. (Float16 loss scaling keeps its state in ``opt_state``: see
+    ``fnn.mixed_precision.LossScaleOptimizer``.)
     """
 
     step: jax.Array
@@ -68,67 +60,10 @@ class TrainState(NamedTuple):
     opt_state: PyTree
     rng: jax.Array
     metric_states: dict[str, Any]
-    loss_scale: LossScale | None = None
 
 
 class NonFiniteLossError(FnnError, FloatingPointError):
     """The training loss became NaN or infinite."""
-
-
-# --------------------------------------------------------------------------- precision
-
-
-_POLICIES = {
-    None: None,
-    "float32": None,
-    "mixed_bfloat16": jnp.bfloat16,
-    "mixed_float16": jnp.float16,
-}
-
-
-def compute_dtype(dtype_policy) -> Any:
-    """Compute dtype of a Keras dtype policy name (``None`` for plain float32)."""
-    if dtype_policy in _POLICIES:
-        return _POLICIES[dtype_policy]
-    try:
-        dtype = jnp.dtype(dtype_policy)
-    except TypeError:
-        dtype = None
-    if dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-        return dtype.type
-    if dtype == jnp.dtype(jnp.float32):
-        return None
-    raise ConfigError(
-        f"unknown dtype_policy {dtype_policy!r}. Valid policies: float32, mixed_bfloat16, "
-        "mixed_float16 (or the compute dtype bfloat16 / float16)."
-    )
-
-
-def _cast_floats(tree, dtype):
-    def cast(x):
-        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating):
-            return x.astype(dtype)
-        return x
-
-    return jax.tree.map(cast, tree)
-
-
-def _restore_dtypes(tree, like):
-    return jax.tree.map(lambda x, ref: jnp.asarray(x).astype(ref.dtype), tree, like)
-
-
-def init_loss_scale(initial_scale: float = 2.0**15) -> LossScale:
-    """Dynamic loss scale starting at ``initial_scale`` (Keras's default 2**15)."""
-    return LossScale(jnp.asarray(initial_scale, jnp.float32), jnp.zeros([], jnp.int32))
-
-
-def _next_loss_scale(ls: LossScale, finite, period: int, factor: float = 2.0) -> LossScale:
-    grown = ls.good_steps + 1 >= period
-    scale = jnp.where(
-        finite, jnp.where(grown, ls.scale * factor, ls.scale), jnp.maximum(ls.scale / factor, 1.0)
-    )
-    good = jnp.where(finite & ~grown, ls.good_steps + 1, 0)
-    return LossScale(scale.astype(jnp.float32), good.astype(jnp.int32))
 
 
 # --------------------------------------------------------------------------- paths
@@ -301,13 +236,11 @@ def init_train_state(
     params=None,
     state=None,
     loss=None,
-    dtype_policy=None,
-    loss_scale: float = 2.0**15,
 ) -> TrainState:
     """A fresh ``TrainState``: ``layer.init`` on ``example_inputs`` (arrays or
     ``jax.ShapeDtypeStruct``), unless ``params`` (and ``state``) are given, e.g. after
     ``transfer_params``; ``optimizer.init``; zero metric states; ``rng`` from ``key``.
-    ``dtype_policy="mixed_float16"`` adds a dynamic ``LossScale``. Metric names are
+    Metric names are
     resolved with ``loss`` (``"accuracy"`` depends on it); passing ``Metric`` objects from
     ``fnn.metrics.get_all(names, loss=...)`` to every function avoids repeating it.
     """
@@ -322,7 +255,6 @@ def init_train_state(
         params = new_params if params is None else params
         state = new_state if state is None else state
     optimizer = optimizers_lib.get(optimizer)
-    scale = init_loss_scale(loss_scale) if compute_dtype(dtype_policy) is jnp.float16 else None
     return TrainState(
         step=jnp.zeros([], jnp.int32),
         params=params,
@@ -330,7 +262,6 @@ def init_train_state(
         opt_state=optimizer.init(params),
         rng=rng,
         metric_states=init_metric_states(metrics, loss=loss),
-        loss_scale=scale,
     )
 
 
@@ -374,15 +305,9 @@ def _batch_size(inputs) -> int:
     return jax.tree.leaves(inputs)[0].shape[0]
 
 
-def _forward(layer, params, state, inputs, rng, train, dtype):
-    if dtype is not None:
-        params, inputs = _cast_floats(params, dtype), _cast_floats(inputs, dtype)
-    y_pred, new_state = layer.apply(params, state, *inputs, rng=rng, train=train)
-    if dtype is not None:
-        # Loss and metrics in float32; state (e.g. moving averages) keeps its own dtype.
-        y_pred = _cast_floats(y_pred, jnp.float32)
-        new_state = _restore_dtypes(new_state, state)
-    return y_pred, new_state
+def _forward(layer, params, state, inputs, rng, train):
+    # Mixed precision is the layers' own (their dtype policies); losses compute in float32.
+    return layer.apply(params, state, *inputs, rng=rng, train=train)
 
 
 def added_losses(state) -> jax.Array:
@@ -441,8 +366,6 @@ def make_train_step(
     *,
     axis_name: str | None = None,
     regularizers: Sequence[Callable[[PyTree], Any]] = (),
-    dtype_policy=None,
-    loss_scale_period: int = 2000,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Pure ``step(train_state, batch) -> (train_state, logs)``.
 
@@ -452,27 +375,24 @@ def make_train_step(
     ``regularizers`` terms, takes ``jax.value_and_grad``, applies one ``optimizer`` update
     and adds the batch to every metric state (``sample_weight`` reaches only metrics with
     ``weighted=True``, e.g. ``fnn.metrics.weighted(m)``: Keras's ``weighted_metrics``;
-    the loss is always weighted). ``logs = {"loss": batch loss}`` (plus
-    ``"loss_scale"`` under float16).
+    the loss is always weighted). ``logs = {"loss": batch loss}``.
 
     ``axis_name`` (inside ``pmap``/``shard_map``): the gradients, loss and float model
     state are ``pmean``-ed and metric updates ``psum``-ed over that axis, so every device
     keeps identical params; each device's dropout rng is folded with its axis index.
 
-    ``dtype_policy``: ``"mixed_bfloat16"``/``"mixed_float16"`` run the layer on float
-    params and inputs cast to that dtype (params stay float32), cast outputs to float32
-    for the loss and metrics; float16 uses ``train_state.loss_scale`` (dynamic loss
-    scaling: non-finite gradients skip the step and halve the scale, ``loss_scale_period``
-    finite steps double it).
+    Mixed precision: the layers compute in their dtype policy's dtype
+    (``fnn.mixed_precision``). With a ``LossScaleOptimizer`` (float16) the loss is
+    multiplied by its current scale before ``jax.grad`` and the optimizer unscales the
+    gradients, skipping the update when one is not finite.
     """
     loss = losses_lib.get(loss)
     optimizer = optimizers_lib.get(optimizer)
     metrics = _resolve_metrics(metrics, loss)
-    dtype = compute_dtype(dtype_policy)
     regularizers = tuple(regularizers)
 
     def objective(params, model_state, inputs, y, sw, rng, scale):
-        y_pred, new_state = _forward(layer, params, model_state, inputs, rng, True, dtype)
+        y_pred, new_state = _forward(layer, params, model_state, inputs, rng, True)
         total = _batch_loss(loss, regularizers, params, y, y_pred, sw)
         total = total + added_losses(new_state)
         scaled = total if scale is None else total * scale
@@ -482,12 +402,7 @@ def make_train_step(
 
     def step(train_state: TrainState, batch):
         inputs, y, sw = _unpack(batch)
-        ls = train_state.loss_scale
-        if dtype is jnp.float16 and ls is None:
-            raise ConfigError(
-                "dtype_policy='mixed_float16' needs dynamic loss scaling: build the state with "
-                "init_train_state(..., dtype_policy='mixed_float16')."
-            )
+        ls = optimizers_lib.loss_scale_state(train_state.opt_state)
         # The step's key is derived from (rng, step) instead of splitting and storing a new
         # rng: a model without dropout then compiles no key arithmetic at all (XLA drops the
         # unused fold_in), and a resumed run reproduces the same keys from the saved step.
@@ -495,12 +410,11 @@ def make_train_step(
         step_rng = jax.random.fold_in(rng, train_state.step)
         if axis_name is not None:
             step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
-        scale = None if ls is None else ls.scale
+        scale = None if ls is None else ls.dynamic_scale
+        # Under loss scaling these are the scaled gradients: the optimizer unscales them.
         (_, (loss_value, y_pred, new_state)), grads = grad_fn(
             train_state.params, train_state.state, inputs, y, sw, step_rng, scale
         )
-        if ls is not None:
-            grads = jax.tree.map(lambda g: g / scale.astype(g.dtype), grads)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             loss_value = jax.lax.pmean(loss_value, axis_name)
@@ -513,17 +427,6 @@ def make_train_step(
         updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
         params = optax.apply_updates(train_state.params, updates)
         logs = {"loss": loss_value}
-        if ls is not None:
-            finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-
-            def keep(new, old):
-                return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-
-            params = keep(params, train_state.params)
-            opt_state = keep(opt_state, train_state.opt_state)
-            new_state = keep(new_state, train_state.state)
-            ls = _next_loss_scale(ls, finite, loss_scale_period)
-            logs["loss_scale"] = ls.scale
         metric_states = _update_metrics(
             train_state.metric_states,
             metrics,
@@ -541,7 +444,6 @@ def make_train_step(
             opt_state=opt_state,
             rng=rng,
             metric_states=metric_states,
-            loss_scale=ls,
         )
         return new_train_state, logs
 
@@ -555,7 +457,6 @@ def make_eval_step(
     *,
     axis_name: str | None = None,
     regularizers: Sequence[Callable[[PyTree], Any]] = (),
-    dtype_policy=None,
 ) -> Callable[..., dict]:
     """Pure ``eval_step(metric_states, params, state, batch) -> metric_states``: the layer
     with ``train=False``, the loss into ``metric_states["loss"]`` and every metric updated
@@ -563,12 +464,11 @@ def make_eval_step(
     """
     loss = losses_lib.get(loss)
     metrics = _resolve_metrics(metrics, loss)
-    dtype = compute_dtype(dtype_policy)
     regularizers = tuple(regularizers)
 
     def eval_step(metric_states, params, state, batch):
         inputs, y, sw = _unpack(batch)
-        y_pred, new_state = _forward(layer, params, state, inputs, None, False, dtype)
+        y_pred, new_state = _forward(layer, params, state, inputs, None, False)
         loss_value = _batch_loss(loss, regularizers, params, y, y_pred, sw)
         loss_value = loss_value + added_losses(new_state)
         if axis_name is not None:
@@ -580,14 +480,13 @@ def make_eval_step(
     return eval_step
 
 
-def make_predict_step(layer: Layer, *, dtype_policy=None) -> Callable[..., Any]:
+def make_predict_step(layer: Layer) -> Callable[..., Any]:
     """Pure ``predict(params, state, x) -> outputs`` with ``train=False`` (``x`` a tuple for
-    multi-input layers); outputs are float32 under a mixed policy."""
-    dtype = compute_dtype(dtype_policy)
+    multi-input layers); outputs in the last layer's compute dtype, as Keras."""
 
     def predict(params, state, x):
         inputs = tuple(x) if isinstance(x, tuple | list) else (x,)
-        return _forward(layer, params, state, inputs, None, False, dtype)[0]
+        return _forward(layer, params, state, inputs, None, False)[0]
 
     return predict
 
