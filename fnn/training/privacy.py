@@ -19,7 +19,8 @@ epsilon of that many Poisson-sampled Gaussian steps at a given delta.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,91 @@ from fnn.training import losses as losses_lib
 from fnn.training import optimizers as optimizers_lib
 from fnn.training import step as step_lib
 
-__all__ = ["clip_by_global_norm", "dp_epsilon", "make_dp_train_step", "per_example_grads"]
+__all__ = [
+    "DPConfig",
+    "clip_by_global_norm",
+    "dp_epsilon",
+    "make_dp_train_step",
+    "per_example_grads",
+]
+
+
+class DPConfig(NamedTuple):
+    """DP-SGD settings of ``Model.fit(dp=...)`` and the CLI's ``dp:`` section:
+    ``l2_norm_clip`` (per-example gradient norm bound, > 0), ``noise_multiplier`` (noise
+    std over the clip, >= 0), ``delta`` (of the reported epsilon, in (0, 1)),
+    ``chunk_size`` (examples per per-example-gradient chunk; None: the whole batch) and
+    ``accountant`` (``"rdp"`` or ``"pld"``, see ``dp_epsilon``).
+
+    >>> import fnn
+    >>> fnn.train.DPConfig.get({"l2_norm_clip": 1.0, "noise_multiplier": 1.1}).delta
+    1e-05
+    """
+
+    l2_norm_clip: float
+    noise_multiplier: float
+    delta: float = 1e-5
+    chunk_size: int | None = None
+    accountant: str = "rdp"
+
+    @classmethod
+    def get(cls, value, *, what: str = "dp") -> DPConfig:
+        """A checked ``DPConfig`` from one or a mapping of its fields (``ConfigError``
+        naming ``what`` and the field on a bad value)."""
+        if isinstance(value, DPConfig):
+            value = value._asdict()
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"{what}: expected a mapping with l2_norm_clip and noise_multiplier (and "
+                f"optionally delta, chunk_size, accountant), got {value!r}."
+            )
+        unknown = sorted(set(value) - set(cls._fields))
+        missing = [k for k in ("l2_norm_clip", "noise_multiplier") if k not in value]
+        if unknown or missing:
+            raise ConfigError(
+                f"{what}: unknown keys {unknown}, missing keys {missing}; valid keys: "
+                f"{', '.join(cls._fields)}."
+            )
+        cfg = cls(**value)
+
+        def number(name, ok, rule):
+            v = getattr(cfg, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not ok(v):
+                raise ConfigError(f"{what}: expected {name} {rule}, got {v!r}.")
+
+        number("l2_norm_clip", lambda v: v > 0, "> 0")
+        number("noise_multiplier", lambda v: v >= 0, ">= 0")
+        number("delta", lambda v: 0 < v < 1, "in (0, 1)")
+        if cfg.chunk_size is not None and (
+            isinstance(cfg.chunk_size, bool)
+            or not isinstance(cfg.chunk_size, int)
+            or cfg.chunk_size < 1
+        ):
+            raise ConfigError(
+                f"{what}: expected chunk_size an int >= 1 or null, got {cfg.chunk_size!r}."
+            )
+        if cfg.accountant not in ("rdp", "pld"):
+            raise ConfigError(
+                f"{what}: expected accountant 'rdp' or 'pld', got {cfg.accountant!r}."
+            )
+        return cfg._replace(
+            l2_norm_clip=float(cfg.l2_norm_clip),
+            noise_multiplier=float(cfg.noise_multiplier),
+            delta=float(cfg.delta),
+        )
+
+    def epsilon(self, *, num_examples: int, batch_size: int, steps: int) -> float:
+        """``dp_epsilon`` after ``steps`` steps (``inf`` without noise)."""
+        if self.noise_multiplier == 0 or steps == 0:
+            return math.inf if steps else 0.0
+        return dp_epsilon(
+            num_examples=num_examples,
+            batch_size=min(batch_size, num_examples),
+            noise_multiplier=self.noise_multiplier,
+            delta=self.delta,
+            steps=steps,
+            accountant=self.accountant,
+        )
 
 
 def _chunked_map(
