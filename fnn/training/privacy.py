@@ -73,9 +73,10 @@ class DPConfig(NamedTuple):
         unknown = sorted(set(value) - set(cls._fields))
         missing = [k for k in ("l2_norm_clip", "noise_multiplier") if k not in value]
         if unknown or missing:
+            problems = [f"unknown keys {unknown}"] * bool(unknown)
+            problems += [f"missing keys {missing}"] * bool(missing)
             raise ConfigError(
-                f"{what}: unknown keys {unknown}, missing keys {missing}; valid keys: "
-                f"{', '.join(cls._fields)}."
+                f"{what}: {', '.join(problems)}; valid keys: {', '.join(cls._fields)}."
             )
         cfg = cls(**value)
 
