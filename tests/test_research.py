@@ -363,3 +363,121 @@ def test_uniform_soup(data):
     same = jax.tree.map(lambda a: jnp.stack([a[0]] * 3), params)
     _close(fnn.train.uniform_soup(same), one, atol=1e-7)
     _close(fnn.train.uniform_soup(params), jax.tree.map(lambda a: np.mean(a, 0), params), atol=1e-7)
+
+
+# --------------------------------------------------------------------------- Model.fit
+
+
+def _keras_mlp(seed, dropout=0.0):
+    model = fnn.Sequential(
+        [fnn.Input((4,)), Dense(8, activation="tanh"), fnn.layers.Dropout(dropout), Dense(3)]
+    )
+    model.compile("sgd", LOSS, metrics=["accuracy"], seed=seed)
+    return model
+
+
+@pytest.fixture(scope="module")
+def fit_data():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 4)).astype(np.float32)  # batch 16: two full batches and 8 left
+    return x, rng.integers(0, 3, size=40).astype(np.int32)
+
+
+_FIT = dict(batch_size=16, epochs=2, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def solo6(fit_data):
+    """Seed 6's model fit unshuffled on the first 32 examples (two batches of 16)."""
+    x, y = fit_data[0][:32], fit_data[1][:32]
+    model = _keras_mlp(6)
+    return model, model.fit(x, y, shuffle=False, **_FIT).history
+
+
+def _member(model, i):
+    return jax.tree.map(lambda a: a[i], model.params), jax.tree.map(lambda a: a[i], model.state)
+
+
+def test_fit_ensemble_members_equal_single_fits_on_their_own_shuffles(fit_data):
+    x, y = fit_data
+    ens = _keras_mlp(5, dropout=0.3)
+    hist = ens.fit(x, y, ensemble=2, validation_data=(x[:8], y[:8]), **_FIT).history
+    assert ens.members == 2
+    solo = _keras_mlp(6, dropout=0.3)  # member 1: seed 5 + 1 (init, dropout keys, shuffle)
+    want = solo.fit(x, y, **_FIT).history
+    _close(_member(ens, 1)[0], solo.params, atol=1e-6)
+    for k in want:
+        np.testing.assert_allclose(hist[f"{k}_member_1"], want[k], rtol=1e-5)
+    for i in range(2):  # validation: member i's loss on the validation rows, computed eagerly
+        logits = ens.layer.apply(*_member(ens, i), jnp.asarray(x[:8]))[0]
+        np.testing.assert_allclose(hist[f"val_loss_member_{i}"][-1], LOSS(y[:8], logits), rtol=1e-5)
+    for k in ("loss", "accuracy", "val_loss"):
+        np.testing.assert_allclose(
+            hist[k], np.mean([hist[f"{k}_member_0"], hist[f"{k}_member_1"]], axis=0), rtol=1e-6
+        )
+    # The combined prediction: the mean of the members' softmax and its entropy, in numpy.
+    probs = np.stack(
+        [jax.nn.softmax(ens.layer.apply(*_member(ens, i), jnp.asarray(x))[0]) for i in range(2)]
+    )
+    mean = probs.mean(0)
+    np.testing.assert_allclose(ens.predict(x, batch_size=16, verbose=0), mean, atol=1e-6)
+    stats = ens.predict_uncertainty(x, batch_size=16, verbose=0)
+    np.testing.assert_allclose(stats["entropy"], -(mean * np.log(mean)).sum(-1), atol=1e-5)
+    np.testing.assert_allclose(stats["variance"], probs.var(0), atol=1e-6)
+    ens.fit(x, y, batch_size=16, epochs=3, initial_epoch=2, verbose=0)  # continues the ensemble
+    assert ens.members == 2 and ens.train_state.step.tolist() == [9, 9]
+    with pytest.raises(fnn.ConfigError, match="holds a 2-member ensemble"):
+        ens.get_weights()
+
+
+def test_fit_ensemble_on_the_same_batches(fit_data, solo6):
+    x, y = fit_data[0][:32], fit_data[1][:32]
+    ens = _keras_mlp(5)
+    hist = ens.fit(x, y, ensemble=2, ensemble_batches="same", shuffle=False, **_FIT).history
+    solo, want = solo6  # member 1: seed 6's init on the (here unshuffled) shared batches
+    _close(_member(ens, 1)[0], solo.params, atol=1e-6)
+    np.testing.assert_allclose(hist["loss_member_1"], want["loss"], rtol=1e-5)
+
+
+def test_fit_ensemble_and_dp_bad_arguments(fit_data):
+    x, y = fit_data
+    model = _keras_mlp(0)
+    with pytest.raises(fnn.ConfigError, match="ensemble_batches 'own' or 'same', got 'mine'"):
+        model.fit(x, y, ensemble=2, ensemble_batches="mine", verbose=0)
+    with pytest.raises(fnn.ConfigError, match="expected ensemble to be an int >= 1, got 0"):
+        model.fit(x, y, ensemble=0, verbose=0)
+    with pytest.raises(fnn.ConfigError, match="ensemble= or dp=, not both"):
+        model.fit(x, y, ensemble=2, dp={"l2_norm_clip": 1.0, "noise_multiplier": 1.0}, verbose=0)
+    with pytest.raises(fnn.ConfigError, match="predict_uncertainty needs an ensemble"):
+        model.predict_uncertainty(x)
+    bad = [
+        ({"l2_norm_clip": 0, "noise_multiplier": 1.0}, "expected l2_norm_clip > 0, got 0"),
+        ({"noise_multiplier": 1.0}, r"missing keys \['l2_norm_clip'\]"),
+        ({"l2_norm_clip": 1, "noise_multiplier": 1, "clip": 2}, r"unknown keys \['clip'\]"),
+        ({"l2_norm_clip": 1, "noise_multiplier": 1, "delta": 2}, r"delta in \(0, 1\), got 2"),
+        ({"l2_norm_clip": 1, "noise_multiplier": 1, "chunk_size": 0}, "chunk_size an int >= 1"),
+        (3, "expected a mapping with l2_norm_clip"),
+    ]
+    for dp, match in bad:
+        with pytest.raises(fnn.ConfigError, match=match):
+            model.fit(x, y, dp=dp, verbose=0)
+    with pytest.raises(fnn.ConfigError, match="no sample_weight"):
+        model.fit(x, y, dp={"l2_norm_clip": 1, "noise_multiplier": 1}, sample_weight=y * 1.0)
+
+
+def test_fit_dp_without_noise_is_fit_and_reports_the_accountants_epsilon(fit_data, solo6):
+    x, y = fit_data[0][:32], fit_data[1][:32]
+    fit = dict(shuffle=False, **_FIT)
+    plain, want = solo6
+    private = _keras_mlp(6)
+    # chunk_size 5 does not divide the batch of 16: the last chunk is padded
+    dp = {"l2_norm_clip": 1e6, "noise_multiplier": 0.0, "chunk_size": 5}
+    got = private.fit(x, y, dp=dp, **fit).history
+    _close(private.params, plain.params, atol=1e-6)
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6)
+    assert got["epsilon"] == [math.inf, math.inf]
+    dp = fnn.train.DPConfig(l2_norm_clip=1.0, noise_multiplier=1.3, delta=1e-3)
+    eps = _keras_mlp(6).fit(x, y, dp=dp, **fit).history["epsilon"]
+    setting = dict(num_examples=32, batch_size=16, noise_multiplier=1.3, delta=1e-3)
+    assert eps == [fnn.train.dp_epsilon(steps=2 * e, **setting) for e in (1, 2)]
+    assert eps[0] < eps[1]

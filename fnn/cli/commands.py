@@ -335,6 +335,7 @@ def cmd_train(args) -> int:
     run = Run(cfg, args.config)
     model = run.model
     _check_fairness(run)  # before any training
+    _check_explain(run)
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(_dump_yaml(cfg))
@@ -397,7 +398,7 @@ def cmd_train(args) -> int:
         f"{devices or 1} device(s) -> {run_dir}"
     )
     start = time.perf_counter()
-    model.fit(
+    history = model.fit(
         run.x_train,
         run.y_train,
         batch_size=batch_size,
@@ -409,6 +410,7 @@ def cmd_train(args) -> int:
         validation_batch_size=run.eval_batch_size(),
         devices=None if distribution is not None else devices,
         distribution=distribution,
+        dp=cfg["dp"],
     )
     if lines.non_finite is not None:  # one line and exit code 1
         epoch, value = lines.non_finite
@@ -419,6 +421,8 @@ def cmd_train(args) -> int:
     wall = time.perf_counter() - start
     test = run.evaluate(run.x_test, run.y_test)
     results = {"test": test, "epochs": epochs, "wall_time_s": round(wall, 2)}
+    if cfg["dp"] is not None and history.history.get("epsilon"):
+        results["dp"] = {"epsilon": history.history["epsilon"][-1], "delta": cfg["dp"]["delta"]}
     report = _fairness(run)
     if report is not None:
         results["fairness"] = report
@@ -433,6 +437,8 @@ def cmd_train(args) -> int:
     model.save(run_dir / "model")
     rows = _read_metrics_csv(run_dir / "metrics.csv") if primary else []  # resumed ones too
     plots = _plots(run, rows, run_dir) if cfg["plots"] and rows else []
+    if cfg["explain"]["method"] is not None and primary:
+        plots.append(_explain(run, run_dir))
     tests = "  ".join(f"test_{k} {v:.4f}" for k, v in test.items())
     if "best" in results:
         _say(_best_line(results, ck["monitor"]))
@@ -482,6 +488,61 @@ def _best_line(results: dict, monitor: str) -> str:
         f"the final model and the test metrics below are epoch {final.get('epoch')}'s "
         f"({monitor} {theirs:.4f}); results.json has both (best, final)"
     )
+
+
+def _explain_images(run: Run) -> tuple[int, ...]:
+    """The image shape attributions are drawn in: the input shape, or ``(s, s)`` for a
+    flat input of ``s * s`` features (digits: 8 x 8). Raises ``ConfigError`` otherwise."""
+    shape = run.input_shape
+    side = math.isqrt(shape[0]) if len(shape) == 1 else 0
+    if len(shape) in (2, 3):
+        return shape
+    if side * side == shape[0]:
+        return (side, side)
+    raise ConfigError(
+        f"explain: attribution images need image inputs ([h, w] or [h, w, c]) or flat inputs "
+        f"with a square number of features, got example shape {list(shape)}."
+    )
+
+
+def _check_explain(run: Run) -> None:
+    explain = run.cfg["explain"]
+    if explain["method"] is None:
+        return
+    _explain_images(run)
+    if not run.classifier:
+        raise ConfigError(
+            "explain: attributions of the predicted class need a classification loss."
+        )
+    window = explain["window"]
+    if window is not None and len(window) != len(run.input_shape):
+        raise ConfigError(
+            f"explain.window: expected {len(run.input_shape)} entries (one per input axis of "
+            f"{list(run.input_shape)}), got {window}."
+        )
+
+
+def _explain(run: Run, run_dir: Path) -> str:
+    """Attributions (``fnn.explain``, of the predicted class) of the first test examples,
+    drawn over them in ``attributions_<method>.png``; returns the file name."""
+    from fnn.training import explain as explain_lib
+
+    cfg = run.cfg["explain"]
+    method, x = cfg["method"], run.x_test[: cfg["examples"]]
+    options = {}
+    if method == "occlusion":
+        options["window"] = cfg["window"] or [1] * len(run.input_shape)
+    attributions = np.asarray(getattr(explain_lib, method)(run.model, x, **options))
+    predicted = _classes(run.predict(x), run.from_logits)
+    shape = _explain_images(run)
+    name = f"attributions_{method}.png"
+    explain_lib.plot_attributions(
+        x.reshape(len(x), *shape),
+        attributions.reshape(len(x), *shape),
+        str(run_dir / name),
+        titles=[f"{t} -> {p}" for t, p in zip(run.y_test[: len(x)], predicted)],
+    )
+    return name
 
 
 def _fairness_source(cfg: dict) -> str:

@@ -26,7 +26,7 @@ path, e.g. ``model.layers[2].units: expected units to be a positive int, got -3`
 >>> load_config_text("epoch: 3")
 Traceback (most recent call last):
 ...
-fnn.core.errors.ConfigError: epoch: unknown key. Did you mean 'epochs'? Valid keys: batch_size, checkpoint, dataset, distribute, epochs, fairness, loss, metrics, model, optimizer, plots, run_dir, seed, tensorboard.
+fnn.core.errors.ConfigError: epoch: unknown key. Did you mean 'epochs'? Valid keys: batch_size, checkpoint, dataset, distribute, dp, epochs, explain, fairness, loss, metrics, model, optimizer, plots, run_dir, seed, tensorboard.
 """
 
 from __future__ import annotations
@@ -86,7 +86,19 @@ DEFAULTS: dict[str, Any] = {
     # Per-group test metrics: the group of each test example from input column ``feature``
     # (split in two at ``split_at`` if given) or from a .npy file ``path``.
     "fairness": {"feature": None, "split_at": None, "path": None, "pos_label": 1},
+    # DP-SGD (fnn.train.DPConfig: l2_norm_clip, noise_multiplier, delta, chunk_size); null: off.
+    "dp": None,
+    # Attribution images of the first ``examples`` test examples (fnn.explain ``method``;
+    # ``window``: occlusion's window, default 1 per input axis); method null: off.
+    "explain": {"method": None, "examples": 8, "window": None},
 }
+EXPLAIN_METHODS = (
+    "saliency",
+    "gradient_x_input",
+    "smoothgrad",
+    "integrated_gradients",
+    "occlusion",
+)
 _REQUIRED = {"": ("model", "dataset"), "model": ("layers",), "dataset": ("name",)}
 # Free keyword arguments, checked later.
 _OPEN = ("dataset.options", "optimizer.options", "loss", "distribute.rules")
@@ -347,6 +359,24 @@ def validate(raw: Any) -> dict:
     if fair["path"] is not None and not isinstance(fair["path"], str):
         raise ConfigError(f"fairness.path: expected a .npy path string, {_got(fair['path'])}.")
     _positive_int("fairness.pos_label", fair["pos_label"], minimum=0)
+
+    if cfg["dp"] is not None:
+        from fnn.training.privacy import DPConfig
+
+        cfg["dp"] = DPConfig.get(cfg["dp"], what="dp")._asdict()
+        if cfg["distribute"]["strategy"] != "none":
+            raise ConfigError("dp: DP-SGD runs on one device; set distribute.strategy: none.")
+    explain = cfg["explain"]
+    if explain["method"] is not None:
+        _choice("explain.method", explain["method"], EXPLAIN_METHODS, "an attribution method:")
+    _positive_int("explain.examples", explain["examples"], maximum=64)
+    if explain["window"] is not None:
+        if not isinstance(explain["window"], list) or not explain["window"]:
+            raise ConfigError(
+                f"explain.window: expected a list of ints, {_got(explain['window'])}."
+            )
+        for i, w in enumerate(explain["window"]):
+            _positive_int(f"explain.window[{i}]", w)
 
     dist = cfg["distribute"]
     _choice("distribute.strategy", dist["strategy"], _STRATEGIES)

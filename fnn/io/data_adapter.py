@@ -156,8 +156,11 @@ class ArrayData:
         background thread when ``ahead``)."""
         if on_device:
             return DeviceRows(self.on_device(), order, batch_size, steps)
-        stop = min(len(order), steps * batch_size)
-        batches = (take(self.arrays, order[i : i + batch_size]) for i in range(0, stop, batch_size))
+        # order: [examples], or [members, examples] (batches [members, batch, ...]).
+        stop = min(order.shape[-1], steps * batch_size)
+        batches = (
+            take(self.arrays, order[..., i : i + batch_size]) for i in range(0, stop, batch_size)
+        )
         return prefetch(batches) if ahead else batches
 
 

@@ -43,6 +43,7 @@ from fnn.io import data_adapter as data_lib
 from fnn.shell import callbacks as callbacks_lib
 from fnn.shell import compile_utils
 from fnn.shell import layer_views as views
+from fnn.shell import members as members_lib
 from fnn.training import loop as loop_lib
 
 __all__ = ["Input", "Model", "Sequential"]
@@ -117,6 +118,7 @@ class Model:
         self._optimizer = None  # the optimizer object of compile (names resolved)
         self._trainer: loop_lib.Trainer | None = None  # compiled steps, once per compile
         self._predictor = None  # (layer, compiled predict step)
+        self._members: int | None = None  # an ensemble's member count after fit(ensemble=n)
         self._callers: dict = {}  # training flag -> compiled call for model(x)
         self._traces: tuple = (None, {})  # (layer, {input shapes: (jaxpr, outputs)})
         self._placement: tuple | None = None  # (trainer, devices, data-parallel step)
@@ -613,6 +615,7 @@ class Model:
     def _weight_paths(self) -> list[tuple[str, tuple]]:
         """``("params"|"state", path)`` of every array in Keras's ``get_weights`` order
         (``fnn.core.weights.weight_paths``), cached until the model is rebuilt."""
+        self._single_model("get_weights/set_weights")
         if self._weight_order is None:
             ts = self._require_built("get_weights")
             self._weight_order = weights_lib.weight_paths(
@@ -665,6 +668,7 @@ class Model:
         rebuilds the model without running stored code (see ``fnn.saving``)."""
         from fnn.io import checkpoint, keras_file, saving
 
+        self._single_model("save")
         if keras_file.is_keras_path(filepath):  # a Keras 3 .keras archive
             sequential = isinstance(self, Sequential)
             spec = None if self._subclassed else self.layer.spec
@@ -786,6 +790,8 @@ class Model:
         }
         self._trainer = None
         self._predictor = None
+        if self._members is not None:  # a new compile starts from one model again
+            self._train_state, self._members = None, None
         if self._train_state is not None:
             self._train_state = _replace(self._train_state, opt_state=None, metric_states=None)
 
@@ -860,10 +866,13 @@ class Model:
         cache = self._traces[1]
         if key not in cache:
             ts = self._train_state
+            params, state = as_shape_struct(ts.params), as_shape_struct(ts.state)
+            if self._members is not None:
+                params, state = members_lib.strip_members((params, state))
             jaxpr, (out, _) = jax.make_jaxpr(
                 lambda p, s, xs: self.layer.apply(p, s, *xs, rng=None, train=False),
                 return_shape=True,
-            )(as_shape_struct(ts.params), as_shape_struct(ts.state), inputs_spec)
+            )(params, state, inputs_spec)
             cache[key] = jaxpr, out
         return cache[key]
 
@@ -920,9 +929,7 @@ class Model:
                     jax.eval_shape(lambda y_pred: trainer.loss(y, y_pred), out)
                 else:
                     batch = loop_lib.as_batch(tuple(inputs), y, sample_weight)
-                    train_lib.check_batch(
-                        self.layer, trainer.loss, ts.params, ts.state, batch, out=out
-                    )
+                    train_lib.check_batch(self.layer, trainer.loss, None, None, batch, out=out)
             except (ShapeError, ConfigError) as err:
                 raise type(err)(
                     f"{self.name}: {what} does not fit the loss and model outputs: {err}"
@@ -940,14 +947,19 @@ class Model:
             )
         return trainer
 
-    def _predict_step(self):
-        """The compiled predict step (needs no ``compile``; built once per layer)."""
+    def _predict_step(self, stats: bool = False):
+        """The compiled predict step (needs no ``compile``; built once per layer); of an
+        ensemble: the combined prediction (``stats``: with its uncertainty)."""
         from fnn.training import step as train_lib
 
-        if self._predictor is None or self._predictor[0] is not self.layer:
-            fn = train_lib.make_predict_step(self.layer)
+        key = (self.layer, self._members, stats)
+        if self._predictor is None or self._predictor[0] != key:
+            if self._members is None:
+                fn = train_lib.make_predict_step(self.layer)
+            else:
+                fn = members_lib.members_predict(self.layer, self._trainer.loss, stats=stats)
             use_jit = self._compile_config["jit"] if self._compile_config else True
-            self._predictor = (self.layer, jax.jit(fn) if use_jit else fn)
+            self._predictor = (key, jax.jit(fn) if use_jit else fn)
         return self._predictor[1]
 
     def reset_metrics(self) -> None:
@@ -1049,6 +1061,9 @@ class Model:
         validation_steps: int | None = None,
         devices=None,
         distribution=None,
+        ensemble: int | None = None,
+        ensemble_batches: str = "own",
+        dp=None,
     ) -> callbacks_lib.History:
         """Train for ``epochs`` epochs; returns a ``History`` (Keras semantics and logs).
 
@@ -1064,6 +1079,16 @@ class Model:
         ``distribution``: sharded params and optimizer state on a mesh, e.g.
         ``{"mesh": "fsdp=4,tensor=2", "rules": {"*/kernel": ("fsdp", "tensor")}}`` (see
         ``fnn.distributed.Distribution``); the batch size must divide by data x fsdp.
+
+        ``ensemble=n``: n members trained in one compiled step (vmapped); member i is the
+        model ``compile(seed=seed + i)`` builds. ``ensemble_batches="own"``: member i
+        shuffles as that model would (array data); ``"same"``: every member sees the
+        batches of ``seed``'s order. Logs: each metric's mean over the members (what
+        callbacks monitor) and ``<name>_member_<i>``. Later fits continue the ensemble;
+        ``predict`` returns the combined prediction, ``predict_uncertainty`` its spread.
+        ``dp``: DP-SGD (``fnn.train.DPConfig`` or a dict of its fields: ``l2_norm_clip``,
+        ``noise_multiplier``, ``delta``, ``chunk_size``) on array data; the logs add
+        ``"epsilon"`` at ``delta`` after every epoch, counting every step the model took.
         """
         cfg = self._require_compiled("fit")
         verbose = _is_verbose_auto(verbose)
@@ -1102,10 +1127,25 @@ class Model:
             steps = steps_per_epoch if steps_per_epoch is not None else _len_or_none(data.data)
         if isinstance(val, data_lib.ArrayData):  # checked before training, not after an epoch
             self._prepare_training(val.x, val.y, val.sample_weight, what="validation y")
+        members, dp = self._fit_variant(data, ensemble, ensemble_batches, dp, devices, distribution)
+        trainer = trainer.variant(members=members, same_batch=ensemble_batches == "same", dp=dp)
+        if members is not None and self._members != members:
+            self._train_state = members_lib.init_members(
+                self.layer,
+                trainer.optimizer,
+                trainer.metrics,
+                self._input_spec,
+                seed=cfg["seed"],
+                n=members,
+            )
+            self._members = members
+        epoch_logs = None
+        if dp is not None:
+            epoch_logs = members_lib.dp_epoch_logs(dp, num_examples=data.n, batch_size=batch_size)
         callbacks = list(callbacks or [])
-        keys = list(trainer.metric_names)
+        keys = trainer.log_names + (["epsilon"] if dp is not None else [])
         if val is not None:
-            keys += [f"val_{k}" for k in trainer.metric_names]
+            keys += [f"val_{k}" for k in trainer.log_names]
         if any(
             isinstance(c, callbacks_lib.LearningRateScheduler | callbacks_lib.ReduceLROnPlateau)
             for c in callbacks
@@ -1156,7 +1196,14 @@ class Model:
         def epoch_data(epoch):
             nonlocal first
             if isinstance(data, data_lib.ArrayData):
-                order = loop_lib.epoch_order(data.n, seed=cfg["seed"], epoch=epoch, shuffle=shuffle)
+                if members is not None and ensemble_batches == "own":
+                    order = members_lib.member_orders(
+                        data.n, members, seed=cfg["seed"], epoch=epoch, shuffle=shuffle
+                    )
+                else:
+                    order = loop_lib.epoch_order(
+                        data.n, seed=cfg["seed"], epoch=epoch, shuffle=shuffle
+                    )
                 return data.epoch(
                     order, batch_size, steps, on_device=on_device, ahead=placement is None
                 )
@@ -1188,8 +1235,43 @@ class Model:
             epochs=epochs,
             validation=validation,
             placement=placement,
+            epoch_logs=epoch_logs,
         )
         return next(c for c in cl.callbacks if isinstance(c, callbacks_lib.History))
+
+    def _fit_variant(self, data, ensemble, ensemble_batches, dp, devices, distribution):
+        """``(members or None, DPConfig or None)`` of one ``fit``, checked."""
+        from fnn.training import privacy
+
+        members = self._count("ensemble", ensemble) if ensemble is not None else self._members
+        if ensemble_batches not in ("own", "same"):
+            raise ConfigError(
+                f"{self.name}: expected ensemble_batches 'own' or 'same', got {ensemble_batches!r}."
+            )
+        if dp is not None:
+            dp = privacy.DPConfig.get(dp, what=f"{self.name}: fit(dp=...)")
+        arrays = isinstance(data, data_lib.ArrayData)
+        what = "ensemble" if members is not None else "dp" if dp is not None else None
+        if what is None:
+            return members, dp
+        if members is not None and dp is not None:
+            raise ConfigError(f"{self.name}: fit takes ensemble= or dp=, not both (not supported).")
+        if devices is not None or distribution is not None:
+            raise ConfigError(
+                f"{self.name}: fit({what}=...) runs on one device; drop devices=/distribution=."
+            )
+        if dp is not None and (not arrays or data.sample_weight is not None):
+            raise ConfigError(
+                f"{self.name}: fit(dp=...) needs array x, y (the accountant needs the number "
+                "of examples) and no sample_weight/class_weight (DP-SGD clips unweighted "
+                "per-example gradients)."
+            )
+        if members is not None and ensemble_batches == "own" and not arrays:
+            raise ConfigError(
+                f"{self.name}: fit(ensemble=...) with its own shuffle per member needs array "
+                "data; pass ensemble_batches='same' for an iterable."
+            )
+        return members, dp
 
     # ------------------------------------------------------------------ evaluate
 
@@ -1258,6 +1340,7 @@ class Model:
                 )
             trainer = self._trainer
             n_steps = steps if steps is not None else _len_or_none(data.data)
+        trainer = self._members_trainer(trainer)
         cl = self._callbacks(callbacks, verbose, history=False, epochs=1, steps=n_steps)
         hooks = _Hooks(self, cl)
         cl.on_test_begin({})
@@ -1274,11 +1357,15 @@ class Model:
         verbose="auto",
         steps: int | None = None,
         callbacks=None,
+        *,
+        _stats: bool = False,
     ):
         """Outputs for ``x`` as NumPy arrays, in batches of ``batch_size``.
 
         Works without ``compile``. Every batch is padded to ``batch_size`` rows (the padding
         is dropped from the result), so any number of samples runs one compiled program.
+        After ``fit(ensemble=n)``: the members' mean probability ``[batch, classes]`` (a
+        categorical crossentropy loss; else their mean output).
         """
         verbose = _is_verbose_auto(verbose)
         batch_size = self._count("batch_size", batch_size, 32)
@@ -1317,13 +1404,45 @@ class Model:
                 batches = iter(())
         cl = self._callbacks(callbacks, verbose, history=False, epochs=1, steps=n_steps)
         cl.on_predict_begin({})
-        outputs = loop_lib.predict(self._predict_step(), _Hooks(self, cl), batches)
+        outputs = loop_lib.predict(self._predict_step(_stats), _Hooks(self, cl), batches)
         cl.on_predict_end({})
         if not outputs:
             raise ConfigError(f"{self.name}: predict got no data (0 batches).")
         host = jax.device_get(outputs)
         trimmed = [jax.tree.map(lambda a, n=n: np.asarray(a)[:n], o) for o, n in zip(host, sizes)]
         return jax.tree.map(lambda *parts: np.concatenate(parts), *trimmed)
+
+    def predict_uncertainty(self, x, batch_size: int | None = 32, verbose="auto", steps=None):
+        """An ensemble's combined prediction with its spread, NumPy arrays per example:
+        ``probs [batch, classes]`` (mean of the members' probabilities), ``entropy [batch]``
+        (of that mean, nats), ``mutual_information [batch]`` (entropy minus the members'
+        mean entropy) and ``variance [batch, classes]`` (of the members' probabilities), as
+        ``fnn.train.predictive_stats``; other losses: ``mean`` and ``variance`` of the
+        outputs. Needs a model trained with ``fit(ensemble=n)``."""
+        if self._members is None:
+            raise ConfigError(
+                f"{self.name}: predict_uncertainty needs an ensemble; train it with "
+                "fit(..., ensemble=n) first."
+            )
+        return self.predict(x, batch_size, verbose, steps, _stats=True)
+
+    def _single_model(self, what: str) -> None:
+        if self._members is not None:
+            raise ConfigError(
+                f"{self.name}: {what} needs one model, but it holds a {self._members}-member "
+                "ensemble (params with a leading member axis); save_weights/load_weights keep "
+                "the whole ensemble, jax.tree.map(lambda a: a[i], model.params) is member i."
+            )
+
+    def _members_trainer(self, trainer):
+        """The ensemble's trainer for evaluate/train_on_batch (same batch for every member)."""
+        return trainer if self._members is None else trainer.variant(members=self._members)
+
+    @property
+    def members(self) -> int | None:
+        """The member count of an ensemble trained with ``fit(ensemble=n)``, else None.
+        Its ``params`` and ``train_state`` carry a leading ``[n]`` axis."""
+        return self._members
 
     # ------------------------------------------------------------------ single batches
 
@@ -1332,7 +1451,7 @@ class Model:
         (accumulated since the last ``reset_metrics``, as Keras 3)."""
         self._require_compiled("train_on_batch")
         data = self._fit_data(x, y, sample_weight, class_weight, "train_on_batch")
-        trainer = self._prepare_training(data.x, data.y, data.sample_weight)
+        trainer = self._members_trainer(self._prepare_training(data.x, data.y, data.sample_weight))
         ts = _copy_arrays(self._train_state)
         self._train_state, _ = trainer.step(ts, loop_lib.as_batch(*data.arrays))
         logs = trainer.read_metrics(self._train_state.metric_states)
@@ -1343,6 +1462,7 @@ class Model:
         self._require_compiled("test_on_batch")
         data = self._fit_data(x, y, sample_weight, None, "test_on_batch")
         trainer = self._prepare_training(data.x, data.y, data.sample_weight)
+        trainer = self._members_trainer(trainer)
         logs = loop_lib.evaluate(trainer, _Hooks(self, None), [data.arrays])
         return self._batch_result(logs, trainer, return_dict)
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.core.errors import ConfigError
+from fnn.training import privacy
 from fnn.training import step as step_lib
 
 __all__ = [
@@ -129,7 +130,14 @@ class DeviceRows:
 class Trainer:
     """The compiled programs of one ``compile``: the train step of ``fnn.train`` as single
     steps, as ``K`` stacked batches in one scan, and gathering rows of device-resident
-    data; the eval step; the metric readout. ``jit=False`` runs them eagerly."""
+    data; the eval step; the metric readout. ``jit=False`` runs them eagerly.
+
+    ``members=n``: the step is ``make_train_step`` vmapped over an ``[n]`` member axis
+    of the ``TrainState`` (``fnn.train.make_ensemble_train_step``); ``same_batch=False``
+    feeds member i row i of ``[n, batch, ...]`` batches (an epoch order ``[n, examples]``).
+    Logs then hold each metric's mean over the members plus ``<name>_member_<i>``.
+    ``dp``: a ``fnn.train.DPConfig``; the step is ``make_dp_train_step``'s.
+    """
 
     def __init__(
         self,
@@ -141,18 +149,42 @@ class Trainer:
         steps_per_execution: int = 1,
         unroll: int | bool = 1,
         jit: bool = True,
+        members: int | None = None,
+        same_batch: bool = True,
+        dp=None,
     ):
-        self.loss, self.optimizer, self.metrics = loss, optimizer, tuple(metrics)
+        self.layer, self.loss, self.optimizer, self.metrics = layer, loss, optimizer, tuple(metrics)
         self.metric_names = ["loss", *(m.name for m in self.metrics)]
         self.steps_per_execution, self.unroll = steps_per_execution, unroll
-        self.core = core = step_lib.make_train_step(layer, loss, optimizer, self.metrics)
+        self.members, self.same_batch, self.dp = members, same_batch, dp
+        self._variants: dict = {}
+        self.options = {"steps_per_execution": steps_per_execution, "unroll": unroll, "jit": jit}
+        if dp is not None:
+            core = privacy.make_dp_train_step(
+                layer,
+                loss,
+                optimizer,
+                self.metrics,
+                l2_norm_clip=dp.l2_norm_clip,
+                noise_multiplier=dp.noise_multiplier,
+                chunk_size=dp.chunk_size,
+            )
+        else:
+            core = step_lib.make_train_step(layer, loss, optimizer, self.metrics)
+        eval_core = step_lib.make_eval_step(layer, loss, self.metrics)
+        if members is not None:
+            core = jax.vmap(core, in_axes=(0, None if same_batch else 0))
+            eval_core = jax.vmap(eval_core, in_axes=(0, 0, 0, None))
+        self.core = core
 
         def donated(fn, **options):
             return jax.jit(fn, donate_argnums=0, **options) if jit else fn
 
         def gathered(ts, data, rows, base):
-            # Step ``ts.step - base`` of the epoch takes row ``ts.step - base`` of ``rows``.
-            row = jax.lax.dynamic_index_in_dim(rows, ts.step - base, keepdims=False)
+            # Step ``ts.step - base`` of the epoch takes row ``ts.step - base`` of ``rows``
+            # (every member's step counter is the same).
+            index = jnp.ravel(ts.step - base)[0]
+            row = jax.lax.dynamic_index_in_dim(rows, index, keepdims=False)
             return core(ts, as_batch(*take(data, row)))
 
         def rows_step(ts, data, rows, base, k):
@@ -167,22 +199,65 @@ class Trainer:
         self.multi_step = donated(step_lib.make_multi_step(core, unroll=unroll))  # [K, batch]
         self.take_step = donated(lambda ts, data, idx: core(ts, as_batch(*take(data, idx))))
         self.rows_step = donated(rows_step, static_argnums=4)  # (ts, data, rows, base, k)
-        self.eval_step = donated(step_lib.make_eval_step(layer, loss, self.metrics))
+        self.eval_step = donated(eval_core)
         metrics_ = self.metrics
 
         def compute(metric_states):
             return step_lib.compute_metrics(metric_states, metrics_)
 
+        if members is not None:
+            compute = jax.vmap(compute)
         self._compute = jax.jit(compute) if jit else compute
+
+    def variant(self, *, members: int | None = None, same_batch: bool = True, dp=None):
+        """This trainer's loss, optimizer and metrics as an ensemble of ``members`` and/or
+        a DP-SGD step (``self`` when both are the same)."""
+        key = (members, same_batch, dp)
+        if key == (self.members, self.same_batch, self.dp):
+            return self
+        if key not in self._variants:  # compiled once per compile, reused by later fits
+            self._variants[key] = Trainer(
+                self.layer,
+                self.loss,
+                self.optimizer,
+                self.metrics,
+                **self.options,
+                members=members,
+                same_batch=same_batch,
+                dp=dp,
+            )
+        return self._variants[key]
+
+    @property
+    def log_names(self) -> list[str]:
+        """Every key of the epoch logs: ``metric_names``, then ``<name>_member_<i>``."""
+        if self.members is None:
+            return list(self.metric_names)
+        per = [f"{k}_member_{i}" for k in self.metric_names for i in range(self.members)]
+        return [*self.metric_names, *per]
+
+    def init_metric_states(self):
+        """Fresh metric states (with the ``[members]`` axis of an ensemble)."""
+        states = step_lib.init_metric_states(self.metrics)
+        if self.members is None:
+            return states
+        return jax.tree.map(lambda a: jnp.broadcast_to(a, (self.members, *jnp.shape(a))), states)
 
     def read_metrics(self, metric_states) -> dict[str, float]:
         """The metrics' current values as floats (one device synchronisation); a metric
         with several values (per class, per threshold) as a numpy array, as Keras logs it."""
         values = jax.device_get(self._compute(metric_states))
-        return {
-            k: float(np.asarray(v).reshape(())) if np.size(v) == 1 else np.asarray(v)
-            for k, v in values.items()
-        }
+
+        def value(v):
+            return float(np.asarray(v).reshape(())) if np.size(v) == 1 else np.asarray(v)
+
+        if self.members is None:
+            return {k: value(v) for k, v in values.items()}
+        # Scalars first (Keras callbacks monitor them): the members' mean, then each member.
+        out = {k: value(np.mean(np.asarray(v), axis=0)) for k, v in values.items()}
+        for k, v in values.items():
+            out.update({f"{k}_member_{i}": value(m) for i, m in enumerate(np.asarray(v))})
+        return out
 
 
 # ---------------------------------------------------------------------------- training
@@ -201,18 +276,20 @@ def _call(hooks, trainer: Trainer, wants: tuple[bool, bool], first: int, last: i
 
 
 def _device_epoch(trainer: Trainer, hooks, rows: DeviceRows, wants) -> None:
+    # order: [examples], or [members, examples] (each member its own order).
     order, size = rows.order, rows.batch_size
-    n_full = min(len(order) // size, rows.steps)
-    remainder = order[n_full * size :] if rows.steps > n_full else order[:0]
+    n_full = min(order.shape[-1] // size, rows.steps)
+    remainder = order[..., n_full * size :] if rows.steps > n_full else order[..., :0]
     if n_full:
-        matrix = jax.device_put(order[: n_full * size].reshape(n_full, size))
+        full = order[..., : n_full * size].reshape(*order.shape[:-1], n_full, size)
+        matrix = jax.device_put(np.moveaxis(full, -2, 0))  # [steps, (members,) batch]
         base = hooks.train_state.step + 0  # a fresh buffer: the state's is donated
     spe, i = trainer.steps_per_execution, 0
     while i < n_full and not hooks.stop_training:
         k = spe if spe > 1 and i + spe <= n_full else 1
         _call(hooks, trainer, wants, i, i + k - 1, trainer.rows_step, rows.data, matrix, base, k)
         i += k
-    if len(remainder) and not hooks.stop_training:
+    if remainder.shape[-1] and not hooks.stop_training:
         _call(hooks, trainer, wants, i, i, trainer.take_step, rows.data, remainder)
 
 
@@ -289,10 +366,12 @@ def fit(
     epochs: int,
     validation: Callable[[], Iterable] | None = None,
     placement=None,
+    epoch_logs: Callable[[Any], Mapping[str, float]] | None = None,
 ) -> dict[str, float]:
     """Epochs ``hooks.initial_epoch .. epochs - 1`` of ``epoch_data(epoch)`` (``None``:
     no more data, stop), each followed by ``validation()`` batches if given (logged as
-    ``val_*``); returns the last epoch's logs. Metrics restart at every epoch, as Keras.
+    ``val_*``) and ``epoch_logs(train_state)`` (e.g. DP-SGD's epsilon so far) if given;
+    returns the last epoch's logs. Metrics restart at every epoch, as Keras.
     The first epoch whose loss is NaN or infinite warns (once per fit) unless a callback
     stopped training there."""
     hooks.on_train_begin({})
@@ -307,6 +386,8 @@ def fit(
         hooks.on_epoch_begin(epoch, {})
         train_epoch(trainer, hooks, data, placement)
         logs = trainer.read_metrics(hooks.train_state.metric_states)
+        if epoch_logs is not None:
+            logs.update(epoch_logs(hooks.train_state))
         if validation is not None:
             hooks.on_test_begin({})
             val_logs = evaluate(trainer, hooks, validation())
@@ -336,7 +417,7 @@ def evaluate(trainer: Trainer, hooks, batches: Iterable) -> dict[str, float]:
     batches (fresh metric states), with the test batch hooks."""
     ts = hooks.train_state
     begin, end = hooks.wants("on_test_batch_begin"), hooks.wants("on_test_batch_end")
-    metric_states = step_lib.init_metric_states(trainer.metrics)
+    metric_states = trainer.init_metric_states()
     for i, batch in enumerate(batches):
         if begin:
             hooks.on_test_batch_begin(i, {})

@@ -19,7 +19,8 @@ epsilon of that many Poisson-sampled Gaussian steps at a given delta.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,23 +32,118 @@ from fnn.training import losses as losses_lib
 from fnn.training import optimizers as optimizers_lib
 from fnn.training import step as step_lib
 
-__all__ = ["clip_by_global_norm", "dp_epsilon", "make_dp_train_step", "per_example_grads"]
+__all__ = [
+    "DPConfig",
+    "clip_by_global_norm",
+    "dp_epsilon",
+    "make_dp_train_step",
+    "per_example_grads",
+]
 
 
-def _chunked_map(fn, batch_args, batch_size: int, chunk_size: int | None):
-    """``vmap(fn)`` over the leading axis of ``batch_args`` in ``lax.map`` chunks."""
+class DPConfig(NamedTuple):
+    """DP-SGD settings of ``Model.fit(dp=...)`` and the CLI's ``dp:`` section:
+    ``l2_norm_clip`` (per-example gradient norm bound, > 0), ``noise_multiplier`` (noise
+    std over the clip, >= 0), ``delta`` (of the reported epsilon, in (0, 1)),
+    ``chunk_size`` (examples per per-example-gradient chunk; None: the whole batch) and
+    ``accountant`` (``"rdp"`` or ``"pld"``, see ``dp_epsilon``).
+
+    >>> import fnn
+    >>> fnn.train.DPConfig.get({"l2_norm_clip": 1.0, "noise_multiplier": 1.1}).delta
+    1e-05
+    """
+
+    l2_norm_clip: float
+    noise_multiplier: float
+    delta: float = 1e-5
+    chunk_size: int | None = None
+    accountant: str = "rdp"
+
+    @classmethod
+    def get(cls, value, *, what: str = "dp") -> DPConfig:
+        """A checked ``DPConfig`` from one or a mapping of its fields (``ConfigError``
+        naming ``what`` and the field on a bad value)."""
+        if isinstance(value, DPConfig):
+            value = value._asdict()
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"{what}: expected a mapping with l2_norm_clip and noise_multiplier (and "
+                f"optionally delta, chunk_size, accountant), got {value!r}."
+            )
+        unknown = sorted(set(value) - set(cls._fields))
+        missing = [k for k in ("l2_norm_clip", "noise_multiplier") if k not in value]
+        if unknown or missing:
+            problems = [f"unknown keys {unknown}"] * bool(unknown)
+            problems += [f"missing keys {missing}"] * bool(missing)
+            raise ConfigError(
+                f"{what}: {', '.join(problems)}; valid keys: {', '.join(cls._fields)}."
+            )
+        cfg = cls(**value)
+
+        def number(name, ok, rule):
+            v = getattr(cfg, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not ok(v):
+                raise ConfigError(f"{what}: expected {name} {rule}, got {v!r}.")
+
+        number("l2_norm_clip", lambda v: v > 0, "> 0")
+        number("noise_multiplier", lambda v: v >= 0, ">= 0")
+        number("delta", lambda v: 0 < v < 1, "in (0, 1)")
+        if cfg.chunk_size is not None and (
+            isinstance(cfg.chunk_size, bool)
+            or not isinstance(cfg.chunk_size, int)
+            or cfg.chunk_size < 1
+        ):
+            raise ConfigError(
+                f"{what}: expected chunk_size an int >= 1 or null, got {cfg.chunk_size!r}."
+            )
+        if cfg.accountant not in ("rdp", "pld"):
+            raise ConfigError(
+                f"{what}: expected accountant 'rdp' or 'pld', got {cfg.accountant!r}."
+            )
+        return cfg._replace(
+            l2_norm_clip=float(cfg.l2_norm_clip),
+            noise_multiplier=float(cfg.noise_multiplier),
+            delta=float(cfg.delta),
+        )
+
+    def epsilon(self, *, num_examples: int, batch_size: int, steps: int) -> float:
+        """``dp_epsilon`` after ``steps`` steps (``inf`` without noise)."""
+        if self.noise_multiplier == 0 or steps == 0:
+            return math.inf if steps else 0.0
+        return dp_epsilon(
+            num_examples=num_examples,
+            batch_size=min(batch_size, num_examples),
+            noise_multiplier=self.noise_multiplier,
+            delta=self.delta,
+            steps=steps,
+            accountant=self.accountant,
+        )
+
+
+def _chunked_map(
+    fn, batch_args, batch_size: int, chunk_size: int | None, *, pad=False, what="per_example_grads"
+):
+    """``vmap(fn)`` over the leading axis of ``batch_args`` in ``lax.map`` chunks; with
+    ``pad``, a batch that ``chunk_size`` does not divide is padded with zero rows whose
+    outputs are dropped."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ConfigError(f"{what}: expected chunk_size >= 1 or None, got {chunk_size!r}.")
     if chunk_size is None or chunk_size >= batch_size:
         return jax.vmap(fn)(*batch_args)
-    if chunk_size < 1 or batch_size % chunk_size:
+    extra = -batch_size % chunk_size
+    if extra and not pad:
         raise ConfigError(
-            f"per_example_grads: expected chunk_size dividing the batch size {batch_size}, "
+            f"{what}: expected chunk_size dividing the batch size {batch_size}, "
             f"got chunk_size={chunk_size}. Pick a divisor (or None for one vmap)."
         )
-    chunks = jax.tree.map(
-        lambda a: a.reshape(batch_size // chunk_size, chunk_size, *a.shape[1:]), batch_args
-    )
-    out = jax.lax.map(lambda args: jax.vmap(fn)(*args), chunks)
-    return jax.tree.map(lambda a: a.reshape(batch_size, *a.shape[2:]), out)
+
+    def chunked(a):
+        if extra:
+            a = jnp.concatenate([a, jnp.zeros((extra, *a.shape[1:]), a.dtype)])
+        return a.reshape(-1, chunk_size, *a.shape[1:])
+
+    out = jax.lax.map(lambda args: jax.vmap(fn)(*args), jax.tree.map(chunked, batch_args))
+    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:batch_size], out)
 
 
 def per_example_grads(
@@ -69,10 +165,29 @@ def per_example_grads(
     return _chunked_map(lambda *ex: grad_fn(params, *ex), batch, n, chunk_size)
 
 
+def global_norm(tree) -> jax.Array:
+    """Scalar l2 norm over all leaves of ``tree`` (accumulated in float32)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(tree)))
+
+
+def _add_noise(summed, key, std, n):
+    """``(summed + N(0, std^2 I)) / n`` leaf by leaf, from one normal draw split over
+    the leaves (one random program instead of one per leaf)."""
+    leaves, treedef = jax.tree.flatten(summed)
+    sizes = [leaf.size for leaf in leaves]
+    z = jax.random.normal(key, (sum(sizes),), jnp.float32)
+    out, offset = [], 0
+    for leaf, size in zip(leaves, sizes):
+        noise = z[offset : offset + size].reshape(leaf.shape).astype(leaf.dtype)
+        out.append((leaf + std * noise) / n)
+        offset += size
+    return jax.tree.unflatten(treedef, out)
+
+
 def clip_by_global_norm(grads, l2_norm_clip: float):
     """``grads * min(1, l2_norm_clip / ||grads||)`` (global l2 norm over all leaves of one
     example's gradient tree); returns ``(clipped, norm)``."""
-    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    norm = global_norm(grads)
     factor = jnp.minimum(1.0, l2_norm_clip / jnp.maximum(norm, 1e-12))
     return jax.tree.map(lambda g: g * factor.astype(g.dtype), grads), norm
 
@@ -97,6 +212,11 @@ def make_dp_train_step(
     ``"grad_norm_mean"`` (mean unclipped per-example norm) and ``"clipped_fraction"``.
     Model state (e.g. BatchNorm statistics) is not updated: batch statistics mix examples,
     which per-example clipping cannot bound. ``sample_weight`` is not supported.
+
+    Two passes: the per-example gradient norms (``chunk_size`` examples at a time; a batch
+    it does not divide is padded), then one backward pass of ``sum_i factor_i * loss_i``
+    with ``factor_i = min(1, l2_norm_clip / ||g_i||)``, whose gradient is the sum of the
+    clipped gradients; the ``[batch, *params]`` stack of gradients is never kept.
     """
     concrete = not any(isinstance(v, jax.core.Tracer) for v in (l2_norm_clip, noise_multiplier))
     # Traced values are allowed (e.g. a noise sweep under one jit); only concrete ones are checked.
@@ -116,14 +236,16 @@ def make_dp_train_step(
     metrics = step_lib._resolve_metrics(metrics, loss)
 
     def example_loss(params, model_state, inputs, y, rng):
+        # One example as a batch of one: no layer (BatchNorm in train mode included) can
+        # mix examples, which the per-example bound needs.
         batched = jax.tree.map(lambda a: a[None], inputs)
         y_pred, _ = layer.apply(params, model_state, *batched, rng=rng, train=True)
         value = loss(y[None], y_pred)
         if jnp.ndim(value):
             value = jnp.sum(value)
-        return value, (value, y_pred[0])
+        return value, y_pred[0]
 
-    grad_fn = jax.grad(example_loss, has_aux=True)
+    example_grad = jax.grad(lambda *a: example_loss(*a)[0])
 
     def step(train_state, batch):
         inputs, y, sw = step_lib._unpack(batch)
@@ -131,25 +253,33 @@ def make_dp_train_step(
             raise ConfigError("make_dp_train_step: sample_weight is not supported by DP-SGD.")
         n = step_lib._batch_size(inputs)
         step_rng = jax.random.fold_in(train_state.rng, train_state.step)
-        example_keys = jax.random.split(step_rng, n + 1)
+        noise_key, example_key = jax.random.split(step_rng)
+        # Unused (and compiled away) when the layer draws no randomness.
+        example_keys = jax.random.split(example_key, n)
         params, model_state = train_state.params, train_state.state
 
-        def one(ex_inputs, ex_y, key):
-            g, (value, y_pred) = grad_fn(params, model_state, ex_inputs, ex_y, key)
-            clipped, norm = clip_by_global_norm(g, l2_norm_clip)
-            return clipped, value, y_pred, norm
+        # Pass 1: only the per-example norms leave the vmap, so XLA fuses each example's
+        # gradient into its squared sum instead of keeping [batch, *params] for a second
+        # read (measured 2x faster than clipping the stacked gradients on XLA:CPU).
+        def norm(ex_inputs, ex_y, key):
+            g = example_grad(params, model_state, ex_inputs, ex_y, key)
+            return global_norm(g)
 
-        clipped, values, y_pred, norms = _chunked_map(
-            one, (inputs, y, example_keys[1:]), n, chunk_size
+        norms = _chunked_map(
+            norm, (inputs, y, example_keys), n, chunk_size, pad=True, what="make_dp_train_step"
         )
-        leaves, treedef = jax.tree.flatten(jax.tree.map(lambda g: jnp.sum(g, 0), clipped))
-        noise_keys = jax.random.split(example_keys[0], len(leaves))
-        std = noise_multiplier * l2_norm_clip
-        noisy = [
-            (g + std * jax.random.normal(k, g.shape, g.dtype)) / n
-            for g, k in zip(leaves, noise_keys)
-        ]
-        grads = jax.tree.unflatten(treedef, noisy)
+        factors = jax.lax.stop_gradient(jnp.minimum(1.0, l2_norm_clip / jnp.maximum(norms, 1e-12)))
+
+        # Pass 2: sum_i clip(g_i) = grad of sum_i factor_i * loss_i, one backward pass over
+        # the examples (each still alone in its forward pass, with the same key).
+        def weighted(p):
+            values, y_pred = jax.vmap(example_loss, in_axes=(None, None, 0, 0, 0))(
+                p, model_state, inputs, y, example_keys
+            )
+            return jnp.sum(factors * values), (values, y_pred)
+
+        summed, (values, y_pred) = jax.grad(weighted, has_aux=True)(params)
+        grads = _add_noise(summed, noise_key, noise_multiplier * l2_norm_clip, n)
         updates, opt_state = optimizer.update(grads, train_state.opt_state, params)
         loss_value = jnp.mean(values)
         metric_states = step_lib._update_metrics(
