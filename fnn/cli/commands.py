@@ -172,13 +172,15 @@ class Run:
     def _drop_remainder(self) -> bool:
         return self.cfg["distribute"]["strategy"] in ("data_parallel", "sharded")
 
-    def optimizer(self):
+    def optimizer(self, **hyperparams):
+        """The config's optimizer; ``hyperparams`` (``learning_rate``, an option such as
+        ``weight_decay``; floats or, for a sweep, arrays) replace the config's values."""
         import optax
 
         from fnn.training import optimizers
 
         opt = self.cfg["optimizer"]
-        lr = opt["learning_rate"]
+        lr = hyperparams.pop("learning_rate", opt["learning_rate"])
         total = self.cfg["epochs"] * self.steps_per_epoch()
         warmup = opt["warmup_epochs"] * self.steps_per_epoch()
         if opt["schedule"] == "cosine":
@@ -188,7 +190,7 @@ class Run:
                 lr = optax.cosine_decay_schedule(lr, max(total, 1))
         elif warmup:
             lr = optax.linear_schedule(0.0, lr, warmup)
-        return optimizers.get(opt["name"], learning_rate=lr, **opt["options"])
+        return optimizers.get(opt["name"], learning_rate=lr, **{**opt["options"], **hyperparams})
 
     def eval_batch_size(self) -> int:
         return max(self.cfg["batch_size"], 256)
@@ -330,6 +332,15 @@ def cmd_train(args) -> int:
     run = Run(cfg, args.config)
     model = run.model
     _check_fairness(run)  # before any training
+    if cfg["sweep"] is not None:  # members in one program: fnn.cli.sweep
+        from fnn.cli import sweep
+
+        if args.resume:
+            raise _UsageError("sweep: --resume is not supported (a sweep writes no checkpoints).")
+        if primary:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(_dump_yaml(cfg))
+        return sweep.cmd_train_sweep(run, run_dir, _say)
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(_dump_yaml(cfg))

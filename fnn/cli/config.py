@@ -26,7 +26,7 @@ path, e.g. ``model.layers[2].units: expected units to be a positive int, got -3`
 >>> load_config_text("epoch: 3")
 Traceback (most recent call last):
 ...
-fnn.core.errors.ConfigError: epoch: unknown key. Did you mean 'epochs'? Valid keys: batch_size, checkpoint, dataset, distribute, epochs, fairness, loss, metrics, model, optimizer, plots, run_dir, seed, tensorboard.
+fnn.core.errors.ConfigError: epoch: unknown key. Did you mean 'epochs'? Valid keys: batch_size, checkpoint, dataset, distribute, epochs, fairness, loss, metrics, model, optimizer, plots, run_dir, seed, sweep, tensorboard.
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ DEFAULTS: dict[str, Any] = {
     # Per-group test metrics: the group of each test example from input column ``feature``
     # (split in two at ``split_at`` if given) or from a .npy file ``path``.
     "fairness": {"feature": None, "split_at": None, "path": None, "pos_label": 1},
+    # Optimizer values trained as members of one program (fnn.cli.sweep).
+    "sweep": None,
 }
 _REQUIRED = {"": ("model", "dataset"), "model": ("layers",), "dataset": ("name",)}
 # Free keyword arguments, checked later.
@@ -347,6 +349,10 @@ def validate(raw: Any) -> dict:
     if fair["path"] is not None and not isinstance(fair["path"], str):
         raise ConfigError(f"fairness.path: expected a .npy path string, {_got(fair['path'])}.")
     _positive_int("fairness.pos_label", fair["pos_label"], minimum=0)
+
+    from fnn.cli import sweep as sweep_lib
+
+    cfg["sweep"] = sweep_lib.check_sweep(cfg)
 
     dist = cfg["distribute"]
     _choice("distribute.strategy", dist["strategy"], _STRATEGIES)

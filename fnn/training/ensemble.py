@@ -163,18 +163,29 @@ def predictive_stats(member_outputs, *, from_logits: bool = True) -> dict[str, j
 
 
 def sweep_optimizer(
-    name: str, hyperparams: Mapping[str, Any], **fixed
+    name: str | Callable[..., optax.GradientTransformation],
+    hyperparams: Mapping[str, Any],
+    **fixed,
 ) -> optax.GradientTransformation:
     """The fnn optimizer ``name`` (``fnn.optimizers.get(name, **fixed, **hyperparams)``)
     under ``optax.inject_hyperparams``: the ``hyperparams`` (``learning_rate``, or any
     numeric argument of that optimizer such as ``beta_1``, ``momentum``, adamw's
     ``weight_decay``) live in ``opt_state.hyperparams``, values rather than constants of
-    the compiled program."""
-    if not isinstance(name, str):
-        raise ConfigError(f"sweep_optimizer: expected an optimizer name, got {name!r}.")
+    the compiled program. ``name`` may instead be a factory ``(**fixed, **hyperparams) ->
+    GradientTransformation`` (e.g. one that builds a schedule peaking at the swept
+    ``learning_rate``); it must accept the values as arrays (no Python ``if`` on them)."""
+    if isinstance(name, str):
 
-    def build(**values):
-        return optimizers_lib.get(name, **fixed, **values)
+        def build(**values):
+            return optimizers_lib.get(name, **fixed, **values)
+
+    elif callable(name):
+
+        def build(**values):
+            return name(**fixed, **values)
+
+    else:
+        raise ConfigError(f"sweep_optimizer: expected an optimizer name or factory, got {name!r}.")
 
     # inject_hyperparams binds its arguments to the factory's signature, so spell it out.
     build.__signature__ = inspect.Signature(
@@ -185,7 +196,7 @@ def sweep_optimizer(
 
 def init_sweep_train_state(
     layer: Layer,
-    optimizer: str,
+    optimizer: str | Callable[..., optax.GradientTransformation],
     key: jax.Array,
     *example_inputs,
     hyperparams: Mapping[str, Sequence[float]],
@@ -196,7 +207,8 @@ def init_sweep_train_state(
     """``(train_state, optimizer)`` for a sweep: member i trains with ``{k: v[i]}`` from
     ``hyperparams`` (equal-length sequences, e.g. ``{"learning_rate": [1e-3, 3e-3]}``).
 
-    Pass the returned optimizer to ``make_ensemble_train_step``. ``same_init``: every member
+    ``optimizer``: a name or a factory, as ``sweep_optimizer`` takes. Pass the returned
+    optimizer to ``make_ensemble_train_step``. ``same_init``: every member
     starts from ``key``'s initialisation (a fair comparison; member i then equals
     ``init_train_state(layer, optimizer_i, key, ...)``), else member i uses
     ``split(key, n)[i]``. Changing the values needs no recompilation of the step.

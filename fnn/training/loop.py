@@ -129,7 +129,11 @@ class DeviceRows:
 class Trainer:
     """The compiled programs of one ``compile``: the train step of ``fnn.train`` as single
     steps, as ``K`` stacked batches in one scan, and gathering rows of device-resident
-    data; the eval step; the metric readout. ``jit=False`` runs them eagerly."""
+    data; the eval step; the metric readout. ``jit=False`` runs them eagerly.
+
+    ``members=True``: the train state carries a leading ``[n]`` member axis (an ensemble
+    or a sweep, :mod:`fnn.training.ensemble`): every program is vmapped over it with the
+    batch shared, and ``read_metrics`` gives ``[n]`` arrays."""
 
     def __init__(
         self,
@@ -141,18 +145,27 @@ class Trainer:
         steps_per_execution: int = 1,
         unroll: int | bool = 1,
         jit: bool = True,
+        members: bool = False,
     ):
         self.loss, self.optimizer, self.metrics = loss, optimizer, tuple(metrics)
         self.metric_names = ["loss", *(m.name for m in self.metrics)]
         self.steps_per_execution, self.unroll = steps_per_execution, unroll
-        self.core = core = step_lib.make_train_step(layer, loss, optimizer, self.metrics)
+        self.members = members
+        core = step_lib.make_train_step(layer, loss, optimizer, self.metrics)
+        eval_step = step_lib.make_eval_step(layer, loss, self.metrics)
+        if members:
+            core = jax.vmap(core, in_axes=(0, None))
+            eval_step = jax.vmap(eval_step, in_axes=(0, 0, 0, None))
+        self.core = core
 
         def donated(fn, **options):
             return jax.jit(fn, donate_argnums=0, **options) if jit else fn
 
         def gathered(ts, data, rows, base):
-            # Step ``ts.step - base`` of the epoch takes row ``ts.step - base`` of ``rows``.
-            row = jax.lax.dynamic_index_in_dim(rows, ts.step - base, keepdims=False)
+            # Step ``ts.step - base`` of the epoch takes row ``ts.step - base`` of ``rows``
+            # (members share the order and the step count: the first one's picks the row).
+            i = jnp.ravel(ts.step - base)[0]
+            row = jax.lax.dynamic_index_in_dim(rows, i, keepdims=False)
             return core(ts, as_batch(*take(data, row)))
 
         def rows_step(ts, data, rows, base, k):
@@ -167,18 +180,30 @@ class Trainer:
         self.multi_step = donated(step_lib.make_multi_step(core, unroll=unroll))  # [K, batch]
         self.take_step = donated(lambda ts, data, idx: core(ts, as_batch(*take(data, idx))))
         self.rows_step = donated(rows_step, static_argnums=4)  # (ts, data, rows, base, k)
-        self.eval_step = donated(step_lib.make_eval_step(layer, loss, self.metrics))
+        self.eval_step = donated(eval_step)
         metrics_ = self.metrics
 
         def compute(metric_states):
             return step_lib.compute_metrics(metric_states, metrics_)
 
+        compute = jax.vmap(compute) if members else compute
         self._compute = jax.jit(compute) if jit else compute
+
+    def init_metric_states(self, train_state):
+        """Fresh metric states for ``eval_step`` of ``train_state``'s params (``[n]``-stacked
+        for members)."""
+        states = step_lib.init_metric_states(self.metrics)
+        if not self.members:
+            return states
+        n = jnp.shape(train_state.step)[0]
+        return jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), states)
 
     def read_metrics(self, metric_states) -> dict[str, float]:
         """The metrics' current values as floats (one device synchronisation); a metric
         with several values (per class, per threshold) as a numpy array, as Keras logs it."""
         values = jax.device_get(self._compute(metric_states))
+        if self.members:
+            return {k: np.asarray(v) for k, v in values.items()}
         return {
             k: float(np.asarray(v).reshape(())) if np.size(v) == 1 else np.asarray(v)
             for k, v in values.items()
@@ -315,7 +340,7 @@ def fit(
         hooks.on_epoch_end(epoch, logs)
         if hooks.stop_training:  # a callback that stops on a NaN loss has said so already
             break
-        if not warned and not np.isfinite(logs.get("loss", 0.0)):
+        if not warned and not np.all(np.isfinite(logs.get("loss", 0.0))):
             warned = True
             warnings.warn(
                 f"fit: the training loss of epoch {epoch + 1} is {logs['loss']}; check the data "
@@ -336,7 +361,7 @@ def evaluate(trainer: Trainer, hooks, batches: Iterable) -> dict[str, float]:
     batches (fresh metric states), with the test batch hooks."""
     ts = hooks.train_state
     begin, end = hooks.wants("on_test_batch_begin"), hooks.wants("on_test_batch_end")
-    metric_states = step_lib.init_metric_states(trainer.metrics)
+    metric_states = trainer.init_metric_states(ts)
     for i, batch in enumerate(batches):
         if begin:
             hooks.on_test_batch_begin(i, {})
