@@ -25,6 +25,7 @@ import json
 import math
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -106,6 +107,42 @@ def optimizer_values(sweep: Mapping[str, list[float]]) -> dict[str, list[float]]
     return {SWEEPABLE[k]: list(v) for k, v in sweep.items()}
 
 
+# run -> {swept names: (member Trainer, member init)}: a later call with other values (or a
+# later batch of trials) reuses the compiled programs.
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _programs(run, names: tuple[str, ...]):
+    """The member ``Trainer`` and the jitted ``init(params, state, rng, {name: [n]})`` of
+    a sweep over ``names`` on ``run``'s model (built once per run and names)."""
+    import jax
+    import jax.numpy as jnp
+
+    from fnn.training import ensemble
+    from fnn.training import loop as loop_lib
+    from fnn.training import step as step_lib
+
+    cache = _PROGRAMS.setdefault(run, {})
+    if names not in cache:
+        tx = ensemble.sweep_optimizer(run.optimizer, dict.fromkeys(names, 0.0))
+        trainer = loop_lib.Trainer(run.model.layer, run.loss, tx, run.metrics, members=True)
+
+        def one(params, state, rng, vals):
+            # Member i is fnn train's state with its own values: same params, same rng.
+            ts = step_lib.TrainState(
+                step=jnp.zeros([], jnp.int32),
+                params=params,
+                state=state,
+                opt_state=tx.init(params),
+                rng=rng,
+                metric_states=step_lib.init_metric_states(run.metrics),
+            )
+            return ensemble.set_sweep_hyperparams(ts, vals)
+
+        cache[names] = trainer, jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)))
+    return cache[names]
+
+
 class _Hooks:
     """:func:`fnn.training.loop.fit`'s hooks for a member train state: no callbacks, only
     ``on_epoch_end(epoch, logs) -> stop`` (logs hold ``[n]`` arrays)."""
@@ -138,24 +175,14 @@ def train_members(
     one vmapped program through the one loop; ``on_epoch_end(epoch, logs) -> stop`` sees
     each epoch's ``{key: [n]}`` logs (``val_*`` included). Returns ``(history, test)``:
     a ``{key: [n]}`` dict per epoch run and the members' ``[n]`` test metrics."""
-    import jax
-
     from fnn.io import data_adapter as data_lib
-    from fnn.training import ensemble
     from fnn.training import loop as loop_lib
 
-    cfg, model = run.cfg, run.model
-    ts = model.train_state  # built by Run (its Input): the params fnn train starts from
-    train_state, tx = ensemble.init_sweep_train_state(
-        model.layer,
-        run.optimizer,
-        jax.random.key(cfg["seed"]),
-        hyperparams=values,
-        params=ts.params,
-        state=ts.state,
-        metrics=run.metrics,
-    )
-    trainer = loop_lib.Trainer(model.layer, run.loss, tx, run.metrics, members=True)
+    cfg = run.cfg
+    trainer, init = _programs(run, tuple(values))
+    ts = run.model.train_state  # built by Run (its Input): the params fnn train starts from
+    swept = {k: np.asarray(v, np.float32) for k, v in values.items()}
+    train_state = init(ts.params, ts.state, ts.rng, swept)
     # The batches Model.fit feeds fnn train: the same order, batch size and step count.
     data = data_lib.ArrayData(run.x_train, run.y_train)
     batch_size = cfg["batch_size"]

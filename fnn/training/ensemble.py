@@ -46,6 +46,7 @@ __all__ = [
     "make_ensemble_train_step",
     "member_orders",
     "predictive_stats",
+    "set_sweep_hyperparams",
     "sweep_optimizer",
     "sweep_table",
 ]
@@ -228,11 +229,24 @@ def init_sweep_train_state(
 
     def one(k, vals):
         ts = step_lib.init_train_state(layer, tx, k, *example_inputs, **kwargs)
-        hp = dict(ts.opt_state.hyperparams)
-        hp.update({name: v.astype(jnp.asarray(hp[name]).dtype) for name, v in vals.items()})
-        return ts._replace(opt_state=ts.opt_state._replace(hyperparams=hp))
+        return set_sweep_hyperparams(ts, vals)
 
     return jax.jit(jax.vmap(one))(keys, values), tx
+
+
+def set_sweep_hyperparams(
+    train_state: step_lib.TrainState, values: Mapping[str, Any]
+) -> step_lib.TrainState:
+    """``train_state`` whose optimizer (a ``sweep_optimizer``) runs with ``values``
+    (``{name: scalar}``; vmap it over ``[n]`` values to make the members of a sweep)."""
+    hp = dict(train_state.opt_state.hyperparams)
+    unknown = sorted(set(values) - set(hp))
+    if unknown:
+        raise ConfigError(
+            f"set_sweep_hyperparams: the optimizer injects {sorted(hp)}, not {unknown}."
+        )
+    hp.update({k: jnp.asarray(v).astype(jnp.asarray(hp[k]).dtype) for k, v in values.items()})
+    return train_state._replace(opt_state=train_state.opt_state._replace(hyperparams=hp))
 
 
 def sweep_table(hyperparams: Mapping[str, Sequence[float]], results: Mapping[str, Any]) -> str:
