@@ -185,7 +185,10 @@ class Run:
         warmup = opt["warmup_epochs"] * self.steps_per_epoch()
         if opt["schedule"] == "cosine":
             if warmup:
-                lr = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1))
+                # optax.warmup_cosine_decay_schedule spelled out: it tests the peak with a
+                # Python `if`, which a swept (traced) peak cannot pass.
+                decay = optax.cosine_decay_schedule(lr, max(total, warmup + 1) - warmup)
+                lr = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
             else:
                 lr = optax.cosine_decay_schedule(lr, max(total, 1))
         elif warmup:
