@@ -3,7 +3,9 @@ back from its SQLite file with sqlite3 (not Optuna); best.yaml retrains to the b
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import re
@@ -215,3 +217,99 @@ def test_trial_orphaned_before_its_first_heartbeat_is_failed(tmp_path):
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert states == [TrialState.FAIL, TrialState.RUNNING]
     assert orphan.number == 0
+
+
+LR_ONLY = {"optimizer.learning_rate": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}}
+
+
+def _intermediate(run_dir: Path, number: int) -> list[float]:
+    """The values a trial reported to the pruner, by epoch, from Optuna's SQLite schema."""
+    with sqlite3.connect(run_dir / "study.db") as db:
+        rows = db.execute(
+            "SELECT v.step, v.intermediate_value FROM trial_intermediate_values v JOIN trials t "
+            "ON v.trial_id = t.trial_id WHERE t.number = ? ORDER BY v.step",
+            (number,),
+        ).fetchall()
+    return [value for _, value in rows]
+
+
+@pytest.fixture(scope="module")
+def batched(tmp_path_factory):
+    """Two learning-rate trials trained as members of one program (batch_trials 2)."""
+    tmp = tmp_path_factory.mktemp("tune_batched")
+    path = _config(tmp, sampler={"name": "random", "seed": 3}, n_trials=2, batch_trials=2,
+                   space=LR_ONLY)  # fmt: skip
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["tune", path]) == 0
+    return tmp / "run", out.getvalue()
+
+
+def test_batched_trials_report_and_end_as_their_own_fnn_train_runs(batched):
+    run_dir, stdout = batched
+    trials = _trials(run_dir)
+    assert [t[0] for t in trials] == [0, 1]  # exactly n_trials, numbered once
+    assert stdout.count("2 trials in one program") == 2, stdout
+    assert len({t[2] for t in trials}) == 2  # each trial its own value
+    best = json.loads((run_dir / "best.json").read_text())
+    reported = _intermediate(run_dir, best["number"])
+    assert len(reported) == 2 and reported[-1] == best["value"]  # one report per epoch
+    cfg = yaml.safe_load((run_dir / "best.yaml").read_text())
+    assert cli.main(["train", str(run_dir / "best.yaml")]) == 0
+    with open(Path(cfg["run_dir"]) / "metrics.csv", newline="") as f:
+        epochs = [float(r["val_accuracy"]) for r in csv.DictReader(f)]
+    # Member of a vmapped program vs a single fit: every epoch's value within float noise.
+    assert epochs == pytest.approx(reported, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "space,optimizer,batch,expected",
+    [
+        (LR_ONLY, "adam", 8, True),
+        (LR_ONLY, "adam", 1, False),  # batch_trials 1: one at a time
+        (
+            {**LR_ONLY, "model.layers[1].Dense.units": {"type": "int", "low": 8, "high": 32}},
+            "adam",
+            8,
+            False,
+        ),
+        (
+            {"optimizer.options.weight_decay": {"type": "float", "low": 0.0, "high": 0.1}},
+            "adamw",
+            8,
+            True,
+        ),
+        (
+            {"optimizer.options.weight_decay": {"type": "float", "low": 0.0, "high": 0.1}},
+            "adam",
+            8,
+            False,
+        ),
+    ],
+)
+def test_trials_batch_only_over_sweepable_keys(tmp_path, space, optimizer, batch, expected):
+    from fnn.cli import tune
+
+    path = _config(tmp_path, space=space, batch_trials=batch)
+    raw, search = tune.load_search(path, [f"optimizer.name={optimizer}"])
+    assert tune._batchable(search, raw) is expected
+
+
+@pytest.mark.filterwarnings(
+    "ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning"
+)
+def test_a_batch_of_asks_stays_within_n_trials_and_every_trial_is_marked(tmp_path):
+    """``_ask(k)`` under the slot lock: min(k, slots left) trials, each with its heartbeat
+    mark (so ``_fail_stale`` treats a killed batch like a killed single trial)."""
+    import optuna
+
+    from fnn.cli import tune
+
+    search = {"storage": None, "heartbeat_s": 60, "grace_period_s": 120, "n_trials": 3}
+    storage = tune._storage(search, tmp_path)
+    study = optuna.create_study(storage=storage, study_name="s")
+    sizes = [len(tune._ask(study, storage, search, tmp_path, 2)) for _ in range(3)]
+    assert sizes == [2, 1, 0]
+    trials = study.get_trials(deepcopy=False)
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert all(tune._BEAT_MARK in t.system_attrs for t in trials)
