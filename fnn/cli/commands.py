@@ -12,7 +12,8 @@ A training run writes to ``run_dir`` (default ``runs/<config name>``): ``config.
 (the resolved config), ``checkpoints/step_*`` (:mod:`fnn.checkpoint`), ``metrics.csv``
 (one row per epoch), ``tensorboard/`` (if tensorboardX is installed), ``curves.png``
 and, for classifiers, ``confusion_matrix.png``, ``model/`` (architecture + weights,
-:func:`fnn.load_model`) and ``results.json`` (final test metrics).
+:func:`fnn.load_model`) and ``results.json`` (final test metrics). A config with
+``sweep:`` trains its values as members of one program instead (:mod:`fnn.cli.sweep`).
 
 Training is deterministic: the data order of each epoch comes from ``(seed, epoch)`` and
 every other changing value (params, optimizer state, PRNG key, step) is in the

@@ -33,7 +33,15 @@ import numpy as np
 
 from fnn.core.errors import ConfigError, closest
 
-__all__ = ["SWEEPABLE", "check_sweep", "optimizer_values", "train_members", "write_results"]
+__all__ = [
+    "SWEEPABLE",
+    "check_sweep",
+    "cmd_train_sweep",
+    "optimizer_values",
+    "sweepable",
+    "train_members",
+    "write_results",
+]
 
 # Config key -> the optimizer argument it sweeps.
 SWEEPABLE = {
@@ -54,7 +62,12 @@ def sweepable(key: str, optimizer_name: str) -> bool:
 
 def check_sweep(cfg: Mapping) -> dict[str, list[float]] | None:
     """The validated ``sweep`` of a (defaults-filled) config: ``{config key: [n] floats}``,
-    or None when unset; raises a one-line ``ConfigError`` naming the bad key or value."""
+    or None when unset; raises a one-line ``ConfigError`` naming the bad key or value.
+
+    >>> cfg = {"optimizer": {"name": "adam"}, "distribute": {"strategy": "none"}}
+    >>> check_sweep(cfg | {"sweep": {"optimizer.learning_rate": [1e-3, 1e-2]}})
+    {'optimizer.learning_rate': [0.001, 0.01]}
+    """
     sweep = cfg.get("sweep")
     if sweep is None:
         return None

@@ -23,7 +23,14 @@ its index): e.g. the width of a third block only when the architecture has three
 
 Each trial trains exactly as ``fnn train`` does (same ``Run``, same ``fit``), reports the
 objective after every epoch to the pruner (bad trials stop early) and ends with the last
-epoch's value. The study lives in Optuna's RDB storage; ``--workers N`` starts N local
+epoch's value. When every range is a float over a key the sweep mechanism varies
+(``optimizer.learning_rate``; ``optimizer.options.weight_decay`` of adamw/lion, see
+:mod:`fnn.cli.sweep`), a worker asks ``search.batch_trials`` trials at once (default 8,
+fewer when fewer slots are left) and trains them as members of one compiled program
+(later batches reuse it): each reports its own per-epoch value and is told its own result;
+a pruned member stops reporting (the program stops once every member has), the TPE sampler
+runs with ``constant_liar`` so that a batch spreads out. Otherwise, or with
+``batch_trials: 1``, trials run one at a time. The study lives in Optuna's RDB storage; ``--workers N`` starts N local
 processes on it; a file lock in ``run_dir`` hands out trial slots so that the study holds
 exactly ``n_trials``; every running trial writes a heartbeat, and a trial whose worker was
 killed is marked FAIL (it counts towards ``n_trials``) by the next worker or by ``--resume``
@@ -230,6 +237,11 @@ def _check_search(value: Any, base: dict, raw: dict) -> dict:
         raise ConfigError(
             f"search.sampler.name: expected one of {', '.join(_SAMPLERS)}, got "
             f"{search['sampler']['name']!r}."
+        )
+    if base.get("sweep") is not None:
+        raise ConfigError(
+            "sweep: fnn tune searches search.space instead; remove sweep: (trials over the "
+            "learning rate or weight decay train as members of one program by themselves)."
         )
     if search["pruner"]["name"] not in _PRUNERS:
         raise ConfigError(
