@@ -30,9 +30,11 @@ fewer when fewer slots are left) and trains them as members of one compiled prog
 (later batches reuse it): each reports its own per-epoch value and is told its own result;
 a pruned member stops reporting (the program stops once every member has), the TPE sampler
 runs with ``constant_liar`` so that a batch spreads out. Otherwise, or with
-``batch_trials: 1``, trials run one at a time. The study lives in Optuna's RDB storage; ``--workers N`` starts N local
-processes on it; a file lock in ``run_dir`` hands out trial slots so that the study holds
-exactly ``n_trials``; every running trial writes a heartbeat, and a trial whose worker was
+``batch_trials: 1``, trials run one at a time.
+
+The study lives in Optuna's RDB storage; ``--workers N`` starts N local processes on it;
+a file lock in ``run_dir`` hands out trial slots so that the study holds exactly
+``n_trials``; every running trial writes a heartbeat, and a trial whose worker was
 killed is marked FAIL (it counts towards ``n_trials``) by the next worker or by ``--resume``
 once its heartbeat is older than ``grace_period_s``. ``run_dir`` receives ``study.db``,
 ``trials.csv``, ``history.png`` and ``params.png`` (if matplotlib is installed) and

@@ -269,8 +269,9 @@ class CompileCounter:
 
     >>> import jax, jax.numpy as jnp, fnn
     >>> f = jax.jit(lambda x: x * 2)
+    >>> a, b = jnp.ones(3), jnp.zeros(3)  # outside: creating them may compile too
     >>> with fnn.train.CompileCounter() as c:
-    ...     _ = f(jnp.ones(3)); _ = f(jnp.zeros(3))
+    ...     _ = f(a); _ = f(b)
     >>> c.count
     1
     """
