@@ -291,7 +291,9 @@ def _plot(path: Path, sweep: Mapping[str, list[float]], final: Mapping[str, np.n
         xs = np.asarray(sweep[key])
         order = np.argsort(xs)
         for ax, metric in zip(row, metrics):
-            ax.plot(xs[order], final[metric][order], marker="o")
+            # A value shared by several members (another key varies): points, no line.
+            style = "-" if len(set(xs.tolist())) == len(xs) else "none"
+            ax.plot(xs[order], final[metric][order], marker="o", linestyle=style)
             if xs.min() > 0 and xs.max() / xs.min() >= 10:
                 ax.set_xscale("log")
             ax.set_xlabel(key)
