@@ -131,10 +131,16 @@ def _programs(run, names: tuple[str, ...]):
     import jax
     import jax.numpy as jnp
 
+    from fnn.shell import layer_views
     from fnn.training import ensemble
     from fnn.training import loop as loop_lib
     from fnn.training import step as step_lib
 
+    if layer_views.frozen_paths(run.model.layer):  # Model.fit would mask their updates
+        raise ConfigError(
+            "sweep: layers with trainable: false are not supported in a sweep; unfreeze "
+            "them or train the values one by one."
+        )
     cache = _PROGRAMS.setdefault(run, {})
     if names not in cache:
         tx = ensemble.sweep_optimizer(run.optimizer, dict.fromkeys(names, 0.0))
