@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import re
 import sqlite3
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -245,21 +247,70 @@ def batched(tmp_path_factory):
     return tmp / "run", out.getvalue()
 
 
-def test_batched_trials_report_and_end_as_their_own_fnn_train_runs(batched):
+def test_batched_trials_run_in_one_program_each_with_its_own_reports(batched):
+    """Real training: two trials in one program, numbered once, each reporting every epoch
+    and ending with its own last value (that a member equals its own ``fnn train`` run is
+    tests/test_sweep.py's check; the bookkeeping is checked against a formula below)."""
     run_dir, stdout = batched
     trials = _trials(run_dir)
     assert [t[0] for t in trials] == [0, 1]  # exactly n_trials, numbered once
+    assert [t[1] for t in trials] == ["COMPLETE", "COMPLETE"]
     assert stdout.count("2 trials in one program") == 2, stdout
-    assert len({t[2] for t in trials}) == 2  # each trial its own value
-    best = json.loads((run_dir / "best.json").read_text())
-    reported = _intermediate(run_dir, best["number"])
-    assert len(reported) == 2 and reported[-1] == best["value"]  # one report per epoch
-    cfg = yaml.safe_load((run_dir / "best.yaml").read_text())
-    assert cli.main(["train", str(run_dir / "best.yaml")]) == 0
-    with open(Path(cfg["run_dir"]) / "metrics.csv", newline="") as f:
-        epochs = [float(r["val_accuracy"]) for r in csv.DictReader(f)]
-    # Member of a vmapped program vs a single fit: every epoch's value within float noise.
-    assert epochs == pytest.approx(reported, abs=1e-6)
+    for number, _, value in trials:
+        reported = _intermediate(run_dir, number)
+        assert len(reported) == 2 and reported[-1] == value  # one report per epoch
+    assert trials[0][2] != trials[1][2]
+    assert (run_dir / "best.yaml").exists()
+
+
+@pytest.mark.filterwarnings(
+    "ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning"
+)
+def test_each_batched_trial_reports_is_pruned_and_told_by_its_own_member(tmp_path, monkeypatch):
+    """``_train_batch`` with the members' logs given by a formula of each trial's learning
+    rate (the training itself is the sweep's, tested in test_sweep.py): trial i reports
+    member i's value every epoch, a member below the threshold is pruned (its trial says
+    so, the others keep reporting), a diverged member fails its trial only."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from fnn.cli import sweep as sweep_lib
+    from fnn.cli import tune
+
+    lrs = [0.02, 0.001, 0.5, 0.01]  # 0.5 diverges (NaN), 0.001 drops below 0.3 at epoch 2
+
+    def value(lr, epoch):
+        return math.nan if lr > 0.1 else 0.6 - (epoch + 1) * 15 * (0.02 - lr)
+
+    def fake_members(run, values, *, on_epoch_end):
+        assert values == {"learning_rate": lrs}  # member i is trial i
+        for epoch in range(3):
+            logs = {"val_accuracy": np.array([value(lr, epoch) for lr in lrs])}
+            if on_epoch_end(epoch, logs):
+                break
+        return [], {}
+
+    monkeypatch.setattr(sweep_lib, "train_members", fake_members)
+    space = {"optimizer.learning_rate": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}}
+    raw, search = tune.load_search(_config(tmp_path, space=space, n_trials=4))
+    raw["epochs"] = 3
+    storage = tune._storage(search, tmp_path)
+    study = optuna.create_study(
+        storage=storage, study_name="s", direction="maximize",
+        pruner=optuna.pruners.ThresholdPruner(lower=0.3),
+    )  # fmt: skip
+    for lr in lrs:
+        study.enqueue_trial({"optimizer.learning_rate": lr})
+    trials = [study.ask() for _ in lrs]
+    pieces = tune.TrainPieces(Run=lambda cfg, path: None, EpochLines=None)
+    assert tune._train_batch(study, trials, raw, search, storage, "x.yaml", pieces, {}) == 4
+    done = study.get_trials(deepcopy=False)
+    assert [t.state for t in done] == [TrialState.COMPLETE, TrialState.PRUNED,
+                                       TrialState.FAIL, TrialState.COMPLETE]  # fmt: skip
+    for t, lr in zip(done, lrs):
+        epochs = {"COMPLETE": 3, "PRUNED": 2, "FAIL": 0}[t.state.name]
+        assert t.intermediate_values == {e + 1: value(lr, e) for e in range(epochs)}
+    assert done[0].value == value(lrs[0], 2) and done[3].value == value(lrs[3], 2)
 
 
 @pytest.mark.parametrize(
