@@ -16,12 +16,21 @@ from benchmarks.scenarios import (
     CNN_KERNEL,
     CNN_POOL,
     LEARNING_RATE,
+    LN_EPSILON,
     LSTM_UNITS,
     MULTI,
     NUM_CLASSES,
+    RESNET_BLOCKS,
+    RESNET_STAGES,
+    TRANSFORMER_BLOCKS,
+    TRANSFORMER_DIM,
+    TRANSFORMER_FF,
+    TRANSFORMER_HEADS,
     Scenario,
     fit_arrays,
 )
+
+KINDS = frozenset({"mlp", "cnn", "lstm", "gru", "resnet", "transformer"})
 
 
 def _layer(name: str):
@@ -41,9 +50,32 @@ def make_layers(scenario: Scenario) -> list:
         for filters in CNN_FILTERS:
             layers += [Conv2D(filters, CNN_KERNEL, activation="relu"), MaxPooling2D(CNN_POOL)]
         layers += [_layer("Flatten")(), Dense(CNN_DENSE, activation="relu")]
+    elif scenario.kind == "resnet":
+        layers = _resnet_layers()
+    elif scenario.kind == "transformer":
+        block = _layer("TransformerEncoderBlock")
+        layers = [Dense(TRANSFORMER_DIM)]
+        layers += [
+            block(TRANSFORMER_HEADS, TRANSFORMER_DIM // TRANSFORMER_HEADS, TRANSFORMER_FF,
+                  norm_first=True, epsilon=LN_EPSILON)
+            for _ in range(TRANSFORMER_BLOCKS)
+        ]  # fmt: skip
+        layers.append(_layer("GlobalAveragePooling1D")())
     else:
         layers = [_layer(scenario.kind.upper())(LSTM_UNITS)]
     return [*layers, Dense(NUM_CLASSES)]
+
+
+def _resnet_layers() -> list:
+    Conv2D, Activation = _layer("Conv2D"), _layer("Activation")
+    layers = [Conv2D(RESNET_STAGES[0], 3, padding="same", activation="relu")]
+    for s, c in enumerate(RESNET_STAGES):
+        if s:
+            layers.append(Conv2D(c, 3, strides=2, padding="same", activation="relu"))
+        for _ in range(RESNET_BLOCKS):
+            branch = (Conv2D(c, 3, padding="same", activation="relu"), Conv2D(c, 3, padding="same"))
+            layers += [fnn.residual(*branch), Activation("relu")]
+    return [*layers, _layer("GlobalAveragePooling2D")()]
 
 
 def _loss():

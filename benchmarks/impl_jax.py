@@ -18,12 +18,21 @@ from benchmarks.scenarios import (
     CNN_KERNEL,
     CNN_POOL,
     LEARNING_RATE,
+    LN_EPSILON,
     LSTM_UNITS,
     MULTI,
     NUM_CLASSES,
+    RESNET_BLOCKS,
+    RESNET_STAGES,
+    TRANSFORMER_BLOCKS,
+    TRANSFORMER_DIM,
+    TRANSFORMER_FF,
+    TRANSFORMER_HEADS,
     Scenario,
     cnn_flat_features,
 )
+
+KINDS = frozenset({"mlp", "cnn", "lstm", "gru", "resnet", "transformer"})
 
 
 def _glorot(key, shape):
@@ -36,8 +45,49 @@ def _dense(key, n_in, n_out):
     return {"kernel": _glorot(key, (n_in, n_out)), "bias": jnp.zeros((n_out,), jnp.float32)}
 
 
+def _conv(key, c_in, c_out):
+    return {"kernel": _glorot(key, (3, 3, c_in, c_out)), "bias": jnp.zeros((c_out,))}
+
+
+def _init_resnet(scenario: Scenario, keys) -> dict:
+    params = {"stem": _conv(next(keys), scenario.input_shape[-1], RESNET_STAGES[0])}
+    c_in = RESNET_STAGES[0]
+    for s, c in enumerate(RESNET_STAGES):
+        if s:
+            params[f"down_{s}"] = _conv(next(keys), c_in, c)
+        for b in range(RESNET_BLOCKS):
+            params[f"block_{s}_{b}"] = {"a": _conv(next(keys), c, c), "b": _conv(next(keys), c, c)}
+        c_in = c
+    params["head"] = _dense(next(keys), c_in, NUM_CLASSES)
+    return params
+
+
+def _init_transformer(scenario: Scenario, keys) -> dict:
+    d = TRANSFORMER_DIM
+
+    def ln():  # fresh buffers: the step donates its params, and a shared leaf would be donated twice
+        return {"gamma": jnp.ones((d,)), "beta": jnp.zeros((d,))}
+
+    params = {"embed": _dense(next(keys), scenario.input_shape[-1], d)}
+    for b in range(TRANSFORMER_BLOCKS):
+        params[f"block_{b}"] = {
+            "ln1": ln(),
+            "qkv": _dense(next(keys), d, 3 * d),
+            "out": _dense(next(keys), d, d),
+            "ln2": ln(),
+            "ff1": _dense(next(keys), d, TRANSFORMER_FF),
+            "ff2": _dense(next(keys), TRANSFORMER_FF, d),
+        }
+    params["head"] = _dense(next(keys), d, NUM_CLASSES)
+    return params
+
+
 def init_params(scenario: Scenario, key) -> dict:
     keys = iter(jax.random.split(key, 64))
+    if scenario.kind == "resnet":
+        return _init_resnet(scenario, keys)
+    if scenario.kind == "transformer":
+        return _init_transformer(scenario, keys)
     if scenario.kind == "mlp":
         widths = (scenario.input_shape[-1], *scenario.hidden, NUM_CLASSES)
         return {
@@ -105,7 +155,53 @@ def _gru(p, x):
     return h
 
 
+def _conv_same(p, x, stride=1):
+    y = lax.conv_general_dilated(
+        x, p["kernel"], (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return y + p["bias"]
+
+
+def _resnet(params, x):
+    x = jax.nn.relu(_conv_same(params["stem"], x))
+    for s in range(len(RESNET_STAGES)):
+        if s:
+            x = jax.nn.relu(_conv_same(params[f"down_{s}"], x, stride=2))
+        for b in range(RESNET_BLOCKS):
+            p = params[f"block_{s}_{b}"]
+            x = jax.nn.relu(x + _conv_same(p["b"], jax.nn.relu(_conv_same(p["a"], x))))
+    x = x.mean(axis=(1, 2))
+    return x @ params["head"]["kernel"] + params["head"]["bias"]
+
+
+def _layer_norm(p, x):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) * lax.rsqrt(var + LN_EPSILON) * p["gamma"] + p["beta"]
+
+
+def _transformer(params, x):
+    x = x @ params["embed"]["kernel"] + params["embed"]["bias"]
+    batch, time, d = x.shape
+    heads, head_dim = TRANSFORMER_HEADS, TRANSFORMER_DIM // TRANSFORMER_HEADS
+    for b in range(TRANSFORMER_BLOCKS):
+        p = params[f"block_{b}"]
+        qkv = _layer_norm(p["ln1"], x) @ p["qkv"]["kernel"] + p["qkv"]["bias"]
+        q, k, v = jnp.split(qkv.reshape(batch, time, 3 * heads, head_dim), 3, axis=2)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / head_dim**0.5
+        att = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+        x = x + att.reshape(batch, time, d) @ p["out"]["kernel"] + p["out"]["bias"]
+        h = jax.nn.relu(_layer_norm(p["ln2"], x) @ p["ff1"]["kernel"] + p["ff1"]["bias"])
+        x = x + h @ p["ff2"]["kernel"] + p["ff2"]["bias"]
+    x = x.mean(axis=1)
+    return x @ params["head"]["kernel"] + params["head"]["bias"]
+
+
 def apply(scenario: Scenario, params: dict, x):
+    if scenario.kind == "resnet":
+        return _resnet(params, x)
+    if scenario.kind == "transformer":
+        return _transformer(params, x)
     if scenario.kind == "mlp":
         n = len(scenario.hidden)
         for i in range(n):
@@ -157,7 +253,7 @@ def build_scan(scenario: Scenario, x, y) -> Bench:
 
     # XLA:CPU runs convolutions inside a rolled while loop several times slower (measured
     # 4-6x on this CNN, with no compile-time gain), so the CNN's loop is unrolled.
-    unroll = True if scenario.kind == "cnn" else 1
+    unroll = True if scenario.kind in ("cnn", "resnet") and jax.default_backend() == "cpu" else 1
 
     @functools.partial(jax.jit, donate_argnums=0)
     def multi_step(carry, xs, ys):

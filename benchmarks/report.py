@@ -56,6 +56,7 @@ def summarize(records: list[dict], scenarios: list[str]) -> dict:
                     {
                         "framework": rec["framework"],
                         "peak_rss_mb": rec.get("peak_rss_mb"),
+                        "device_peak_mb": rec.get("device_peak_mb"),
                         **({"fnn_source": rec["fnn_source"]} if "fnn_source" in rec else {}),
                         **res,
                     }
@@ -72,6 +73,7 @@ def summarize(records: list[dict], scenarios: list[str]) -> dict:
             ref = rows.get("jax_scan10" if row["steps_per_call"] > 1 else BASELINE, {})
             ref_first = ref.get("first_call_s")
             row["compile_ratio"] = row["first_call_s"] / ref_first if ref_first else None
+            row["examples_per_s"] = SCENARIOS[name].batch * 1e6 / row["median_us"]
         out[name] = {
             "title": SCENARIOS[name].title,
             "rows": {k: rows[k] for k in ORDER if k in rows},
@@ -103,6 +105,9 @@ def pool_rounds(results: list[dict]) -> dict:
         "first_call_s": statistics.median(res["first_call_s"] for res in results),
         **({"setup_s": statistics.median(setup)} if setup else {}),
         "peak_rss_mb": max((r["peak_rss_mb"] for r in results if r["peak_rss_mb"]), default=None),
+        "device_peak_mb": max(
+            (r["device_peak_mb"] for r in results if r.get("device_peak_mb")), default=None
+        ),
         "steps_per_block": min(res["steps_per_block"] for res in results),
         "rounds": len(results),
     }
@@ -160,6 +165,14 @@ def _us(v: float | None) -> str:
 
 def _s(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}"
+
+
+def _rate(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def _mb(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
 
 
 def _yes(met: bool) -> str:
@@ -257,14 +270,15 @@ def write_markdown(results: dict, path: Path) -> None:
         lines += ["", f"## {n}: {s['title']}", ""]
         lines.append(
             "| implementation | us/step (median) | spread (min-max) | x JAX | CPU us/step | x JAX (CPU) "
-            "| setup (s) | first call (s) | x JAX first call | peak RSS (MB) |"
+            "| setup (s) | first call (s) | x JAX first call | peak RSS (MB) | examples/s "
+            "| device peak (MB) |"
         )
-        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        lines.append("| --- |" + " ---: |" * 11)
         for key, row in s["rows"].items():
             if row["status"] != "ok":
                 lines.append(
                     f"| {variant_label(key, row)} | {row['status']}: {row.get('reason', '')} "
-                    "| | | | | | | | |"
+                    "| | | | | | | | | | |"
                 )
                 continue
             label = variant_label(key, row) + (f" ({row['note']})" if row.get("note") else "")
@@ -272,10 +286,11 @@ def write_markdown(results: dict, path: Path) -> None:
                 f"| {label} | {_us(row['median_us'])} | {_us(row['min_us'])}-{_us(row['max_us'])} "
                 f"| {_x(row['ratio'])} | {_us(row.get('cpu_median_us'))} | {_x(row.get('cpu_ratio'))} "
                 f"| {_s(row.get('setup_s'))} | {row['first_call_s']:.2f} | {_x(row['compile_ratio'])} "
-                f"| {row['peak_rss_mb']:.0f} |"
+                f"| {row['peak_rss_mb']:.0f} | {_rate(row.get('examples_per_s'))} "
+                f"| {_mb(row.get('device_peak_mb'))} |"
             )
         for fw, why in s["skipped"].items():
-            lines.append(f"| {fw} | skipped: {why} | | | | | | | | |")
+            lines.append(f"| {fw} | skipped: {why} | | | | | | | | | | |")
     lines += [
         "",
         "## Reproduce",
@@ -295,5 +310,6 @@ if __name__ == "__main__":
 
     source = Path(sys.argv[1])
     data = json.loads(source.read_text())
-    name = "RESULTS-quick.md" if data["meta"].get("quick") else "RESULTS.md"
+    gpu = "-gpu" if data["meta"].get("device") == "gpu" else ""
+    name = f"RESULTS{gpu}{'-quick' if data['meta'].get('quick') else ''}.md"
     write_markdown(data, source.parent / name)

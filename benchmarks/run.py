@@ -4,6 +4,7 @@
     python -m benchmarks.run --quick         # smoke check on tiny_mlp (< 2 min) -> RESULTS-quick.md
     python -m benchmarks.run --scenarios mlp,cnn --frameworks jax,fnn,keras --repeats 7
     python -m benchmarks.run --fnn-base ../old --frameworks jax,fnn,fnn_base --rounds 2
+    python -m benchmarks.run --device gpu    # accelerator-sized models -> RESULTS-gpu.md
 
 A framework whose package is not installed is reported as skipped. Ratios are to the
 hand-written JAX jit step measured in the same run. ``--fnn-base PATH`` adds the
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from benchmarks.frameworks import BASELINE, FRAMEWORKS, LABELS
 from benchmarks.report import summarize, write_markdown
-from benchmarks.scenarios import SCENARIOS
+from benchmarks.scenarios import CPU_SCENARIOS, GPU_SCENARIOS, SCENARIOS
 from benchmarks.worker import MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +80,10 @@ def run_worker(
         f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f
     ]
     env["XLA_FLAGS"] = " ".join(flags)
+    # ... and compiles for real: a persistent compilation cache (the tests set one) would
+    # turn the first-call figures into cache loads.
+    for key in [k for k in env if k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))]:
+        del env[key]
     cmd = [
         python,
         "-m",
@@ -171,6 +176,14 @@ def main(argv=None) -> dict:
         "over the implementations, not the frameworks), so no variant shares a process's "
         "compile cache, allocator or threads with another",
     )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="gpu: the accelerator-sized scenarios (batch-512 MLP, ResNet-style CNN, Transformer), "
+        "one process per variant, 3 rounds, throughput and device peak memory -> RESULTS-gpu.md; "
+        "refused when JAX sees no GPU",
+    )
     parser.add_argument("--note", action="append", default=[], help="a line added to the report")
     parser.add_argument(
         "--python", default=sys.executable, help="interpreter for the worker processes"
@@ -180,9 +193,13 @@ def main(argv=None) -> dict:
     )
     args = parser.parse_args(argv)
 
-    scenarios = _csv(args.scenarios, SCENARIOS, "scenarios") or list(
-        QUICK_SCENARIOS if args.quick else SCENARIOS
-    )
+    gpu = args.device == "gpu"
+    if gpu:
+        _require_gpu(args.python)
+        args.process_per_variant = True
+        args.rounds = max(args.rounds, 3)
+    default = GPU_SCENARIOS if gpu else (QUICK_SCENARIOS if args.quick else CPU_SCENARIOS)
+    scenarios = _csv(args.scenarios, SCENARIOS, "scenarios") or list(default)
     fnn_base = args.fnn_base.resolve() if args.fnn_base else None
     if fnn_base is not None and not (fnn_base / "fnn" / "__init__.py").is_file():
         raise SystemExit(f"--fnn-base {args.fnn_base}: no fnn/__init__.py in that folder")
@@ -201,7 +218,7 @@ def main(argv=None) -> dict:
     if block_seconds is None:
         block_seconds = 0.3 if args.quick else 1.0
     output = args.output or Path(__file__).resolve().parent
-    suffix = "-quick" if args.quick else ""
+    suffix = ("-gpu" if gpu else "") + ("-quick" if args.quick else "")
 
     started = datetime.datetime.now(datetime.UTC)
     meta = {
@@ -209,6 +226,7 @@ def main(argv=None) -> dict:
         "command": "python -m benchmarks.run "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "quick": args.quick,
+        "device": args.device,
         "repeats": repeats,
         "block_seconds": block_seconds,
         "machine": {
@@ -274,6 +292,15 @@ def main(argv=None) -> dict:
     results = _write(meta, records, scenarios, output, suffix, t_start, done=True)
     print(f"[bench] wrote {output / f'RESULTS{suffix}.md'} in {meta['total_s']} s", file=sys.stderr)
     return results
+
+
+def _require_gpu(python: str) -> None:
+    """Exits unless the workers' interpreter sees a GPU (a CPU figure must not pass as one)."""
+    probe = "import jax; print(jax.default_backend())"
+    out = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+    backend = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-300:]
+    if backend != "gpu":
+        raise SystemExit(f"--device gpu: JAX in {python} runs on {backend!r}, not a GPU")
 
 
 def _write(meta, records, scenarios, output: Path, suffix: str, t_start: float, done: bool):

@@ -27,12 +27,13 @@ class Scenario:
 
     name: str
     title: str
-    kind: str  # "mlp", "cnn", "lstm" or "gru"
+    kind: str  # "mlp", "cnn", "lstm", "gru"; the --device gpu ones: "resnet", "transformer"
     input_shape: tuple[int, ...]  # one example, no batch axis
     batch: int
     steps: int
     quick_steps: int
     hidden: tuple[int, ...] = ()  # MLP hidden widths (ReLU); the head is Dense(10)
+    gpu: bool = False  # one of the accelerator-sized scenarios (``--device gpu``)
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -50,8 +51,21 @@ SCENARIOS: dict[str, Scenario] = {
                  20, 10),
         Scenario("cnn", "CNN 28x28x1 conv32-pool-conv64-pool-128-10, batch 128", "cnn",
                  (28, 28, 1), 128, 10, 10),
+        # Accelerator-sized scenarios (``python -m benchmarks.run --device gpu``): large
+        # batches, throughput in examples/s and the device's peak memory.
+        Scenario("gpu_mlp", "MLP 784-1024-1024-10, batch 512", "mlp", (784,), 512, 200, 20,
+                 hidden=(1024, 1024), gpu=True),
+        Scenario("resnet", "ResNet-style CNN 32x32x3, 3 stages x 2 residual blocks, batch 256",
+                 "resnet", (32, 32, 3), 256, 50, 10, gpu=True),
+        Scenario("transformer", "Transformer 2 pre-norm blocks, seq 128, dim 256, 4 heads, "
+                 "batch 64", "transformer", (128, 64), 64, 50, 10, gpu=True),
     )
 }  # fmt: skip
+CPU_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if not s.gpu)
+GPU_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if s.gpu)
+# The model kinds every implementation builds; ``resnet`` and ``transformer`` are built by
+# the modules that list them in their ``KINDS`` (the others report "unavailable").
+BASE_KINDS = frozenset({"mlp", "cnn", "lstm", "gru"})
 
 # The CNN and the recurrent (LSTM, GRU) layer sizes, shared by every implementation.
 CNN_FILTERS = (32, 64)
@@ -59,6 +73,18 @@ CNN_KERNEL = 3
 CNN_POOL = 2
 CNN_DENSE = 128
 LSTM_UNITS = 128
+# ResNet-style CNN: a 3x3 "same" stem, then per stage (a stride-2 3x3 conv before every
+# stage but the first) RESNET_BLOCKS blocks of conv-relu-conv + skip, relu; global average
+# pool; Dense(10).
+RESNET_STAGES = (32, 64, 128)
+RESNET_BLOCKS = 2
+# Transformer: Dense(dim) on the input features, pre-norm blocks (x + MHA(LN(x)),
+# x + FFN(LN(x)), FFN = Dense(ff, relu) -> Dense(dim)), mean over time, Dense(10).
+TRANSFORMER_DIM = 256
+TRANSFORMER_HEADS = 4
+TRANSFORMER_FF = 1024
+TRANSFORMER_BLOCKS = 2
+LN_EPSILON = 1e-6
 
 
 def cnn_flat_features(scenario: Scenario) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks.common import UnavailableError
 from benchmarks.frameworks import FRAMEWORKS
-from benchmarks.scenarios import SCENARIOS, make_pool
+from benchmarks.scenarios import BASE_KINDS, SCENARIOS, make_pool
 
 MARKER = "BENCH-RESULT "
 
@@ -142,6 +142,9 @@ def main(argv=None) -> dict:
     except ImportError as err:
         record["skipped"] = f"not installed ({err})"
         return record
+    if scenario.kind not in getattr(module, "KINDS", BASE_KINDS):
+        record["skipped"] = f"no {scenario.kind} model in benchmarks/{fw.module}.py"
+        return record
     source = fnn_source()
     if source:
         record["fnn_source"] = source
@@ -174,7 +177,19 @@ def main(argv=None) -> dict:
         del bench
     # ru_maxrss is in KiB on Linux.
     record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = device_peak_bytes()
+    if peak is not None:
+        record["device_peak_mb"] = peak / 2**20
     return record
+
+
+def device_peak_bytes() -> int | None:
+    """The accelerator's peak allocated bytes in this process (``memory_stats``; None on
+    backends that keep no statistics, such as XLA:CPU)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
 
 
 if __name__ == "__main__":

@@ -316,3 +316,83 @@ def test_fnn_base_worker_refuses_an_fnn_from_elsewhere(tmp_path, monkeypatch):
     here = Path(fnn.__file__).resolve().parent.parent
     assert record["error"] == f"fnn was imported from {here}, not {tmp_path.resolve()}"
     assert record["variants"] == {}
+
+
+def _as_hand_written(kind: str, p: dict) -> dict:
+    """fnn's params of the ``resnet``/``transformer`` scenario in impl_jax's layout."""
+    from benchmarks.scenarios import RESNET_BLOCKS, RESNET_STAGES, TRANSFORMER_BLOCKS
+
+    if kind == "resnet":
+        out = {"stem": p["conv2d"], "head": p["dense"]}
+        blocks = iter(p[k] for k in sorted(p, key=lambda k: (len(k), k)) if k.startswith("res"))
+        for s in range(len(RESNET_STAGES)):
+            if s:
+                out[f"down_{s}"] = p[f"conv2d_{s}"]
+            for b in range(RESNET_BLOCKS):
+                block = next(blocks)
+                out[f"block_{s}_{b}"] = {"a": block["conv2d"], "b": block["conv2d_1"]}
+        return out
+    out = {"embed": p["dense"], "head": p["dense_1"]}
+    for b in range(TRANSFORMER_BLOCKS):
+        q = p["transformer_encoder_block" + (f"_{b}" if b else "")]
+        att = q["attention"]
+        d = att["query"]["kernel"].shape[0]
+        out[f"block_{b}"] = {
+            "ln1": q["norm1"],
+            "ln2": q["norm2"],
+            "qkv": {
+                "kernel": np.concatenate(
+                    [att[k]["kernel"].reshape(d, -1) for k in ("query", "key", "value")], axis=1
+                ),
+                "bias": np.concatenate(
+                    [att[k]["bias"].reshape(-1) for k in ("query", "key", "value")]
+                ),
+            },
+            "out": {
+                "kernel": att["attention_output"]["kernel"].reshape(-1, d),
+                "bias": att["attention_output"]["bias"],
+            },
+            "ff1": q["ffn"]["dense"],
+            "ff2": q["ffn"]["dense_1"],
+        }
+    return out
+
+
+@pytest.mark.parametrize("name", ["resnet", "transformer"])
+def test_gpu_scenarios_build_the_same_network_in_fnn_and_hand_written_jax(name):
+    """The --device gpu models: fnn's layers and impl_jax's hand-written functions compute
+    the same logits from the same weights (so their step times compare like for like)."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import impl_fnn, impl_jax
+    from benchmarks.scenarios import SCENARIOS
+
+    scenario = SCENARIOS[name]
+    model = fnn.serial(*impl_fnn.make_layers(scenario))
+    x = jnp.asarray(
+        np.random.default_rng(0).standard_normal((2, *scenario.input_shape)), jnp.float32
+    )
+    params, state = model.init(jax.random.key(0), x)
+    expected, _ = model.apply(params, state, x)
+    got = impl_jax.apply(scenario, _as_hand_written(scenario.kind, params), x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=2e-4, atol=2e-5)
+    mapped = jax.tree_util.tree_leaves(_as_hand_written(scenario.kind, params))
+    assert sum(np.size(a) for a in mapped) == sum(np.size(a) for a in jax.tree.leaves(params))
+
+
+def test_device_gpu_refuses_a_machine_without_a_gpu(capsys):
+    import jax
+
+    if jax.default_backend() == "gpu":
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit, match="not a GPU"):
+        run.main(["--device", "gpu"])
+
+
+def test_peers_without_a_gpu_scenario_model_are_skipped_not_misbuilt():
+    record = worker.main(["haiku", "transformer", "--steps", "10", "--repeats", "1"])
+    assert "variants" in record and not record["variants"]
+    assert "no transformer model" in record.get("skipped", "") or "not installed" in record.get(
+        "skipped", ""
+    )

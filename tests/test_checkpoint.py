@@ -414,7 +414,7 @@ TWO_PROCESS_WORKER = textwrap.dedent(
     assert restored["x"].sharding == sharding and restored["step"] == 3
     for shard in restored["x"].addressable_shards:
         np.testing.assert_array_equal(shard.data, full[shard.index])
-    print(f"process {process_id} wrote {len(writes) > 0}", flush=True)
+    print(f"process {process_id} wrote {','.join(writes)}.", flush=True)
     jax.distributed.shutdown()
     """
 )
@@ -447,8 +447,16 @@ def test_two_processes_only_process_0_writes_and_both_restore(tmp_path):
         for proc in procs:
             proc.kill()
     assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
-    assert "process 0 wrote True" in outputs[0] and "process 1 wrote False" in outputs[1]
-    # One process, one device: the gathered global array.
+    # Each process writes its own half of x (no gather); only process 0 the rest.
+    assert "process 0 wrote shards_written,arrays_written,before_rename." in outputs[0]
+    assert "process 1 wrote shards_written." in outputs[1]
+    for i in range(2):
+        shards = safetensors.numpy.load_file(tmp_path / "ckpt" / f"shards_0000{i}.safetensors")
+        rows = [(4 * i, 4 * i + 2), (4 * i + 2, 4 * i + 4)]  # one shard per local device
+        assert {k: v.shape for k, v in shards.items()} == {
+            f"x[{a}:{b},0:3]": (2, 3) for a, b in rows
+        }
+    # One process, one device: the whole array, assembled from both processes' shards.
     restored = checkpoint.restore(tmp_path / "ckpt")
     np.testing.assert_array_equal(restored["x"], np.arange(24, dtype=np.float32).reshape(8, 3))
 

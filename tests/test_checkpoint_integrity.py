@@ -151,9 +151,9 @@ def test_version_1_checkpoints_still_read_and_cannot_be_faked(saved):
     with pytest.raises(CheckpointError, match=r"unexpected entries \['index_sha256'\]"):
         checkpoint.restore(saved)
     index = load_index(saved)
-    index["version"] = 3
+    index["version"] = 4
     write_index(saved, index, sign=False)
-    with pytest.raises(CheckpointError, match=r"format version 3, this fnn reads versions 1, 2"):
+    with pytest.raises(CheckpointError, match=r"format version 4, this fnn reads versions 1, 2, 3"):
         checkpoint.restore(saved)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -144,7 +145,9 @@ def test_version_and_checkpoint_help(capsys):
 
 def test_train_resume_evaluate_paths_and_param_counts(tiny, tmp_path, capsys):
     run = tmp_path / "run"
-    code, out, err = run_cli(capsys, "train", tiny, "--set", f"run_dir={run}")
+    # The epoch with the largest val_loss counts as "best": an early epoch, not the final one.
+    best_max = ("--set", "checkpoint.mode=max", "--set", "dataset.validation_split=0.2")
+    code, out, err = run_cli(capsys, "train", tiny, "--set", f"run_dir={run}", *best_max)
     assert code == 0 and "skipped" not in err  # tensorboard left at its default
     header = re.search(r"([\d,]+) params \(([\d,]+) trainable\)", out)
     code, summary, _ = run_cli(capsys, "summary", tiny)
@@ -160,8 +163,35 @@ def test_train_resume_evaluate_paths_and_param_counts(tiny, tmp_path, capsys):
     assert len(set(lines)) == 1 and "step_" in lines[0]
     # --resume with another epoch count says so.
     code, out, _ = run_cli(
-        capsys, "train", tiny, "--set", f"run_dir={run}", "--resume", "--set", "epochs=3"
+        capsys, "train", tiny, "--set", f"run_dir={run}", "--resume", "--set", "epochs=3", *best_max
     )
     assert code == 0
     assert "resume: epochs changed from 2 (the checkpointed run) to 3" in out
     assert json.loads((run / "results.json").read_text())["epochs"] == 3
+    check_final_and_best(run, out, epochs=3)
+
+
+def check_final_and_best(run, out, epochs):
+    """results.json and the printed summary tell the best checkpoint from the final model,
+    as metrics.csv (one row per epoch) says they are."""
+    rows = [
+        {k: float(v) for k, v in row.items()}
+        for row in csv.DictReader((run / "metrics.csv").open())
+    ]
+    assert len(rows) == epochs
+    results = json.loads((run / "results.json").read_text())
+    best_row = max(range(epochs), key=lambda i: (rows[i]["val_loss"], -i))  # ties: earliest
+    final, best = results["final"], results["best"]
+    assert (final["epoch"], best["epoch"]) == (epochs, best_row + 1) and best["epoch"] != epochs
+    assert best["monitor"] == "val_loss" and best["checkpoint"].startswith(str(run / "checkpoints"))
+    for entry, row in ((final, rows[-1]), (best, rows[best_row])):
+        assert entry["metrics"]["val_loss"] == pytest.approx(row["val_loss"], rel=1e-6)
+        assert entry["metrics"]["accuracy"] == pytest.approx(row["accuracy"], rel=1e-6)
+    lines = out.splitlines()
+    assert lines[-3] == (
+        f"best checkpoint: epoch {best['epoch']} (val_loss {rows[best_row]['val_loss']:.4f}) in "
+        f"{best['checkpoint']}; the final model and the test metrics below are epoch {epochs}'s "
+        f"(val_loss {rows[-1]['val_loss']:.4f}); results.json has both (best, final)"
+    )
+    assert lines[-2].startswith("done in ")
+    assert f"final model (epoch {epochs}, in model/): test_loss" in lines[-2]

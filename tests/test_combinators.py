@@ -141,3 +141,26 @@ def test_dropout_inside_serial_gets_rng():
         model.apply(params, state, x, train=True)
     y, _ = model.apply(params, state, x, rng=jax.random.key(0), train=True)
     assert y.shape == (2, 4)
+
+
+def test_errors_inside_parallel_fan_out_and_residual_name_the_unique_child():
+    x = jnp.ones((2, 3))
+    for model, inputs in (
+        (fnn.parallel(Dense(2), Dense(2)), (x, x)),
+        (fnn.fan_out(Dense(2), Dense(2)), (x,)),
+    ):
+        params, state = model.init(jax.random.key(0), *inputs)
+        params["dense_1"]["kernel"] = jnp.ones((5, 2))  # a wrong weight in the second Dense
+        with pytest.raises(
+            fnn.ShapeError, match=r"^dense_1: expected inputs with last dimension 5"
+        ):
+            model.apply(params, state, *inputs)
+    # The second residual's own shape check names it residual_1, inside parallel too.
+    pair = fnn.parallel(fnn.residual(Dense(3)), fnn.residual(Dense(4)))
+    with pytest.raises(fnn.ShapeError, match=r"^residual_1: expected the residual branch"):
+        pair.init(jax.random.key(0), x, x)
+    body = fnn.residual(Dense(3), Dense(3))
+    params, state = body.init(jax.random.key(0), x)
+    params["dense_1"]["kernel"] = jnp.ones((5, 3))
+    with pytest.raises(fnn.ShapeError, match=r"^dense_1: expected inputs with last dimension 5"):
+        body.apply(params, state, x)

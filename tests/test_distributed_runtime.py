@@ -4,11 +4,13 @@ The value resolution is a pure function (tested without a cluster). The failure 
 this file as 2 worker processes on 127.0.0.1 (gloo CPU collectives): a peer killed mid-run
 and processes that disagree on the process count must each end within a bounded time with
 one line naming the cause, never JAX's C++ abort (``SIGABRT`` and an absl stack trace).
-(A process whose peer never starts: tests/test_distributed.py.)
+(A process whose peer never starts: tests/test_distributed.py.) Also: process 0 killed, a
+peer killed inside collectives, and sys.exit on one process (marked slow).
 """
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -77,9 +79,13 @@ def test_resolve_config_errors():
         resolve("x" * 500, environ={})  # bounded message
 
 
-def worker(port: int, process_id: int, num_processes: int, raise_on: int = -1) -> None:
+def worker(
+    port: int, process_id: int, num_processes: int, raise_on: int = -1, exit_on: int = -1
+) -> None:
     """One process: join, pass a cross-process barrier, then work locally until killed;
-    or, given ``raise_on``, loop over barriers until that process raises at step 3."""
+    or, given ``raise_on``, loop over barriers until that process raises at step 3 (or,
+    given ``exit_on``, calls ``sys.exit(3)`` there; ``exit_on == num_processes``: every
+    process ends normally there)."""
     dist.initialize(
         f"127.0.0.1:{port}",
         num_processes,
@@ -103,6 +109,11 @@ def worker(port: int, process_id: int, num_processes: int, raise_on: int = -1) -
         time.sleep(0.2)
         if i == 3 and process_id == raise_on:
             raise RuntimeError(f"boom in process {process_id}")
+        if i == 3 and exit_on == num_processes:
+            print("DONE", flush=True)
+            return
+        if i == 3 and process_id == exit_on:
+            sys.exit(3)
 
 
 def free_port() -> int:
@@ -250,5 +261,154 @@ def test_process_count_disagreement_raises_on_each_process():
         assert "JOINED" not in out and not any(sign in out for sign in ABORT_SIGNS), out
 
 
+def fnn_lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.startswith("fnn.distributed:")]
+
+
+def start_joined(*extra):
+    """Two workers, both past their first cross-process barrier."""
+    procs = start([2, 2], free_port(), *extra)
+    joined = [threading.Event(), threading.Event()]
+    outputs, threads = collect(procs, joined)
+    if not all(e.wait(60) for e in joined):
+        for p in procs:
+            p.kill()
+        pytest.fail(f"processes did not join: {outputs}")
+    time.sleep(0.5)
+    return procs, outputs, threads
+
+
+@pytest.mark.slow
+def test_coordinator_process_killed_stops_the_peer_with_one_line():
+    """Process 0 hosts the coordinator's address; killed, its peer's JAX client used to
+    abort in C++ at once. The service runs in a process of its own, so process 0 is one
+    more silent peer for the watchdog."""
+    procs, outputs, threads = start_joined()
+    procs[0].kill()
+    killed_at = time.monotonic()
+    codes, text = finish(procs, threads, outputs, timeout_s=30)
+    assert codes == [-9, dist.EXIT_CODE], text
+    assert fnn_lines(text[1]) == [
+        f"fnn.distributed: process 0 of 2 stopped sending heartbeats for {HEARTBEAT_S} s "
+        "(killed, crashed or its host lost?); stopping process 1. Raise heartbeat_timeout_s "
+        "($FNN_DIST_HEARTBEAT_TIMEOUT) if it was only slow."
+    ], text[1]
+    assert not any(sign in text[1] for sign in ABORT_SIGNS), text[1]
+    assert time.monotonic() - killed_at < 2 * HEARTBEAT_S + 10
+
+
+@pytest.mark.slow
+def test_peer_killed_inside_collectives_gives_one_line_not_gloos_traceback():
+    procs, outputs, threads = start_joined("9")  # both loop over barriers; none raises
+    procs[1].kill()
+    codes, text = finish(procs, threads, outputs, timeout_s=30)
+    assert codes == [dist.EXIT_CODE, -9], text
+    (line,) = fnn_lines(text[0])
+    assert re.fullmatch(
+        r"fnn\.distributed: process 0 of 2: a collective failed, a peer process is gone "
+        r"\(killed or crashed\?\): Gloo \w+ failed: (Connection closed by peer|Connection reset"
+        r"|Broken pipe).*; stopping\.",
+        line,
+    ), line
+    assert "Traceback" not in text[0] and not any(s in text[0] for s in ABORT_SIGNS), text[0]
+
+
+@pytest.mark.slow
+def test_sys_exit_on_one_process_is_reported_to_the_other():
+    """Process 1 calls sys.exit(3) between barriers: process 0, blocked in the next one,
+    says so and stops; process 1 does not wait in JAX's shutdown barrier for it."""
+    procs, outputs, threads = start_joined("9", "1")
+    codes, text = finish(procs, threads, outputs, timeout_s=40)
+    assert codes == [dist.EXIT_CODE, dist.EXIT_CODE], text
+    assert fnn_lines(text[0]) == [
+        f"fnn.distributed: process 1 of 2 exited (sys.exit, or its script ended) {HEARTBEAT_S} s "
+        "ago while process 0 still runs; stopping process 0."
+    ], text[0]
+    assert len(fnn_lines(text[1])) == 1, text[1]
+    for out in text:
+        assert "Traceback" not in out and not any(s in out for s in ABORT_SIGNS), out
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
     worker(*(int(a) for a in sys.argv[2:]))
+
+
+SLURM = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2"}
+SLURM.update(SLURM_PROCID="0", SLURM_LOCALID="0")
+
+
+def test_detected_cluster_reads_only_launcher_variables(monkeypatch):
+    assert dist.detected_cluster(SLURM) == "slurm"
+    assert dist.detected_cluster({**SLURM, "SLURM_NTASKS": "1"}) is None  # one task
+    assert dist.detected_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}) is None  # no srun
+    ompi = {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:1", "OMPI_COMM_WORLD_SIZE": "4"}
+    assert dist.detected_cluster(ompi) == "ompi"
+    assert dist.detected_cluster({**ompi, "OMPI_COMM_WORLD_SIZE": "1"}) is None
+    assert dist.detected_cluster({"TPU_WORKER_HOSTNAMES": "t0,t1"}) == "tpu"
+    assert dist.detected_cluster({"TPU_WORKER_HOSTNAMES": "t0"}) is None
+    # A notebook pod (no indexed Job) is not a cluster.
+    assert dist.detected_cluster({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) is None
+    # fnn train joins only when told to or launched as several processes.
+    from fnn.cli import commands
+
+    calls = []
+    monkeypatch.setattr(dist, "initialize", lambda: calls.append(dict(os.environ)))
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "OMPI_", "TPU_", "FNN_", "KUBERNETES_", "JOB_")):
+            monkeypatch.delenv(name)
+    commands._join_processes()
+    assert calls == []
+    monkeypatch.setenv("FNN_DISTRIBUTED", "1")  # asked for: JAX's detection decides
+    commands._join_processes()
+    monkeypatch.delenv("FNN_DISTRIBUTED")
+    assert len(calls) == 1
+    for name, value in SLURM.items():
+        monkeypatch.setenv(name, value)
+    commands._join_processes()
+    assert len(calls) == 2
+
+
+SLURM_WORKER = """
+import jax
+from fnn.cli import commands
+commands._join_processes()
+print("joined", jax.process_index(), jax.process_count(), jax.device_count(), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_srun_tasks_join_without_any_fnn_variable():
+    """Two processes with the variables ``srun -n 2`` sets (on localhost): ``fnn train``'s
+    start-up joins them through JAX's own Slurm detection."""
+    # JAX's Slurm port is 61440 + job id % 4096: pick a job id whose port is free.
+    with socket.socket() as sock:
+        for port in range(61440 + os.getpid() % 4000, 65536):
+            try:
+                sock.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FNN_", "SLURM_"))}
+    env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env.update({**SLURM, "SLURM_JOB_ID": str(port - 61440), "FNN_DIST_TIMEOUT": "60"})
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SLURM_WORKER],
+            env={**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=90)[0])
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    for i, out in enumerate(outputs):
+        assert f"joined {i} 2 4" in out, out

@@ -406,3 +406,19 @@ def test_a_declarative_graph_out_of_order_is_refused():
             ],
             outputs={"__ref__": {"node": 0, "index": 0}},
         )
+
+
+def test_graph_errors_name_each_layer_by_its_unique_name():
+    # While the graph is being built: the third Conv2D is conv2d_2, its input conv2d_1's.
+    h = fl.Conv2D(2, 3)(fl.Conv2D(2, 3)(fnn.Input((8, 8, 1))))
+    with pytest.raises(
+        fnn.ShapeError, match=r"^conv2d_2: called on conv2d_1 \(None, 4, 4, 2\): expected spatial"
+    ):
+        fl.Conv2D(2, 9)(h)
+    # In the built graph's init and apply.
+    x = fnn.Input((3,))
+    graph = fnn.core.graph.functional(x, fl.Dense(3)(fl.Dense(3)(x)))
+    params, state = graph.init(jax.random.key(0), jnp.ones((2, 3)))
+    params["dense_1"]["kernel"] = jnp.ones((5, 3))
+    with pytest.raises(fnn.ShapeError, match=r"^dense_1: expected inputs with last dimension 5"):
+        graph.apply(params, state, jnp.ones((2, 3)))

@@ -216,6 +216,41 @@ def test_model_fit_with_distribution_equals_plain_fit():
         model.fit(x, y, batch_size=6, verbose=0, distribution=dist)
 
 
+def test_model_fit_with_distribution_creates_the_state_sharded(monkeypatch):
+    """A new model's params and Adam moments are built on their devices by the jitted
+    init (out_shardings), never as one full copy that is moved afterwards."""
+    kernels = {(8, 16), (16, 4)}
+    moved = []
+    device_put = jax.device_put
+
+    def spy(x, *args, **kwargs):  # a whole kernel on one device moved to the mesh
+        moved.extend(
+            leaf.shape
+            for leaf in jax.tree.leaves(x)
+            if isinstance(leaf, jax.Array) and leaf.shape in kernels and len(leaf.devices()) == 1
+        )
+        return device_put(x, *args, **kwargs)
+
+    monkeypatch.setattr(jax, "device_put", spy)
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(32, 8)).astype(np.float32), rng.integers(0, 4, 32)
+    model = fnn.Sequential([fnn.Input((8,)), Dense(16, activation="tanh"), Dense(4)])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", seed=3)
+    dist = {"mesh": "fsdp=4,tensor=2", "rules": {"*/kernel": ("fsdp", "tensor")}}
+    model.fit(x, y, batch_size=16, epochs=0, verbose=0, distribution=dist)  # build only
+    leaves = {**paths_and_leaves(model._train_state.opt_state), **paths_and_leaves(model.params)}
+    found = [path for path in leaves if path.endswith("kernel")]
+    assert len(found) == 6  # 2 kernels, their 2 Adam moments each
+    for path in found:
+        kernel = leaves[path]
+        assert kernel.sharding.spec == P("fsdp", "tensor"), path
+        rows, cols = kernel.shape
+        assert {s.data.shape for s in kernel.addressable_shards} == {(rows // 4, cols // 2)}
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, distribution=dist)
+    assert moved == []
+    # (Equal values to an unsharded build: test_model_fit_with_distribution_equals_plain_fit.)
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -12,8 +12,10 @@ A training run writes to ``run_dir`` (default ``runs/<config name>``): ``config.
 (the resolved config), ``checkpoints/step_*`` (:mod:`fnn.checkpoint`), ``metrics.csv``
 (one row per epoch), ``tensorboard/`` (if tensorboardX is installed), ``curves.png``
 and, for classifiers, ``confusion_matrix.png``, ``model/`` (architecture + weights,
-:func:`fnn.load_model`) and ``results.json`` (final test metrics). A config with
-``sweep:`` trains its values as members of one program instead (:mod:`fnn.cli.sweep`).
+:func:`fnn.load_model`) and ``results.json`` (the final model's test metrics; ``final``
+and ``best``: the epoch, checkpoint and logged metrics of the last and of the best epoch).
+A config with ``sweep:`` trains its values as members of one program instead
+(:mod:`fnn.cli.sweep`).
 
 Training is deterministic: the data order of each epoch comes from ``(seed, epoch)`` and
 every other changing value (params, optimizer state, PRNG key, step) is in the
@@ -68,11 +70,15 @@ def _say(*parts: Any) -> None:
 
 def _join_processes() -> None:
     """``fnn train`` started as several processes (``$FNN_NUM_PROCESSES``,
-    ``$FNN_PROCESS_ID``, ``$FNN_COORDINATOR_ADDRESS``): join them before any JAX work."""
-    from fnn.distributed import ENV_NUM_PROCESSES, initialize
+    ``$FNN_PROCESS_ID``, ``$FNN_COORDINATOR_ADDRESS``, or by a cluster launcher:
+    ``srun``, ``mpirun``, an indexed Kubernetes Job, a TPU slice), or with
+    ``$FNN_DISTRIBUTED=1`` (JAX's own detection, e.g. on a TPU VM that lists its workers
+    only in its metadata): join them before any JAX work. A plain run starts nothing."""
+    from fnn import distributed
 
-    if os.environ.get(ENV_NUM_PROCESSES):
-        initialize()
+    forced = os.environ.get("FNN_DISTRIBUTED", "").strip() == "1"
+    if forced or os.environ.get(distributed.ENV_NUM_PROCESSES) or distributed.detected_cluster():
+        distributed.initialize()
 
 
 def _barrier(name: str) -> None:
@@ -432,8 +438,7 @@ def cmd_train(args) -> int:
     report = _fairness(run)
     if report is not None:
         results["fairness"] = report
-    if backup.manager.best_step() is not None:
-        results["best_checkpoint"] = str(backup.manager.path(backup.manager.best_step()))
+    results.update(_final_and_best(backup.manager, ck))
     if primary:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     # The saved compile settings name the optimizer, so fnn.load_model(run_dir / "model")
@@ -445,7 +450,10 @@ def cmd_train(args) -> int:
     rows = _read_metrics_csv(run_dir / "metrics.csv") if primary else []  # resumed ones too
     plots = _plots(run, rows, run_dir) if cfg["plots"] and rows else []
     tests = "  ".join(f"test_{k} {v:.4f}" for k, v in test.items())
-    _say(f"done in {wall:.1f}s: {tests}")
+    if "best" in results:
+        _say(_best_line(results, ck["monitor"]))
+    final_epoch = results.get("final", {}).get("epoch", epochs)
+    _say(f"done in {wall:.1f}s: final model (epoch {final_epoch}, in model/): {tests}")
     if report is not None:
         from fnn.training.fairness import format_report
 
@@ -455,6 +463,41 @@ def cmd_train(args) -> int:
         + (", " + ", ".join(plots) if plots else "")
     )
     return 0
+
+
+def _final_and_best(manager, ck: dict) -> dict:
+    """``results.json``'s ``final`` (the last epoch: what ``model/`` and ``test`` hold) and,
+    with ``keep_best``, ``best`` (the checkpoint with the best monitored value), each with
+    its epoch, checkpoint and the metrics logged at that epoch, so the two are never mixed
+    up when they differ."""
+
+    def entry(step: int) -> dict:
+        logged = {k: v for k, v in manager.metrics(step).items() if k != TIME_COLUMN}
+        epoch = int(logged.pop("epoch"))
+        return {"epoch": epoch, "checkpoint": str(manager.path(step)), "metrics": logged}
+
+    out = {}
+    latest = manager.latest_step()
+    if latest is not None:
+        out["final"] = entry(latest)
+    best = manager.best_step() if ck["keep_best"] else None
+    if best is not None:
+        out["best"] = {**entry(best), "monitor": ck["monitor"]}
+    return out
+
+
+def _best_line(results: dict, monitor: str) -> str:
+    """One line telling the best checkpoint from the final model."""
+    best, final = results["best"], results.get("final", {})
+    value = best["metrics"].get(monitor, float("nan"))
+    if best["epoch"] == final.get("epoch"):
+        return f"best checkpoint: the final epoch {best['epoch']} ({monitor} {value:.4f})"
+    theirs = final.get("metrics", {}).get(monitor, float("nan"))
+    return (
+        f"best checkpoint: epoch {best['epoch']} ({monitor} {value:.4f}) in {best['checkpoint']}; "
+        f"the final model and the test metrics below are epoch {final.get('epoch')}'s "
+        f"({monitor} {theirs:.4f}); results.json has both (best, final)"
+    )
 
 
 def _fairness_source(cfg: dict) -> str:

@@ -194,10 +194,10 @@ def _layer_entry(path: str, entry: Any) -> tuple[str, dict]:
             args = {}
         if not isinstance(args, Mapping):
             raise ConfigError(
-                f"{path}.{name}: expected the layer's arguments as a mapping, {_got(args)}."
+                f"{_join(path, str(name))}: expected the layer's arguments as a mapping, {_got(args)}."
             )
         for key, value in args.items():
-            _check_int_sizes(f"{path}.{name}.{key}", value)
+            _check_int_sizes(_join(_join(path, str(name)), str(key)), value)
         return str(name), {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
     raise ConfigError(
         f"{path}: expected a layer name or a one-key mapping like {{Dense: {{units: 10}}}}, "

@@ -105,10 +105,24 @@ def call_child(key: str, child: Layer, params, state, inputs: tuple, rng, train:
     return outputs, new_state
 
 
+def renamed_error(key: str, child: Layer, err: FnnError) -> FnnError:
+    """``err`` re-worded with the child's unique name in this combinator when it starts
+    with the constructor name (the third Conv2D reports ``conv2d_2:``, not ``conv2d:``)."""
+    prefix, text = f"{child.name}:", str(err)
+    if key == child.name or not text.startswith(prefix):
+        return err
+    renamed = copy.copy(err)  # same class and attributes, new text
+    renamed.args = (f"{key}:{text[len(prefix) :]}",)
+    return renamed
+
+
 def _init_children(keys, layers, rng, inputs_per_child):
     params, state = {}, {}
     for key, child, child_rng, inputs in zip(keys, layers, rng, inputs_per_child, strict=True):
-        p, s = child.init(child_rng, *inputs)
+        try:
+            p, s = child.init(child_rng, *inputs)
+        except FnnError as err:
+            raise renamed_error(key, child, err) from None
         if p:
             params[key] = p
         if s:
@@ -121,22 +135,14 @@ def _apply_children(keys, layers, params, state, inputs_per_child, rng, train):
     outs, new_state = [], {}
     rngs = split_rng(rng, len(layers))
     for k, child, inputs, r in zip(keys, layers, inputs_per_child, rngs, strict=True):
-        out, s = call_child(k, child, params.get(k, {}), state.get(k, {}), inputs, r, train)
+        try:
+            out, s = call_child(k, child, params.get(k, {}), state.get(k, {}), inputs, r, train)
+        except FnnError as err:
+            raise renamed_error(k, child, err) from None
         outs.append(out)
         if s:
             new_state[k] = s
     return tuple(outs), new_state
-
-
-def _renamed(key: str, child: Layer, err: FnnError) -> FnnError:
-    """``err`` re-worded with the child's unique name in this combinator when it starts
-    with the constructor name (the third Conv2D reports ``conv2d_2:``, not ``conv2d:``)."""
-    prefix, text = f"{child.name}:", str(err)
-    if key == child.name or not text.startswith(prefix):
-        return err
-    renamed = copy.copy(err)  # same class and attributes, new text
-    renamed.args = (f"{key}:{text[len(prefix) :]}",)
-    return renamed
 
 
 @register_layer
@@ -155,7 +161,7 @@ def serial(*layers: Layer, name: str = "sequential") -> Layer:
                 p, s = child.init(child_key, *xs)
                 xs = as_inputs(output_shapes(child, p, s, *xs))
             except FnnError as err:
-                raise _renamed(k, child, err) from None
+                raise renamed_error(k, child, err) from None
             if p:
                 params[k] = p
             if s:
@@ -171,7 +177,7 @@ def serial(*layers: Layer, name: str = "sequential") -> Layer:
                     k, child, params.get(k, {}), state.get(k, {}), xs, child_rng, train
                 )
             except FnnError as err:
-                raise _renamed(k, child, err) from None
+                raise renamed_error(k, child, err) from None
             if s:
                 new_state[k] = s
             xs = as_inputs(out)

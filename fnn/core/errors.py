@@ -54,7 +54,8 @@ def unknown_name(kind: str, name: object, valid: Iterable[str]) -> ConfigError:
     """Error for an unknown string identifier, listing the valid ones."""
     valid = sorted(valid)
     return ConfigError(
-        f"unknown {kind} {name!r}.{closest(str(name), valid)} Valid {kind}s: {', '.join(valid)}."
+        f"unknown {kind} {bounded_repr(name)}.{closest(str(name)[:100], valid)} Valid {kind}s: "
+        f"{', '.join(valid)}."
     )
 
 

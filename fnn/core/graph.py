@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.core import eager
-from fnn.core.combinators import call_child, child_names, split_rng
-from fnn.core.errors import ConfigError, FnnError, ShapeError
+from fnn.core.combinators import call_child, child_names, renamed_error, split_rng
+from fnn.core.errors import MAX_REPR, ConfigError, FnnError, ShapeError
 from fnn.core.layer import KERAS_FACE, Layer, as_shape_struct, register_layer
 
 __all__ = ["Input", "Node", "Tensor", "functional", "is_symbolic"]
@@ -193,9 +193,36 @@ def _concrete(tree, sizes: tuple[int, int]) -> Any:
     return jax.tree.map(one, tree)
 
 
-def _describe(tree) -> str:
-    parts = [f"{t.name} {t.shape}" for t in jax.tree.leaves(tree) if isinstance(t, Tensor)]
-    return ", ".join(parts)
+def _call_names(layer: Layer, args: tuple, kwargs: dict) -> tuple[str, str]:
+    """The unique name ``layer`` gets in a model ending at this call (``conv2d_2`` for the
+    third Conv2D), and its inputs described by their layers' unique names. Only built for
+    an error message: it walks every node upstream of the call."""
+    inputs = [t for t in jax.tree.leaves((args, kwargs)) if isinstance(t, Tensor)]
+    sources: dict[int, Tensor] = {}
+    stack, seen = list(inputs), set()
+    while stack:
+        t = stack.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        if t.node is None:
+            sources[id(t)] = t
+        else:
+            stack.extend(t.node.inputs)
+    layers: list[Layer] = []
+    for node in _walk(inputs, list(sources.values())):
+        if not any(node.layer is known for known in layers):
+            layers.append(node.layer)
+    if not any(layer is known for known in layers):
+        layers.append(layer)
+    try:
+        keys = dict(zip(map(id, layers), child_names(layers, "functional")))
+    except ConfigError:  # duplicate explicit names: the model would refuse them anyway
+        keys = {id(known): known.name for known in layers}
+    parts = [
+        f"{keys[id(t.node.layer)] if t.node is not None else t.name} {t.shape}" for t in inputs
+    ]
+    return keys[id(layer)], ", ".join(parts)
 
 
 def infer(layer: Layer, args: tuple, kwargs: dict, training: bool | None) -> Any:
@@ -214,12 +241,18 @@ def infer(layer: Layer, args: tuple, kwargs: dict, training: bool | None) -> Any
                 c_kwargs,
             )
         except FnnError as err:
-            raise type(err)(f"{layer.name}: called on {_describe(args)}: {err}") from None
+            key, described = _call_names(layer, args, kwargs)
+            text = str(err)
+            text = (
+                text[len(layer.name) + 1 :].lstrip() if text.startswith(f"{layer.name}:") else text
+            )
+            raise type(err)(f"{key}: called on {described}: {text}") from None
         except (TypeError, ValueError) as err:
+            key, described = _call_names(layer, args, kwargs)
             text = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ShapeError(
-                f"{layer.name}: called on {_describe(args)}, it failed while inferring its "
-                f"output shape: {text}"
+                f"{key}: called on {described}, it failed while inferring its "
+                f"output shape: {text[:MAX_REPR]}"
             ) from None
         traces.append(out)
     first, second = traces
@@ -561,19 +594,22 @@ def Functional(
         layer_keys = dict(zip(keys, jax.random.split(key, max(len(layers), 1))))
 
         def per_node(i, node, layer, k, args, kwargs):
-            if k not in params and k not in state and k in layer_keys:
-                p, s = layer.init(layer_keys.pop(k), *args)
-                if p:
-                    params[k] = p
-                if s:
-                    state[k] = s
-            out, _ = jax.eval_shape(
-                lambda p, s, a, kw: layer.apply(p, s, *a, rng=None, train=False, **kw),
-                params.get(k, {}),
-                state.get(k, {}),
-                as_shape_struct(args),
-                as_shape_struct(kwargs),
-            )
+            try:
+                if k not in params and k not in state and k in layer_keys:
+                    p, s = layer.init(layer_keys.pop(k), *args)
+                    if p:
+                        params[k] = p
+                    if s:
+                        state[k] = s
+                out, _ = jax.eval_shape(
+                    lambda p, s, a, kw: layer.apply(p, s, *a, rng=None, train=False, **kw),
+                    params.get(k, {}),
+                    state.get(k, {}),
+                    as_shape_struct(args),
+                    as_shape_struct(kwargs),
+                )
+            except FnnError as err:
+                raise renamed_error(k, layer, err) from None
             return out
 
         run(xs, per_node)
@@ -585,16 +621,19 @@ def Functional(
 
         def per_node(i, node, layer, k, args, kwargs):
             mode = train if node["training"] is None else node["training"]
-            out, s = call_child(
-                k,
-                layer,
-                params.get(k, {}),
-                new_state.get(k, {}),
-                tuple(args),
-                rngs[i],
-                mode,
-                **kwargs,
-            )
+            try:
+                out, s = call_child(
+                    k,
+                    layer,
+                    params.get(k, {}),
+                    new_state.get(k, {}),
+                    tuple(args),
+                    rngs[i],
+                    mode,
+                    **kwargs,
+                )
+            except FnnError as err:
+                raise renamed_error(k, layer, err) from None
             if s:
                 new_state[k] = s
             return out

@@ -45,7 +45,14 @@ def join_path(path: str, key: str | int) -> str:
     """``path`` extended by a mapping key (``a.b``) or a list index (``a[0]``)."""
     if isinstance(key, int):
         return f"{path}[{key}]"
-    return f"{path}.{key}" if path else str(key)
+    key = str(key)
+    if len(key) > _MAX_KEY or not key.isprintable():  # a YAML key can be any text
+        key = bounded_repr(key, _MAX_KEY)
+    return f"{path}.{key}" if path else key
+
+
+# At most this many characters of one key in a key path.
+_MAX_KEY = 60
 
 
 def describe(value: Any) -> str:
@@ -212,8 +219,9 @@ def build(
         raise ConfigError(
             _at(
                 path,
-                f"unknown layer {class_name!r}.{closest(str(class_name), valid)} Registered "
-                f"layers: {', '.join(valid)}. Custom layers must be registered with "
+                f"unknown layer {bounded_repr(class_name)}."
+                f"{closest(str(class_name)[:100], valid)} Registered layers: "
+                f"{', '.join(valid)}. Custom layers must be registered with "
                 "@fnn.register_layer before they are built or loaded.",
             )
         )

@@ -21,6 +21,7 @@ from fnn.distributed.runtime import (
     EXIT_CODE,
     DistributedConfig,
     DistributedError,
+    detected_cluster,
     global_batch,
     initialize,
     is_primary,
@@ -37,6 +38,7 @@ from fnn.distributed.sharding import (
     per_device_bytes,
     resolve_rules,
     sharding_table,
+    state_shardings,
 )
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "Distribution",
     "batch_mesh",
     "data_parallel",
+    "detected_cluster",
     "global_batch",
     "initialize",
     "is_primary",
@@ -68,5 +71,6 @@ __all__ = [
     "resolve_rules",
     "shard_batch",
     "sharding_table",
+    "state_shardings",
     "unreplicate",
 ]

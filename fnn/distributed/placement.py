@@ -355,12 +355,7 @@ class DataParallelStep:
         treedef = jax.tree.structure(train_state)
         if self._shardings is not None and self._shardings[0] == treedef:
             return self._shardings[1]
-        params = getattr(train_state, "params", None)
-        if params is None and isinstance(train_state, dict):
-            params = train_state.get("params")
-        params = train_state if params is None else params
-        param_shardings = sharding_lib.resolve_rules(self.rules, params, self.mesh)
-        tree = sharding_lib.follow_params(train_state, params, param_shardings, self.state_sharding)
+        tree = sharding_lib.state_shardings(train_state, self.rules, self.mesh)
         self._shardings = (treedef, tree)
         return tree
 
@@ -382,7 +377,7 @@ class DataParallelStep:
                 if self._donate:
                     train_state = jax.tree.map(jnp.copy, train_state)
                 return jax.device_put(train_state, shardings)
-            return jax.tree.map(_global_replicated, train_state, shardings)
+            return jax.tree.map(self._global_placed, train_state, shardings)
         if self.method == "pmap":
             return _replicate(train_state, self.state_sharding)
         if not self._multi_process:
@@ -391,6 +386,13 @@ class DataParallelStep:
                 train_state = jax.tree.map(jnp.copy, train_state)
             return jax.device_put(train_state, self.state_sharding)
         return jax.tree.map(lambda x: _global_replicated(x, self.state_sharding), train_state)
+
+    def _global_placed(self, x, sharding):
+        # A leaf already placed by its rule (e.g. built by init_state across processes)
+        # stays where it is: a host round trip would need all of its shards on each host.
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+            return jnp.copy(x) if self._donate else x
+        return _global_replicated(x, sharding)
 
     def get_state(self, train_state: PyTree) -> PyTree:
         """The single-copy train state back from a placed one (on this process's first device).

@@ -17,7 +17,8 @@ Failures end within a bounded time with one line on stderr naming the cause: a p
 that never joins (``timeout_s``), processes that disagree on the process count (a
 :class:`DistributedError` on each), and a peer that dies or stops mid-run
 (``heartbeat_timeout_s``: a watchdog thread prints the reason and exits the process with
-:data:`EXIT_CODE` before JAX's own, later, C++ abort).
+:data:`EXIT_CODE` before JAX's own, later, C++ abort), process 0 included, inside a
+collective or not, killed or leaving early with ``sys.exit``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import atexit
 import contextlib
 import math
 import os
+import re
 import socket
 import sys
 import threading
@@ -43,6 +45,7 @@ __all__ = [
     "EXIT_CODE",
     "DistributedConfig",
     "DistributedError",
+    "detected_cluster",
     "global_batch",
     "initialize",
     "is_primary",
@@ -231,6 +234,45 @@ def resolve_config(
     )
 
 
+def _count(environ: Mapping[str, str], name: str) -> int:
+    try:
+        return int(environ.get(name, ""))
+    except ValueError:
+        return 0
+
+
+def detected_cluster(environ: Mapping[str, str] | None = None) -> str | None:
+    """The multi-process launcher that started this process, from its environment alone
+    (no network query, no import): ``"slurm"`` (``srun`` with more than one task),
+    ``"ompi"`` (``mpirun`` with more than one rank), ``"k8s"`` (a pod of an indexed
+    Kubernetes Job, with the ``kubernetes`` package installed), ``"tpu"`` (a Cloud TPU
+    slice that lists several workers); ``None`` for a plain run. The variables are the
+    ones JAX's cluster detection reads, so :func:`initialize` with no arguments then
+    finds the same set-up.
+
+    >>> detected_cluster({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]",
+    ...                   "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"})
+    'slurm'
+    >>> detected_cluster({"SLURM_JOB_ID": "7"}) is None  # salloc, or sbatch without srun
+    True
+    """
+    environ = os.environ if environ is None else environ
+    slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
+    if all(v in environ for v in slurm) and _count(environ, "SLURM_NTASKS") > 1:
+        return "slurm"
+    if "OMPI_MCA_orte_hnp_uri" in environ and _count(environ, "OMPI_COMM_WORLD_SIZE") > 1:
+        return "ompi"
+    if "KUBERNETES_SERVICE_HOST" in environ and "JOB_COMPLETION_INDEX" in environ:
+        import importlib.util
+
+        if importlib.util.find_spec("kubernetes") is not None:
+            return "k8s"
+    workers = _first(environ, "TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES")
+    if workers is not None and len(workers[1].split(",")) > 1:
+        return "tpu"
+    return None
+
+
 def _stop(reason: str) -> None:
     """Print one line and end the process now (from any thread).
 
@@ -301,8 +343,12 @@ def initialize(
     :class:`DistributedError`. On CPU the cross-process collectives use gloo unless
     ``jax_cpu_collectives_implementation`` says otherwise. Calling it again with the same
     set-up does nothing; a different process count raises :class:`DistributedError`.
-    A coordinator (process 0) that dies mid-run still makes JAX abort its peers at once
-    (JAX 0.10 offers no hook for that error).
+    Process 0 starts the coordination service as a child process of its own, so a
+    killed process 0 is one more silent peer (JAX would otherwise abort every peer in
+    C++ at once). A process that leaves (``sys.exit``) while its peers still run: they
+    stop ``heartbeat_timeout_s`` later, and it does not wait in JAX's shutdown barrier;
+    both then exit with :data:`EXIT_CODE`. A collective that fails because a peer is gone
+    prints gloo's reason as one line instead of its traceback.
     """
     cfg = resolve_config(
         coordinator_address,
@@ -349,15 +395,16 @@ def initialize(
     timer.start()
     try:
         try:
-            jax.distributed.initialize(
-                cfg.coordinator_address,
-                cfg.num_processes,
-                cfg.process_id,
-                list(cfg.local_device_ids) if cfg.local_device_ids is not None else None,
-                cluster_detection_method=cluster_detection_method,
-                initialization_timeout=math.ceil(left) + _JAX_MARGIN_S,
-                heartbeat_timeout_seconds=_jax_heartbeat_s(cfg.heartbeat_timeout_s),
-            )
+            with _service_in_own_process():
+                jax.distributed.initialize(
+                    cfg.coordinator_address,
+                    cfg.num_processes,
+                    cfg.process_id,
+                    list(cfg.local_device_ids) if cfg.local_device_ids is not None else None,
+                    cluster_detection_method=cluster_detection_method,
+                    initialization_timeout=math.ceil(left) + _JAX_MARGIN_S,
+                    heartbeat_timeout_seconds=_jax_heartbeat_s(cfg.heartbeat_timeout_s),
+                )
         except (ValueError, RuntimeError, TypeError) as err:
             raise DistributedError(
                 f"fnn.distributed.initialize: JAX could not set up {who}: "
@@ -370,6 +417,90 @@ def initialize(
         timer.cancel()
     if watchdog:
         _start_watchdog(cfg.heartbeat_timeout_s)
+
+
+# The coordination service, run in a process of its own. Hosted inside process 0 (JAX's
+# way) it dies with process 0, and every peer's JAX client then aborts the peer in C++ at
+# once (an absl stack trace and SIGABRT; JAX 0.10 offers no hook for that error). Outside
+# it, a killed process 0 is one more silent peer: each watchdog stops its process with one
+# line, and the service outlives process 0 by JAX's own heartbeat deadline so that the
+# watchdogs speak first. It ends at once when process 0 shuts JAX down normally.
+_SERVICE_SCRIPT = """
+import sys, time
+from jaxlib import _jax
+address, n, heartbeat, shutdown, linger = sys.argv[1:6]
+service = _jax.get_distributed_runtime_service(
+    address, int(n), heartbeat_timeout=int(heartbeat), shutdown_timeout=int(shutdown))
+print("ready", flush=True)
+if sys.stdin.readline().strip() != "done":  # end of input: process 0 is gone
+    time.sleep(float(linger))
+service.shutdown()
+"""
+_SERVICE_START_S = 60.0
+
+
+class _ServiceProcess:
+    """Stands for JAX's ``DistributedRuntimeService`` object: the service in a child
+    process, shut down (as JAX does at exit, after every client's shutdown barrier) by
+    telling the child ``done``."""
+
+    def __init__(self, address: str, num_nodes: int, heartbeat_s: int, shutdown_s: int):
+        import select
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVICE_SCRIPT, address, str(num_nodes), str(heartbeat_s),
+             str(shutdown_s), str(heartbeat_s)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            # Not process 0's stderr: a lingering service would hold its pipe open.
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )  # fmt: skip
+        ready, _, _ = select.select([self.proc.stdout], [], [], _SERVICE_START_S)
+        line = self.proc.stdout.readline() if ready else ""
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(
+                f"the coordination service did not start on {address} within "
+                f"{_SERVICE_START_S:g} s (port in use?)."
+            )
+
+    def shutdown(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.write("done\n")
+            self.proc.stdin.close()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def _service_in_own_process():
+    """While ``jax.distributed.initialize`` runs, its service factory starts
+    :class:`_ServiceProcess` instead (a JAX whose factory differs keeps its own)."""
+    from jax._src import distributed as jax_distributed
+
+    real = jax_distributed._jax
+    factory = real.get_distributed_runtime_service
+
+    class _Jax:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        @staticmethod
+        def get_distributed_runtime_service(
+            address, num_nodes, heartbeat_timeout=100, shutdown_timeout=300, **rest
+        ):
+            if any(rest.values()):  # recoverable=True, ...: JAX's own service
+                return factory(address, num_nodes, heartbeat_timeout=heartbeat_timeout,
+                               shutdown_timeout=shutdown_timeout, **rest)  # fmt: skip
+            return _ServiceProcess(address, num_nodes, heartbeat_timeout, shutdown_timeout)
+
+    jax_distributed._jax = _Jax()
+    try:
+        yield
+    finally:
+        jax_distributed._jax = real
 
 
 def _who(process_id: int | None, num_processes: int | None) -> str:
@@ -418,9 +549,14 @@ def _agree_on_process_count(timeout_s: float) -> None:
             )
 
 
+# A collective whose peer process is gone: gloo's words for a closed or reset connection.
+_PEER_GONE = re.compile(r"Gloo .*(Connection closed by peer|Connection reset|Broken pipe)")
+
+
 class _Watchdog:
     """Heartbeats through the coordinator's key-value store; stops the process when a peer
-    falls silent for ``timeout_s`` or reports an uncaught exception."""
+    falls silent for ``timeout_s``, reports an uncaught exception, or leaves (``exiting``)
+    while this process still runs for ``timeout_s``."""
 
     def __init__(self, timeout_s: float):
         state = _runtime_state()
@@ -433,27 +569,43 @@ class _Watchdog:
     def key(self, rank: int) -> str:
         return f"{_KV_PREFIX}/alive/{rank}"
 
+    def beats(self) -> dict[int, str]:
+        # One call reads every heartbeat: n calls a round for n processes, not n^2.
+        found = self.client.key_value_dir_get(f"{_KV_PREFIX}/alive/")
+        return {int(key.rsplit("/", 1)[-1]): value for key, value in found}
+
+    def value(self, beat: int) -> str:
+        if self.failed:
+            return f"failed {self.failed}"
+        return f"exiting {beat}" if self.exiting else str(beat)
+
     def run(self) -> None:
         beat = 0
         seen = {p: (None, time.monotonic()) for p in range(self.n) if p != self.rank}
+        left_at: dict[int, float] = {}  # peer -> when it was first seen exiting
         while True:
             beat += 1
-            value = f"failed {self.failed}" if self.failed else str(beat)
             try:
-                self.client.key_value_set(self.key(self.rank), value, allow_overwrite=True)
+                self.client.key_value_set(
+                    self.key(self.rank), self.value(beat), allow_overwrite=True
+                )
                 now = time.monotonic()
-                # One call reads every heartbeat: n calls a round for n processes, not n^2.
-                beats = {
-                    key.rsplit("/", 1)[-1]: v
-                    for key, v in self.client.key_value_dir_get(f"{_KV_PREFIX}/alive/")
-                }
+                beats = self.beats()
                 for peer, (last, since) in list(seen.items()):
-                    theirs = beats.get(str(peer))
+                    theirs = beats.get(peer)
                     if theirs is not None and theirs.startswith("failed"):
                         _stop(
                             f"process {peer} of {self.n} ended with an error "
                             f"({theirs[7:] or 'see its log'}); stopping process {self.rank}."
                         )
+                    if theirs is not None and theirs.startswith("exiting"):
+                        left_at.setdefault(peer, now)
+                        if not self.exiting and now - left_at[peer] > self.timeout_s:
+                            _stop(
+                                f"process {peer} of {self.n} exited (sys.exit, or its script "
+                                f"ended) {self.timeout_s:g} s ago while process {self.rank} "
+                                f"still runs; stopping process {self.rank}."
+                            )
                     if theirs != last:
                         seen[peer] = (theirs, now)
                     elif now - since > self.timeout_s:
@@ -475,9 +627,16 @@ class _Watchdog:
 
     def excepthook(self, previous):
         def hook(kind, value, tb):
-            self.failed = (
-                f"{kind.__name__}: {str(value).splitlines()[0][:120] if str(value) else ''}"
-            )
+            text = str(value).splitlines()[0] if str(value) else ""
+            self.failed = f"{kind.__name__}: {text[:120]}"
+            if _PEER_GONE.search(text):
+                # gloo's traceback says nothing more than its last line; say that line.
+                reason = re.sub(r"\[[^\]]*\.cc:\d+\] ", "", text).removeprefix("UNKNOWN: ")
+                sys.stderr.write(
+                    f"fnn.distributed: process {self.rank} of {self.n}: a collective failed, "
+                    f"a peer process is gone (killed or crashed?): {reason[:160]}; stopping.\n"
+                )
+                return
             previous(kind, value, tb)
 
         return hook
@@ -486,17 +645,42 @@ class _Watchdog:
         # Runs before JAX's own exit handler (atexit is last-in first-out), which then
         # waits for every peer in its shutdown barrier while the heartbeats go on.
         self.exiting = True
-        if not self.failed:
-            return
         with contextlib.suppress(Exception):  # best effort on the way out
-            self.client.key_value_set(
-                self.key(self.rank), f"failed {self.failed}", allow_overwrite=True
-            )
-        # The peers stop when they read this. JAX's shutdown would wait for them and then
-        # abort in C++ once they are gone, so leave now (the traceback is already printed);
-        # process 0 hosts the store, so it gives them time to read it first.
-        if self.rank == 0:
-            time.sleep(2 * self.interval_s + 0.5)
+            self.client.key_value_set(self.key(self.rank), self.value(0), allow_overwrite=True)
+        # Process 0 hosts the store the peers read; it stays a little longer so they read
+        # this process's last word first.
+        linger = 2 * self.interval_s + 0.5 if self.rank == 0 else 0.0
+        if self.failed:
+            # The peers stop when they read this. JAX's shutdown would wait for them and
+            # then abort in C++ once they are gone, so leave now (the traceback is printed).
+            time.sleep(linger)
+            self._leave()
+        # A normal end: every process leaves within timeout_s of the others. One still
+        # running then (blocked in a collective with this one?) stops on its own; so does
+        # this one, rather than wait in JAX's shutdown barrier (and abort there).
+        # (Waiting a little longer than the peers do lets them speak first.)
+        deadline = time.monotonic() + self.timeout_s + 2 * self.interval_s + 0.5 + linger
+        running: list[int] = []
+        while time.monotonic() < deadline:
+            try:
+                beats = self.beats()
+            except Exception:  # the store is gone: JAX's shutdown has nothing to wait for
+                return
+            running = [
+                p for p in range(self.n)
+                if p != self.rank and not beats.get(p, "").startswith(("exiting", "failed"))
+            ]  # fmt: skip
+            if not running:
+                return
+            time.sleep(self.interval_s)
+        sys.stderr.write(
+            f"fnn.distributed: process {self.rank} of {self.n} exits while process(es) "
+            f"{', '.join(map(str, running))} still run after {self.timeout_s:g} s; not waiting "
+            "for them.\n"
+        )
+        self._leave()
+
+    def _leave(self) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_CODE)

@@ -48,6 +48,7 @@ __all__ = [
     "per_device_bytes",
     "resolve_rules",
     "sharding_table",
+    "state_shardings",
 ]
 
 # The conventional axes: ``data`` (pure data parallel), ``fsdp`` (batch and parameters
@@ -247,6 +248,26 @@ def follow_params(tree: PyTree, params: PyTree, param_shardings: PyTree, replica
         return replicated
 
     return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def state_shardings(tree: PyTree, rules: Rules | None, mesh: Mesh) -> PyTree:
+    """A ``NamedSharding`` for every leaf of a train state ``tree`` (arrays or shapes).
+
+    The rules apply to ``tree.params`` (or ``tree["params"]``, or the whole tree when it
+    has neither); leaves that mirror a parameter (path suffix and shape, e.g. Adam's
+    ``mu``/``nu``) follow it; everything else is replicated over ``mesh``.
+
+    >>> mesh = make_mesh(jax.devices()[:1])
+    >>> tree = {"params": {"w": jax.ShapeDtypeStruct((4, 2), "float32")}, "step": 0}
+    >>> state_shardings(tree, {"w": ("fsdp",)}, mesh)["params"]["w"].spec
+    P('fsdp',)
+    """
+    params = getattr(tree, "params", None)
+    if params is None and isinstance(tree, dict):
+        params = tree.get("params")
+    params = tree if params is None else params
+    param_shardings = resolve_rules(rules, params, mesh)
+    return follow_params(tree, params, param_shardings, NamedSharding(mesh, P()))
 
 
 def per_device_bytes(tree: PyTree) -> int:

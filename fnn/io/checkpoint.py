@@ -23,10 +23,23 @@ containers come back as dicts, lists and tuples. Every problem with the files
 other than the saved ones. Version-1 checkpoints (written before the index checksum)
 are still read, with their index checked for consistency only.
 
-In multi-process runs every process calls ``save`` (arrays sharded across processes are
-gathered), only process 0 writes, and all wait for it. ``restore`` reads on every
-process and works on any device count; arrays whose target leaf carries a sharding are
-placed with it.
+**Sharded checkpoints** (format version 3). When a leaf is a ``jax.Array`` split over
+devices (FSDP or tensor-parallel params and their optimizer moments), nothing is gathered:
+each process writes the distinct shards its own devices hold (one copy of each, however
+often it is replicated) to ``shards_<process>.safetensors``, named
+``params/dense/kernel[0:4,0:8]``; process 0 writes the replicated leaves to
+``arrays.safetensors`` and the index, which records every shard's file and bounds and the
+size and SHA-256 of every shard file. All processes write into one hidden temporary
+directory that process 0 renames into place after every file is complete (so the
+processes must share the file system, as on any multi-host cluster). ``restore`` reads
+only the shard files the requested slices need and assembles any layout from them: onto
+another mesh or device count (``shardings=``, or target leaves that carry a sharding),
+onto one device, or to host arrays, with bit-identical values.
+
+In multi-process runs every process calls ``save`` and ``restore``; only process 0 writes
+the index and the replicated leaves, and all wait for it. Arrays whose target leaf
+carries a sharding (or that ``shardings`` names) are placed with it, each process
+building only its own devices' shards.
 
 >>> import tempfile, jax, jax.numpy as jnp, optax
 >>> from fnn import checkpoint
@@ -65,6 +78,7 @@ from fnn.core.pytree import describe_path, key_name, slash_path
 __all__ = [
     "ARRAYS_FILE",
     "INDEX_FILE",
+    "SHARDS_FILE",
     "CheckpointError",
     "CheckpointManager",
     "check_directory_path",
@@ -76,10 +90,16 @@ __all__ = [
 
 FORMAT = "fnn.checkpoint"
 VERSION = 2
+# Checkpoints with device-sharded leaves; unsharded ones stay version 2, which older fnn
+# reads.
+SHARDED_VERSION = 3
 # Versions this module reads; 1 has no index checksum.
-_READABLE_VERSIONS = (1, 2)
+_READABLE_VERSIONS = (1, 2, 3)
 ARRAYS_FILE = "arrays.safetensors"
 INDEX_FILE = "checkpoint.json"
+# The shards one process writes, by process index.
+SHARDS_FILE = "shards_{:05d}.safetensors"
+_SHARDS_FILE_RE = re.compile(r"^shards_\d{5}\.safetensors$")
 
 # safetensors dtype codes this module reads back (numpy's own safetensors loader lacks BF16).
 _ST_DTYPES = {
@@ -248,10 +268,38 @@ def _hook(stage: str, path: Path) -> None:
 
 def _host_array(x: Any) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        x = multihost_utils.process_allgather(x, tiled=True)
+        x = x.addressable_data(0)  # replicated (sharded leaves go to the shard files)
     return np.asarray(x, order="C")  # (ascontiguousarray would turn scalars into shape (1,))
+
+
+def _is_sharded(x: Any) -> bool:
+    return isinstance(x, jax.Array) and not x.is_fully_replicated
+
+
+def _shard_records(data: jax.Array, name: str, owned: dict[str, np.ndarray]) -> list[dict]:
+    """Every distinct shard of ``data`` as ``{"file", "tensor", "start", "stop"}``, the first
+    device holding it (in the sharding's device order, the same on every process) being
+    its owner; this process's owned shards are added to ``owned``."""
+    shape = tuple(data.shape)
+    local = {shard.device: shard for shard in data.addressable_shards}
+    records, seen = [], set()
+    for device, index in data.sharding.devices_indices_map(shape).items():
+        bounds = tuple(sl.indices(n)[:2] for sl, n in zip(index, shape, strict=True))
+        if bounds in seen:
+            continue
+        seen.add(bounds)
+        tensor = f"{name}[{','.join(f'{a}:{b}' for a, b in bounds)}]"
+        records.append(
+            {
+                "file": SHARDS_FILE.format(device.process_index),
+                "tensor": tensor,
+                "start": [a for a, _ in bounds],
+                "stop": [b for _, b in bounds],
+            }
+        )
+        if device.process_index == jax.process_index():
+            owned[tensor] = np.asarray(local[device].data, order="C")
+    return records
 
 
 def _sync(name: str) -> None:
@@ -329,24 +377,30 @@ def save(
     ``metadata`` (JSON-serializable: epoch, config, ...) and ``metrics`` are stored in
     ``checkpoint.json`` and read back by :func:`read_info`. An existing ``directory``
     raises ``CheckpointError`` unless ``overwrite=True`` (the old one is swapped out only
-    after the new one is complete). Call it on every process; only process 0 writes.
+    after the new one is complete). Call it on every process. Arrays split over devices
+    are written shard by shard, each process writing only the shards its devices hold
+    (format version 3, see the module docstring); everything else process 0 writes.
     """
     directory = Path(directory)
     structure, leaves = _encode(tree)
     names = _tensor_names([p for p, _ in leaves])
-    records, tensors = [], {}
+    records, tensors, owned, sharded = [], {}, {}, False
     for (path, value), name in zip(leaves, names, strict=True):
         info = {"path": jax.tree_util.keystr(path), **_leaf_info(value, describe_path(path))}
         if info["kind"] == "python":
             info["value"] = value
         else:
             data = jax.random.key_data(value) if info["kind"] == "key" else value
-            tensors[name] = _host_array(data)
-            info["tensor"] = name
+            if _is_sharded(data):
+                info["shards"] = _shard_records(data, name, owned)
+                sharded = True
+            else:
+                tensors[name] = _host_array(data)
+                info["tensor"] = name
         records.append(info)
     index = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": SHARDED_VERSION if sharded else VERSION,
         "structure": structure,
         "leaves": records,
         "metadata": dict(metadata or {}),
@@ -357,21 +411,86 @@ def save(
         json.dumps(index, default=_json_default)  # fail before writing anything
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"cannot save metadata of {directory}: {err}") from None
-    if jax.process_index() == 0:
+    if sharded:
+        _write_sharded(directory, index, tensors, owned, overwrite)
+    elif jax.process_index() == 0:
         _write_atomic(directory, index, tensors, overwrite)
     _sync(f"fnn.checkpoint.save:{directory}")
     return directory
 
 
-def _write_atomic(directory: Path, index: dict, tensors: dict, overwrite: bool) -> None:
+def _write_sharded(
+    directory: Path, index: dict, tensors: dict, owned: dict, overwrite: bool
+) -> None:
+    """Each process writes its shard file into one shared temporary directory; process 0
+    adds the replicated leaves and the index (with every shard file's size and SHA-256,
+    gathered from the processes) and renames the directory into place."""
+    pid = jax.process_index()
+    # Every process checks (they share the file system), so all raise together.
+    if directory.exists() and not overwrite:
+        raise CheckpointError(f"{directory} already exists; pass overwrite=True to replace it.")
+    _check_replaceable(directory)
+    tmp = directory.parent / f".{directory.name}.tmp-{_shared_token()}"
+    if pid == 0:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    _sync(f"fnn.checkpoint.mkdir:{directory}")
+    try:
+        data = safetensors.numpy.save(owned, metadata={"format": FORMAT})
+        _write_file(tmp / SHARDS_FILE.format(pid), data)
+        _hook("shards_written", tmp)
+        files = {
+            SHARDS_FILE.format(i): {"bytes": size, "sha256": digest}
+            for i, (size, digest) in enumerate(_all_digests(len(data), _sha256(data)))
+        }
+    except BaseException:
+        if jax.process_count() == 1:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if pid == 0:
+        _write_atomic(directory, {**index, "shard_files": files}, tensors, overwrite, tmp=tmp)
+
+
+def _shared_token() -> str:
+    """A random name part, the same on every process (process 0's)."""
+    token = np.frombuffer(uuid.uuid4().bytes[:4], np.uint8).astype(np.int32)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        token = multihost_utils.broadcast_one_to_all(token)
+    return bytes(int(v) for v in np.asarray(token)).hex()
+
+
+def _all_digests(size: int, digest: str) -> list[tuple[int, str]]:
+    """``(bytes, sha256)`` of every process's shard file, by process index."""
+    # As int32 bytes: collectives without x64 would truncate a 64-bit size.
+    row = np.array([*bytes.fromhex(digest), *size.to_bytes(8, "little")], np.int32)
+    rows = [row]
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        rows = list(np.asarray(multihost_utils.process_allgather(row)))
+    out = []
+    for r in rows:
+        raw = bytes(int(v) for v in r)
+        out.append((int.from_bytes(raw[32:], "little"), raw[:32].hex()))
+    return out
+
+
+def _write_atomic(
+    directory: Path, index: dict, tensors: dict, overwrite: bool, *, tmp: Path | None = None
+) -> None:
+    """Write ``tensors`` and ``index`` into ``tmp`` (a new hidden directory unless given,
+    e.g. already holding shard files), then rename it to ``directory``."""
     if directory.exists() and not overwrite:
         raise CheckpointError(f"{directory} already exists; pass overwrite=True to replace it.")
     _check_replaceable(directory)
     parent = directory.parent
     parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
-    tmp = parent / f".{directory.name}.tmp-{token}"
-    tmp.mkdir()
+    if tmp is None:
+        tmp = parent / f".{directory.name}.tmp-{token}"
+        tmp.mkdir()
     try:
         data = safetensors.numpy.save(tensors, metadata={"format": FORMAT})
         _write_file(tmp / ARRAYS_FILE, data)
@@ -522,6 +641,18 @@ def _validate_index(index: dict, version: int) -> None:
         raise CheckpointError("'metrics' is not a mapping of numbers.")
     if type(index["arrays_bytes"]) is not int or not isinstance(index["arrays_sha256"], str):
         raise CheckpointError("'arrays_bytes'/'arrays_sha256' have the wrong types.")
+    files = index.get("shard_files", {})
+    if version < SHARDED_VERSION and "shard_files" in index:
+        raise CheckpointError(f"'shard_files' in a version-{version} index.")
+    if not isinstance(files, dict) or not all(
+        isinstance(name, str)
+        and _SHARDS_FILE_RE.match(name)  # a plain name in the directory, never a path
+        and isinstance(f, dict)
+        and type(f.get("bytes")) is int
+        and isinstance(f.get("sha256"), str)
+        for name, f in files.items()
+    ):
+        raise CheckpointError("'shard_files' is malformed.")
     paths: dict[int, str] = {}
 
     def walk(node: Any, path: tuple) -> None:
@@ -564,7 +695,7 @@ def _validate_index(index: dict, version: int) -> None:
         raise CheckpointError(
             f"the structure references {len(paths)} leaves, the leaf list has {len(leaves)}."
         )
-    tensors = set()
+    tensors, shard_tensors = set(), set()
     for i, record in enumerate(leaves):
         where = _short(record.get("path"))
         if record.get("path") != paths[i]:
@@ -582,9 +713,14 @@ def _validate_index(index: dict, version: int) -> None:
         shape, name = record.get("shape"), record.get("tensor")
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise CheckpointError(f"leaf {where} has a malformed shape {_short(shape)}.")
-        if not isinstance(name, str) or name in tensors:
-            raise CheckpointError(f"leaf {where} has a missing or repeated tensor name.")
-        tensors.add(name)
+        if "shards" in record:
+            if version < SHARDED_VERSION or "tensor" in record:
+                raise CheckpointError(f"leaf {where} has unexpected shards.")
+            _validate_shards(record["shards"], shape, files, shard_tensors, where)
+        else:
+            if not isinstance(name, str) or name in tensors:
+                raise CheckpointError(f"leaf {where} has a missing or repeated tensor name.")
+            tensors.add(name)
         dtype = record.get("dtype")
         if kind == "array" and not any(np.dtype(t).name == dtype for t in _ST_DTYPES.values()):
             raise CheckpointError(f"leaf {where} has unsupported dtype {_short(dtype)}.")
@@ -595,18 +731,53 @@ def _validate_index(index: dict, version: int) -> None:
             raise CheckpointError(f"PRNG key leaf {where} is malformed.")
 
 
+def _validate_shards(shards: Any, shape: list, files: dict, seen: set, where: str) -> None:
+    """Each shard names a listed file, a fresh tensor and in-bounds ``start``/``stop``, and
+    the shards tile ``shape`` exactly (no gap, no overlap)."""
+    if not isinstance(shards, list) or not shards:
+        raise CheckpointError(f"leaf {where} has a malformed shard list.")
+    boxes = []
+    for shard in shards:
+        ok = isinstance(shard, dict) and shard.get("file") in files
+        ok = ok and isinstance(shard.get("tensor"), str)
+        start, stop = (shard.get("start"), shard.get("stop")) if ok else (None, None)
+        ok = ok and all(
+            isinstance(b, list) and len(b) == len(shape) and all(type(v) is int for v in b)
+            for b in (start, stop)
+        )
+        ok = ok and all(0 <= a <= b <= n for a, b, n in zip(start, stop, shape, strict=True))
+        if not ok or (shard["file"], shard["tensor"]) in seen:
+            raise CheckpointError(f"a shard of {where} is malformed: {_short(shard)}.")
+        seen.add((shard["file"], shard["tensor"]))
+        boxes.append((start, stop))
+    volume = sum(math.prod(b - a for a, b in zip(*box, strict=True)) for box in boxes)
+    overlap = any(
+        all(max(a0, a1) < min(b0, b1) for a0, b0, a1, b1 in zip(*boxes[i], *boxes[j], strict=True))
+        for i in range(len(boxes))
+        for j in range(i)
+    )
+    if overlap or volume != math.prod(shape):
+        raise CheckpointError(f"the shards of {where} do not tile its shape {tuple(shape)}.")
+
+
 def _read_arrays(directory: Path, index: dict, verify: bool) -> dict[str, np.ndarray]:
-    path = directory / ARRAYS_FILE
+    return _read_tensors(
+        directory / ARRAYS_FILE, index["arrays_bytes"], index["arrays_sha256"], verify
+    )
+
+
+def _read_tensors(path: Path, size: int, digest: str, verify: bool) -> dict[str, np.ndarray]:
+    """The tensors of one safetensors file after checking its size (and SHA-256)."""
     try:
         data = path.read_bytes()
     except OSError as err:
         raise CheckpointError(f"cannot read {path}: {err}") from None
-    if len(data) != index["arrays_bytes"]:
+    if len(data) != size:
         raise CheckpointError(
             f"{path} is truncated or corrupted: {len(data)} bytes, expected "
-            f"{index['arrays_bytes']}; restore an earlier checkpoint."
+            f"{size}; restore an earlier checkpoint."
         )
-    if verify and _sha256(data) != index["arrays_sha256"]:
+    if verify and _sha256(data) != digest:
         raise CheckpointError(
             f"{path} is corrupted: its SHA-256 does not match {INDEX_FILE}; restore an earlier "
             "checkpoint."
@@ -622,15 +793,21 @@ def _read_arrays(directory: Path, index: dict, verify: bool) -> dict[str, np.nda
     return arrays
 
 
-def _load_leaf(info: dict, arrays: dict, directory: Path) -> Any:
+def _load_leaf(info: dict, arrays: dict, directory: Path, shard_files: _ShardFiles) -> Any:
     if info["kind"] == "python":
         return info["value"]
+    if "shards" in info:
+        return _ShardedLeaf(info, shard_files)
     name = info.get("tensor")
     if name not in arrays:
         raise CheckpointError(
             f"{directory / ARRAYS_FILE} is corrupted: tensor {name!r} for {info['path']} missing."
         )
-    raw = arrays[name]
+    return _from_raw(info, arrays[name], directory / ARRAYS_FILE)
+
+
+def _from_raw(info: dict, raw: np.ndarray, file: Path) -> Any:
+    """A stored tensor as the saved leaf: PRNG keys rewrapped, the dtype and shape checked."""
     if info["kind"] == "key":
         impl = info["impl"]
         try:
@@ -642,32 +819,121 @@ def _load_leaf(info: dict, arrays: dict, directory: Path) -> Any:
     array = raw.view(np.dtype(info["dtype"])) if raw.dtype.name != info["dtype"] else raw
     if list(array.shape) != info["shape"]:
         raise CheckpointError(
-            f"{directory / ARRAYS_FILE} is corrupted: {info['path']} has shape "
+            f"{file} is corrupted: {info['path']} has shape "
             f"{tuple(array.shape)}, index says {tuple(info['shape'])}."
         )
     return array
 
 
-def restore(directory: str | os.PathLike, target: Any = None, *, verify: bool = True) -> Any:
+class _ShardFiles:
+    """The shard files of one checkpoint, each read (and checked) on first use."""
+
+    def __init__(self, directory: Path, files: dict, verify: bool):
+        self.directory, self.files, self.verify, self.loaded = directory, files, verify, {}
+
+    def tensor(self, shard: dict, path: str) -> np.ndarray:
+        name = shard["file"]
+        if name not in self.loaded:
+            f = self.files[name]
+            self.loaded[name] = _read_tensors(
+                self.directory / name, f["bytes"], f["sha256"], self.verify
+            )
+        data = self.loaded[name].get(shard["tensor"])
+        want = [b - a for a, b in zip(shard["start"], shard["stop"], strict=True)]
+        if data is None or list(data.shape) != want:
+            found = "missing" if data is None else f"of shape {tuple(data.shape)}"
+            raise CheckpointError(
+                f"{self.directory / name} is corrupted: shard {shard['tensor']!r} of {path} is "
+                f"{found}, the index says shape {tuple(want)}; restore an earlier checkpoint."
+            )
+        return data
+
+
+class _ShardedLeaf:
+    """A sharded leaf on disk: any slice of it is assembled from the shards it overlaps,
+    reading only their files."""
+
+    def __init__(self, info: dict, files: _ShardFiles):
+        self.info, self.files = info, files
+        self.shape = tuple(info["shape"])
+
+    def region(self, index: tuple = ()) -> np.ndarray:
+        """The stored values of ``x[index]`` (a tuple of slices, as a sharding gives)."""
+        index = tuple(index) + (slice(None),) * (len(self.shape) - len(index))
+        bounds = [sl.indices(n)[:2] for sl, n in zip(index, self.shape, strict=True)]
+        out = None
+        for shard in self.info["shards"]:
+            lo = [max(a, s) for (a, _), s in zip(bounds, shard["start"], strict=True)]
+            hi = [min(b, e) for (_, b), e in zip(bounds, shard["stop"], strict=True)]
+            if any(low >= high for low, high in zip(lo, hi, strict=True)):
+                continue
+            data = self.files.tensor(shard, self.info["path"])
+            if out is None:
+                out = np.empty([b - a for a, b in bounds], data.dtype)
+            into = tuple(slice(low - a, high - a) for low, high, (a, _) in zip(lo, hi, bounds))
+            take = tuple(slice(low - s, high - s) for low, high, s in zip(lo, hi, shard["start"]))
+            out[into] = data[take]
+        if out is None:  # an empty slice
+            dtype = np.uint32 if self.info["kind"] == "key" else np.dtype(self.info["dtype"])
+            out = np.empty([b - a for a, b in bounds], dtype)
+        if self.info["kind"] == "array" and out.dtype.name != self.info["dtype"]:
+            out = out.view(np.dtype(self.info["dtype"]))
+        return out
+
+    def whole(self) -> Any:
+        """The whole leaf on the host (PRNG keys rewrapped)."""
+        file = self.files.directory / self.info["shards"][0]["file"]
+        return _from_raw({**self.info, "shape": list(self.shape)}, self.region(), file)
+
+
+def _whole(value: Any) -> Any:
+    return value.whole() if isinstance(value, _ShardedLeaf) else value
+
+
+def restore(
+    directory: str | os.PathLike,
+    target: Any = None,
+    *,
+    verify: bool = True,
+    shardings: Any = None,
+) -> Any:
     """Load the tree saved in ``directory``.
 
     ``target`` (arrays, ``jax.ShapeDtypeStruct`` or Python scalars, e.g. from
     ``jax.eval_shape``) fixes the structure and types; a mismatch in structure, shape, dtype
     or PRNG implementation raises ``CheckpointError`` naming every mismatched path.
     Without ``target``, NamedTuples/dataclasses come back as dicts keyed by field name.
-    ``verify`` checks the SHA-256 of the arrays file.
+    ``verify`` checks the SHA-256 of the arrays file and of each shard file read.
+
+    Placement (any mesh or device count, whatever the saving one was): ``shardings`` is a
+    tree like ``target`` of ``jax.sharding.Sharding``, one ``Sharding`` for every array,
+    or a ``fnn.distributed.Distribution`` (mesh + rules, resolved on ``target`` as
+    training places a state). Without it, target leaves that carry a ``.sharding``
+    (placed arrays, ``ShapeDtypeStruct(..., sharding=...)``) are placed with it, others
+    land on the default device. Each process builds only its own devices' shards.
     """
     index = read_info(directory)
     directory = Path(index["directory"])
     arrays = _read_arrays(directory, index, verify)
+    shard_files = _ShardFiles(directory, index.get("shard_files", {}), verify)
     try:
-        values = [_load_leaf(info, arrays, directory) for info in index["leaves"]]
+        values = [_load_leaf(info, arrays, directory, shard_files) for info in index["leaves"]]
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
         raise CheckpointError(f"{directory / INDEX_FILE} is corrupted: {_short(err)}") from None
+    if target is None and shardings is not None:
+        if not isinstance(shardings, jax.sharding.Sharding):
+            raise ConfigError(
+                "checkpoint.restore: shardings other than one Sharding for every array need "
+                f"a target tree to follow, got shardings={_short(shardings)} and no target."
+            )
+        leaves = [_to_target(v, None, shardings) for v in values]
+        return _decode_plain(index["structure"], leaves)
     if target is None:
-        leaves = [v if isinstance(v, bool | int | float | str) else jnp.asarray(v) for v in values]
+        leaves = [
+            v if isinstance(v, bool | int | float | str) else jnp.asarray(_whole(v)) for v in values
+        ]
         return _decode_plain(index["structure"], leaves)
     target_structure, target_leaves = _encode(target)
     problems: list[str] = []
@@ -683,8 +949,32 @@ def restore(directory: str | os.PathLike, target: Any = None, *, verify: bool = 
             f"mismatch{'es' if len(problems) > 1 else ''}):\n  {shown}"
         )
     by_path = {info["path"]: value for info, value in zip(index["leaves"], values, strict=True)}
-    out = [_to_target(by_path[jax.tree_util.keystr(path)], leaf) for path, leaf in target_leaves]
+    placements = _target_shardings(target, shardings)
+    out = [
+        _to_target(by_path[jax.tree_util.keystr(path)], leaf, sharding)
+        for (path, leaf), sharding in zip(target_leaves, placements, strict=True)
+    ]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), out)
+
+
+def _target_shardings(target: Any, shardings: Any) -> list:
+    """One sharding (or ``None``: the target leaf's own, if any) per leaf of ``target``."""
+    treedef = jax.tree_util.tree_structure(target)
+    if shardings is None:
+        return [None] * treedef.num_leaves
+    if isinstance(shardings, jax.sharding.Sharding):
+        return [shardings] * treedef.num_leaves
+    from fnn.distributed.sharding import Distribution, state_shardings
+
+    if isinstance(shardings, Distribution):
+        shardings = state_shardings(target, dict(shardings.rules), shardings.mesh)
+    try:
+        return treedef.flatten_up_to(shardings)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(
+            f"checkpoint.restore: expected shardings with the target's structure (a tree of "
+            f"jax.sharding.Sharding), one Sharding or a Distribution: {_short(err)}"
+        ) from None
 
 
 def _describe(info: dict) -> str:
@@ -736,20 +1026,30 @@ def _diff(saved, saved_leaves, target, target_leaves, path, problems) -> None:
             problems.append(f"{describe_path(child_path)}: in the checkpoint but not in the target")
 
 
-def _to_target(value: Any, like: Any) -> Any:
-    if isinstance(like, bool | int | float | str):
-        return type(like)(value)
+def _to_target(value: Any, like: Any, sharding: Any = None) -> Any:
+    """``value`` (host array, PRNG keys, Python scalar or sharded leaf on disk) as ``like``:
+    placed with ``sharding``, else with ``like``'s own sharding, if any."""
+    if isinstance(value, bool | int | float | str):
+        return value if like is None else type(like)(value)
     if isinstance(like, np.generic):
-        return np.asarray(value)[()]
+        return np.asarray(_whole(value))[()]
     if isinstance(like, np.ndarray):
-        return np.array(value)
-    sharding = getattr(like, "sharding", None)
-    if isinstance(sharding, jax.sharding.Sharding) and not _is_key(value):
-        host = np.asarray(value)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-    if isinstance(sharding, jax.sharding.Sharding):
-        return jax.device_put(value, sharding)
-    return jnp.asarray(value)
+        return np.array(_whole(value))
+    if not isinstance(sharding, jax.sharding.Sharding):
+        sharding = getattr(like, "sharding", None)
+    if not isinstance(sharding, jax.sharding.Sharding):
+        return jnp.asarray(_whole(value))
+    if isinstance(value, _ShardedLeaf) and value.info["kind"] == "array":
+        return jax.make_array_from_callback(value.shape, sharding, value.region)
+    value = _whole(value)
+    if _is_key(value):
+        # Placed as key data (device_put cannot reach other processes' devices); the data's
+        # extra last axis is not split.
+        data = np.asarray(jax.random.key_data(value))
+        placed = jax.make_array_from_callback(data.shape, sharding, lambda index: data[index])
+        return jax.random.wrap_key_data(placed, impl=jax.random.key_impl(value))
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 # ---------------------------------------------------------------------------------------
@@ -876,19 +1176,19 @@ class CheckpointManager:
             if step not in keep:
                 shutil.rmtree(self.path(step), ignore_errors=True)
 
-    def restore(self, step: int | None = None, target: Any = None) -> Any:
+    def restore(self, step: int | None = None, target: Any = None, *, shardings=None) -> Any:
         """Load checkpoint ``step`` (default: the latest) with :func:`restore`."""
         if step is None:
             step = self.latest_step()
             if step is None:
                 raise CheckpointError(f"no checkpoints in {self.directory}.")
-        return restore(self.path(step), target)
+        return restore(self.path(step), target, shardings=shardings)
 
-    def restore_best(self, target: Any = None) -> Any:
+    def restore_best(self, target: Any = None, *, shardings=None) -> Any:
         """Load the checkpoint with the best ``best_metric``."""
         step = self.best_step()
         if step is None:
             raise CheckpointError(
                 f"no checkpoint in {self.directory} has metric {self.best_metric!r}."
             )
-        return restore(self.path(step), target)
+        return restore(self.path(step), target, shardings=shardings)

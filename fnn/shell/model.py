@@ -503,7 +503,7 @@ class Model:
 
     build._fnn_base_build = True
 
-    def _build(self, inputs: tuple) -> None:
+    def _build(self, inputs: tuple, distribution=None) -> None:
         from fnn.training import step as train_lib
 
         layer = self.layer
@@ -512,8 +512,17 @@ class Model:
         seed = (self._compile_config or {}).get("seed", 0)
         init_key, rng = jax.random.split(jax.random.key(seed))
         abstract = as_shape_struct(inputs)
-        # One compiled program instead of one per initializer op.
-        params, state = jax.jit(lambda key: layer.init(key, *abstract))(init_key)
+        if distribution is None:
+            # One compiled program instead of one per initializer op.
+            params, state = jax.jit(lambda key: layer.init(key, *abstract))(init_key)
+        else:
+
+            def init():  # the same key, made inside: no input to place across processes
+                params, state = layer.init(jax.random.split(jax.random.key(seed))[0], *abstract)
+                return {"params": params, "state": state}
+
+            built = _jit_placed(init, distribution)
+            params, state = built["params"], built["state"]
         # Layers that already hold weights (in another built model, or from eager calls)
         # bring them along, as Keras's shared layers do.
         params, state = views.seed_weights(self, layer, params, state)
@@ -547,13 +556,16 @@ class Model:
             return (dict(zip(self._graph_inputs, structs)),)
         return tuple(structs)
 
-    def _ensure_built(self, x) -> None:
+    def _ensure_built(self, x, distribution=None) -> None:
         if self._train_state is None and self._default_inputs() is not None:
-            self._build(self._default_inputs())
+            self._build(self._default_inputs(), distribution)
         if self._train_state is None:
             inputs = _as_inputs(x)
             self._build(
-                jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *np.shape(a)[1:]), a.dtype), inputs)
+                jax.tree.map(
+                    lambda a: jax.ShapeDtypeStruct((1, *np.shape(a)[1:]), a.dtype), inputs
+                ),
+                distribution,
             )
         self._check_declared_inputs(x)
 
@@ -877,12 +889,15 @@ class Model:
         )
         return self._trainer
 
-    def _prepare_training(self, x, y, sample_weight=None, *, what="y") -> loop_lib.Trainer:
+    def _prepare_training(
+        self, x, y, sample_weight=None, *, what="y", distribution=None
+    ) -> loop_lib.Trainer:
         """Build, resolve and check the data (``what`` names its labels in errors) against
-        the loss, all before compiling (the model is traced abstractly once per call)."""
+        the loss, all before compiling (the model is traced abstractly once per call). With
+        a ``Distribution``, a new train state is created already sharded by its rules."""
         from fnn.training import step as train_lib
 
-        self._ensure_built(x)
+        self._ensure_built(x, distribution)
         inputs = _as_inputs(x)
         _check_label_dtypes(self.name, what, y, self._compile_config.get("loss"))
         jaxpr, out = self._trace(as_shape_struct(inputs))
@@ -902,9 +917,14 @@ class Model:
                     f"{self.name}: {what} does not fit the loss and model outputs: {err}"
                 ) from None
         if ts.opt_state is None or ts.metric_states is None:
+            init = trainer.optimizer.init
             self._train_state = _replace(
                 ts,
-                opt_state=trainer.optimizer.init(ts.params),
+                opt_state=(
+                    init(ts.params)
+                    if distribution is None
+                    else _jit_placed(init, distribution, ts.params, params=ts.params)
+                ),
                 metric_states=train_lib.init_metric_states(trainer.metrics),
             )
         return trainer
@@ -1049,10 +1069,15 @@ class Model:
             # Keras raises too; otherwise the loss and metrics of no batches read 0.0.
             raise ConfigError(f"{self.name}: fit got 0 examples (x and y are empty).")
         data, val = self._validation_data(data, validation_split, validation_data)
+        dist = None
+        if distribution is not None:
+            from fnn.distributed import Distribution
+
+            dist = Distribution.get(distribution)
         # Everything below up to the first step is checked on shapes, before compiling.
         first = None
         if isinstance(data, data_lib.ArrayData):
-            trainer = self._prepare_training(data.x, data.y, data.sample_weight)
+            trainer = self._prepare_training(data.x, data.y, data.sample_weight, distribution=dist)
             n_batches = math.ceil(data.n / batch_size)
             steps = n_batches if steps_per_epoch is None else min(steps_per_epoch, n_batches)
         else:
@@ -1062,7 +1087,7 @@ class Model:
                 first = next(iterator)
             except StopIteration:
                 raise ConfigError(f"{self.name}: fit got an empty iterable.") from None
-            trainer = self._prepare_training(*first)
+            trainer = self._prepare_training(*first, distribution=dist)
             steps = steps_per_epoch if steps_per_epoch is not None else _len_or_none(data.data)
         if isinstance(val, data_lib.ArrayData):  # checked before training, not after an epoch
             self._prepare_training(val.x, val.y, val.sample_weight, what="validation y")
@@ -1078,10 +1103,9 @@ class Model:
         callbacks_lib.check_monitors(callbacks, keys)
         cl = self._callbacks(callbacks, verbose, history=True, epochs=epochs, steps=steps)
         placement = None
-        if distribution is not None:
-            from fnn.distributed import Distribution, data_parallel
+        if dist is not None:
+            from fnn.distributed import data_parallel
 
-            dist = Distribution.get(distribution)
             if self._placement is None or self._placement[:2] != (trainer, dist):
                 step = data_parallel(
                     trainer.core,
@@ -1365,6 +1389,19 @@ class _Hooks:
         return getattr(self.callbacks, hook)
 
 
+def _jit_placed(fn, distribution, *args, params=None):
+    """``jax.jit(fn)(*args)`` compiled with ``out_shardings`` from ``distribution``'s rules
+    (shapes from ``jax.eval_shape``): every array is created on its devices, each computing
+    only its shards, never a full copy on one device. ``fn`` returns ``{"params": ...}``,
+    or, given ``params``, a tree that follows them (an optimizer state)."""
+    from fnn.distributed import state_shardings
+
+    shapes = jax.eval_shape(fn, *args)
+    tree = shapes if params is None else {"params": params, "out": shapes}
+    shardings = state_shardings(tree, dict(distribution.rules), distribution.mesh)
+    return jax.jit(fn, out_shardings=shardings if params is None else shardings["out"])(*args)
+
+
 def _copy_arrays(tree):
     return jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a, tree)
 
@@ -1577,10 +1614,10 @@ class Sequential(Model):
     def output_names(self) -> list[str]:
         return [self._layers[-1].name] if self._layers else []
 
-    def _build(self, inputs):
+    def _build(self, inputs, distribution=None):
         if self.layer is None:
             raise ConfigError(f"{self.name}: the model has no layers; call add(layer) first.")
-        super()._build(inputs)
+        super()._build(inputs, distribution)
 
     def summary(self, print_fn: Callable[[str], Any] = print) -> None:
         if self._train_state is None and self._default_inputs() is None:
