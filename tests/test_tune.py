@@ -3,8 +3,11 @@ back from its SQLite file with sqlite3 (not Optuna); best.yaml retrains to the b
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import math
 import os
 import re
 import sqlite3
@@ -13,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -215,3 +219,148 @@ def test_trial_orphaned_before_its_first_heartbeat_is_failed(tmp_path):
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert states == [TrialState.FAIL, TrialState.RUNNING]
     assert orphan.number == 0
+
+
+LR_ONLY = {"optimizer.learning_rate": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}}
+
+
+def _intermediate(run_dir: Path, number: int) -> list[float]:
+    """The values a trial reported to the pruner, by epoch, from Optuna's SQLite schema."""
+    with sqlite3.connect(run_dir / "study.db") as db:
+        rows = db.execute(
+            "SELECT v.step, v.intermediate_value FROM trial_intermediate_values v JOIN trials t "
+            "ON v.trial_id = t.trial_id WHERE t.number = ? ORDER BY v.step",
+            (number,),
+        ).fetchall()
+    return [value for _, value in rows]
+
+
+@pytest.fixture(scope="module")
+def batched(tmp_path_factory):
+    """Two learning-rate trials trained as members of one program (batch_trials 2)."""
+    tmp = tmp_path_factory.mktemp("tune_batched")
+    path = _config(tmp, sampler={"name": "random", "seed": 3}, n_trials=2, batch_trials=2,
+                   space=LR_ONLY)  # fmt: skip
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["tune", path]) == 0
+    return tmp / "run", out.getvalue()
+
+
+def test_batched_trials_run_in_one_program_each_with_its_own_reports(batched):
+    """Real training: two trials in one program, numbered once, each reporting every epoch
+    and ending with its own last value (that a member equals its own ``fnn train`` run is
+    tests/test_sweep.py's check; the bookkeeping is checked against a formula below)."""
+    run_dir, stdout = batched
+    trials = _trials(run_dir)
+    assert [t[0] for t in trials] == [0, 1]  # exactly n_trials, numbered once
+    assert [t[1] for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert stdout.count("2 trials in one program") == 2, stdout
+    for number, _, value in trials:
+        reported = _intermediate(run_dir, number)
+        assert len(reported) == 2 and reported[-1] == value  # one report per epoch
+    assert trials[0][2] != trials[1][2]
+    assert (run_dir / "best.yaml").exists()
+
+
+@pytest.mark.filterwarnings(
+    "ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning"
+)
+def test_each_batched_trial_reports_is_pruned_and_told_by_its_own_member(tmp_path, monkeypatch):
+    """``_train_batch`` with the members' logs given by a formula of each trial's learning
+    rate (the training itself is the sweep's, tested in test_sweep.py): trial i reports
+    member i's value every epoch, a member below the threshold is pruned (its trial says
+    so, the others keep reporting), a diverged member fails its trial only."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from fnn.cli import sweep as sweep_lib
+    from fnn.cli import tune
+
+    lrs = [0.02, 0.001, 0.5, 0.01]  # 0.5 diverges (NaN), 0.001 drops below 0.3 at epoch 2
+
+    def value(lr, epoch):
+        return math.nan if lr > 0.1 else 0.6 - (epoch + 1) * 15 * (0.02 - lr)
+
+    def fake_members(run, values, *, on_epoch_end):
+        assert values == {"learning_rate": lrs}  # member i is trial i
+        for epoch in range(3):
+            logs = {"val_accuracy": np.array([value(lr, epoch) for lr in lrs])}
+            if on_epoch_end(epoch, logs):
+                break
+        return [], {}
+
+    monkeypatch.setattr(sweep_lib, "train_members", fake_members)
+    space = {"optimizer.learning_rate": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}}
+    raw, search = tune.load_search(_config(tmp_path, space=space, n_trials=4))
+    raw["epochs"] = 3
+    storage = tune._storage(search, tmp_path)
+    study = optuna.create_study(
+        storage=storage, study_name="s", direction="maximize",
+        pruner=optuna.pruners.ThresholdPruner(lower=0.3),
+    )  # fmt: skip
+    for lr in lrs:
+        study.enqueue_trial({"optimizer.learning_rate": lr})
+    trials = [study.ask() for _ in lrs]
+    pieces = tune.TrainPieces(Run=lambda cfg, path: None, EpochLines=None)
+    assert tune._train_batch(study, trials, raw, search, storage, "x.yaml", pieces, {}) == 4
+    done = study.get_trials(deepcopy=False)
+    assert [t.state for t in done] == [TrialState.COMPLETE, TrialState.PRUNED,
+                                       TrialState.FAIL, TrialState.COMPLETE]  # fmt: skip
+    for t, lr in zip(done, lrs):
+        epochs = {"COMPLETE": 3, "PRUNED": 2, "FAIL": 0}[t.state.name]
+        assert t.intermediate_values == {e + 1: value(lr, e) for e in range(epochs)}
+    assert done[0].value == value(lrs[0], 2) and done[3].value == value(lrs[3], 2)
+
+
+@pytest.mark.parametrize(
+    "space,optimizer,batch,expected",
+    [
+        (LR_ONLY, "adam", 8, True),
+        (LR_ONLY, "adam", 1, False),  # batch_trials 1: one at a time
+        (
+            {**LR_ONLY, "model.layers[1].Dense.units": {"type": "int", "low": 8, "high": 32}},
+            "adam",
+            8,
+            False,
+        ),
+        (
+            {"optimizer.options.weight_decay": {"type": "float", "low": 0.0, "high": 0.1}},
+            "adamw",
+            8,
+            True,
+        ),
+        (
+            {"optimizer.options.weight_decay": {"type": "float", "low": 0.0, "high": 0.1}},
+            "adam",
+            8,
+            False,
+        ),
+    ],
+)
+def test_trials_batch_only_over_sweepable_keys(tmp_path, space, optimizer, batch, expected):
+    from fnn.cli import tune
+
+    path = _config(tmp_path, space=space, batch_trials=batch)
+    raw, search = tune.load_search(path, [f"optimizer.name={optimizer}"])
+    assert tune._batchable(search, raw) is expected
+
+
+@pytest.mark.filterwarnings(
+    "ignore:Heartbeat of storage", "ignore::optuna.exceptions.ExperimentalWarning"
+)
+def test_a_batch_of_asks_stays_within_n_trials_and_every_trial_is_marked(tmp_path):
+    """``_ask(k)`` under the slot lock: min(k, slots left) trials, each with its heartbeat
+    mark (so ``_fail_stale`` treats a killed batch like a killed single trial)."""
+    import optuna
+
+    from fnn.cli import tune
+
+    search = {"storage": None, "heartbeat_s": 60, "grace_period_s": 120, "n_trials": 3}
+    storage = tune._storage(search, tmp_path)
+    study = optuna.create_study(storage=storage, study_name="s")
+    sizes = [len(tune._ask(study, storage, search, tmp_path, 2)) for _ in range(3)]
+    assert sizes == [2, 1, 0]
+    trials = study.get_trials(deepcopy=False)
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert all(tune._BEAT_MARK in t.system_attrs for t in trials)

@@ -14,6 +14,8 @@ A training run writes to ``run_dir`` (default ``runs/<config name>``): ``config.
 and, for classifiers, ``confusion_matrix.png``, ``model/`` (architecture + weights,
 :func:`fnn.load_model`) and ``results.json`` (the final model's test metrics; ``final``
 and ``best``: the epoch, checkpoint and logged metrics of the last and of the best epoch).
+A config with ``sweep:`` trains its values as members of one program instead
+(:mod:`fnn.cli.sweep`).
 
 Training is deterministic: the data order of each epoch comes from ``(seed, epoch)`` and
 every other changing value (params, optimizer state, PRNG key, step) is in the
@@ -177,23 +179,28 @@ class Run:
     def _drop_remainder(self) -> bool:
         return self.cfg["distribute"]["strategy"] in ("data_parallel", "sharded")
 
-    def optimizer(self):
+    def optimizer(self, **hyperparams):
+        """The config's optimizer; ``hyperparams`` (``learning_rate``, an option such as
+        ``weight_decay``; floats or, for a sweep, arrays) replace the config's values."""
         import optax
 
         from fnn.training import optimizers
 
         opt = self.cfg["optimizer"]
-        lr = opt["learning_rate"]
+        lr = hyperparams.pop("learning_rate", opt["learning_rate"])
         total = self.cfg["epochs"] * self.steps_per_epoch()
         warmup = opt["warmup_epochs"] * self.steps_per_epoch()
         if opt["schedule"] == "cosine":
             if warmup:
-                lr = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1))
+                # optax.warmup_cosine_decay_schedule spelled out: it tests the peak with a
+                # Python `if`, which a swept (traced) peak cannot pass.
+                decay = optax.cosine_decay_schedule(lr, max(total, warmup + 1) - warmup)
+                lr = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
             else:
                 lr = optax.cosine_decay_schedule(lr, max(total, 1))
         elif warmup:
             lr = optax.linear_schedule(0.0, lr, warmup)
-        return optimizers.get(opt["name"], learning_rate=lr, **opt["options"])
+        return optimizers.get(opt["name"], learning_rate=lr, **{**opt["options"], **hyperparams})
 
     def eval_batch_size(self) -> int:
         return max(self.cfg["batch_size"], 256)
@@ -335,7 +342,19 @@ def cmd_train(args) -> int:
     run = Run(cfg, args.config)
     model = run.model
     _check_fairness(run)  # before any training
+<<<<<<< HEAD
     _check_explain(run)
+=======
+    if cfg["sweep"] is not None:  # members in one program: fnn.cli.sweep
+        from fnn.cli import sweep
+
+        if args.resume:
+            raise _UsageError("sweep: --resume is not supported (a sweep writes no checkpoints).")
+        if primary:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(_dump_yaml(cfg))
+        return sweep.cmd_train_sweep(run, run_dir, _say)
+>>>>>>> tunevmap
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(_dump_yaml(cfg))

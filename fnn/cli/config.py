@@ -26,7 +26,7 @@ path, e.g. ``model.layers[2].units: expected units to be a positive int, got -3`
 >>> load_config_text("epoch: 3")
 Traceback (most recent call last):
 ...
-fnn.core.errors.ConfigError: epoch: unknown key. Did you mean 'epochs'? Valid keys: batch_size, checkpoint, dataset, distribute, dp, epochs, explain, fairness, loss, metrics, model, optimizer, plots, run_dir, seed, tensorboard.
+fnn.core.errors.ConfigError: epoch: unknown key. Did you mean 'epochs'? Valid keys: batch_size, checkpoint, dataset, distribute, dp, epochs, explain, fairness, loss, metrics, model, optimizer, plots, run_dir, seed, sweep, tensorboard.
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ DEFAULTS: dict[str, Any] = {
     # Attribution images of the first ``examples`` test examples (fnn.explain ``method``;
     # ``window``: occlusion's window, default 1 per input axis); method null: off.
     "explain": {"method": None, "examples": 8, "window": None},
+    # Optimizer values trained as members of one program (fnn.cli.sweep).
+    "sweep": None,
 }
 EXPLAIN_METHODS = (
     "saliency",
@@ -377,6 +379,11 @@ def validate(raw: Any) -> dict:
             )
         for i, w in enumerate(explain["window"]):
             _positive_int(f"explain.window[{i}]", w)
+    from fnn.cli import sweep as sweep_lib
+
+    cfg["sweep"] = sweep_lib.check_sweep(cfg)
+    if cfg["sweep"] is not None and cfg["dp"] is not None:
+        raise ConfigError("sweep: a sweep trains without DP-SGD; remove dp: or sweep:.")
 
     dist = cfg["distribute"]
     _choice("distribute.strategy", dist["strategy"], _STRATEGIES)

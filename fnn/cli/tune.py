@@ -23,9 +23,18 @@ its index): e.g. the width of a third block only when the architecture has three
 
 Each trial trains exactly as ``fnn train`` does (same ``Run``, same ``fit``), reports the
 objective after every epoch to the pruner (bad trials stop early) and ends with the last
-epoch's value. The study lives in Optuna's RDB storage; ``--workers N`` starts N local
-processes on it; a file lock in ``run_dir`` hands out trial slots so that the study holds
-exactly ``n_trials``; every running trial writes a heartbeat, and a trial whose worker was
+epoch's value. When every range is a float over a key the sweep mechanism varies
+(``optimizer.learning_rate``; ``optimizer.options.weight_decay`` of adamw/lion, see
+:mod:`fnn.cli.sweep`), a worker asks ``search.batch_trials`` trials at once (default 8,
+fewer when fewer slots are left) and trains them as members of one compiled program
+(later batches reuse it): each reports its own per-epoch value and is told its own result;
+a pruned member stops reporting (the program stops once every member has), the TPE sampler
+runs with ``constant_liar`` so that a batch spreads out. Otherwise, or with
+``batch_trials: 1``, trials run one at a time.
+
+The study lives in Optuna's RDB storage; ``--workers N`` starts N local processes on it;
+a file lock in ``run_dir`` hands out trial slots so that the study holds exactly
+``n_trials``; every running trial writes a heartbeat, and a trial whose worker was
 killed is marked FAIL (it counts towards ``n_trials``) by the next worker or by ``--resume``
 once its heartbeat is older than ``grace_period_s``. ``run_dir`` receives ``study.db``,
 ``trials.csv``, ``history.png`` and ``params.png`` (if matplotlib is installed) and
@@ -69,6 +78,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "study_name": None,
     "heartbeat_s": 2,
     "grace_period_s": 10,
+    "batch_trials": 8,
     "space": None,
 }
 _SAMPLERS = ("random", "tpe")
@@ -230,12 +240,17 @@ def _check_search(value: Any, base: dict, raw: dict) -> dict:
             f"search.sampler.name: expected one of {', '.join(_SAMPLERS)}, got "
             f"{search['sampler']['name']!r}."
         )
+    if base.get("sweep") is not None:
+        raise ConfigError(
+            "sweep: fnn tune searches search.space instead; remove sweep: (trials over the "
+            "learning rate or weight decay train as members of one program by themselves)."
+        )
     if search["pruner"]["name"] not in _PRUNERS:
         raise ConfigError(
             f"search.pruner.name: expected one of {', '.join(_PRUNERS)}, got "
             f"{search['pruner']['name']!r}."
         )
-    for key in ("heartbeat_s", "grace_period_s"):
+    for key in ("heartbeat_s", "grace_period_s", "batch_trials"):
         if not isinstance(search[key], int) or search[key] < 1:
             raise ConfigError(f"search.{key}: expected a positive int, got {search[key]!r}.")
     checked: dict[str, dict] = {}
@@ -347,7 +362,7 @@ def _storage(search: dict, run_dir: Path):
         raise ConfigError(f"search.storage: cannot open {url!r}: {text}") from None
 
 
-def _sampler(search: dict, seed: int, worker: int):
+def _sampler(search: dict, seed: int, worker: int, *, batched: bool = False):
     import optuna
 
     s = search["sampler"]
@@ -355,7 +370,11 @@ def _sampler(search: dict, seed: int, worker: int):
     seed = (s["seed"] if s["seed"] is not None else seed) + 1000 * worker
     if s["name"] == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s["n_startup_trials"])
+    # Trials asked together would otherwise all be drawn from the same history: the liar
+    # counts the running ones as bad results, spreading a batch out.
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=s["n_startup_trials"], constant_liar=batched
+    )
 
 
 def _pruner(search: dict, epochs: int):
@@ -406,18 +425,20 @@ def _slot_lock(run_dir: Path):
 
 
 class _Heartbeat:
-    """Records the running trial's heartbeat every ``interval`` s (what ``study.optimize``
+    """Records the running trials' heartbeats every ``interval`` s (what ``study.optimize``
     does; fnn asks for trials under a lock, so it runs the ask/tell interface)."""
 
-    def __init__(self, storage, trial_id: int, interval: int):
+    def __init__(self, storage, trial_ids: int | Sequence[int], interval: int):
+        ids = [trial_ids] if isinstance(trial_ids, int) else list(trial_ids)
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._beat, args=(storage, trial_id, interval), daemon=True
+            target=self._beat, args=(storage, ids, interval), daemon=True
         )
 
-    def _beat(self, storage, trial_id, interval):
+    def _beat(self, storage, trial_ids, interval):
         while True:
-            storage.record_heartbeat(trial_id)
+            for trial_id in trial_ids:
+                storage.record_heartbeat(trial_id)
             if self._stop.wait(interval):
                 return
 
@@ -511,20 +532,21 @@ def _work(args, raw: dict, search: dict, run_dir: Path, name: str, worker: int, 
     study, storage = _study(search, raw, run_dir, name, worker, create=False)
     # A resumed study must not replay its first draws: offset the seed by the trials so far.
     seed = raw.get("seed", 0) if isinstance(raw.get("seed", 0), int) else 0
-    study.sampler = _sampler(search, seed + len(study.get_trials(deepcopy=False)), worker)
+    batch = search["batch_trials"] if _batchable(search, raw) else 1
+    study.sampler = _sampler(
+        search, seed + len(study.get_trials(deepcopy=False)), worker, batched=batch > 1
+    )
     metric = search["objective"]["metric"]
     done = 0
+    runs: dict = {}  # batched: the one Run whose compiled member programs every batch reuses
     while True:
-        with _slot_lock(run_dir):
-            _fail_stale(study, storage)
-            taken = len(study.get_trials(deepcopy=False, states=_taken_states()))
-            if taken >= search["n_trials"]:
-                return done
-            trial = study.ask()
-            # Optuna never calls a trial without a heartbeat stale: beat and mark it while
-            # the lock is held, so any unmarked RUNNING trial seen under the lock is orphaned.
-            storage.record_heartbeat(trial._trial_id)
-            storage.set_trial_system_attr(trial._trial_id, _BEAT_MARK, True)
+        trials = _ask(study, storage, search, run_dir, batch)
+        if not trials:
+            return done
+        if batch > 1:
+            done += _train_batch(study, trials, raw, search, storage, args.config, cli, runs)
+            continue
+        trial = trials[0]
         start = time.perf_counter()
         params = _suggest(trial, search["space"])
         text = "  ".join(f"{k}={_show(v)}" for k, v in params.items())
@@ -553,6 +575,105 @@ def _work(args, raw: dict, search: dict, run_dir: Path, name: str, worker: int, 
 
 
 _BEAT_MARK = "fnn_heartbeat"
+
+
+def _ask(study, storage, search: dict, run_dir: Path, k: int) -> list:
+    """Up to ``k`` new trials (none once the study holds ``n_trials``), asked under the slot
+    lock after failing the stale ones."""
+    with _slot_lock(run_dir):
+        _fail_stale(study, storage)
+        taken = len(study.get_trials(deepcopy=False, states=_taken_states()))
+        trials = [study.ask() for _ in range(max(0, min(k, search["n_trials"] - taken)))]
+        for trial in trials:
+            # Optuna never calls a trial without a heartbeat stale: beat and mark it while
+            # the lock is held, so any unmarked RUNNING trial seen under the lock is orphaned.
+            storage.record_heartbeat(trial._trial_id)
+            storage.set_trial_system_attr(trial._trial_id, _BEAT_MARK, True)
+    return trials
+
+
+def _batchable(search: dict, raw: dict) -> bool:
+    """Whether trials can train as members of one program: ``batch_trials > 1`` and every
+    range a float over a key the sweep mechanism varies (:mod:`fnn.cli.sweep`)."""
+    from fnn.cli import sweep as sweep_lib
+
+    if search["batch_trials"] < 2 or raw.get("sweep") is not None:
+        return False
+    base = _validated(raw)
+    if base["distribute"]["strategy"] != "none":
+        return False
+    name = str(base["optimizer"]["name"]).lower()
+    return all(
+        spec["type"] == "float" and not spec.get("when") and sweep_lib.sweepable(key, name)
+        for key, spec in search["space"].items()
+    )
+
+
+def _train_batch(
+    study, trials: list, raw: dict, search: dict, storage, config_path, cli, runs: dict
+) -> int:
+    """Train ``trials`` (their ranges all sweepable) as members of one program
+    (:func:`fnn.cli.sweep.train_members`): every epoch each running trial reports its own
+    value to the pruner; each is told its own result. ``runs`` keeps the ``Run`` (and so
+    the compiled programs) for the next batch. Returns the number of trials."""
+    import numpy as np
+    from optuna.trial import TrialState
+
+    from fnn.cli import sweep as sweep_lib
+
+    metric = search["objective"]["metric"]
+    start = time.perf_counter()
+    params = [_suggest(t, search["space"]) for t in trials]
+    values = {sweep_lib.SWEEPABLE[k]: [p[k] for p in params] for k in search["space"]}
+    last, ran = [math.nan] * len(trials), [0] * len(trials)
+    live = [True] * len(trials)  # neither pruned nor diverged: still reporting
+    pruned = [False] * len(trials)
+    failed = None
+    with _Heartbeat(storage, [t._trial_id for t in trials], search["heartbeat_s"]):
+        try:
+            # The ranges are all optimizer values: every trial has the same config apart
+            # from them, and the members take theirs from ``values``.
+            cfg = _validated(trial_config(raw, search["space"], params[0]))
+
+            def report(epoch, logs):
+                for i, trial in enumerate(trials):
+                    if not live[i]:
+                        continue
+                    last[i], ran[i] = float(np.asarray(logs[metric])[i]), epoch + 1
+                    if not math.isfinite(last[i]):
+                        live[i] = False
+                        continue
+                    trial.report(last[i], epoch + 1)
+                    # Never at the last epoch: a trial that ran every epoch is complete.
+                    if epoch + 1 < cfg["epochs"] and trial.should_prune():
+                        live[i], pruned[i] = False, True
+                return not any(live)  # every member pruned or diverged: stop the program
+
+            if "run" not in runs:
+                runs["run"] = cli.Run(cfg, config_path)
+            sweep_lib.train_members(runs["run"], values, on_epoch_end=report)
+        except (FnnError, FloatingPointError) as err:
+            failed = err
+    seconds = time.perf_counter() - start
+    shared = f"{len(trials)} trials in one program, {seconds:.1f}s"
+    for i, trial in enumerate(trials):
+        text = "  ".join(f"{k}={_show(v)}" for k, v in params[i].items())
+        if failed is not None:
+            study.tell(trial, state=TrialState.FAIL)
+            print(f"trial {trial.number}: {text} -> failed: {failed}", flush=True)
+            continue
+        if not math.isfinite(last[i]):
+            study.tell(trial, state=TrialState.FAIL)
+            state = "failed (non-finite)"
+        elif pruned[i]:
+            study.tell(trial, state=TrialState.PRUNED)
+            state = "pruned"
+        else:
+            study.tell(trial, last[i])
+            state = "complete"
+        result = f"{metric} {last[i]:.4f} ({state}, {ran[i]} epochs, {shared})"
+        print(f"trial {trial.number}: {text} -> {result}", flush=True)
+    return len(trials)
 
 
 def _fail_stale(study, storage) -> None:

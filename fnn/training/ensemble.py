@@ -46,6 +46,7 @@ __all__ = [
     "make_ensemble_train_step",
     "member_orders",
     "predictive_stats",
+    "set_sweep_hyperparams",
     "sweep_optimizer",
     "sweep_table",
 ]
@@ -163,18 +164,29 @@ def predictive_stats(member_outputs, *, from_logits: bool = True) -> dict[str, j
 
 
 def sweep_optimizer(
-    name: str, hyperparams: Mapping[str, Any], **fixed
+    name: str | Callable[..., optax.GradientTransformation],
+    hyperparams: Mapping[str, Any],
+    **fixed,
 ) -> optax.GradientTransformation:
     """The fnn optimizer ``name`` (``fnn.optimizers.get(name, **fixed, **hyperparams)``)
     under ``optax.inject_hyperparams``: the ``hyperparams`` (``learning_rate``, or any
     numeric argument of that optimizer such as ``beta_1``, ``momentum``, adamw's
     ``weight_decay``) live in ``opt_state.hyperparams``, values rather than constants of
-    the compiled program."""
-    if not isinstance(name, str):
-        raise ConfigError(f"sweep_optimizer: expected an optimizer name, got {name!r}.")
+    the compiled program. ``name`` may instead be a factory ``(**fixed, **hyperparams) ->
+    GradientTransformation`` (e.g. one that builds a schedule peaking at the swept
+    ``learning_rate``); it must accept the values as arrays (no Python ``if`` on them)."""
+    if isinstance(name, str):
 
-    def build(**values):
-        return optimizers_lib.get(name, **fixed, **values)
+        def build(**values):
+            return optimizers_lib.get(name, **fixed, **values)
+
+    elif callable(name):
+
+        def build(**values):
+            return name(**fixed, **values)
+
+    else:
+        raise ConfigError(f"sweep_optimizer: expected an optimizer name or factory, got {name!r}.")
 
     # inject_hyperparams binds its arguments to the factory's signature, so spell it out.
     build.__signature__ = inspect.Signature(
@@ -185,7 +197,7 @@ def sweep_optimizer(
 
 def init_sweep_train_state(
     layer: Layer,
-    optimizer: str,
+    optimizer: str | Callable[..., optax.GradientTransformation],
     key: jax.Array,
     *example_inputs,
     hyperparams: Mapping[str, Sequence[float]],
@@ -196,7 +208,8 @@ def init_sweep_train_state(
     """``(train_state, optimizer)`` for a sweep: member i trains with ``{k: v[i]}`` from
     ``hyperparams`` (equal-length sequences, e.g. ``{"learning_rate": [1e-3, 3e-3]}``).
 
-    Pass the returned optimizer to ``make_ensemble_train_step``. ``same_init``: every member
+    ``optimizer``: a name or a factory, as ``sweep_optimizer`` takes. Pass the returned
+    optimizer to ``make_ensemble_train_step``. ``same_init``: every member
     starts from ``key``'s initialisation (a fair comparison; member i then equals
     ``init_train_state(layer, optimizer_i, key, ...)``), else member i uses
     ``split(key, n)[i]``. Changing the values needs no recompilation of the step.
@@ -216,11 +229,24 @@ def init_sweep_train_state(
 
     def one(k, vals):
         ts = step_lib.init_train_state(layer, tx, k, *example_inputs, **kwargs)
-        hp = dict(ts.opt_state.hyperparams)
-        hp.update({name: v.astype(jnp.asarray(hp[name]).dtype) for name, v in vals.items()})
-        return ts._replace(opt_state=ts.opt_state._replace(hyperparams=hp))
+        return set_sweep_hyperparams(ts, vals)
 
     return jax.jit(jax.vmap(one))(keys, values), tx
+
+
+def set_sweep_hyperparams(
+    train_state: step_lib.TrainState, values: Mapping[str, Any]
+) -> step_lib.TrainState:
+    """``train_state`` whose optimizer (a ``sweep_optimizer``) runs with ``values``
+    (``{name: scalar}``; vmap it over ``[n]`` values to make the members of a sweep)."""
+    hp = dict(train_state.opt_state.hyperparams)
+    unknown = sorted(set(values) - set(hp))
+    if unknown:
+        raise ConfigError(
+            f"set_sweep_hyperparams: the optimizer injects {sorted(hp)}, not {unknown}."
+        )
+    hp.update({k: jnp.asarray(v).astype(jnp.asarray(hp[k]).dtype) for k, v in values.items()})
+    return train_state._replace(opt_state=train_state.opt_state._replace(hyperparams=hp))
 
 
 def sweep_table(hyperparams: Mapping[str, Sequence[float]], results: Mapping[str, Any]) -> str:
@@ -243,8 +269,9 @@ class CompileCounter:
 
     >>> import jax, jax.numpy as jnp, fnn
     >>> f = jax.jit(lambda x: x * 2)
+    >>> a, b = jnp.ones(3), jnp.zeros(3)  # outside: creating them may compile too
     >>> with fnn.train.CompileCounter() as c:
-    ...     _ = f(jnp.ones(3)); _ = f(jnp.zeros(3))
+    ...     _ = f(a); _ = f(b)
     >>> c.count
     1
     """

@@ -396,7 +396,7 @@ def fit(
         hooks.on_epoch_end(epoch, logs)
         if hooks.stop_training:  # a callback that stops on a NaN loss has said so already
             break
-        if not warned and not np.isfinite(logs.get("loss", 0.0)):
+        if not warned and not np.all(np.isfinite(logs.get("loss", 0.0))):
             warned = True
             warnings.warn(
                 f"fit: the training loss of epoch {epoch + 1} is {logs['loss']}; check the data "
