@@ -342,9 +342,7 @@ def cmd_train(args) -> int:
     run = Run(cfg, args.config)
     model = run.model
     _check_fairness(run)  # before any training
-<<<<<<< HEAD
     _check_explain(run)
-=======
     if cfg["sweep"] is not None:  # members in one program: fnn.cli.sweep
         from fnn.cli import sweep
 
@@ -354,7 +352,6 @@ def cmd_train(args) -> int:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(_dump_yaml(cfg))
         return sweep.cmd_train_sweep(run, run_dir, _say)
->>>>>>> tunevmap
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(_dump_yaml(cfg))

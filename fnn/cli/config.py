@@ -384,6 +384,8 @@ def validate(raw: Any) -> dict:
     cfg["sweep"] = sweep_lib.check_sweep(cfg)
     if cfg["sweep"] is not None and cfg["dp"] is not None:
         raise ConfigError("sweep: a sweep trains without DP-SGD; remove dp: or sweep:.")
+    if cfg["sweep"] is not None and cfg["explain"]["method"] is not None:
+        raise ConfigError("sweep: a sweep writes no attributions; remove explain: or sweep:.")
 
     dist = cfg["distribute"]
     _choice("distribute.strategy", dist["strategy"], _STRATEGIES)
