@@ -5,7 +5,6 @@ compiled once per run."""
 
 import os
 import tempfile
-from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "")
 if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
@@ -13,9 +12,17 @@ if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Measured on test_cli + test_cli_errors with an empty cache: 130 s -> 73 s of CPU time.
 # FNN_TEST_JAX_CACHE=0 turns it off (e.g. to time compilation itself).
-if os.environ.get("FNN_TEST_JAX_CACHE", "1") != "0":
-    _cache = Path(tempfile.gettempdir()) / f"fnn-test-jax-cache-{os.getuid()}"
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_cache))
+if (
+    os.environ.get("FNN_TEST_JAX_CACHE", "1") != "0"
+    and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+):
+    # A fresh folder per run, made by the first process (pytest-xdist's workers and the tests'
+    # subprocesses inherit the variable) and removed by it at exit.
+    import atexit
+    import shutil
+
+    _cache = tempfile.mkdtemp(prefix="fnn-test-jax-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 2**30))
