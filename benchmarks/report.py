@@ -56,7 +56,11 @@ def summarize(records: list[dict], scenarios: list[str]) -> dict:
                     {
                         "framework": rec["framework"],
                         "peak_rss_mb": rec.get("peak_rss_mb"),
-                        "device_peak_mb": rec.get("device_peak_mb"),
+                        **(
+                            {"device_peak_mb": rec["device_peak_mb"]}
+                            if rec.get("device_peak_mb") is not None
+                            else {}
+                        ),
                         **({"fnn_source": rec["fnn_source"]} if "fnn_source" in rec else {}),
                         **res,
                     }
@@ -105,8 +109,10 @@ def pool_rounds(results: list[dict]) -> dict:
         "first_call_s": statistics.median(res["first_call_s"] for res in results),
         **({"setup_s": statistics.median(setup)} if setup else {}),
         "peak_rss_mb": max((r["peak_rss_mb"] for r in results if r["peak_rss_mb"]), default=None),
-        "device_peak_mb": max(
-            (r["device_peak_mb"] for r in results if r.get("device_peak_mb")), default=None
+        **(
+            {"device_peak_mb": max(r["device_peak_mb"] for r in results if r.get("device_peak_mb"))}
+            if any(r.get("device_peak_mb") for r in results)
+            else {}
         ),
         "steps_per_block": min(res["steps_per_block"] for res in results),
         "rounds": len(results),
