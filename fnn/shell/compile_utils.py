@@ -147,22 +147,12 @@ def _resolve_metric(identifier, loss, y_shape, out_shape, is_weighted, taken):
 
 def hyperparam_states(opt_state) -> list:
     """``optax.inject_hyperparams`` states holding a ``learning_rate`` inside ``opt_state``."""
-    found = []
 
-    def visit(node):
+    def has_learning_rate(node) -> bool:
         hyper = getattr(node, "hyperparams", None)
-        if isinstance(hyper, Mapping) and "learning_rate" in hyper:
-            found.append(node)
-            return
-        if isinstance(node, tuple | list):
-            for child in node:
-                visit(child)
-        elif isinstance(node, Mapping):
-            for child in node.values():
-                visit(child)
+        return isinstance(hyper, Mapping) and "learning_rate" in hyper
 
-    visit(opt_state)
-    return found
+    return optimizers_lib.find_states(opt_state, has_learning_rate)
 
 
 def map_hyperparam_states(opt_state, fn):

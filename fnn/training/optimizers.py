@@ -878,13 +878,13 @@ class LossScaleOptimizer:
         )
 
 
-def loss_scale_state(opt_state) -> LossScaleState | None:
-    """The ``LossScaleState`` inside ``opt_state`` (at any depth: an optimizer wrapped by
-    ``freeze`` keeps it nested), or None when the optimizer scales no loss."""
+def find_states(opt_state, match) -> list:
+    """The nodes of ``opt_state`` (nested tuples, lists and mappings, at any depth) for
+    which ``match(node)`` is true, in order; a matching node is not searched further."""
     found = []
 
     def visit(node):
-        if isinstance(node, LossScaleState):
+        if match(node):
             found.append(node)
         elif isinstance(node, tuple | list):
             for child in node:
@@ -894,6 +894,13 @@ def loss_scale_state(opt_state) -> LossScaleState | None:
                 visit(child)
 
     visit(opt_state)
+    return found
+
+
+def loss_scale_state(opt_state) -> LossScaleState | None:
+    """The ``LossScaleState`` inside ``opt_state`` (at any depth: an optimizer wrapped by
+    ``freeze`` keeps it nested), or None when the optimizer scales no loss."""
+    found = find_states(opt_state, lambda node: isinstance(node, LossScaleState))
     if len(found) > 1:
         raise ConfigError(
             f"expected at most one LossScaleOptimizer in the optimizer, got {len(found)}; "
