@@ -170,14 +170,7 @@ def finish(procs, threads, outputs, timeout_s):
 
 
 def test_peer_killed_mid_run_stops_the_survivor_with_one_line():
-    procs = start([2, 2], free_port())
-    joined = [threading.Event(), threading.Event()]
-    outputs, threads = collect(procs, joined)
-    if not all(e.wait(60) for e in joined):
-        for p in procs:
-            p.kill()
-        pytest.fail(f"processes did not join: {outputs}")
-    time.sleep(0.5)  # both inside the barrier loop
+    procs, outputs, threads = start_joined()  # both inside the barrier loop
     procs[1].kill()
     killed_at = time.monotonic()
     codes, text = finish(procs, threads, outputs, timeout_s=30)
