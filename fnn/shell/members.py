@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.core.errors import ConfigError
+from fnn.core.init_program import jit_init
 from fnn.training import ensemble as ensemble_lib
 from fnn.training import loop as loop_lib
 from fnn.training import privacy
@@ -50,7 +51,7 @@ def init_members(layer, optimizer, metrics, inputs, *, seed: int, n: int):
             metric_states=train_lib.init_metric_states(metrics),
         )
 
-    return jax.jit(jax.vmap(one))(jnp.arange(seed, seed + n, dtype=jnp.uint32))
+    return jit_init(jax.vmap(one), jnp.arange(seed, seed + n, dtype=jnp.uint32))
 
 
 def strip_members(tree):

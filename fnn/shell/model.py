@@ -38,6 +38,7 @@ from fnn.core import weights as weights_lib
 from fnn.core.combinators import serial
 from fnn.core.errors import ConfigError, ShapeError, bounded_repr
 from fnn.core.graph import Input, Tensor
+from fnn.core.init_program import jit_init
 from fnn.core.layer import Layer, as_shape_struct
 from fnn.io import data_adapter as data_lib
 from fnn.shell import callbacks as callbacks_lib
@@ -516,7 +517,7 @@ class Model:
         abstract = as_shape_struct(inputs)
         if distribution is None:
             # One compiled program instead of one per initializer op.
-            params, state = jax.jit(lambda key: layer.init(key, *abstract))(init_key)
+            params, state = jit_init(lambda key: layer.init(key, *abstract), init_key)
         else:
 
             def init():  # the same key, made inside: no input to place across processes
@@ -1530,7 +1531,7 @@ def _jit_placed(fn, distribution, *args, params=None):
     shapes = jax.eval_shape(fn, *args)
     tree = shapes if params is None else {"params": params, "out": shapes}
     shardings = state_shardings(tree, dict(distribution.rules), distribution.mesh)
-    return jax.jit(fn, out_shardings=shardings if params is None else shardings["out"])(*args)
+    return jit_init(fn, *args, out_shardings=shardings if params is None else shardings["out"])
 
 
 def _copy_arrays(tree):
