@@ -178,18 +178,29 @@ def test_stablehlo_reloads_without_fnn(conv_net, tmp_path):
         format="stablehlo",
         platforms=("cpu", "cuda"),
     )
+    # A recurrent model (a scan) in the same fresh process.
+    lstm = fnn.serial(layers.LSTM(3, return_sequences=True), layers.GRU(2))
+    seq = RNG.normal(size=(5, 4, 2)).astype(np.float32)
+    lstm_params, lstm_state = _random_params(lstm, jax.random.key(3), seq)
+    fnn.export(lstm, lstm_params, lstm_state, seq[:2], tmp_path / "l.shlo")
     np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "seq.npy", seq)
     script = textwrap.dedent(
         f"""
         import sys, numpy as np, jax
-        exported = jax.export.deserialize(bytearray(open({str(path)!r}, "rb").read()))
-        y = exported.call(np.load({str(tmp_path / "x.npy")!r}))
+        def load(name):
+            return jax.export.deserialize(bytearray(open(name, "rb").read()))
+        exported = load({str(path)!r})
+        y = exported.call(np.load("x.npy"))
         assert "fnn" not in sys.modules and exported.platforms == ("cpu", "cuda")
-        np.save({str(tmp_path / "y.npy")!r}, np.asarray(y))
+        np.save("y.npy", np.asarray(y))
+        np.save("l.npy", np.asarray(load("l.shlo").call(np.load("seq.npy"))))
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120, cwd=tmp_path)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), reference(x), rtol=1e-6, atol=1e-7)
+    want = lstm.apply(lstm_params, lstm_state, seq)[0]
+    np.testing.assert_allclose(np.load(tmp_path / "l.npy"), want, rtol=1e-6, atol=1e-6)
 
 
 def test_layer_with_explicit_params(tmp_path):
