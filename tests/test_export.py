@@ -83,6 +83,8 @@ RECURRENT_CASES = [
     ("GRU", {"reset_after": False, "go_backwards": True, "recurrent_activation": "hard_sigmoid"}),
     ("SimpleRNN", {"activation": "relu", "return_sequences": True}),
     ("SimpleRNN", {"activation": "linear", "return_state": True}),
+    ("SimpleRNN", {"activation": "elu"}),
+    ("GRU", {"activation": "softsign", "recurrent_activation": "softplus"}),
     ("Bidirectional", {"return_sequences": True}),
 ]
 
