@@ -144,6 +144,10 @@ def test_onnx_recurrent_error_names_the_layer(tmp_path):
         ExportError, match=r"layer 'lstm_1' \(LSTM\): activation='gelu' has no ONNX"
     ):
         fnn.export(model, params, state, x, tmp_path / "g.onnx", format="onnx")
+    bf16 = layers.LSTM(2, dtype="mixed_bfloat16")
+    params, state = _random_params(bf16, jax.random.key(0), x)
+    with pytest.raises(ExportError, match=r"layer 'lstm' \(LSTM\): ONNX export needs float32"):
+        fnn.export(bf16, params, state, x, tmp_path / "b.onnx", format="onnx")
 
 
 def test_onnx_conv_bn_pool_dense_any_batch(conv_net, tmp_path):

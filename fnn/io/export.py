@@ -334,7 +334,7 @@ def _emit(g: _Graph, jaxpr, env: dict, layer) -> None:
         index = onnx_recurrent.marked_index(p) if prim in _INLINE else None
         if index is not None:
             outs = onnx_recurrent.emit(
-                g, g.marked[index], ins, avals_in, len(eqn.outvars), _export_error
+                g, g.marked[index], ins, avals_in, [v.aval for v in eqn.outvars], _export_error
             )
             env.update(zip(eqn.outvars, outs))
             continue

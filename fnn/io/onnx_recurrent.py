@@ -145,16 +145,22 @@ def _gather_time(g, data: str, index: str) -> str:
     return g.one("GatherElements", [data, full], axis=1)
 
 
-def emit(g, marked: Marked, ins: list[str], in_avals: list, n_out: int, error) -> list[str]:
-    """The ONNX names of the marked call's flat outputs, given its flat input names."""
+def emit(g, marked: Marked, ins: list[str], in_avals: list, out_avals: list, error) -> list[str]:
+    """The ONNX names of the marked call's flat outputs, given its flat input names and the
+    abstract values of its inputs and outputs."""
     kind = marked.layer.spec.class_name
     who = f"layer {marked.name!r} ({kind})"
     cfg = layer_spec.full_arguments(marked.layer.spec)
     units, steps = cfg["units"], in_avals[0].shape[1]
     x, mask, initial = (list(marked.tree.unflatten(ins)) + [None, None])[:3]
-    x_aval = in_avals[0]
-    if np.dtype(x_aval.dtype) != np.float32:
-        raise error(f"{who}: ONNX export needs float32 inputs, got {x_aval.dtype}")
+    # ONNX's nodes compute in the inputs' dtype: a float16/bfloat16 compute policy would
+    # silently run in float32 there.
+    dtypes = [np.dtype(a.dtype) for a in [in_avals[0], *out_avals] if np.dtype(a.dtype) != bool]
+    if any(d != np.float32 for d in dtypes):
+        raise error(
+            f"{who}: ONNX export needs float32 inputs and outputs, got {[str(d) for d in dtypes]} "
+            "(a mixed-precision policy?)"
+        )
     w, r, b = _weights(who, kind, marked.params, cfg, error)
     acts = (
         [("recurrent_activation", cfg.get("recurrent_activation"))] if kind != "SimpleRNN" else []
@@ -261,8 +267,8 @@ def emit(g, marked: Marked, ins: list[str], in_avals: list, n_out: int, error) -
             b_t = g.one("Slice", [g.one("Shape", [x]), *(g.const([v], np.int64) for v in (0, 2))])
             keep = g.one("ConstantOfShape", [b_t], value=_true_tensor(g))
         outs.append(keep)
-    if len(outs) != n_out:
-        raise error(f"{who}: {n_out} outputs, expected {len(outs)}")
+    if len(outs) != len(out_avals):
+        raise error(f"{who}: {len(out_avals)} outputs, expected {len(outs)}")
     return outs
 
 
