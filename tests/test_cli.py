@@ -20,6 +20,7 @@ from fnn.cli import commands as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = str(ROOT / "configs" / "digits_mlp.yaml")
+SEQUENCE_LSTM = str(ROOT / "configs" / "sequence_lstm.yaml")
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -125,19 +126,46 @@ def test_evaluate_and_predict_commands(trained, tmp_path, capsys):
     assert "no checkpoint there" in capsys.readouterr().err
 
 
+@pytest.fixture
+def lstm_checkpoint(tmp_path):
+    """configs/sequence_lstm.yaml shrunk (3 units, 40 examples) with a checkpoint of random
+    weights (no training: the export path is what is tested): ``(overrides, checkpoint dir,
+    the layer, its params and state)``."""
+    from fnn.cli import config as config_lib
+
+    sets = ["model.layers[0].LSTM.units=3", "dataset.options.num_samples=40"]
+    run = cli.Run(config_lib.load_config(SEQUENCE_LSTM, sets), SEQUENCE_LSTM)
+    run.model.fit(run.x_train[:1], run.y_train[:1], epochs=0, verbose=0)
+    draw = np.random.default_rng(0)
+    ts = run.model.train_state
+    params = jax.tree.map(lambda p: (0.5 * draw.normal(size=p.shape)).astype(p.dtype), ts.params)
+    checkpoint.save(tmp_path / "ckpt", ts._replace(params=params))
+    overrides = [arg for s in sets for arg in ("--set", s)]
+    return overrides, tmp_path / "ckpt", run.layer, params, ts.state
+
+
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime")
-def test_export_command_onnx_equals_the_saved_model(trained, tmp_path, capsys):
+@pytest.mark.parametrize("config", ["digits_mlp", "sequence_lstm"])
+def test_export_command_onnx_equals_the_saved_model(config, request, tmp_path, capsys):
     import onnxruntime
 
+    if config == "digits_mlp":
+        path, overrides, directory = MLP, [], request.getfixturevalue("trained")
+        loaded = saving.load_layer(directory / "model")
+        layer, params, state = loaded.layer, loaded.params, loaded.state
+        (_, _), (x_test, _) = datasets.load_digits()
+    else:
+        path = SEQUENCE_LSTM
+        overrides, directory, layer, params, state = request.getfixturevalue("lstm_checkpoint")
+        x_test = np.random.default_rng(1).normal(size=(9, 20, 3))  # [batch, steps, channels]
     out = tmp_path / "m.onnx"
-    args = ["export", MLP, "--checkpoint", str(trained), "--format", "onnx", "--output", str(out)]
-    assert cli.main(args) == 0
-    (_, _), (x_test, _) = datasets.load_digits()
-    loaded = saving.load_layer(trained / "model")
-    want = np.asarray(loaded.layer.apply(loaded.params, loaded.state, x_test[:9])[0])
+    args = ["export", path, *overrides, "--checkpoint", str(directory), "--format", "onnx"]
+    assert cli.main([*args, "--output", str(out)]) == 0
+    x = np.asarray(x_test[:9], np.float32)
+    want = np.asarray(layer.apply(params, state, x)[0])
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input_0": x_test[:9]})[0]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    got = session.run(None, {"input_0": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_summary_command(capsys):

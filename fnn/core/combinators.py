@@ -33,6 +33,12 @@ _RECORDER: contextvars.ContextVar[list | None] = contextvars.ContextVar(
     "fnn_recorder", default=None
 )
 _PATH: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("fnn_path", default=())
+# Active only inside an exporter (fnn.io.export's ONNX path): ``hook(key, child)`` returns a
+# stand-in for ``child.apply`` (same signature) or None, so a recurrent layer traces as one
+# marked call that becomes one ONNX LSTM/GRU/RNN node instead of an untranslatable scan.
+_APPLY_HOOK: contextvars.ContextVar[Callable | None] = contextvars.ContextVar(
+    "fnn_apply_hook", default=None
+)
 
 
 @contextlib.contextmanager
@@ -44,6 +50,24 @@ def record_calls():
         yield records
     finally:
         _RECORDER.reset(token)
+
+
+@contextlib.contextmanager
+def replace_apply(hook: Callable[[str, Layer], Callable | None]):
+    """While active, ``call_child(key, child, ...)`` calls ``hook(key, child)`` instead of
+    ``child.apply`` when the hook returns a function (``key``: the child's unique name; used
+    by ``fnn.export`` to trace some layers as marked calls)."""
+    token = _APPLY_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _APPLY_HOOK.reset(token)
+
+
+def apply_of(key: str, child: Layer) -> Callable:
+    """``child.apply``, or its stand-in from an active ``replace_apply`` hook."""
+    hook = _APPLY_HOOK.get()
+    return (hook is not None and hook(key, child)) or child.apply
 
 
 def child_names(layers: Sequence[Layer], parent: str) -> list[str]:
@@ -93,13 +117,15 @@ def call_child(key: str, child: Layer, params, state, inputs: tuple, rng, train:
     tracing."""
     records = _RECORDER.get()
     if records is None:
-        return child.apply(params, state, *inputs, rng=rng, train=train, **kwargs)
+        return apply_of(key, child)(params, state, *inputs, rng=rng, train=train, **kwargs)
     path = _PATH.get() + (key,)
     index = len(records)
     records.append(None)
     token = _PATH.set(path)
     try:
-        outputs, new_state = child.apply(params, state, *inputs, rng=rng, train=train, **kwargs)
+        outputs, new_state = apply_of(key, child)(
+            params, state, *inputs, rng=rng, train=train, **kwargs
+        )
     finally:
         _PATH.reset(token)
     records[index] = (path, child, outputs, params, state)

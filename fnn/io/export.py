@@ -7,8 +7,10 @@ any JAX program can load it with ``jax.export.deserialize(open(path, "rb").read(
 ONNX operators with the ``onnx`` package itself: no maintained converter takes a plain JAX
 function at jax 0.10 (``jax2onnx`` targets Flax modules and pins jax versions), while a
 jaxpr holds only a few dozen primitives for Dense/Conv/pooling/BatchNorm/Embedding nets.
-The batch axis is the symbolic ``"batch"`` dimension. A layer whose primitives have no
-translation (e.g. a recurrent ``scan``) raises ``ExportError`` naming the layer.
+SimpleRNN/LSTM/GRU (also inside Bidirectional, with masks) trace as one marked call each
+and become ONNX ``RNN``/``LSTM``/``GRU`` nodes (``fnn.io.onnx_recurrent``). The batch axis is
+the symbolic ``"batch"`` dimension. A layer whose primitives have no translation raises
+``ExportError`` naming the layer.
 
 >>> import jax, numpy as np, fnn, tempfile, os
 >>> layer = fnn.layers.Dense(2)
@@ -29,7 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.core.combinators import apply_of, replace_apply
 from fnn.core.errors import FnnError
+from fnn.io import onnx_recurrent
 
 __all__ = ["FORMATS", "ExportError", "export"]
 
@@ -39,6 +43,10 @@ OPSET = 17
 
 class ExportError(FnnError):
     """A model (or one of its layers) that cannot be written in the requested format."""
+
+
+def _export_error(text: str) -> ExportError:
+    return ExportError(f"export(onnx): {text}.")
 
 
 def _unwrap(model_or_layer, params, state):
@@ -60,7 +68,8 @@ def _unwrap(model_or_layer, params, state):
 
 def _forward(layer, params, state) -> Callable:
     def fn(*xs):
-        return layer.apply(params, state, *xs, rng=None, train=False)[0]
+        # apply_of: the ONNX path traces a recurrent root layer as one marked call too.
+        return apply_of(layer.name, layer)(params, state, *xs, rng=None, train=False)[0]
 
     return fn
 
@@ -104,7 +113,9 @@ def export(
         with open(path, "wb") as f:
             f.write(exported.serialize())
         return path
-    model = to_onnx(fn, specs, layer=layer)
+    marked: list = []
+    with replace_apply(onnx_recurrent.mark(marked, _export_error)):
+        model = to_onnx(fn, specs, layer=layer, marked=marked)
     import onnx
 
     onnx.save(model, path)
@@ -182,6 +193,10 @@ ONNX_LAYERS = frozenset(
         "Concatenate",
         "MultiHeadAttention",
         "TransformerEncoderBlock",
+        "SimpleRNN",
+        "LSTM",
+        "GRU",
+        "Bidirectional",
     }
 )
 
@@ -202,6 +217,7 @@ class _Graph:
         self.inits: list = []
         self.names: dict = {}
         self.count = 0
+        self.marked: list = []  # onnx_recurrent.Marked calls, by index
 
     def fresh(self, hint: str = "t") -> str:
         self.count += 1
@@ -245,14 +261,16 @@ def _onnx_dtype(dtype) -> int:
     return helper.np_dtype_to_tensor_dtype(dtype)
 
 
-def to_onnx(fn: Callable, specs: tuple, *, layer=None, name: str = "fnn"):
+def to_onnx(fn: Callable, specs: tuple, *, layer=None, marked: list = (), name: str = "fnn"):
     """An ``onnx.ModelProto`` computing ``fn(*specs)`` (inputs ``input_i``, outputs
-    ``output_i``; a symbolic dim is named ``"batch"``)."""
+    ``output_i``; a symbolic dim is named ``"batch"``). ``marked``: the recurrent calls that
+    ``onnx_recurrent.mark`` recorded while ``fn`` traces (filled during the trace)."""
     import onnx
     from onnx import helper
 
     closed = jax.make_jaxpr(fn)(*specs)
     g = _Graph()
+    g.marked = marked
     env: dict = {}
     for var, value in zip(closed.jaxpr.constvars, closed.consts):
         env[var] = g.const(np.asarray(value))
@@ -266,7 +284,9 @@ def to_onnx(fn: Callable, specs: tuple, *, layer=None, name: str = "fnn"):
         src = _read(g, env, var)
         g.nodes.append(helper.make_node("Identity", [src], [f"output_{i}"]))
         outputs.append(_value_info(helper, f"output_{i}", var.aval))
-    graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.inits)
+    used = {name for node in g.nodes for name in node.input}
+    inits = [init for init in g.inits if init.name in used]  # e.g. weights a marked call replaced
+    graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=inits)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fnn"
     )
@@ -311,6 +331,13 @@ def _emit(g: _Graph, jaxpr, env: dict, layer) -> None:
         ins = [_read(g, env, v) for v in eqn.invars]
         avals_in = [v.aval for v in eqn.invars]
         aval = eqn.outvars[0].aval if eqn.outvars else None
+        index = onnx_recurrent.marked_index(p) if prim in _INLINE else None
+        if index is not None:
+            outs = onnx_recurrent.emit(
+                g, g.marked[index], ins, avals_in, [v.aval for v in eqn.outvars], _export_error
+            )
+            env.update(zip(eqn.outvars, outs))
+            continue
         if prim in _INLINE or prim in _CUSTOM:
             sub = p.get(_INLINE.get(prim, "call_jaxpr")) or p.get("fun_jaxpr")
             if sub is None:
@@ -358,6 +385,12 @@ def _translate(g: _Graph, prim: str, p: dict, ins: list, avals_in: list, aval, l
         return g.one("Min", [g.one("Max", [ins[1], ins[0]]), ins[2]])
     if prim == "reshape":
         return g.one("Reshape", [ins[0], g.const(_dims(p["new_sizes"], "reshape"), np.int64)])
+    if prim == "rev":
+        dims = list(p["dimensions"])
+        big = np.iinfo(np.int64)
+        starts, ends, steps = ([v] * len(dims) for v in (-1, big.min, -1))
+        consts = (g.const(v, np.int64) for v in (starts, ends, dims, steps))
+        return g.one("Slice", [ins[0], *consts])
     if prim == "transpose":
         return g.one("Transpose", ins, perm=list(p["permutation"]))
     if prim == "squeeze":
