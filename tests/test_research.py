@@ -2,6 +2,7 @@
 averaging, each against its definition (a loop over examples or members, a formula, the
 dp-accounting accountant)."""
 
+import inspect
 import math
 
 import jax
@@ -481,3 +482,75 @@ def test_fit_dp_without_noise_is_fit_and_reports_the_accountants_epsilon(fit_dat
     setting = dict(num_examples=32, batch_size=16, noise_multiplier=1.3, delta=1e-3)
     assert eps == [fnn.train.dp_epsilon(steps=2 * e, **setting) for e in (1, 2)]
     assert eps[0] < eps[1]
+
+
+def test_recompiling_an_ensemble_keeps_its_members(fit_data):
+    """As Keras keeps the weights on ``compile``: the members stay, each gets a fresh
+    optimizer state, and training on is member i's single model recompiled and fit on."""
+    x, y = fit_data
+    ens = _keras_mlp(5)
+    ens.fit(x, y, ensemble=2, **_FIT)
+    trained = jax.tree.map(np.array, ens.params)
+    ens.compile("adam", LOSS, metrics=["accuracy"], seed=5)
+    assert ens.members == 2
+    _close(ens.params, trained, atol=0)
+    # predict before any new fit: the combined prediction of the kept members
+    logits = np.stack([ens.layer.apply(*_member(ens, i), jnp.asarray(x))[0] for i in range(2)])
+    np.testing.assert_allclose(
+        ens.predict(x, batch_size=16, verbose=0), jax.nn.softmax(logits).mean(0), atol=1e-6
+    )
+    hist = ens.fit(x, y, **_FIT).history
+    solo = _keras_mlp(6)  # member 1: seed 5 + 1, fit, recompiled with adam, fit on
+    solo.fit(x, y, **_FIT)
+    solo.compile("adam", LOSS, metrics=["accuracy"], seed=6)
+    want = solo.fit(x, y, **_FIT).history
+    _close(_member(ens, 1)[0], solo.params, atol=1e-6)
+    np.testing.assert_allclose(hist["loss_member_1"], want["loss"], rtol=1e-5)
+
+
+def test_binary_ensemble_combines_probabilities_and_its_group_report(fit_data):
+    """A binary crossentropy (logits) ensemble: ``predict`` is the members' mean sigmoid
+    probability, ``predict_uncertainty`` the Bernoulli entropies, and
+    ``evaluate(groups=...)`` thresholds those probabilities at 0.5 (fairlearn's report of
+    the same predictions)."""
+    fairlearn = pytest.importorskip("fairlearn.metrics")
+    x, _ = fit_data
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.float32)[:, None]
+    groups = np.where(x[:, 2] > 0, "a", "b")
+    model = fnn.Sequential([fnn.Input((4,)), Dense(8, activation="tanh"), Dense(1)])
+    model.compile("adam", fnn.losses.BinaryCrossentropy(from_logits=True), seed=1)
+    model.fit(x, y, ensemble=3, batch_size=16, epochs=2, verbose=0)
+    logits = np.stack([model.layer.apply(*_member(model, i), jnp.asarray(x))[0] for i in range(3)])
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))  # [members, batch, 1]
+    mean = p.mean(0)
+    np.testing.assert_allclose(model.predict(x, batch_size=16, verbose=0), mean, atol=1e-6)
+
+    def bernoulli(q):
+        return -(q * np.log(q) + (1 - q) * np.log(1 - q))
+
+    stats = model.predict_uncertainty(x, batch_size=16, verbose=0)
+    np.testing.assert_allclose(stats["probs"], mean, atol=1e-6)
+    np.testing.assert_allclose(stats["variance"], p.var(0), atol=1e-6)
+    np.testing.assert_allclose(stats["entropy"], bernoulli(mean), atol=1e-5)
+    np.testing.assert_allclose(
+        stats["mutual_information"], bernoulli(mean) - bernoulli(p).mean(0), atol=1e-5
+    )
+    report = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True, groups=groups)
+    y_hat = (mean[:, 0] > 0.5).astype(int)
+    assert 0 < y_hat.sum() < len(y_hat)  # both classes predicted: the threshold matters
+    frame = fairlearn.MetricFrame(
+        metrics={"selection_rate": fairlearn.selection_rate, "tpr": fairlearn.true_positive_rate},
+        y_true=y[:, 0].astype(int),
+        y_pred=y_hat,
+        sensitive_features=groups,
+    )
+    for group, row in frame.by_group.iterrows():
+        for key, value in row.items():
+            np.testing.assert_allclose(report["fairness"]["groups"][group][key], value, atol=1e-6)
+    want = fairlearn.demographic_parity_difference(
+        y[:, 0].astype(int), y_hat, sensitive_features=groups
+    )
+    np.testing.assert_allclose(report["fairness"]["demographic_parity_difference"], want, atol=1e-6)
+    # predict's public signature is Keras's (no private keyword)
+    params = list(inspect.signature(fnn.Model.predict).parameters)
+    assert params == ["self", "x", "batch_size", "verbose", "steps", "callbacks"]
