@@ -1,16 +1,12 @@
 """What ``Model.fit(ensemble=n)`` and ``Model.fit(dp=...)`` add to the shell: the
-stacked member ``TrainState``, each member's epoch order, the combined predict step and
-the DP-SGD epsilon of an epoch's logs. The training itself is ``fnn.training.loop``'s
+stacked member ``TrainState``, the combined predict step and the DP-SGD epsilon of an
+epoch's logs (each member's epoch order is ``fnn.train.member_orders``, fed by
+``fnn.io.data_adapter.ArrayData.epoch_data``). The training itself is ``fnn.training.loop``'s
 (its ``Trainer`` with ``members``/``dp``).
 
 Member i of an ensemble is the model ``compile(seed=seed + i)`` would build and train:
 its initialisation and dropout keys come from ``seed + i`` and, with
 ``ensemble_batches="own"``, its shuffle too.
-
->>> import numpy as np
->>> orders = member_orders(5, 2, seed=0, epoch=0, shuffle=False)
->>> orders.tolist()
-[[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
 """
 
 from __future__ import annotations
@@ -23,7 +19,6 @@ import numpy as np
 
 from fnn.core.errors import ConfigError
 from fnn.training import ensemble as ensemble_lib
-from fnn.training import loop as loop_lib
 from fnn.training import privacy
 from fnn.training import step as train_lib
 
@@ -32,7 +27,6 @@ __all__ = [
     "dp_epoch_logs",
     "from_logits",
     "init_members",
-    "member_orders",
     "members_predict",
     "strip_members",
 ]
@@ -66,17 +60,6 @@ def init_members(layer, optimizer, metrics, inputs, *, seed: int, n: int):
 def strip_members(tree):
     """Shape structs of ``tree`` without its leading member axis."""
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
-
-
-def member_orders(num_examples: int, n: int, *, seed: int, epoch: int, shuffle: bool = True):
-    """``[n, num_examples]`` epoch orders: member i's is a single run's with seed
-    ``seed + i`` (``fnn.training.loop.epoch_order``)."""
-    return np.stack(
-        [
-            loop_lib.epoch_order(num_examples, seed=seed + i, epoch=epoch, shuffle=shuffle)
-            for i in range(n)
-        ]
-    )
 
 
 def combined_kind(loss) -> str:

@@ -1207,20 +1207,21 @@ class Model:
             and cfg["jit"]
         )
 
+        if isinstance(data, data_lib.ArrayData):
+            arrays = data.epoch_data(
+                batch_size,
+                steps,
+                seed=cfg["seed"],
+                shuffle=shuffle,
+                members=members if ensemble_batches == "own" else None,
+                on_device=on_device,
+                ahead=placement is None,
+            )
+
         def epoch_data(epoch):
             nonlocal first
             if isinstance(data, data_lib.ArrayData):
-                if members is not None and ensemble_batches == "own":
-                    order = members_lib.member_orders(
-                        data.n, members, seed=cfg["seed"], epoch=epoch, shuffle=shuffle
-                    )
-                else:
-                    order = loop_lib.epoch_order(
-                        data.n, seed=cfg["seed"], epoch=epoch, shuffle=shuffle
-                    )
-                return data.epoch(
-                    order, batch_size, steps, on_device=on_device, ahead=placement is None
-                )
+                return arrays(epoch)
             if first is not None:
                 batches, first = _chain_first(first, iterator), None
                 return batches
@@ -1565,9 +1566,7 @@ def _eval_batches(data, batch_size: int, steps: int | None = None):
     """Evaluation batches ``(x, y, sample_weight)`` on the device, in order."""
     if isinstance(data, data_lib.IterableData):
         return data.epoch(steps)
-    order = loop_lib.epoch_order(data.n, seed=0, epoch=0, shuffle=False)
-    steps = math.ceil(data.n / batch_size) if steps is None else steps
-    return data.epoch(order, batch_size, steps, on_device=False)
+    return data.eval_batches(batch_size, steps)
 
 
 def _len_or_none(data) -> int | None:
