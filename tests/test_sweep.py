@@ -114,7 +114,8 @@ def test_dropout_and_label_smoothing_members_end_where_their_runs_end(swept):
     tmp, run = swept
     values = {DROPOUT: [0.0, 0.5], SMOOTHING: [0.0, 0.1]}
     history, test = sweep_lib.train_members(run, values)
-    path = _write(tmp, "single_reg", **{DROPOUT: 0.5, SMOOTHING: 0.1}, plots=False)
+    loss = {"name": "sparse_categorical_crossentropy", "from_logits": True, "label_smoothing": 0.1}
+    path = _write(tmp, "single_reg", **{DROPOUT: 0.5}, loss=loss, plots=False)
     assert cli.main(["train", path]) == 0
     last = _csv(tmp / "single_reg" / "metrics.csv")[-1]
     want_test = json.loads((tmp / "single_reg" / "results.json").read_text())["test"]
