@@ -12,6 +12,7 @@ import optax
 import pytest
 
 import fnn
+from fnn.core.spec import rebuild
 from fnn.layers import Dense, Flatten
 
 LOSS = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -260,6 +261,52 @@ def test_lr_sweep_members_equal_single_runs_and_new_values_do_not_recompile(data
         fnn.train.init_sweep_train_state(
             MLP, "adam", key, x, hyperparams={"learning_rate": [1.0], "beta_1": [0.9, 0.8]}
         )
+
+
+def test_hyper_steps_members_equal_steps_with_constant_values(data):
+    """A dropout rate and label smoothing as traced member values (``make_hyper_steps``):
+    member i trains and evaluates as ``make_train_step``/``make_eval_step`` of the layer and
+    loss built with member i's values as Python constants."""
+    x, y = data
+    model = fnn.serial(Dense(8, activation="tanh"), fnn.layers.Dropout(0.1), Dense(3))
+    dense, drop, head = (child for _, child in model.children)
+
+    def make(rate, smoothing):
+        layer = rebuild(model, layers=(dense, rebuild(drop, rate=rate), head))
+        loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)
+        return layer, loss
+
+    train, evaluate = fnn.train.make_hyper_steps(
+        lambda v: make(v["rate"], v["smoothing"]), "adam", ["accuracy"]
+    )
+    ts = fnn.train.init_train_state(
+        model, "adam", jax.random.key(2), x, metrics=["accuracy"], loss=LOSS
+    )
+    rates, smoothing = [0.0, 0.5], [0.2, 0.0]
+    values = {"rate": jnp.array(rates), "smoothing": jnp.array(smoothing)}
+    members = jax.vmap(fnn.train.hyper_state, in_axes=(None, 0))(ts, values)
+    step = jax.jit(jax.vmap(train, in_axes=(0, None)))
+    batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+    for batch in batches:
+        members, _ = step(members, batch)
+    fresh = jax.tree.map(lambda a: jnp.stack([a, a]), ts.metric_states)
+    scores = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, None)))(
+        fresh, members.params, members.state, (x, y)
+    )
+    np.testing.assert_array_equal(members.state["hyper"]["rate"], rates)
+    for i in range(2):
+        layer, loss = make(rates[i], smoothing[i])
+        solo, solo_step = ts, jax.jit(fnn.train.make_train_step(layer, loss, "adam", ["accuracy"]))
+        for batch in batches:
+            solo, _ = solo_step(solo, batch)
+        _close(jax.tree.map(lambda a: a[i], members.params), solo.params, atol=1e-6)
+        want = fnn.train.make_eval_step(layer, loss, ["accuracy"])(
+            ts.metric_states, solo.params, solo.state, (x, y)
+        )
+        _close(jax.tree.map(lambda a: a[i], scores), want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(
+        members.params["dense"]["kernel"][0], members.params["dense"]["kernel"][1]
+    )
 
 
 # --------------------------------------------------------------------------- explain

@@ -336,6 +336,12 @@ def test_each_batched_trial_reports_is_pruned_and_told_by_its_own_member(tmp_pat
             8,
             False,
         ),
+        (
+            {**LR_ONLY, "model.layers[2].Dropout.rate": {"type": "float", "low": 0.0, "high": 0.5}},
+            "adam",
+            8,
+            True,
+        ),
     ],
 )
 def test_trials_batch_only_over_sweepable_keys(tmp_path, space, optimizer, batch, expected):
