@@ -2,6 +2,7 @@
 averaging, each against its definition (a loop over examples or members, a formula, the
 dp-accounting accountant)."""
 
+import inspect
 import math
 
 import jax
@@ -11,6 +12,7 @@ import optax
 import pytest
 
 import fnn
+from fnn.core.spec import rebuild
 from fnn.layers import Dense, Flatten
 
 LOSS = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -261,6 +263,52 @@ def test_lr_sweep_members_equal_single_runs_and_new_values_do_not_recompile(data
         )
 
 
+def test_hyper_steps_members_equal_steps_with_constant_values(data):
+    """A dropout rate and label smoothing as traced member values (``make_hyper_steps``):
+    member i trains and evaluates as ``make_train_step``/``make_eval_step`` of the layer and
+    loss built with member i's values as Python constants."""
+    x, y = data
+    model = fnn.serial(Dense(8, activation="tanh"), fnn.layers.Dropout(0.1), Dense(3))
+    dense, drop, head = (child for _, child in model.children)
+
+    def make(rate, smoothing):
+        layer = rebuild(model, layers=(dense, rebuild(drop, rate=rate), head))
+        loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)
+        return layer, loss
+
+    train, evaluate = fnn.train.make_hyper_steps(
+        lambda v: make(v["rate"], v["smoothing"]), "adam", ["accuracy"]
+    )
+    ts = fnn.train.init_train_state(
+        model, "adam", jax.random.key(2), x, metrics=["accuracy"], loss=LOSS
+    )
+    rates, smoothing = [0.0, 0.5], [0.2, 0.0]
+    values = {"rate": jnp.array(rates), "smoothing": jnp.array(smoothing)}
+    members = jax.vmap(fnn.train.hyper_state, in_axes=(None, 0))(ts, values)
+    step = jax.jit(jax.vmap(train, in_axes=(0, None)))
+    batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+    for batch in batches:
+        members, _ = step(members, batch)
+    fresh = jax.tree.map(lambda a: jnp.stack([a, a]), ts.metric_states)
+    scores = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, None)))(
+        fresh, members.params, members.state, (x, y)
+    )
+    np.testing.assert_array_equal(members.state["hyper"]["rate"], rates)
+    for i in range(2):
+        layer, loss = make(rates[i], smoothing[i])
+        solo, solo_step = ts, jax.jit(fnn.train.make_train_step(layer, loss, "adam", ["accuracy"]))
+        for batch in batches:
+            solo, _ = solo_step(solo, batch)
+        _close(jax.tree.map(lambda a: a[i], members.params), solo.params, atol=1e-6)
+        want = fnn.train.make_eval_step(layer, loss, ["accuracy"])(
+            ts.metric_states, solo.params, solo.state, (x, y)
+        )
+        _close(jax.tree.map(lambda a: a[i], scores), want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(
+        members.params["dense"]["kernel"][0], members.params["dense"]["kernel"][1]
+    )
+
+
 # --------------------------------------------------------------------------- explain
 
 LINEAR = fnn.serial(Flatten(), Dense(3))
@@ -481,3 +529,75 @@ def test_fit_dp_without_noise_is_fit_and_reports_the_accountants_epsilon(fit_dat
     setting = dict(num_examples=32, batch_size=16, noise_multiplier=1.3, delta=1e-3)
     assert eps == [fnn.train.dp_epsilon(steps=2 * e, **setting) for e in (1, 2)]
     assert eps[0] < eps[1]
+
+
+def test_recompiling_an_ensemble_keeps_its_members(fit_data):
+    """As Keras keeps the weights on ``compile``: the members stay, each gets a fresh
+    optimizer state, and training on is member i's single model recompiled and fit on."""
+    x, y = fit_data[0][:32], fit_data[1][:32]  # full batches only: fewer programs to compile
+    ens = _keras_mlp(5)
+    ens.fit(x, y, ensemble=2, **_FIT)
+    trained = jax.tree.map(np.array, ens.params)
+    ens.compile("adam", LOSS, metrics=["accuracy"], seed=5)
+    assert ens.members == 2
+    _close(ens.params, trained, atol=0)
+    # predict before any new fit: the combined prediction of the kept members
+    logits = np.stack([ens.layer.apply(*_member(ens, i), jnp.asarray(x))[0] for i in range(2)])
+    np.testing.assert_allclose(
+        ens.predict(x, batch_size=16, verbose=0), jax.nn.softmax(logits).mean(0), atol=1e-6
+    )
+    hist = ens.fit(x, y, **_FIT).history
+    solo = _keras_mlp(6)  # member 1: seed 5 + 1, fit, recompiled with adam, fit on
+    solo.fit(x, y, **_FIT)
+    solo.compile("adam", LOSS, metrics=["accuracy"], seed=6)
+    want = solo.fit(x, y, **_FIT).history
+    _close(_member(ens, 1)[0], solo.params, atol=1e-6)
+    np.testing.assert_allclose(hist["loss_member_1"], want["loss"], rtol=1e-5)
+
+
+def test_binary_ensemble_combines_probabilities_and_its_group_report(fit_data):
+    """A binary crossentropy (logits) ensemble: ``predict`` is the members' mean sigmoid
+    probability, ``predict_uncertainty`` the Bernoulli entropies, and
+    ``evaluate(groups=...)`` thresholds those probabilities at 0.5 (fairlearn's report of
+    the same predictions)."""
+    fairlearn = pytest.importorskip("fairlearn.metrics")
+    x = fit_data[0][:32]
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.float32)[:, None]
+    groups = np.where(x[:, 2] > 0, "a", "b")
+    model = fnn.Sequential([fnn.Input((4,)), Dense(8, activation="tanh"), Dense(1)])
+    model.compile("adam", fnn.losses.BinaryCrossentropy(from_logits=True), seed=1)
+    model.fit(x, y, ensemble=3, batch_size=16, epochs=2, verbose=0)
+    logits = np.stack([model.layer.apply(*_member(model, i), jnp.asarray(x))[0] for i in range(3)])
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))  # [members, batch, 1]
+    mean = p.mean(0)
+    np.testing.assert_allclose(model.predict(x, batch_size=16, verbose=0), mean, atol=1e-6)
+
+    def bernoulli(q):
+        return -(q * np.log(q) + (1 - q) * np.log(1 - q))
+
+    stats = model.predict_uncertainty(x, batch_size=16, verbose=0)
+    np.testing.assert_allclose(stats["probs"], mean, atol=1e-6)
+    np.testing.assert_allclose(stats["variance"], p.var(0), atol=1e-6)
+    np.testing.assert_allclose(stats["entropy"], bernoulli(mean), atol=1e-5)
+    np.testing.assert_allclose(
+        stats["mutual_information"], bernoulli(mean) - bernoulli(p).mean(0), atol=1e-5
+    )
+    report = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True, groups=groups)
+    y_hat = (mean[:, 0] > 0.5).astype(int)
+    assert 0 < y_hat.sum() < len(y_hat)  # both classes predicted: the threshold matters
+    frame = fairlearn.MetricFrame(
+        metrics={"selection_rate": fairlearn.selection_rate, "tpr": fairlearn.true_positive_rate},
+        y_true=y[:, 0].astype(int),
+        y_pred=y_hat,
+        sensitive_features=groups,
+    )
+    for group, row in frame.by_group.iterrows():
+        for key, value in row.items():
+            np.testing.assert_allclose(report["fairness"]["groups"][group][key], value, atol=1e-6)
+    want = fairlearn.demographic_parity_difference(
+        y[:, 0].astype(int), y_hat, sensitive_features=groups
+    )
+    np.testing.assert_allclose(report["fairness"]["demographic_parity_difference"], want, atol=1e-6)
+    # predict's public signature is Keras's (no private keyword)
+    params = list(inspect.signature(fnn.Model.predict).parameters)
+    assert params == ["self", "x", "batch_size", "verbose", "steps", "callbacks"]

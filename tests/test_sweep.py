@@ -94,13 +94,40 @@ def test_a_member_ends_where_its_own_fnn_train_run_ends(swept):
 
 def test_new_values_reuse_the_compiled_programs(swept):
     _, run = swept
-    first, _ = sweep_lib.train_members(run, {"learning_rate": LRS, "weight_decay": DECAYS})
-    swapped = {"learning_rate": LRS[::-1], "weight_decay": DECAYS[::-1]}
+    keys = ("optimizer.learning_rate", "optimizer.options.weight_decay")
+    first, _ = sweep_lib.train_members(run, dict(zip(keys, (LRS, DECAYS))))
+    swapped = dict(zip(keys, (LRS[::-1], DECAYS[::-1])))
     with CompileCounter() as counter:
         other, _ = sweep_lib.train_members(run, swapped)
     assert counter.count == 0
     # Really the new values: the members swapped, so did their results.
     np.testing.assert_allclose(other[-1]["loss"], first[-1]["loss"][::-1], rtol=1e-5)
+
+
+DROPOUT, SMOOTHING = "model.layers[2].Dropout.rate", "loss.label_smoothing"
+
+
+def test_dropout_and_label_smoothing_members_end_where_their_runs_end(swept):
+    """The dropout rate and label smoothing are traced per-member values: member 1 (rate
+    0.5, smoothing 0.1, both differing from the config's) ends where ``fnn train --set``
+    with them ends, and new values compile no new program (the members swap)."""
+    tmp, run = swept
+    values = {DROPOUT: [0.0, 0.5], SMOOTHING: [0.0, 0.1]}
+    history, test = sweep_lib.train_members(run, values)
+    loss = {"name": "sparse_categorical_crossentropy", "from_logits": True, "label_smoothing": 0.1}
+    path = _write(tmp, "single_reg", **{DROPOUT: 0.5}, loss=loss, plots=False)
+    assert cli.main(["train", path]) == 0
+    last = _csv(tmp / "single_reg" / "metrics.csv")[-1]
+    want_test = json.loads((tmp / "single_reg" / "results.json").read_text())["test"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert history[-1][key][1] == pytest.approx(float(last[key]), rel=1e-5, abs=1e-6), key
+    for key, value in want_test.items():
+        assert test[key][1] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert history[-1]["loss"][0] != pytest.approx(history[-1]["loss"][1], rel=1e-3)
+    with CompileCounter() as counter:
+        other, _ = sweep_lib.train_members(run, {k: v[::-1] for k, v in values.items()})
+    assert counter.count == 0
+    np.testing.assert_allclose(other[-1]["loss"], history[-1]["loss"][::-1], rtol=1e-5)
 
 
 def test_fnn_train_refuses_to_resume_a_sweep(tmp_path, capsys):
@@ -127,6 +154,9 @@ def test_fnn_train_refuses_to_resume_a_sweep(tmp_path, capsys):
             r"sweep: expected lists of one length .*'optimizer\.learning_rate': 2",
         ),
         ([0.1], r"sweep: expected a mapping"),
+        ({"model.layers[1].Dropout.rate": [0.1]}, r"model\.layers\[1\] is not a Dropout entry"),
+        ({"model.layers[2].Dropout.rate": [0.1, 1.0]}, r"expected finite values in \[0, 1\)"),
+        ({"loss.label_smoothing": [0.1, 1.5]}, r"expected finite values in \[0, 1\], got 1\.5"),
     ],
 )
 def test_bad_sweep_exits_2_with_one_line(tmp_path, capsys, sweep, message):

@@ -283,7 +283,7 @@ def test_each_batched_trial_reports_is_pruned_and_told_by_its_own_member(tmp_pat
         return math.nan if lr > 0.1 else 0.6 - (epoch + 1) * 15 * (0.02 - lr)
 
     def fake_members(run, values, *, on_epoch_end):
-        assert values == {"learning_rate": lrs}  # member i is trial i
+        assert values == {"optimizer.learning_rate": lrs}  # member i is trial i
         for epoch in range(3):
             logs = {"val_accuracy": np.array([value(lr, epoch) for lr in lrs])}
             if on_epoch_end(epoch, logs):
@@ -335,6 +335,12 @@ def test_each_batched_trial_reports_is_pruned_and_told_by_its_own_member(tmp_pat
             "adam",
             8,
             False,
+        ),
+        (
+            {**LR_ONLY, "model.layers[2].Dropout.rate": {"type": "float", "low": 0.0, "high": 0.5}},
+            "adam",
+            8,
+            True,
         ),
     ],
 )

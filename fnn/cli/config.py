@@ -91,7 +91,8 @@ DEFAULTS: dict[str, Any] = {
     # Attribution images of the first ``examples`` test examples (fnn.explain ``method``;
     # ``window``: occlusion's window, default 1 per input axis); method null: off.
     "explain": {"method": None, "examples": 8, "window": None},
-    # Optimizer values trained as members of one program (fnn.cli.sweep).
+    # Optimizer, dropout and label-smoothing values trained as members of one program
+    # (fnn.cli.sweep).
     "sweep": None,
 }
 EXPLAIN_METHODS = (

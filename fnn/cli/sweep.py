@@ -1,28 +1,36 @@
-"""``sweep:`` in a training config: several optimizer hyperparameter values trained as
-members of one compiled program (:mod:`fnn.training.ensemble`'s sweeps).
+"""``sweep:`` in a training config: several hyperparameter values trained as members of
+one compiled program (:mod:`fnn.training.ensemble`'s sweeps).
 
 ::
 
     sweep:
       optimizer.learning_rate: [1.0e-3, 3.0e-3, 1.0e-2]
       optimizer.options.weight_decay: [0.0, 1.0e-4, 1.0e-3]   # adamw, lion only
+      model.layers[2].Dropout.rate: [0.0, 0.2, 0.5]            # a Dropout entry of model.layers
+      loss.label_smoothing: [0.0, 0.1, 0.1]                    # crossentropy losses
 
 Member i trains with the i-th value of every list (equal lengths), from the same
-initialisation, on the same batches in the same order as ``fnn train`` with those values
-would (the learning-rate schedule and warmup included). The values live in the optimizer
-state (``optax.inject_hyperparams``), so other values reuse the compiled program. The
-members run through the one loop (:func:`fnn.training.loop.fit`) with a member-axis
-``Trainer``. ``fnn train`` then writes ``sweep.csv`` (member, values, final train,
-validation and test metrics), ``sweep.png`` (each metric against each swept value; needs
-matplotlib) and ``config.yaml`` to ``run_dir``; no checkpoints or model file (``--resume``
-is refused). ``fnn tune`` trains batches of trials this way (:mod:`fnn.cli.tune`).
+initialisation, on the same batches in the same order as ``fnn train --set KEY=VALUE``
+with those values would (the learning-rate schedule and warmup included). The values are
+inputs of the compiled program, not constants in it: the optimizer's live in its state
+(``optax.inject_hyperparams``), the dropout rate and label smoothing in the member's state,
+from which each step builds its layer and loss (``fnn.train.make_hyper_steps``); so other
+values reuse the compiled program. The members run through the one loop
+(:func:`fnn.training.loop.fit`) with a member-axis ``Trainer``, on ``Model.fit``'s batches
+(``fnn.io.data_adapter.ArrayData.epoch_data``). ``fnn train`` then writes ``sweep.csv``
+(member, values, final train, validation and test metrics), ``sweep.png`` (each metric
+against each swept value; needs matplotlib) and ``config.yaml`` to ``run_dir``; no
+checkpoints or model file (``--resume`` is refused). ``fnn tune`` trains batches of trials
+this way (:mod:`fnn.cli.tune`).
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
+import re
 import time
 import warnings
 import weakref
@@ -37,27 +45,58 @@ __all__ = [
     "SWEEPABLE",
     "check_sweep",
     "cmd_train_sweep",
-    "optimizer_values",
     "sweepable",
     "train_members",
     "write_results",
 ]
 
 # Config key -> the optimizer argument it sweeps.
-SWEEPABLE = {
+OPTIMIZER_KEYS = {
     "optimizer.learning_rate": "learning_rate",
     "optimizer.options.weight_decay": "weight_decay",
 }
+LABEL_SMOOTHING = "loss.label_smoothing"
+# The rate of the Dropout entry i of model.layers (a top-level layer of the model).
+_DROPOUT = re.compile(r"model\.layers\[(\d+)\]\.Dropout\.rate")
+SWEEPABLE = (*OPTIMIZER_KEYS, "model.layers[i].Dropout.rate", LABEL_SMOOTHING)
 # Optimizers whose weight decay is their own argument (traceable); fnn's generic decoupled
 # decay for the others is switched on by a Python test of the value, so it cannot be swept.
 _OWN_WEIGHT_DECAY = ("adamw", "lion")
 
 
-def sweepable(key: str, optimizer_name: str) -> bool:
-    """Whether the sweep mechanism can vary config ``key`` under ``optimizer_name``."""
-    if key not in SWEEPABLE:
-        return False
-    return key != "optimizer.options.weight_decay" or optimizer_name in _OWN_WEIGHT_DECAY
+def _why_not(key: str, cfg: Mapping) -> str | None:
+    """Why config ``key`` cannot be swept under ``cfg`` (None: it can)."""
+    if key in OPTIMIZER_KEYS:
+        name = str(cfg["optimizer"]["name"]).lower()
+        if key.endswith("weight_decay") and name not in _OWN_WEIGHT_DECAY:
+            return (
+                f"optimizer {name!r} has no weight_decay argument of its own to sweep; use "
+                f"{' or '.join(_OWN_WEIGHT_DECAY)}."
+            )
+        return None
+    if key == LABEL_SMOOTHING:
+        from fnn.training import losses
+
+        loss = losses.get(cfg["loss"]["name"])
+        if "label_smoothing" not in inspect.signature(type(loss)).parameters:
+            return f"loss {cfg['loss']['name']!r} has no label_smoothing argument."
+        return None
+    match = _DROPOUT.fullmatch(key)
+    if match is None:
+        return (
+            f"cannot be swept in one program.{closest(key, list(SWEEPABLE))} Sweepable keys: "
+            f"{', '.join(SWEEPABLE)}."
+        )
+    layers = cfg["model"]["layers"]
+    i = int(match.group(1))
+    if i >= len(layers) or not (isinstance(layers[i], Mapping) and "Dropout" in layers[i]):
+        return f"model.layers[{i}] is not a Dropout entry of the config's {len(layers)} layers."
+    return None
+
+
+def sweepable(key: str, cfg: Mapping) -> bool:
+    """Whether the sweep mechanism can vary config ``key`` under the validated ``cfg``."""
+    return _why_not(key, cfg) is None
 
 
 def check_sweep(cfg: Mapping) -> dict[str, list[float]] | None:
@@ -76,30 +115,28 @@ def check_sweep(cfg: Mapping) -> dict[str, list[float]] | None:
             f"sweep: expected a mapping like {{optimizer.learning_rate: [1.0e-3, 1.0e-2]}}, "
             f"got {sweep!r}."
         )
-    name = str(cfg["optimizer"]["name"]).lower()
     out: dict[str, list[float]] = {}
     for key, values in sweep.items():
         key = str(key)
-        if key not in SWEEPABLE:
-            raise ConfigError(
-                f"sweep.{key}: cannot be swept in one program.{closest(key, list(SWEEPABLE))} "
-                f"Sweepable keys: {', '.join(SWEEPABLE)}."
-            )
-        if not sweepable(key, name):
-            raise ConfigError(
-                f"sweep.{key}: optimizer {name!r} has no weight_decay argument of its own to "
-                f"sweep; use {' or '.join(_OWN_WEIGHT_DECAY)}."
-            )
+        why = _why_not(key, cfg)
+        if why is not None:
+            raise ConfigError(f"sweep.{key}: {why}")
         if (
             not isinstance(values, list)
             or not values
             or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
         ):
             raise ConfigError(f"sweep.{key}: expected a non-empty list of numbers, got {values!r}.")
-        low = 0.0 if key.endswith("weight_decay") else None
         for v in values:
-            if not math.isfinite(v) or (v < 0 if low == 0.0 else v <= 0):
-                what = ">= 0" if low == 0.0 else "> 0"
+            if key == "optimizer.learning_rate":
+                ok, what = v > 0, "> 0"
+            elif key.endswith("Dropout.rate"):
+                ok, what = 0 <= v < 1, "in [0, 1)"
+            elif key == LABEL_SMOOTHING:
+                ok, what = 0 <= v <= 1, "in [0, 1]"
+            else:
+                ok, what = v >= 0, ">= 0"
+            if not math.isfinite(v) or not ok:
                 raise ConfigError(f"sweep.{key}: expected finite values {what}, got {v!r}.")
         out[key] = [float(v) for v in values]
     sizes = {k: len(v) for k, v in out.items()}
@@ -115,20 +152,46 @@ def check_sweep(cfg: Mapping) -> dict[str, list[float]] | None:
     return out
 
 
-def optimizer_values(sweep: Mapping[str, list[float]]) -> dict[str, list[float]]:
-    """``{optimizer argument: values}`` of a checked sweep (config keys -> arguments)."""
-    return {SWEEPABLE[k]: list(v) for k, v in sweep.items()}
-
-
-# run -> {swept names: (member Trainer, member init)}: a later call with other values (or a
-# later batch of trials) reuses the compiled programs.
+# run -> {(swept keys, n): (member Trainer, member init)}: a later call with other values
+# (or a later batch of trials) reuses the compiled programs.
 _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _programs(run, names: tuple[str, ...], n: int):
-    """The member ``Trainer`` and the jitted ``init(params, state, rng, {name: [n]})`` of
-    a sweep of ``n`` members over ``names`` on ``run``'s model (built once per run, names
-    and member count)."""
+def _member_build(run, keys: tuple[str, ...]):
+    """``build(values) -> (layer, loss)`` of ``fnn.train.make_hyper_steps``: ``run``'s model
+    with the swept Dropout rates, its loss with the swept label smoothing (traced values)."""
+    from fnn.cli import config as config_lib
+    from fnn.core.spec import rebuild
+
+    base = run.model.layer
+    dropouts = {int(_DROPOUT.fullmatch(k).group(1)): k for k in keys if _DROPOUT.fullmatch(k)}
+    children = [child for _, child in (base.children or ())]
+    if dropouts and len(children) != len(run.cfg["model"]["layers"]):
+        raise ConfigError(
+            f"sweep: expected the model's {len(children)} layers to be the config's "
+            f"{len(run.cfg['model']['layers'])} model.layers entries."
+        )
+
+    def build(values):
+        layer, loss = base, run.loss
+        if dropouts:
+            layers = [
+                rebuild(c, rate=values[dropouts[i]]) if i in dropouts else c
+                for i, c in enumerate(children)
+            ]
+            layer = rebuild(base, layers=tuple(layers))
+        if LABEL_SMOOTHING in values:
+            config = {**run.cfg["loss"], "label_smoothing": values[LABEL_SMOOTHING]}
+            loss = config_lib.build_loss(config)
+        return layer, loss
+
+    return build
+
+
+def _programs(run, keys: tuple[str, ...], n: int):
+    """The member ``Trainer`` and the jitted ``init(params, state, rng, optimizer values,
+    layer/loss values)`` of a sweep of ``n`` members over config ``keys`` on ``run``'s
+    model (built once per run, keys and member count)."""
     import jax
     import jax.numpy as jnp
 
@@ -143,11 +206,15 @@ def _programs(run, names: tuple[str, ...], n: int):
             "them or train the values one by one."
         )
     cache = _PROGRAMS.setdefault(run, {})
-    if (names, n) not in cache:
-        tx = ensemble.sweep_optimizer(run.optimizer, dict.fromkeys(names, 0.0))
-        trainer = loop_lib.Trainer(run.model.layer, run.loss, tx, run.metrics, members=n)
+    if (keys, n) not in cache:
+        args = [OPTIMIZER_KEYS[k] for k in keys if k in OPTIMIZER_KEYS]
+        tx = ensemble.sweep_optimizer(run.optimizer, dict.fromkeys(args, 0.0))
+        steps = ensemble.make_hyper_steps(_member_build(run, keys), tx, run.metrics)
+        trainer = loop_lib.Trainer(
+            run.model.layer, run.loss, tx, run.metrics, members=n, steps=steps
+        )
 
-        def one(params, state, rng, vals):
+        def one(params, state, rng, optimizer_values, values):
             # Member i is fnn train's state with its own values: same params, same rng.
             ts = step_lib.TrainState(
                 step=jnp.zeros([], jnp.int32),
@@ -157,10 +224,12 @@ def _programs(run, names: tuple[str, ...], n: int):
                 rng=rng,
                 metric_states=step_lib.init_metric_states(run.metrics),
             )
-            return ensemble.set_sweep_hyperparams(ts, vals)
+            ts = ensemble.set_sweep_hyperparams(ts, optimizer_values)
+            return ensemble.hyper_state(ts, values)
 
-        cache[names, n] = trainer, jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)))
-    return cache[names, n]
+        init = jax.jit(jax.vmap(one, in_axes=(None, None, None, 0, 0)))
+        cache[keys, n] = trainer, init
+    return cache[keys, n]
 
 
 def _per_member(logs: Mapping, n: int) -> dict[str, np.ndarray]:
@@ -198,34 +267,37 @@ def train_members(
     run, values: Mapping[str, list[float]], *, on_epoch_end=None
 ) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Train ``run``'s model (a ``fnn.cli.commands.Run``) once per member, member i with
-    optimizer arguments ``{k: v[i]}`` of ``values`` (e.g. ``{"learning_rate": [n]}``), as
-    one vmapped program through the one loop; ``on_epoch_end(epoch, logs) -> stop`` sees
-    each epoch's ``{key: [n]}`` logs (``val_*`` included). Returns ``(history, test)``:
-    a ``{key: [n]}`` dict per epoch run and the members' ``[n]`` test metrics."""
+    ``{key: v[i]}`` of ``values`` (sweepable config keys, e.g.
+    ``{"optimizer.learning_rate": [n]}``), as one vmapped program through the one loop;
+    ``on_epoch_end(epoch, logs) -> stop`` sees each epoch's ``{key: [n]}`` logs (``val_*``
+    included). Returns ``(history, test)``: a ``{key: [n]}`` dict per epoch run and the
+    members' ``[n]`` test metrics."""
     from fnn.io import data_adapter as data_lib
     from fnn.training import loop as loop_lib
 
     cfg = run.cfg
+    keys = tuple(values)
     n = len(next(iter(values.values())))
-    trainer, init = _programs(run, tuple(values), n)
+    trainer, init = _programs(run, keys, n)
     ts = run.model.train_state  # built by Run (its Input): the params fnn train starts from
-    swept = {k: np.asarray(v, np.float32) for k, v in values.items()}
-    train_state = init(ts.params, ts.state, ts.rng, swept)
-    # The batches Model.fit feeds fnn train: the same order, batch size and step count.
+
+    def swept(names):
+        return {k: np.asarray(values[k], np.float32) for k in names}
+
+    optimizer_keys = [k for k in keys if k in OPTIMIZER_KEYS]
+    optimizer_values = {OPTIMIZER_KEYS[k]: v for k, v in swept(optimizer_keys).items()}
+    layer_values = swept(k for k in keys if k not in OPTIMIZER_KEYS)
+    train_state = init(ts.params, ts.state, ts.rng, optimizer_values, layer_values)
+    # Model.fit's batches for fnn train: the same order, batch size and step count.
     data = data_lib.ArrayData(run.x_train, run.y_train)
     batch_size = cfg["batch_size"]
     steps = min(run.steps_per_epoch(), math.ceil(data.n / batch_size))
-    on_device = data.fits_on_device()
-
-    def epoch_data(epoch):
-        order = loop_lib.epoch_order(data.n, seed=cfg["seed"], epoch=epoch)
-        return data.epoch(order, batch_size, steps, on_device=on_device)
+    epoch_data = data.epoch_data(
+        batch_size, steps, seed=cfg["seed"], on_device=data.fits_on_device()
+    )
 
     def batches(x, y):
-        split = data_lib.ArrayData(x, y)
-        size = run.eval_batch_size()
-        order = np.arange(split.n, dtype=np.int32)
-        return split.epoch(order, size, math.ceil(split.n / size), on_device=False)
+        return data_lib.ArrayData(x, y).eval_batches(run.eval_batch_size())
 
     history: list[dict] = []
 
@@ -345,7 +417,7 @@ def cmd_train_sweep(run, run_dir: Path, say: Callable[[str], None]) -> int:
         return False
 
     start = time.perf_counter()
-    history, test = train_members(run, optimizer_values(sweep), on_epoch_end=line)
+    history, test = train_members(run, sweep, on_epoch_end=line)
     wall = time.perf_counter() - start
     table, files = write_results(
         run_dir, sweep, history, test, metric_names=run.metric_names, plot=cfg["plots"]

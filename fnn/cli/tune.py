@@ -602,9 +602,8 @@ def _batchable(search: dict, raw: dict) -> bool:
     base = _validated(raw)
     if base["distribute"]["strategy"] != "none":
         return False
-    name = str(base["optimizer"]["name"]).lower()
     return all(
-        spec["type"] == "float" and not spec.get("when") and sweep_lib.sweepable(key, name)
+        spec["type"] == "float" and not spec.get("when") and sweep_lib.sweepable(key, base)
         for key, spec in search["space"].items()
     )
 
@@ -624,14 +623,14 @@ def _train_batch(
     metric = search["objective"]["metric"]
     start = time.perf_counter()
     params = [_suggest(t, search["space"]) for t in trials]
-    values = {sweep_lib.SWEEPABLE[k]: [p[k] for p in params] for k in search["space"]}
+    values = {k: [p[k] for p in params] for k in search["space"]}
     last, ran = [math.nan] * len(trials), [0] * len(trials)
     live = [True] * len(trials)  # neither pruned nor diverged: still reporting
     pruned = [False] * len(trials)
     failed = None
     with _Heartbeat(storage, [t._trial_id for t in trials], search["heartbeat_s"]):
         try:
-            # The ranges are all optimizer values: every trial has the same config apart
+            # The ranges are all sweepable values: every trial has the same config apart
             # from them, and the members take theirs from ``values``.
             cfg = _validated(trial_config(raw, search["space"], params[0]))
 

@@ -36,7 +36,7 @@ from fnn.core.layer import (
     registered_layers,
 )
 
-__all__ = ["build", "describe", "full_arguments", "join_path"]
+__all__ = ["build", "describe", "full_arguments", "join_path", "rebuild"]
 
 # Keras-style arguments that ``register_layer`` pops itself unless the factory takes them.
 _KERAS_INPUT = ("input_shape", "input_dim")
@@ -280,6 +280,25 @@ def _prefixed(path: str, arguments: Mapping, message: str) -> str:
     first = re.sub(r"^[A-Za-z_][\w.-]*: ", "", first)
     named = [k for k in arguments if re.search(rf"\b{re.escape(str(k))}\b", first)]
     return f"{join_path(path, named[0]) if len(named) == 1 else path}: {first}"
+
+
+def rebuild(layer: Layer, **changes: Any) -> Layer:
+    """``layer`` built again from its spec with ``changes`` to its arguments, under the same
+    name: a variant such as a container with one child replaced, or a layer whose argument
+    is a traced value (a sweep member's dropout rate). The factory judges the new values
+    (no annotation checks: a traced value is no ``float``).
+
+    >>> import fnn
+    >>> drop = rebuild(fnn.layers.Dropout(0.2), rate=0.5)
+    >>> drop.spec.config["rate"], drop.name, drop.explicitly_named
+    (0.5, 'dropout', False)
+    """
+    if layer.spec is None:
+        raise ConfigError(f"{layer.name}: cannot rebuild a layer without a spec (unregistered).")
+    arguments = full_arguments(layer.spec)
+    if "name" not in layer.spec.config:  # a default name stays implicit (suffixed in containers)
+        arguments.pop("name", None)
+    return build(layer.spec.class_name, {**arguments, **changes}, check_types=False)
 
 
 def full_arguments(spec: LayerSpec) -> dict[str, Any]:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import math
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.core.errors import ConfigError, ShapeError
+from fnn.training.ensemble import member_orders
 from fnn.training.loop import DeviceRows, epoch_order, take
 
 # Arrays up to this size live on the device for the whole fit; larger ones are batched on
@@ -149,6 +151,38 @@ class ArrayData:
 
     def fits_on_device(self) -> bool:
         return self.nbytes() <= DEVICE_DATA_LIMIT_BYTES
+
+    def epoch_data(
+        self,
+        batch_size: int,
+        steps: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        members: int | None = None,
+        on_device: bool,
+        ahead: bool = True,
+    ) -> Callable[[int], DeviceRows | Iterator]:
+        """``epoch_data(epoch)`` for ``fnn.training.loop.fit``: ``steps`` batches of
+        ``batch_size`` in ``epoch_order(seed, epoch)`` (``Model.fit``'s, a sweep's), or with
+        ``members=n`` member i's own order (seed ``seed + i``: ``[n, batch, ...]``
+        batches, ``fnn.train.member_orders``). See ``epoch`` for ``on_device``/``ahead``."""
+
+        def epoch_data(epoch: int):
+            if members is None:
+                order = epoch_order(self.n, seed=seed, epoch=epoch, shuffle=shuffle)
+            else:
+                order = member_orders(self.n, members, seed=seed, epoch=epoch, shuffle=shuffle)
+            return self.epoch(order, batch_size, steps, on_device=on_device, ahead=ahead)
+
+        return epoch_data
+
+    def eval_batches(self, batch_size: int, steps: int | None = None) -> Iterator:
+        """The first ``steps`` (default all) batches in order, host arrays put on the device
+        one by one (evaluation: every example once)."""
+        steps = math.ceil(self.n / batch_size) if steps is None else steps
+        order = epoch_order(self.n, seed=0, epoch=0, shuffle=False)
+        return self.epoch(order, batch_size, steps, on_device=False)
 
     def epoch(self, order: np.ndarray, batch_size: int, steps: int, *, on_device: bool, ahead=True):
         """The first ``steps`` batches in ``order``: ``DeviceRows`` over the device copy,

@@ -15,7 +15,8 @@ def Dropout(rate: float, noise_shape=None, name: str = "dropout") -> Layer:
     ``1 / (1 - rate)``; identity when ``train=False``. ``[...] -> [...]``.
 
     ``noise_shape`` (optional) broadcasts one mask over axes of size 1, as in Keras.
-    Needs ``rng`` when training.
+    Needs ``rng`` when training. ``rate`` may be a traced scalar (e.g. a sweep member's,
+    ``fnn.train.make_hyper_steps``), unchecked.
 
     >>> import jax, jax.numpy as jnp, fnn
     >>> drop = fnn.layers.Dropout(0.5)
@@ -23,7 +24,8 @@ def Dropout(rate: float, noise_shape=None, name: str = "dropout") -> Layer:
     >>> sorted(set(y.tolist()))
     [0.0, 2.0]
     """
-    if not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:
+    traced = isinstance(rate, jax.core.Tracer)
+    if not traced and (not isinstance(rate, int | float) or not 0.0 <= rate < 1.0):
         raise ConfigError(f"{name}: expected rate in [0, 1), got {rate!r}.")
 
     def init(key, x):
@@ -32,7 +34,7 @@ def Dropout(rate: float, noise_shape=None, name: str = "dropout") -> Layer:
 
     def apply(params, state, x, *, rng=None, train=False):
         del params
-        if not train or rate == 0.0:
+        if not train or (not traced and rate == 0.0):
             return x, state
         if rng is None:
             raise ConfigError(

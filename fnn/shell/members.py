@@ -1,16 +1,12 @@
 """What ``Model.fit(ensemble=n)`` and ``Model.fit(dp=...)`` add to the shell: the
-stacked member ``TrainState``, each member's epoch order, the combined predict step and
-the DP-SGD epsilon of an epoch's logs. The training itself is ``fnn.training.loop``'s
+stacked member ``TrainState``, the combined predict step and the DP-SGD epsilon of an
+epoch's logs (each member's epoch order is ``fnn.train.member_orders``, fed by
+``fnn.io.data_adapter.ArrayData.epoch_data``). The training itself is ``fnn.training.loop``'s
 (its ``Trainer`` with ``members``/``dp``).
 
 Member i of an ensemble is the model ``compile(seed=seed + i)`` would build and train:
 its initialisation and dropout keys come from ``seed + i`` and, with
 ``ensemble_batches="own"``, its shuffle too.
-
->>> import numpy as np
->>> orders = member_orders(5, 2, seed=0, epoch=0, shuffle=False)
->>> orders.tolist()
-[[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
 """
 
 from __future__ import annotations
@@ -24,14 +20,22 @@ import numpy as np
 from fnn.core.errors import ConfigError
 from fnn.core.init_program import jit_init
 from fnn.training import ensemble as ensemble_lib
-from fnn.training import loop as loop_lib
 from fnn.training import privacy
 from fnn.training import step as train_lib
 
-__all__ = ["dp_epoch_logs", "init_members", "member_orders", "members_predict", "strip_members"]
+__all__ = [
+    "combined_kind",
+    "dp_epoch_logs",
+    "from_logits",
+    "init_members",
+    "members_predict",
+    "strip_members",
+]
 
 # Losses whose outputs are class scores: their members are combined as probabilities.
 _CATEGORICAL = ("SparseCategoricalCrossentropy", "CategoricalCrossentropy")
+# Losses of one probability per label: members are combined as those probabilities.
+_BINARY = ("BinaryCrossentropy", "BinaryFocalCrossentropy")
 
 
 def init_members(layer, optimizer, metrics, inputs, *, seed: int, n: int):
@@ -59,15 +63,32 @@ def strip_members(tree):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
 
 
-def member_orders(num_examples: int, n: int, *, seed: int, epoch: int, shuffle: bool = True):
-    """``[n, num_examples]`` epoch orders: member i's is a single run's with seed
-    ``seed + i`` (``fnn.training.loop.epoch_order``)."""
-    return np.stack(
-        [
-            loop_lib.epoch_order(num_examples, seed=seed + i, epoch=epoch, shuffle=shuffle)
-            for i in range(n)
-        ]
-    )
+def combined_kind(loss) -> str:
+    """How an ensemble of models trained with ``loss`` (a ``Loss``, a name or a config)
+    combines its members: ``"categorical"`` (class scores: the mean of the members'
+    softmax probabilities), ``"binary"`` (one score per label: the mean of their sigmoid
+    probabilities) or ``"mean"`` (the mean output)."""
+    from fnn.training import losses as losses_lib
+
+    try:
+        loss = losses_lib.get(loss) if loss is not None else None
+    except ConfigError:  # a loss per output or a custom callable: combined as outputs
+        return "mean"
+    name = type(loss).__name__
+    if name in _CATEGORICAL:
+        return "categorical"
+    return "binary" if name in _BINARY else "mean"
+
+
+def from_logits(loss) -> bool:
+    """Whether ``loss`` (a ``Loss``, a name or a config; ``None``) reads logits."""
+    from fnn.training import losses as losses_lib
+
+    try:
+        loss = losses_lib.get(loss) if loss is not None else None
+    except ConfigError:
+        return False
+    return bool(getattr(loss, "config", {}).get("from_logits", False))
 
 
 def members_predict(layer, loss, *, stats: bool):
@@ -76,12 +97,15 @@ def members_predict(layer, loss, *, stats: bool):
     Class scores (a categorical crossentropy loss) -> ``probs [batch, classes]``, the mean of
     the members' probabilities; with ``stats`` the dict of
     ``fnn.train.predictive_stats`` (``probs``, ``entropy``, ``mutual_information``,
-    ``variance``). Any other loss -> the members' mean output; with ``stats``
-    ``{"mean", "variance"}`` over the members.
+    ``variance``). Binary scores (binary crossentropy, ``[batch, k]``) -> the mean of the
+    members' probabilities of the positive class, ``[batch, k]``; with ``stats`` the same
+    dict over each label's two classes (``probs`` and ``variance`` of the positive class,
+    ``entropy``/``mutual_information`` of the Bernoulli). Any other loss -> the members'
+    mean output; with ``stats`` ``{"mean", "variance"}`` over the members.
     """
     predict = train_lib.make_predict_step(layer)
-    categorical = type(loss).__name__ in _CATEGORICAL
-    from_logits = bool(getattr(loss, "config", {}).get("from_logits", False))
+    kind = combined_kind(loss)
+    logits = from_logits(loss)
 
     def fn(params, state, x):
         out = jax.vmap(predict, in_axes=(0, 0, None))(params, state, x)
@@ -90,8 +114,14 @@ def members_predict(layer, loss, *, stats: bool):
                 f"{layer.name}: an ensemble's predict combines one output array, got "
                 f"{type(out).__name__}; predict each member with fnn.train.ensemble."
             )
-        if categorical:
-            values = ensemble_lib.predictive_stats(out, from_logits=from_logits)
+        if kind == "categorical":
+            values = ensemble_lib.predictive_stats(out, from_logits=logits)
+            return values if stats else values["probs"]
+        if kind == "binary":
+            p = jax.nn.sigmoid(out) if logits else out
+            two = ensemble_lib.predictive_stats(jnp.stack([1 - p, p], -1), from_logits=False)
+            # Back to one column per label: the positive class's probability and variance.
+            values = {k: v[..., 1] if k in ("probs", "variance") else v for k, v in two.items()}
             return values if stats else values["probs"]
         mean = jnp.mean(out, axis=0)
         return {"mean": mean, "variance": jnp.var(out, axis=0)} if stats else mean

@@ -791,8 +791,8 @@ class Model:
         }
         self._trainer = None
         self._predictor = None
-        if self._members is not None:  # a new compile starts from one model again
-            self._train_state, self._members = None, None
+        # As Keras, a new compile keeps the weights (an ensemble's members too) and starts a
+        # fresh optimizer state.
         if self._train_state is not None:
             self._train_state = _replace(self._train_state, opt_state=None, metric_states=None)
 
@@ -935,7 +935,14 @@ class Model:
                 raise type(err)(
                     f"{self.name}: {what} does not fit the loss and model outputs: {err}"
                 ) from None
-        if ts.opt_state is None or ts.metric_states is None:
+        if (ts.opt_state is None or ts.metric_states is None) and self._members is not None:
+            # A recompiled ensemble: each member's own optimizer state (init under vmap).
+            self._train_state = _replace(
+                ts,
+                opt_state=jax.jit(jax.vmap(trainer.optimizer.init))(ts.params),
+                metric_states=trainer.variant(members=self._members).init_metric_states(),
+            )
+        elif ts.opt_state is None or ts.metric_states is None:
             init = trainer.optimizer.init
             self._train_state = _replace(
                 ts,
@@ -958,10 +965,17 @@ class Model:
             if self._members is None:
                 fn = train_lib.make_predict_step(self.layer)
             else:
-                fn = members_lib.members_predict(self.layer, self._trainer.loss, stats=stats)
+                fn = members_lib.members_predict(self.layer, self._loss(), stats=stats)
             use_jit = self._compile_config["jit"] if self._compile_config else True
             self._predictor = (key, jax.jit(fn) if use_jit else fn)
         return self._predictor[1]
+
+    def _loss(self):
+        """The resolved loss, or before any ``fit``/``evaluate`` the one given to ``compile``
+        (``None`` uncompiled)."""
+        if self._trainer is not None:
+            return self._trainer.loss
+        return self._compile_config["loss"] if self._compile_config else None
 
     def reset_metrics(self) -> None:
         """Zero the running loss and metric states (as ``fit`` does at each epoch start)."""
@@ -1194,20 +1208,21 @@ class Model:
             and cfg["jit"]
         )
 
+        if isinstance(data, data_lib.ArrayData):
+            arrays = data.epoch_data(
+                batch_size,
+                steps,
+                seed=cfg["seed"],
+                shuffle=shuffle,
+                members=members if ensemble_batches == "own" else None,
+                on_device=on_device,
+                ahead=placement is None,
+            )
+
         def epoch_data(epoch):
             nonlocal first
             if isinstance(data, data_lib.ArrayData):
-                if members is not None and ensemble_batches == "own":
-                    order = members_lib.member_orders(
-                        data.n, members, seed=cfg["seed"], epoch=epoch, shuffle=shuffle
-                    )
-                else:
-                    order = loop_lib.epoch_order(
-                        data.n, seed=cfg["seed"], epoch=epoch, shuffle=shuffle
-                    )
-                return data.epoch(
-                    order, batch_size, steps, on_device=on_device, ahead=placement is None
-                )
+                return arrays(epoch)
             if first is not None:
                 batches, first = _chain_first(first, iterator), None
                 return batches
@@ -1301,7 +1316,6 @@ class Model:
                     f"{self.name}: evaluate(groups=...) needs return_dict=True and arrays x, y."
                 )
             from fnn.training import fairness
-            from fnn.training import losses as losses_lib
 
             if len(np.asarray(groups).reshape(-1)) != len(np.asarray(y)):
                 raise ShapeError(
@@ -1309,8 +1323,6 @@ class Model:
                     f"({len(np.asarray(y))}), got groups of shape {np.shape(groups)}."
                 )
             logs = self.evaluate(x, y, batch_size, verbose, sample_weight, steps, callbacks, True)
-            loss = losses_lib.get(self._compile_config["loss"]) if self._compile_config else None
-            logits = bool(getattr(loss, "config", {}).get("from_logits", False))
             y_pred = self.predict(x, batch_size=batch_size, verbose=0, steps=steps)
             n = len(y_pred)
             weights = None if sample_weight is None else np.asarray(sample_weight)[:n]
@@ -1318,7 +1330,7 @@ class Model:
                 np.asarray(y)[:n],
                 y_pred,
                 np.asarray(groups)[:n],
-                threshold=0.0 if logits else 0.5,
+                threshold=self._score_threshold(),
                 sample_weight=weights,
             )
             return logs
@@ -1349,6 +1361,14 @@ class Model:
         cl.on_test_end(logs)
         return self._batch_result(logs, trainer, return_dict)
 
+    def _score_threshold(self) -> float:
+        """The decision threshold of one score from ``predict``: 0 for a logit, 0.5 for a
+        probability (an ensemble's combined binary prediction is a mean probability)."""
+        loss = self._loss()
+        if self._members is not None and members_lib.combined_kind(loss) != "mean":
+            return 0.5
+        return 0.0 if members_lib.from_logits(loss) else 0.5
+
     # ------------------------------------------------------------------ predict
 
     def predict(
@@ -1358,16 +1378,19 @@ class Model:
         verbose="auto",
         steps: int | None = None,
         callbacks=None,
-        *,
-        _stats: bool = False,
     ):
         """Outputs for ``x`` as NumPy arrays, in batches of ``batch_size``.
 
         Works without ``compile``. Every batch is padded to ``batch_size`` rows (the padding
         is dropped from the result), so any number of samples runs one compiled program.
         After ``fit(ensemble=n)``: the members' mean probability ``[batch, classes]`` (a
-        categorical crossentropy loss; else their mean output).
+        categorical crossentropy loss; ``[batch, k]`` of the positive class for binary
+        crossentropy; else their mean output).
         """
+        return self._predict(x, batch_size, verbose, steps, callbacks, stats=False)
+
+    def _predict(self, x, batch_size, verbose, steps, callbacks, *, stats: bool):
+        """``predict``, of an ensemble with ``stats``: ``predict_uncertainty``'s dict."""
         verbose = _is_verbose_auto(verbose)
         batch_size = self._count("batch_size", batch_size, 32)
         steps = self._count("steps", steps)
@@ -1405,7 +1428,7 @@ class Model:
                 batches = iter(())
         cl = self._callbacks(callbacks, verbose, history=False, epochs=1, steps=n_steps)
         cl.on_predict_begin({})
-        outputs = loop_lib.predict(self._predict_step(_stats), _Hooks(self, cl), batches)
+        outputs = loop_lib.predict(self._predict_step(stats), _Hooks(self, cl), batches)
         cl.on_predict_end({})
         if not outputs:
             raise ConfigError(f"{self.name}: predict got no data (0 batches).")
@@ -1418,14 +1441,16 @@ class Model:
         ``probs [batch, classes]`` (mean of the members' probabilities), ``entropy [batch]``
         (of that mean, nats), ``mutual_information [batch]`` (entropy minus the members'
         mean entropy) and ``variance [batch, classes]`` (of the members' probabilities), as
-        ``fnn.train.predictive_stats``; other losses: ``mean`` and ``variance`` of the
-        outputs. Needs a model trained with ``fit(ensemble=n)``."""
+        ``fnn.train.predictive_stats``; binary crossentropy: the same over each label's two
+        classes, ``probs``/``variance`` ``[batch, k]`` of the positive class; other losses:
+        ``mean`` and ``variance`` of the outputs. Needs a model trained with
+        ``fit(ensemble=n)``."""
         if self._members is None:
             raise ConfigError(
                 f"{self.name}: predict_uncertainty needs an ensemble; train it with "
                 "fit(..., ensemble=n) first."
             )
-        return self.predict(x, batch_size, verbose, steps, _stats=True)
+        return self._predict(x, batch_size, verbose, steps, None, stats=True)
 
     def _single_model(self, what: str) -> None:
         if self._members is not None:
@@ -1542,9 +1567,7 @@ def _eval_batches(data, batch_size: int, steps: int | None = None):
     """Evaluation batches ``(x, y, sample_weight)`` on the device, in order."""
     if isinstance(data, data_lib.IterableData):
         return data.epoch(steps)
-    order = loop_lib.epoch_order(data.n, seed=0, epoch=0, shuffle=False)
-    steps = math.ceil(data.n / batch_size) if steps is None else steps
-    return data.epoch(order, batch_size, steps, on_device=False)
+    return data.eval_batches(batch_size, steps)
 
 
 def _len_or_none(data) -> int | None:

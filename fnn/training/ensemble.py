@@ -11,6 +11,9 @@ A sweep is an ensemble whose members differ in optimizer hyperparameters: the op
 ``optax.inject_hyperparams`` over a named fnn optimizer, so each member's learning rate is
 a value in its ``opt_state`` (``[n]`` after vmap), not a constant baked into the program;
 new sweep values reuse the compiled step (``CompileCounter`` counts XLA compiles).
+Values of the layer or loss (a dropout rate, label smoothing) are values too:
+``make_hyper_steps`` builds each member's layer and loss inside the traced step from the
+values its ``TrainState`` carries (``hyper_state``).
 
 >>> import jax, jax.numpy as jnp, fnn
 >>> from fnn.layers import Dense
@@ -41,9 +44,11 @@ __all__ = [
     "CompileCounter",
     "compute_member_metrics",
     "ensemble",
+    "hyper_state",
     "init_ensemble_train_state",
     "init_sweep_train_state",
     "make_ensemble_train_step",
+    "make_hyper_steps",
     "member_orders",
     "predictive_stats",
     "set_sweep_hyperparams",
@@ -124,12 +129,22 @@ def compute_member_metrics(metric_states, metrics: Sequence = ()) -> dict[str, n
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def member_orders(num_examples: int, n: int, *, seed: int, epoch: int) -> np.ndarray:
+def member_orders(
+    num_examples: int, n: int, *, seed: int, epoch: int, shuffle: bool = True
+) -> np.ndarray:
     """``[n, num_examples]`` sample orders of one epoch: member i shuffles as a single run
-    with seed ``seed + i`` (``fnn.training.loop.epoch_order``)."""
+    with seed ``seed + i`` (``fnn.training.loop.epoch_order``; ``shuffle=False``: every
+    member in order).
+
+    >>> member_orders(5, 2, seed=0, epoch=0, shuffle=False).tolist()
+    [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
+    """
     n = _check_members("member_orders", n)
     return np.stack(
-        [loop_lib.epoch_order(num_examples, seed=seed + i, epoch=epoch) for i in range(n)]
+        [
+            loop_lib.epoch_order(num_examples, seed=seed + i, epoch=epoch, shuffle=shuffle)
+            for i in range(n)
+        ]
     )
 
 
@@ -247,6 +262,66 @@ def set_sweep_hyperparams(
         )
     hp.update({k: jnp.asarray(v).astype(jnp.asarray(hp[k]).dtype) for k, v in values.items()})
     return train_state._replace(opt_state=train_state.opt_state._replace(hyperparams=hp))
+
+
+def hyper_state(train_state: step_lib.TrainState, values: Mapping[str, Any]) -> step_lib.TrainState:
+    """``train_state`` whose ``state`` also carries a member's layer/loss values for
+    ``make_hyper_steps``: ``{"model": the layer's state, "hyper": {name: float32 scalar}}``
+    (vmap it over ``[n]`` values to make the members of a sweep)."""
+    hyper = {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
+    return train_state._replace(state={"model": train_state.state, "hyper": hyper})
+
+
+def make_hyper_steps(
+    build: Callable[[Mapping[str, jax.Array]], tuple[Layer, Any]],
+    optimizer,
+    metrics: Sequence = (),
+) -> tuple[Callable, Callable]:
+    """``(train_step, eval_step)`` of a member whose layer and loss take traced values:
+    ``build(values) -> (layer, loss)`` is called inside the step with the ``{name: scalar}``
+    its state carries (``hyper_state``), e.g. a layer ``fnn.core.spec.rebuild`` with a
+    ``Dropout`` rate of ``values["rate"]`` and a loss with ``label_smoothing=`` a value.
+    The steps are ``make_train_step``'s and ``make_eval_step``'s of that layer and loss
+    (same signatures), the values passed through unchanged; vmapped over members (e.g.
+    ``fnn.training.loop.Trainer(members=n, steps=...)``), new values reuse the program.
+
+    For example (members ``jax.vmap(hyper_state, in_axes=(None, 0))(ts, {"rate": [n],
+    "smoothing": [n]})``, trained by ``jax.vmap(train_step, in_axes=(0, None))``)::
+
+        model = fnn.serial(Dense(64), Dropout(0.1), Dense(10))
+
+        def build(v):
+            drop = rebuild(model.children[1][1], rate=v["rate"])
+            layers = (model.children[0][1], drop, model.children[2][1])
+            loss = fnn.losses.SparseCategoricalCrossentropy(
+                from_logits=True, label_smoothing=v["smoothing"]
+            )
+            return rebuild(model, layers=layers), loss
+
+        train_step, eval_step = make_hyper_steps(build, "adam")
+    """
+
+    def values(state) -> Mapping[str, jax.Array]:
+        if not isinstance(state, Mapping) or set(state) != {"model", "hyper"}:
+            raise ConfigError(
+                "make_hyper_steps: expected a train state made by hyper_state "
+                "(state {'model': ..., 'hyper': {name: value}})."
+            )
+        return state["hyper"]
+
+    def train_step(train_state, batch):
+        hyper = values(train_state.state)
+        layer, loss = build(hyper)
+        step = step_lib.make_train_step(layer, loss, optimizer, metrics)
+        new, logs = step(train_state._replace(state=train_state.state["model"]), batch)
+        return new._replace(state={"model": new.state, "hyper": hyper}), logs
+
+    def eval_step(metric_states, params, state, batch):
+        layer, loss = build(values(state))
+        step = step_lib.make_eval_step(layer, loss, metrics)
+        return step(metric_states, params, state["model"], batch)
+
+    return train_step, eval_step
 
 
 def sweep_table(hyperparams: Mapping[str, Sequence[float]], results: Mapping[str, Any]) -> str:

@@ -136,7 +136,9 @@ class Trainer:
     of the ``TrainState`` (``fnn.train.make_ensemble_train_step``); ``same_batch=False``
     feeds member i row i of ``[n, batch, ...]`` batches (an epoch order ``[n, examples]``).
     Logs then hold each metric's mean over the members plus ``<name>_member_<i>``.
-    ``dp``: a ``fnn.train.DPConfig``; the step is ``make_dp_train_step``'s.
+    ``dp``: a ``fnn.train.DPConfig``; the step is ``make_dp_train_step``'s. ``steps``:
+    ``(train_step, eval_step)`` pure steps to run instead (same signatures; e.g.
+    ``fnn.train.make_hyper_steps``'s); ``variant`` does not carry them.
     """
 
     def __init__(
@@ -152,6 +154,7 @@ class Trainer:
         members: int | None = None,
         same_batch: bool = True,
         dp=None,
+        steps: tuple[Callable, Callable] | None = None,
     ):
         self.layer, self.loss, self.optimizer, self.metrics = layer, loss, optimizer, tuple(metrics)
         self.metric_names = ["loss", *(m.name for m in self.metrics)]
@@ -172,6 +175,8 @@ class Trainer:
         else:
             core = step_lib.make_train_step(layer, loss, optimizer, self.metrics)
         eval_core = step_lib.make_eval_step(layer, loss, self.metrics)
+        if steps is not None:
+            core, eval_core = steps
         if members is not None:
             core = jax.vmap(core, in_axes=(0, None if same_batch else 0))
             eval_core = jax.vmap(eval_core, in_axes=(0, 0, 0, None))

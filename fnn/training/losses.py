@@ -253,7 +253,7 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
         )
     logp = _log_probs(y_pred, from_logits, axis)
     y_true = _float(y_true).astype(logp.dtype)
-    if label_smoothing:
+    if _smooths(label_smoothing):
         y_true = y_true * (1.0 - label_smoothing) + label_smoothing / y_pred.shape[axis]
     return per_example_mean(-jnp.sum(y_true * logp, axis=axis))
 
@@ -272,7 +272,7 @@ def sparse_categorical_crossentropy(
     num_classes = y_pred.shape[-1]
     picked = jnp.take_along_axis(logp, jnp.clip(labels, 0, num_classes - 1)[..., None], -1)[..., 0]
     loss = -picked
-    if label_smoothing:
+    if _smooths(label_smoothing):
         loss = (1.0 - label_smoothing) * loss - label_smoothing * jnp.mean(logp, axis=-1)
     if ignore_class is None:
         return per_example_mean(loss)
@@ -294,7 +294,7 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0):
     y_true, y_pred = match_ranks(name, y_true, y_pred)
     y_pred = _float(y_pred)
     y_true = _float(y_true).astype(y_pred.dtype)
-    if label_smoothing:
+    if _smooths(label_smoothing):
         y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
     if from_logits:
         loss = -(y_true * jax.nn.log_sigmoid(y_pred) + (1 - y_true) * jax.nn.log_sigmoid(-y_pred))
@@ -413,7 +413,7 @@ def binary_focal_crossentropy(
     y_true, y_pred = match_ranks(name, y_true, y_pred)
     y_pred = _float(y_pred)
     y_true = _float(y_true).astype(y_pred.dtype)
-    if label_smoothing:
+    if _smooths(label_smoothing):
         y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
     if from_logits:
         y_pred = jax.nn.sigmoid(y_pred)
@@ -431,7 +431,14 @@ def binary_focal_crossentropy(
 _DEFAULT_REDUCTION = "sum_over_batch_size"
 
 
+def _smooths(label_smoothing) -> bool:
+    """A traced value (a sweep member's, ``fnn.train.make_hyper_steps``) always applies."""
+    return isinstance(label_smoothing, jax.core.Tracer) or bool(label_smoothing)
+
+
 def _check_smoothing(name, label_smoothing):
+    if isinstance(label_smoothing, jax.core.Tracer):  # checked by whoever traced it
+        return
     if not isinstance(label_smoothing, int | float) or not 0.0 <= label_smoothing <= 1.0:
         raise ConfigError(f"{name}: expected label_smoothing in [0, 1], got {label_smoothing!r}.")
 
