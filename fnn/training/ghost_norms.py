@@ -9,8 +9,9 @@ which one batched forward and backward pass yields:
   [T, P]`` the output's cotangent of example i (``T``: its positions, 1 for an MLP), so
   ``||dW_i||^2 = sum_{t,s} (X_i X_i^T)_{ts} (G_i G_i^T)_{ts}`` (Goodfellow 2015; Li et
   al. 2022 for the sequence case), or ``||X_i^T G_i||^2`` when that is cheaper;
-- ``broadcast_in_dim`` of the parameter (a bias), or ``add`` of a parameter of the
-  output's shape: the cotangent, summed over the broadcast axes.
+- ``broadcast_in_dim``, ``add`` or ``mul`` of the parameter (biases, normalization
+  scales): the cotangent (times the other factor), summed over the broadcast axes; a
+  parameter may be reshaped first.
 
 The rules are found on the jaxpr of the per-example loss (no hooks in the layers): every
 parameter's uses are counted through nested ``jit`` calls; one that is used exactly once
@@ -47,10 +48,11 @@ __all__ = ["GhostPass", "ghost_pass"]
 
 # Calls whose body is inlined when a parameter flows into it (jnp functions are jitted).
 _CALLS = ("jit", "pjit", "closed_call", "core_call")
+_VIEWS = ("reshape", "squeeze")
 
 
 class _Rule(NamedTuple):
-    kind: str  # "dot", "broadcast" or "add"
+    kind: str  # "dot", "broadcast", "add" or "mul"
     leaf: int  # index of the parameter among the flat params
     pos: int  # the parameter's operand position in the op
     eqn: Any  # the jaxpr equation (its params and shapes)
@@ -70,6 +72,11 @@ def _find_rules(jaxpr, n_leaves: int) -> tuple[dict[tuple, _Rule], tuple[bool, .
                 sub = eqn.params["jaxpr"]
                 sub = getattr(sub, "jaxpr", sub)
                 scan(sub, {sub.invars[p]: leaf for p, leaf in hits}, prefix + (i,))
+                continue
+            if eqn.primitive.name in _VIEWS and len(eqn.invars) == 1:
+                # Same values in another shape (LayerNorm's scale as [1, 1, features]):
+                # the uses of the view are the parameter's, its gradient reshaped back.
+                alias[eqn.outvars[0]] = hits[0][1]
                 continue
             for p, leaf in hits:
                 uses[leaf].append((prefix + (i,), p, eqn, len(hits)))
@@ -106,8 +113,9 @@ def _rule(leaf, use) -> _Rule | None:
             return _Rule("dot", leaf, pos, eqn)
     if name == "broadcast_in_dim" and pos == 0 and len(eqn.invars) == 1:
         return _Rule("broadcast", leaf, pos, eqn)
-    if name == "add" and eqn.invars[pos].aval.shape == eqn.outvars[0].aval.shape:
-        return _Rule("add", leaf, pos, eqn)
+    shapes = [v.aval.shape for v in eqn.invars]
+    if name in ("add", "mul") and len({len(s) for s in shapes}) == 1:  # size-1 axes broadcast
+        return _Rule(name, leaf, pos, eqn)
     return None
 
 
@@ -141,7 +149,7 @@ def _run(jaxpr, consts, args, probes, taps, rules, nested, prefix=()):
             outs = outs if eqn.primitive.multiple_results else [outs]
             if path in rules:
                 outs = [outs[0] + probes[path]]
-                if rules[path].kind == "dot":
+                if rules[path].kind in ("dot", "mul"):
                     taps[path] = read(eqn.invars[1 - rules[path].pos])
         for v, out in zip(eqn.outvars, outs):
             env[v] = out
@@ -181,6 +189,8 @@ def _dot_sq_norms(xm, gm):
     and the product itself."""
     _, t, c = xm.shape
     p = gm.shape[-1]
+    if t == 1:  # an MLP: ||x_i||^2 ||g_i||^2, elementwise (no matmul kernel)
+        return jnp.sum(jnp.square(xm), axis=(1, 2)) * jnp.sum(jnp.square(gm), axis=(1, 2))
     if t * (c + p) <= c * p:
         gram_x = jnp.einsum("btc,bsc->bts", xm, xm)
         gram_g = jnp.einsum("btp,bsp->bts", gm, gm)
@@ -188,24 +198,25 @@ def _dot_sq_norms(xm, gm):
     return jnp.sum(jnp.square(jnp.einsum("btc,btp->bcp", xm, gm)), axis=(1, 2))
 
 
-def _broadcast_grads(rule: _Rule, g):
-    """``[B, *param shape]``: per-example gradients of a broadcast (or added) parameter."""
-    if rule.kind == "add":
-        return g
-    aval = rule.eqn.invars[0].aval
-    params = rule.eqn.params
-
-    def one(gi):
-        dims = params["broadcast_dimensions"]
-        summed = [d for d in range(gi.ndim) if d not in dims]
-        kept = jnp.sum(gi, axis=tuple(summed)) if summed else gi
-        # A size-1 parameter axis broadcast to a longer one: summed, kept as 1.
-        expand = tuple(k for k, d in enumerate(dims) if aval.shape[k] == 1 and gi.shape[d] != 1)
-        if expand:
-            kept = jnp.sum(kept, axis=expand, keepdims=True)
-        return kept.reshape(aval.shape)
-
-    return jax.vmap(one)(g)
+def _elementwise_grads(rule: _Rule, g, other):
+    """``[B, *operand shape]``: per-example gradients of a parameter that is broadcast
+    (``broadcast_in_dim``), added or multiplied elementwise (size-1 axes broadcast), from
+    the output cotangent ``g [B, ...]`` (and the other factor ``other [B, ...]`` of a
+    ``mul``)."""
+    aval = rule.eqn.invars[rule.pos].aval
+    if rule.kind == "mul":
+        g = g * other
+    if rule.kind == "broadcast":
+        dims = rule.eqn.params["broadcast_dimensions"]
+    else:
+        dims = tuple(range(len(aval.shape)))
+    summed = tuple(d + 1 for d in range(g.ndim - 1) if d not in dims)
+    kept = jnp.sum(g, axis=summed) if summed else g
+    # A size-1 operand axis broadcast to a longer one: summed, kept as 1.
+    expand = tuple(k + 1 for k, d in enumerate(dims) if aval.shape[k] == 1 and g.shape[d + 1] != 1)
+    if expand:
+        kept = jnp.sum(kept, axis=expand, keepdims=True)
+    return kept.reshape(g.shape[0], *aval.shape)
 
 
 class GhostPass(NamedTuple):
@@ -260,7 +271,9 @@ def ghost_pass(
             for i, leaf in zip(fb, fb_leaves):
                 flat[i] = leaf
             taps: dict = {}
-            outs = _run(closed.jaxpr, closed.consts, [*flat, *ex_leaves], probes, taps, rules, nested)
+            outs = _run(
+                closed.jaxpr, closed.consts, [*flat, *ex_leaves], probes, taps, rules, nested
+            )
             out = jax.tree.unflatten(out_tree, outs)
             value, aux = out if has_aux else (out, None)
             return value, (value, aux, taps)
@@ -278,26 +291,29 @@ def ghost_pass(
         if rule.kind == "dot":
             xm, gm, finish = _dot_factors(rule, taps[path], cots[path])
             sq = sq + _dot_sq_norms(xm, gm).astype(sq.dtype)
-            pieces[rule.leaf] = ("dot", xm, gm, finish)
+            pieces[rule.leaf] = (xm, gm, finish)
         else:
-            per = _broadcast_grads(rule, cots[path])
+            per = _elementwise_grads(rule, cots[path], taps.get(path))
             sq = sq + jnp.sum(jnp.square(per).reshape(per.shape[0], -1), axis=1).astype(sq.dtype)
-            pieces[rule.leaf] = ("broadcast", per)
+            pieces[rule.leaf] = (per,)
 
     def weighted_sum(factors):
         out = []
         for i, leaf in enumerate(leaves):
             if fallback[i]:
                 out.append(None)
-            elif i not in pieces:
-                out.append(jnp.zeros_like(leaf))
-            elif pieces[i][0] == "dot":
-                _, xm, gm, finish = pieces[i]
-                m = jnp.einsum("btc,btp->cp", xm, gm * factors[:, None, None].astype(gm.dtype))
-                out.append(finish(m).astype(leaf.dtype))
+                continue
+            if i not in pieces:
+                g = jnp.zeros_like(leaf)
+            elif len(pieces[i]) == 3:
+                xm, gm, finish = pieces[i]
+                g = finish(
+                    jnp.einsum("btc,btp->cp", xm, gm * factors[:, None, None].astype(gm.dtype))
+                )
             else:
-                per = pieces[i][1]
-                out.append(jnp.tensordot(factors.astype(per.dtype), per, axes=1).astype(leaf.dtype))
+                (per,) = pieces[i]
+                g = jnp.tensordot(factors.astype(per.dtype), per, axes=1)
+            out.append(g.reshape(leaf.shape).astype(leaf.dtype))
         return out
 
     return GhostPass(values, aux, sq, fallback, weighted_sum)
