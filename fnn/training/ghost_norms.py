@@ -321,7 +321,8 @@ def ghost_pass(
             out.append(g.reshape(leaf.shape).astype(leaf.dtype))
         return out
 
-    return GhostPass(values, aux, sq, fallback, weighted_sum)
+    # The Gram form is a sum of products: rounding may leave a tiny negative.
+    return GhostPass(values, aux, jnp.maximum(sq, 0), fallback, weighted_sum)
 
 
 def _acc(leaves):
