@@ -291,6 +291,8 @@ def ghost_pass(
 
     mapped = chunk_map or (lambda fn, b: jax.vmap(fn)(*b))
     values, aux, taps, cots, sq = mapped(one, batch)
+    # Low-precision (mixed-precision) activations and cotangents: norms and sums in float32.
+    taps, cots = jax.tree.map(_at_least_f32, (taps, cots))
     pieces = {}
     for path, rule in rules.items():
         if rule.kind == "dot":
@@ -323,6 +325,10 @@ def ghost_pass(
 
     # The Gram form is a sum of products: rounding may leave a tiny negative.
     return GhostPass(values, aux, jnp.maximum(sq, 0), fallback, weighted_sum)
+
+
+def _at_least_f32(a):
+    return a.astype(jnp.float32) if jnp.finfo(a.dtype).bits < 32 else a
 
 
 def _acc(leaves):
