@@ -6,10 +6,11 @@ DP-SGD step vs the ordinary step, on digits (XLA:CPU).
    ``Model.fit`` runs of the same epochs: wall-time ratio, compiles included (goal <= 0.35).
 2. An 8-value learning-rate sweep in one compiled step vs 8 ``fit`` runs (goal <= 0.35),
    and the XLA compiles when the sweep values change (goal 0).
-3. ``make_dp_train_step`` vs ``make_train_step`` per-step time on the MLP (goal <= 3),
-   the two interleaved (best of 30 rounds of 50 steps each).
+3. ``make_dp_train_step`` (ghost norms, and the two-pass variant) vs ``make_train_step``
+   per-step time on the MLP (goal <= 3), interleaved (best and median of 30 rounds of
+   50 steps each).
 
-Run: PYTHONPATH=. python benchmarks/bench_research.py [--epochs 3] [--members 8]
+Run: PYTHONPATH=. python benchmarks/bench_research.py [--epochs 3] [--members 8] [--dp-only]
 """
 
 from __future__ import annotations
@@ -106,30 +107,53 @@ def _fit_ensemble(layers, x, y, members, epochs):
 
 
 def _per_step(steps, ts, batch, rounds=30, n=50):
-    """Best seconds per step of each of ``steps``, measured in interleaved rounds."""
+    """Seconds per step of each of ``steps`` in every round (``{name: [rounds]}``),
+    measured in interleaved rounds of ``n`` steps."""
     states = {k: jax.block_until_ready(s(ts, batch)[0]) for k, s in steps.items()}
-    best = dict.fromkeys(steps, float("inf"))
+    times = {k: [] for k in steps}
     for _ in range(rounds):
         for k, step in steps.items():
             t, t0 = states[k], time.perf_counter()
             for _ in range(n):
                 t, _ = step(t, batch)
             jax.block_until_ready(t)
-            best[k] = min(best[k], (time.perf_counter() - t0) / n)
+            times[k].append((time.perf_counter() - t0) / n)
             states[k] = t
-    return best
+    return times
 
 
-def bench_dp(x, y):
+def bench_dp(x, y, rounds=30):
+    """``{name: [seconds per step of each round]}`` of the ordinary step ("plain"), the
+    DP-SGD step ("dp", ghost norms) and the two-pass DP-SGD step ("dp_two_pass")."""
     layer = fnn.serial(*mlp())
     batch = (jnp.asarray(x[:64]), jnp.asarray(y[:64]))
     init = fnn.train.init_train_state(layer, "sgd", jax.random.key(0), batch[0])
     plain = jax.jit(fnn.train.make_train_step(layer, LOSS, "sgd"))
-    dp = jax.jit(
-        fnn.train.make_dp_train_step(layer, LOSS, "sgd", l2_norm_clip=1.0, noise_multiplier=1.0)
+
+    def dp(ghost):
+        return jax.jit(
+            fnn.train.make_dp_train_step(
+                layer, LOSS, "sgd", l2_norm_clip=1.0, noise_multiplier=1.0, ghost_norms=ghost
+            )
+        )
+
+    return _per_step(
+        {"plain": plain, "dp": dp(True), "dp_two_pass": dp(False)}, init, batch, rounds
     )
-    best = _per_step({"plain": plain, "dp": dp}, init, batch)
-    return best["plain"], best["dp"]
+
+
+def dp_table(times) -> str:
+    """Markdown rows of ``bench_dp``'s times: best and median ms, ratios to "plain"."""
+    best = {k: min(v) for k, v in times.items()}
+    median = {k: float(np.median(v)) for k, v in times.items()}
+    rows = ["| step (MLP, batch 64) | best ms | median ms | best ratio | median ratio |"]
+    rows.append("| --- | --- | --- | --- | --- |")
+    for k in times:
+        rows.append(
+            f"| {k} | {best[k] * 1e3:.3f} | {median[k] * 1e3:.3f} | "
+            f"{best[k] / best['plain']:.2f} | {median[k] / median['plain']:.2f} |"
+        )
+    return "\n".join(rows)
 
 
 def main(epochs: int = 3, members: int = 8) -> dict:
@@ -145,7 +169,8 @@ def main(epochs: int = 3, members: int = 8) -> dict:
             rows["lr_sweep_mlp"] = (vm_s, seq_s)
             recompiles = _sweep_recompiles(step, layer, x, y, [lr * 3 for lr in lrs])
     (x, y), _ = fnn.datasets.load_digits()
-    t_plain, t_dp = bench_dp(x, y)
+    dp_times = bench_dp(x, y)
+    t_plain, t_dp = min(dp_times["plain"]), min(dp_times["dp"])
     print(
         f"| what ({members} members, {epochs} epochs, batch {BATCH}) | one program s | "
         "sequential s | ratio |"
@@ -158,6 +183,7 @@ def main(epochs: int = 3, members: int = 8) -> dict:
         f"{t_plain * 1e3:.3f} ms | {t_dp / t_plain:.2f} |"
     )
     print(f"recompiles when the sweep values change: {recompiles}")
+    print(dp_table(dp_times))
     return {k: a / b for k, (a, b) in rows.items()} | {"dp": t_dp / t_plain, "re": recompiles}
 
 
@@ -165,5 +191,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--dp-only", action="store_true", help="only the DP-SGD rows")
     args = parser.parse_args()
-    main(args.epochs, args.members)
+    if args.dp_only:
+        (x, y), _ = fnn.datasets.load_digits()
+        print(dp_table(bench_dp(x, y)))
+    else:
+        main(args.epochs, args.members)

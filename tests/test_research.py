@@ -494,8 +494,6 @@ def test_fit_ensemble_and_dp_bad_arguments(fit_data):
         model.fit(x, y, ensemble=2, ensemble_batches="mine", verbose=0)
     with pytest.raises(fnn.ConfigError, match="expected ensemble to be an int >= 1, got 0"):
         model.fit(x, y, ensemble=0, verbose=0)
-    with pytest.raises(fnn.ConfigError, match="ensemble= or dp=, not both"):
-        model.fit(x, y, ensemble=2, dp={"l2_norm_clip": 1.0, "noise_multiplier": 1.0}, verbose=0)
     with pytest.raises(fnn.ConfigError, match="predict_uncertainty needs an ensemble"):
         model.predict_uncertainty(x)
     bad = [
@@ -601,3 +599,37 @@ def test_binary_ensemble_combines_probabilities_and_its_group_report(fit_data):
     # predict's public signature is Keras's (no private keyword)
     params = list(inspect.signature(fnn.Model.predict).parameters)
     assert params == ["self", "x", "batch_size", "verbose", "steps", "callbacks"]
+
+
+def test_fit_ensemble_with_dp_members_equal_single_dp_fits(fit_data):
+    x, y = fit_data[0][:32], fit_data[1][:32]  # two full batches: one program per fit
+    dp = {"l2_norm_clip": 0.5, "noise_multiplier": 1.1, "delta": 1e-3}
+    ens = _keras_mlp(5, dropout=0.3)
+    hist = ens.fit(x, y, ensemble=2, dp=dp, **_FIT).history
+    solo = _keras_mlp(6, dropout=0.3)  # member 1: seed 5 + 1 (init, dropout and noise keys)
+    want = solo.fit(x, y, dp=dp, **_FIT).history
+    _close(_member(ens, 1)[0], solo.params, atol=1e-6)
+    for k in ("loss", "accuracy"):
+        np.testing.assert_allclose(hist[f"{k}_member_1"], want[k], rtol=1e-5)
+    assert hist["epsilon"] == want["epsilon"]  # each member's epsilon, the same for all
+    assert math.isfinite(want["epsilon"][-1])
+
+
+def test_ensemble_dp_step_draws_each_members_noise_from_its_own_key(data):
+    from fnn.training import loop
+
+    x, y = data
+    cfg = fnn.train.DPConfig(l2_norm_clip=0.05, noise_multiplier=2.0)
+    ts = fnn.train.init_train_state(MLP, optax.sgd(1.0), jax.random.key(1), x)
+    # Two members with the same params, batch and step, keys 1 and 2: they differ by noise.
+    other = fnn.train.init_train_state(MLP, optax.sgd(1.0), jax.random.key(2), x).rng
+    pair = jax.tree.map(lambda a: jnp.stack([a, a]), ts)
+    pair = pair._replace(rng=jnp.stack([ts.rng, other]))
+    trainer = loop.Trainer(MLP, LOSS, optax.sgd(1.0)).variant(members=2, dp=cfg)
+    new, _ = trainer.step(pair, (x, y))
+    for i, rng in enumerate((ts.rng, other)):
+        alone, _ = _dp_step(ts._replace(rng=rng), (x, y), 0.05, 2.0)
+        _close(jax.tree.map(lambda a: a[i], new.params), alone.params, atol=1e-6)
+    # The members differ by (z_0 - z_1) * noise * clip / batch: std sqrt(2) * 2.0 * 0.05 / 16.
+    diff = np.concatenate([np.ravel(a[0] - a[1]) for a in jax.tree.leaves(new.params)])
+    np.testing.assert_allclose(diff.std(), math.sqrt(2) * 2.0 * 0.05 / len(x), rtol=0.3)

@@ -131,10 +131,11 @@ def members_predict(layer, loss, *, stats: bool):
 
 def dp_epoch_logs(dp: privacy.DPConfig, *, num_examples: int, batch_size: int):
     """``epoch_logs(train_state) -> {"epsilon": ...}`` for ``fnn.training.loop.fit``:
-    ``dp_epsilon`` of every step the state has taken (all counted as DP-SGD steps)."""
+    ``dp_epsilon`` of every step the state has taken (all counted as DP-SGD steps; an
+    ensemble's, each member's)."""
 
     def logs(train_state):
-        steps = int(np.asarray(train_state.step))
+        steps = int(np.max(train_state.step))  # an ensemble's members step together
         eps = dp.epsilon(num_examples=num_examples, batch_size=batch_size, steps=steps)
         return {"epsilon": eps if math.isfinite(eps) else float("inf")}
 

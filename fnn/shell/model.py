@@ -1104,6 +1104,8 @@ class Model:
         ``dp``: DP-SGD (``fnn.train.DPConfig`` or a dict of its fields: ``l2_norm_clip``,
         ``noise_multiplier``, ``delta``, ``chunk_size``) on array data; the logs add
         ``"epsilon"`` at ``delta`` after every epoch, counting every step the model took.
+        With ``ensemble=n`` each member clips and noises on its own (its own noise key) and
+        ``"epsilon"`` is each member's; the n members together compose n such releases.
         """
         cfg = self._require_compiled("fit")
         verbose = _is_verbose_auto(verbose)
@@ -1270,8 +1272,6 @@ class Model:
         what = "ensemble" if members is not None else "dp" if dp is not None else None
         if what is None:
             return members, dp
-        if members is not None and dp is not None:
-            raise ConfigError(f"{self.name}: fit takes ensemble= or dp=, not both (not supported).")
         if devices is not None or distribution is not None:
             raise ConfigError(
                 f"{self.name}: fit({what}=...) runs on one device; drop devices=/distribution=."

@@ -28,6 +28,7 @@ import optax
 
 from fnn.core.errors import ConfigError
 from fnn.core.layer import Layer
+from fnn.training import ghost_norms as ghost_lib
 from fnn.training import losses as losses_lib
 from fnn.training import optimizers as optimizers_lib
 from fnn.training import step as step_lib
@@ -201,6 +202,7 @@ def make_dp_train_step(
     l2_norm_clip: float,
     noise_multiplier: float,
     chunk_size: int | None = None,
+    ghost_norms: bool = True,
 ) -> Callable:
     """Pure DP-SGD ``step(train_state, batch) -> (train_state, logs)``, a drop-in for
     ``make_train_step`` (same ``TrainState``, metrics and ``logs["loss"]``).
@@ -213,10 +215,16 @@ def make_dp_train_step(
     Model state (e.g. BatchNorm statistics) is not updated: batch statistics mix examples,
     which per-example clipping cannot bound. ``sample_weight`` is not supported.
 
-    Two passes: the per-example gradient norms (``chunk_size`` examples at a time; a batch
-    it does not divide is padded), then one backward pass of ``sum_i factor_i * loss_i``
-    with ``factor_i = min(1, l2_norm_clip / ||g_i||)``, whose gradient is the sum of the
-    clipped gradients; the ``[batch, *params]`` stack of gradients is never kept.
+    ``ghost_norms=True`` (default): one pass gives each example's loss and gradient norm,
+    with the leaves that ``fnn.training.ghost_norms`` has a rule for (Dense kernels and
+    biases: ``||x_i||^2 ||g_i||^2``) taken from their op's input and output cotangent and
+    the rest by per-example ``jax.grad`` (``chunk_size`` examples at a time; a batch it
+    does not divide is padded); the ruled leaves' clipped sum is
+    ``sum_i factor_i x_i^T g_i`` with ``factor_i = min(1, l2_norm_clip / ||g_i||)``, and
+    only the other leaves take a second, weighted backward pass. ``ghost_norms=False``:
+    two passes for every leaf (per-example norms by ``vmap`` of ``grad``, then the
+    gradient of ``sum_i factor_i * loss_i``). Both give the same step; the
+    ``[batch, *params]`` stack of gradients is never kept.
     """
     concrete = not any(isinstance(v, jax.core.Tracer) for v in (l2_norm_clip, noise_multiplier))
     # Traced values are allowed (e.g. a noise sweep under one jit); only concrete ones are checked.
@@ -247,6 +255,66 @@ def make_dp_train_step(
 
     example_grad = jax.grad(lambda *a: example_loss(*a)[0])
 
+    def clip_factors(norms):
+        return jax.lax.stop_gradient(jnp.minimum(1.0, l2_norm_clip / jnp.maximum(norms, 1e-12)))
+
+    def chunked(fn, batch_args, n):
+        return _chunked_map(fn, batch_args, n, chunk_size, pad=True, what="make_dp_train_step")
+
+    def weighted_grad(params, model_state, batch_args, factors, wrt=None):
+        """``sum_i factor_i * g_i`` as the gradient of ``sum_i factor_i * loss_i``, one
+        backward pass over the examples (each still alone in its forward pass, with the
+        same key); only the flat leaves ``wrt`` (default all) are differentiated."""
+        leaves, treedef = jax.tree.flatten(params)
+        wrt = range(len(leaves)) if wrt is None else wrt
+
+        def weighted(chosen):
+            flat = list(leaves)
+            for i, leaf in zip(wrt, chosen):
+                flat[i] = leaf
+            p = jax.tree.unflatten(treedef, flat)
+            values, y_pred = jax.vmap(example_loss, in_axes=(None, None, 0, 0, 0))(
+                p, model_state, *batch_args
+            )
+            return jnp.sum(factors * values), (values, y_pred)
+
+        return jax.grad(weighted, has_aux=True)([leaves[i] for i in wrt])
+
+    def two_pass_clipped_sum(params, model_state, batch_args, n):
+        # Pass 1: only the per-example norms leave the vmap, so XLA fuses each example's
+        # gradient into its squared sum instead of keeping [batch, *params] for a second
+        # read (measured 2x faster than clipping the stacked gradients on XLA:CPU).
+        def norm(ex_inputs, ex_y, key):
+            return global_norm(example_grad(params, model_state, ex_inputs, ex_y, key))
+
+        norms = chunked(norm, batch_args, n)
+        # Pass 2: sum_i clip(g_i) = grad of sum_i factor_i * loss_i.
+        flat, (values, y_pred) = weighted_grad(params, model_state, batch_args, clip_factors(norms))
+        summed = jax.tree.unflatten(jax.tree.structure(params), flat)
+        return summed, norms, values, y_pred
+
+    def ghost_clipped_sum(params, model_state, batch_args, n):
+        # One pass gives the losses, the outputs and every norm (ruled leaves from their
+        # op's input and output cotangent, the others by per-example grad); the ruled
+        # leaves' clipped sum is then one contraction, and only the other leaves need
+        # the weighted backward pass.
+        def one(p, ex_inputs, ex_y, key):
+            return example_loss(p, model_state, ex_inputs, ex_y, key)
+
+        fast = ghost_lib.ghost_pass(
+            one, params, batch_args, has_aux=True, chunk_map=lambda f, b: chunked(f, b, n)
+        )
+        norms = jnp.sqrt(fast.sq_norms)
+        factors = clip_factors(norms)
+        flat = fast.weighted_sum(factors)
+        rest = [i for i, fallback in enumerate(fast.fallback) if fallback]
+        if rest:
+            grads, _ = weighted_grad(params, model_state, batch_args, factors, rest)
+            for i, g in zip(rest, grads):
+                flat[i] = g
+        summed = jax.tree.unflatten(jax.tree.structure(params), flat)
+        return summed, norms, fast.values, fast.aux
+
     def step(train_state, batch):
         inputs, y, sw = step_lib._unpack(batch)
         if sw is not None:
@@ -257,28 +325,11 @@ def make_dp_train_step(
         # Unused (and compiled away) when the layer draws no randomness.
         example_keys = jax.random.split(example_key, n)
         params, model_state = train_state.params, train_state.state
-
-        # Pass 1: only the per-example norms leave the vmap, so XLA fuses each example's
-        # gradient into its squared sum instead of keeping [batch, *params] for a second
-        # read (measured 2x faster than clipping the stacked gradients on XLA:CPU).
-        def norm(ex_inputs, ex_y, key):
-            g = example_grad(params, model_state, ex_inputs, ex_y, key)
-            return global_norm(g)
-
-        norms = _chunked_map(
-            norm, (inputs, y, example_keys), n, chunk_size, pad=True, what="make_dp_train_step"
-        )
-        factors = jax.lax.stop_gradient(jnp.minimum(1.0, l2_norm_clip / jnp.maximum(norms, 1e-12)))
-
-        # Pass 2: sum_i clip(g_i) = grad of sum_i factor_i * loss_i, one backward pass over
-        # the examples (each still alone in its forward pass, with the same key).
-        def weighted(p):
-            values, y_pred = jax.vmap(example_loss, in_axes=(None, None, 0, 0, 0))(
-                p, model_state, inputs, y, example_keys
-            )
-            return jnp.sum(factors * values), (values, y_pred)
-
-        summed, (values, y_pred) = jax.grad(weighted, has_aux=True)(params)
+        batch_args = (inputs, y, example_keys)
+        if ghost_norms:
+            summed, norms, values, y_pred = ghost_clipped_sum(params, model_state, batch_args, n)
+        else:
+            summed, norms, values, y_pred = two_pass_clipped_sum(params, model_state, batch_args, n)
         grads = _add_noise(summed, noise_key, noise_multiplier * l2_norm_clip, n)
         updates, opt_state = optimizer.update(grads, train_state.opt_state, params)
         loss_value = jnp.mean(values)
