@@ -418,10 +418,7 @@ def build_loss(loss: Mapping) -> Any:
     """The loss of a validated config's ``loss`` entry: its name, or a configured ``Loss``."""
     from fnn.training import losses
 
-    options = {k: v for k, v in loss.items() if k != "name"}
-    if not options:
-        return loss["name"]
-    return losses.get({"class_name": losses.get(loss["name"]).class_name, "config": options})
+    return losses.from_entry(loss)
 
 
 def load_config_text(text: str, overrides: Sequence[str] = ()) -> dict:

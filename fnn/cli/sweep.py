@@ -160,8 +160,8 @@ _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _member_build(run, keys: tuple[str, ...]):
     """``build(values) -> (layer, loss)`` of ``fnn.train.make_hyper_steps``: ``run``'s model
     with the swept Dropout rates, its loss with the swept label smoothing (traced values)."""
-    from fnn.cli import config as config_lib
     from fnn.core.spec import rebuild
+    from fnn.training import losses
 
     base = run.model.layer
     dropouts = {int(_DROPOUT.fullmatch(k).group(1)): k for k in keys if _DROPOUT.fullmatch(k)}
@@ -182,7 +182,7 @@ def _member_build(run, keys: tuple[str, ...]):
             layer = rebuild(base, layers=tuple(layers))
         if LABEL_SMOOTHING in values:
             config = {**run.cfg["loss"], "label_smoothing": values[LABEL_SMOOTHING]}
-            loss = config_lib.build_loss(config)
+            loss = losses.from_entry(config)
         return layer, loss
 
     return build

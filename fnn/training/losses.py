@@ -705,6 +705,19 @@ def get(identifier) -> Loss:
     )
 
 
+def from_entry(entry: Mapping) -> str | Loss:
+    """A config entry ``{"name": ..., **options}`` as a loss: the name alone, or the
+    configured ``Loss`` (``{"name": "sparse_categorical_crossentropy", "from_logits": True}``).
+
+    >>> from_entry({"name": "mse"})
+    'mse'
+    """
+    options = {k: v for k, v in entry.items() if k != "name"}
+    if not options:
+        return entry["name"]
+    return get({"class_name": get(entry["name"]).class_name, "config": options})
+
+
 def serialize(loss: Loss) -> dict[str, Any]:
     """``{"class_name", "config"}`` for a built-in ``Loss`` (inverse of ``get``)."""
     if loss.class_name in _CONSTRUCTORS and type(loss) is _CONSTRUCTORS[loss.class_name]:
