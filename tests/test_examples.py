@@ -36,6 +36,7 @@ def _load(name):
         ("fairness_breast_cancer", {"epochs": 5, "verbose": 0}, 0.8),
         ("ensemble_digits", {"epochs": 2, "members": 3}, 0.8),
         ("dp_digits", {"epochs": 2}, 0.7),
+        ("lr_sweep_digits", {"epochs": 2, "members": 3}, 0.8),
         ("data_parallel", {"method": "pmap", "devices": 4, "epochs": 3}, 0.5),
         ("data_parallel", {"method": "sharded", "devices": 4, "epochs": 3}, 0.5),
     ],
