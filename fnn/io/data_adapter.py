@@ -17,10 +17,12 @@ batch to the device, so Python and the device overlap. The epoch order is
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import itertools
 import queue
 import threading
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -299,6 +301,12 @@ class IterableData:
         self.exhausted = False
         self._pass: list[int] = []  # PyDataset: batch indices of the current pass still to read
         self._passes = 0
+        # Resuming (see ``state``/``restore``): where the current epoch began, the state of a
+        # checkpointable iterator after each batch read in it, and the position to resume at.
+        self._start: dict = {}
+        self._states: list = []
+        self._resume: dict | None = None
+        self._offset = 0
 
     def __len__(self) -> int:
         return len(self.data)
@@ -309,18 +317,43 @@ class IterableData:
         ``seed`` and the pass number, ``fnn.training.loop.epoch_order``), as Keras's
         ``fit(shuffle=True)`` shuffles a PyDataset's batches; the user code of
         ``__getitem__``/``on_epoch_*`` runs in the reading thread."""
+        resume, self._resume = self._resume or {}, None
+        skip = int(resume.get("skip", 0))
         if self.sequence:
-            it = self._sequence_epoch(steps, shuffle, seed)
-        elif self.one_shot:
-            it = self.data
+            self._restore_pass(resume, shuffle, seed)
+            self._start = self.state()
+            self._states = []
+            it = self._sequence_epoch(steps, shuffle, seed, skip)
         else:
-            it = iter(self.data)
+            it = self.data if self.one_shot else iter(self.data)
+            saved = resume.get("iterator")
+            if saved is not None:
+                it.set_state(_decode_state(saved))
+            elif skip and self.one_shot:
+                warnings.warn(
+                    f"{self.name}: cannot move a plain one-shot iterator back to batch {skip} of "
+                    "the epoch; it continues from where it is. Pass a re-iterable, a PyDataset "
+                    "or a Grain dataset to resume mid-epoch exactly.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            elif skip:  # a re-iterable without a state of its own: read past the done batches
+                it = itertools.islice(it, skip, None)
+            self._start = {"iterator": saved} if saved is not None else self.state()
+            self._states, self._offset = [], skip
+            if skip and steps is not None:
+                steps = max(steps - skip, 0)
+        record = self._states.append if _stateful(it) else None
 
         limit = None if self.sequence else steps  # a PyDataset epoch is cut to steps already
+        if limit == 0:  # a resumed epoch whose batches were all trained on already
+            return iter(())
 
         def batches():
             first = None
             for count, item in enumerate(it, start=1):
+                if record is not None:  # the position after this batch, for a checkpoint
+                    record(it.get_state())
                 x, y, sw = unpack(item)
                 if self.arrange is not None:
                     x, y = self.arrange(x, y)
@@ -334,13 +367,52 @@ class IterableData:
 
         return prefetch(batches())
 
-    def _sequence_epoch(self, steps: int | None, shuffle: bool, seed: int) -> Iterator:
+    def state(self, batches: int | None = None) -> dict:
+        """Where the source stands, as JSON-able values for a checkpoint: after ``batches``
+        batches of the current epoch, or (``None``) now, between epochs. A ``PyDataset``:
+        its pass and position in the pass, plus its own ``get_state()`` if it has one (the
+        readers of ``fnn.datasets`` do); an iterator with ``get_state``/``set_state`` (Grain's
+        checkpointable iterators): that state after the last batch trained on (the
+        background thread reads ahead, so the state after each batch is kept); any other
+        iterable: the batches to skip."""
+        if batches is not None:
+            done = batches - self._offset  # batches read by this epoch's iterator
+            if self.sequence or not self._states or done <= 0:
+                return {**self._start, "skip": batches}
+            return {"iterator": _encode_state(self._states[done - 1]), "skip": batches}
+        if self.sequence:
+            state = {"passes": self._passes, "rest": len(self._pass)}
+            if hasattr(self.data, "get_state"):
+                state["source"] = self.data.get_state()
+            return state
+        if self.one_shot and _stateful(self.data):
+            live = self._states[-1] if self._states else self.data.get_state()
+            return {"iterator": _encode_state(live)}
+        return {}  # a re-iterable starts afresh every epoch
+
+    def restore(self, state: dict) -> None:
+        """Start the next ``epoch`` where ``state`` (from ``state``) stood."""
+        self._resume = dict(state)
+
+    def _restore_pass(self, resume: dict, shuffle: bool, seed: int) -> None:
+        if "passes" not in resume:
+            return
+        self._passes, rest = int(resume["passes"]), int(resume["rest"])
+        self._pass = []
+        if rest:
+            order = epoch_order(len(self.data), seed=seed, epoch=self._passes - 1, shuffle=shuffle)
+            self._pass = order.tolist()[len(order) - rest :]
+        if "source" in resume:
+            self.data.set_state(resume["source"])
+
+    def _sequence_epoch(self, steps: int | None, shuffle: bool, seed: int, skip: int) -> Iterator:
         data = self.data
         if not self._pass:
             order = epoch_order(len(data), seed=seed, epoch=self._passes, shuffle=shuffle)
             self._pass, self._passes = order.tolist(), self._passes + 1
         take_n = len(self._pass) if steps is None else min(steps, len(self._pass))
         indices, self._pass = self._pass[:take_n], self._pass[take_n:]
+        indices = indices[skip:]  # a resumed epoch: these batches were trained on already
         workers = int(_setting(data, "workers", 1))
         ahead = max(1, int(_setting(data, "max_queue_size", 10)))
 
@@ -362,6 +434,23 @@ class IterableData:
             data.on_epoch_end()
 
         return read()
+
+
+def _stateful(it) -> bool:
+    return hasattr(it, "get_state") and hasattr(it, "set_state")
+
+
+def _encode_state(state):
+    """A Grain iterator state as JSON: ``DataLoader`` iterators give bytes."""
+    if isinstance(state, bytes):
+        return {"bytes_base64": base64.b64encode(state).decode("ascii")}
+    return state
+
+
+def _decode_state(state):
+    if isinstance(state, dict) and set(state) == {"bytes_base64"}:
+        return base64.b64decode(state["bytes_base64"])
+    return state
 
 
 _END = object()

@@ -84,6 +84,15 @@ class ExampleBatches(PyDataset):
         self.epoch += 1
         self._order = None
 
+    def get_state(self) -> dict:
+        """The pass number that seeds the example order (saved in checkpoints by ``fit``)."""
+        return {"epoch": self.epoch}
+
+    def set_state(self, state: dict) -> None:
+        """Continue at the pass ``state`` (from ``get_state``) names."""
+        self.epoch = int(state["epoch"])
+        self._order = None
+
 
 def _file(path, what: str) -> Path:
     p = Path(path)

@@ -123,6 +123,8 @@ class Model:
         self._traces: tuple = (None, {})  # (layer, {input shapes: (jaxpr, outputs)})
         self._placement: tuple | None = None  # (trainer, devices, data-parallel step)
         self._initial_epoch: int | None = None  # set by a callback that restores a backup
+        self._initial_batch = 0  # and the batch of that epoch it resumes at
+        self._fit_position = None  # fit's data position, for a callback that backs up
         self._weight_order: list | None = None
         self._views: dict = {}
         self.stop_training = False
@@ -1110,6 +1112,9 @@ class Model:
             from fnn.distributed import Distribution
 
             dist = Distribution.get(distribution)
+        resume = _saved_position(callbacks, data, cfg["seed"], shuffle, batch_size, self.name)
+        if resume is not None and isinstance(data, data_lib.IterableData):
+            data.restore(resume["source"])
         # Everything below up to the first step is checked on shapes, before compiling.
         first = None
         if isinstance(data, data_lib.ArrayData):
@@ -1122,7 +1127,15 @@ class Model:
             try:
                 first = next(iterator)
             except StopIteration:
-                raise ConfigError(f"{self.name}: fit got an empty iterable.") from None
+                if resume is None:
+                    raise ConfigError(f"{self.name}: fit got an empty iterable.") from None
+                # The backup was made after the last batch of its epoch: that epoch has
+                # nothing left to train on; peek the next one.
+                iterator = data.epoch(steps_per_epoch, shuffle=shuffle, seed=cfg["seed"])
+                first = next(iterator, None)
+                if first is None:
+                    raise ConfigError(f"{self.name}: fit got an empty iterable.") from None
+                resume["empty"] = True
             trainer = self._prepare_training(*first, distribution=dist)
             steps = steps_per_epoch if steps_per_epoch is not None else _len_or_none(data.data)
         if isinstance(val, data_lib.ArrayData):  # checked before training, not after an epoch
@@ -1195,6 +1208,12 @@ class Model:
 
         def epoch_data(epoch):
             nonlocal first
+            skip = 0
+            if resume is not None and epoch == resume["epoch"] and not resume.get("used"):
+                resume["used"] = True  # only the first epoch of this fit resumes mid-way
+                skip = resume["batch"]
+                if resume.get("empty"):
+                    return ()
             if isinstance(data, data_lib.ArrayData):
                 if members is not None and ensemble_batches == "own":
                     order = members_lib.member_orders(
@@ -1205,7 +1224,11 @@ class Model:
                         data.n, seed=cfg["seed"], epoch=epoch, shuffle=shuffle
                     )
                 return data.epoch(
-                    order, batch_size, steps, on_device=on_device, ahead=placement is None
+                    order[..., skip * batch_size :],
+                    batch_size,
+                    max(steps - skip, 0),
+                    on_device=on_device,
+                    ahead=placement is None,
                 )
             if first is not None:
                 batches, first = _chain_first(first, iterator), None
@@ -1227,7 +1250,23 @@ class Model:
         # caller holds (model.params taken before fit) stay valid.
         self._train_state = _copy_arrays(self._train_state)
         self.stop_training = False
-        self._initial_epoch = None
+        self._initial_epoch, self._initial_batch = None, 0
+
+        def position(epoch: int, batches: int | None = None) -> dict:
+            """The data position of ``fit`` (JSON) for a backup: after ``batches`` batches of
+            ``epoch``, or (``None``) at the start of ``epoch`` after the previous one ended."""
+            source = data.state(batches) if isinstance(data, data_lib.IterableData) else {}
+            arrays = isinstance(data, data_lib.ArrayData)
+            return {
+                "epoch": int(epoch),
+                "batch": int(batches or 0),
+                "seed": int(cfg["seed"]),
+                "shuffle": bool(shuffle),
+                "batch_size": int(batch_size) if arrays else None,
+                "source": source,
+            }
+
+        self._fit_position = position
         loop_lib.fit(
             trainer,
             _Hooks(self, cl, initial_epoch),
@@ -1513,6 +1552,11 @@ class _Hooks:
         restored = self.model._initial_epoch
         return self._initial_epoch if restored is None else restored
 
+    @property
+    def initial_batch(self) -> int:
+        """The batch of ``initial_epoch`` a restored backup resumes at (0: its start)."""
+        return self.model._initial_batch
+
     def wants(self, hook: str) -> bool:
         return self.callbacks is not None and self.callbacks.wants(hook)
 
@@ -1544,6 +1588,27 @@ def _eval_batches(data, batch_size: int, steps: int | None = None):
     order = loop_lib.epoch_order(data.n, seed=0, epoch=0, shuffle=False)
     steps = math.ceil(data.n / batch_size) if steps is None else steps
     return data.epoch(order, batch_size, steps, on_device=False)
+
+
+def _saved_position(callbacks, data, seed: int, shuffle: bool, batch_size: int, name: str):
+    """The data position (``fit``'s ``position``) a callback will restore in
+    ``on_train_begin`` (``BackupAndRestore``), checked against this fit; ``None``: none."""
+    for callback in callbacks or ():
+        saved = getattr(callback, "saved_position", None)
+        saved = saved() if callable(saved) else None
+        if saved is None:
+            continue
+        arrays = isinstance(data, data_lib.ArrayData)
+        now = {"seed": seed, "shuffle": shuffle, "batch_size": batch_size if arrays else None}
+        changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+        if changed:
+            raise ConfigError(
+                f"{name}: the backup to resume from was made with other data settings "
+                f"({', '.join(changed)}); resume with the settings it was made with, or "
+                "start again without the backup."
+            )
+        return dict(saved)
+    return None
 
 
 def _len_or_none(data) -> int | None:
