@@ -194,6 +194,44 @@ def test_resume_equals_uninterrupted_training_bitwise(tmp_path, capsys):
     )
 
 
+def test_resume_mid_epoch_equals_uninterrupted_training_bitwise(tmp_path, capsys):
+    """With ``checkpoint.every_steps`` a run "interrupted" inside an epoch (its directory
+    as it was after a mid-epoch checkpoint) resumes at the next batch of that epoch and
+    ends bit for bit where the uninterrupted run does."""
+    common = [
+        "--set", "epochs=2", "--set", "checkpoint.every_steps=20", "--set", "plots=false",
+        "--set", "checkpoint.max_to_keep=100", "--set", "checkpoint.every_epochs=1",
+    ]  # fmt: skip
+    full = tmp_path / "full"
+    assert cli.main(["train", MLP, "--set", f"run_dir={full}", *common]) == 0
+    steps = checkpoint.list_steps(full / "checkpoints")
+    per_epoch = steps[2]  # 20, 40, then the end of epoch 1
+    assert steps[:3] == [20, 40, per_epoch] and 40 < per_epoch < 60 and steps[-1] == 2 * per_epoch
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    for step in steps[4:]:  # keep step 60: inside epoch 2
+        shutil.rmtree(part / "checkpoints" / f"step_{step:08d}")
+    info = checkpoint.read_info(part / "checkpoints" / "step_00000060")
+    assert info["metadata"]["data_position"]["epoch"] == 1
+    assert info["metadata"]["data_position"]["batch"] == 60 - per_epoch
+    capsys.readouterr()
+    assert cli.main(["train", MLP, "--set", f"run_dir={part}", *common, "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    a = checkpoint.restore(full / "checkpoints" / f"step_{steps[-1]:08d}")
+    b = checkpoint.restore(part / "checkpoints" / f"step_{steps[-1]:08d}")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+    rows = [read_csv(d / "metrics.csv") for d in (full, part)]
+    drop = cli.TIME_COLUMN
+    assert [{k: v for k, v in r.items() if k != drop} for r in rows[0]] == [
+        {k: v for k, v in r.items() if k != drop} for r in rows[1]
+    ]
+    assert cli.main(["train", MLP, "--set", "checkpoint.every_steps=0"]) == 2
+    assert "checkpoint.every_steps" in capsys.readouterr().err
+
+
 class FakeSummaryWriter:
     """Stands in for tensorboardX.SummaryWriter (an optional extra) to check what is logged."""
 

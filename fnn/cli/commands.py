@@ -18,9 +18,10 @@ A config with ``sweep:`` trains its values as members of one program instead
 (:mod:`fnn.cli.sweep`).
 
 Training is deterministic: the data order of each epoch comes from ``(seed, epoch)`` and
-every other changing value (params, optimizer state, PRNG key, step) is in the
-checkpoint, so ``--resume`` continues bit for bit where an interrupted run stopped (on
-CPU). Config errors print one line on stderr and exit with code 2.
+every other changing value (params, optimizer state, PRNG key, step, the data position)
+is in the checkpoint, so ``--resume`` continues bit for bit where an interrupted run
+stopped (on CPU), inside an epoch too with ``checkpoint.every_steps``. Config errors
+print one line on stderr and exit with code 2.
 """
 
 from __future__ import annotations
@@ -359,6 +360,7 @@ def cmd_train(args) -> int:
     ck = cfg["checkpoint"]
     backup = BackupAndRestore(
         ckpt_dir,
+        save_freq=ck["every_steps"] or "epoch",
         every_epochs=ck["every_epochs"],
         max_to_keep=ck["max_to_keep"],
         keep_best=ck["keep_best"],

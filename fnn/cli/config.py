@@ -75,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "run_dir": None,
     "checkpoint": {
         "every_epochs": 1,
+        "every_steps": None,  # also back up inside epochs (a resumed run continues there)
         "max_to_keep": 3,
         "keep_best": True,
         "monitor": "val_loss",
@@ -344,6 +345,8 @@ def validate(raw: Any) -> dict:
 
     ckpt = cfg["checkpoint"]
     _positive_int("checkpoint.every_epochs", ckpt["every_epochs"])
+    if ckpt["every_steps"] is not None:
+        _positive_int("checkpoint.every_steps", ckpt["every_steps"])
     _positive_int("checkpoint.max_to_keep", ckpt["max_to_keep"])
     _bool("checkpoint.keep_best", ckpt["keep_best"])
     _choice("checkpoint.mode", ckpt["mode"], ["min", "max"])

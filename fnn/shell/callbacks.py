@@ -487,7 +487,8 @@ class BackupAndRestore(Callback):
     ``double_checkpoint`` keeps the previous backup too (so a corrupt latest one can be
     skipped); ``delete_checkpoint`` removes ``backup_dir`` when training ends (an
     interrupted fit never gets there, so its backup stays). fnn's keyword-only extras:
-    ``every_epochs`` (with ``save_freq="epoch"``), ``max_to_keep``/``keep_best``/
+    ``every_epochs`` (default 1 with ``save_freq="epoch"``; with a number of batches,
+    epoch-end backups too, besides the last), ``max_to_keep``/``keep_best``/
     ``monitor``/``mode`` prune as ``CheckpointManager`` does, ``metadata`` is stored with
     each backup.
     """
@@ -499,7 +500,7 @@ class BackupAndRestore(Callback):
         double_checkpoint: bool = False,
         delete_checkpoint: bool = True,
         *,
-        every_epochs: int = 1,
+        every_epochs: int | None = None,
         max_to_keep: int | None = 1,
         keep_best: bool = False,
         monitor: str = "val_loss",
@@ -510,7 +511,7 @@ class BackupAndRestore(Callback):
         from fnn.io.checkpoint import CheckpointManager, check_directory_path
 
         _check_save_freq("BackupAndRestore", save_freq)
-        if not isinstance(every_epochs, int) or every_epochs < 1:
+        if every_epochs is not None and (not isinstance(every_epochs, int) or every_epochs < 1):
             raise ConfigError(
                 f"BackupAndRestore: expected every_epochs >= 1, got {every_epochs!r}."
             )
@@ -577,9 +578,8 @@ class BackupAndRestore(Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._last_batch_seen = None
         last = epoch + 1 == self.params.get("epochs")
-        if self.save_freq == "epoch" and (epoch + 1) % self.every_epochs and not last:
-            return
-        if self.save_freq != "epoch" and not last:
+        every = self.every_epochs or (1 if self.save_freq == "epoch" else None)
+        if not last and (every is None or (epoch + 1) % every):
             return
         self._backup(epoch + 1, logs or {})
 
