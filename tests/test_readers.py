@@ -240,3 +240,49 @@ def test_cli_trains_from_generated_files(name, tmp_path, capsys):
     assert cli.main(["train", config, *missing, "--set", f"run_dir={tmp_path / 'r2'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such" in err[0] and "none" in err[0], err
+
+
+@pytest.mark.parametrize(("n", "count"), [(44, 2), (44, 3)])
+def test_process_shards_read_every_example_once_a_pass(tmp_path, n, count):
+    """Simulated processes (``process_shard = (index, count)``) of a shuffling reader and
+    of in-memory arrays: batch i of process p is block p of global batch i of the unsharded
+    reader, the processes' examples are disjoint and together cover the pass exactly once
+    (with batches of 6, a last global batch of 2 divides by 2 processes, not by 3: then
+    all leave it out)."""
+    from fnn.io.data_adapter import ArrayData
+    from fnn.training.loop import epoch_order
+
+    np.save(tmp_path / "x.npy", np.arange(n, dtype=np.float32)[:, None])
+    np.save(tmp_path / "y.npy", np.arange(n, dtype=np.int32))  # y = the example's index
+
+    def reader(shard=None):
+        data = datasets.NpyDataset(
+            tmp_path / "x.npy", tmp_path / "y.npy", batch_size=6, shuffle=True, seed=1
+        )
+        data.process_shard = shard
+        return data
+
+    whole = reader()
+    kept = n if (n % 6) % count == 0 else n - n % 6
+    for epoch in range(2):
+        order = epoch_order(n, seed=1, epoch=epoch)
+        parts = []
+        for p in range(count):
+            shard = reader((p, count))
+            shard.set_state({"epoch": epoch})
+            assert len(shard) == -(-kept // 6)
+            ys = [shard[i][1] for i in range(len(shard))]
+            for i, y in enumerate(ys):
+                block = len(whole[i][1]) // count
+                np.testing.assert_array_equal(y, whole[i][1][p * block : (p + 1) * block])
+            # In-memory arrays, cut by the same rule.
+            arrays = ArrayData(np.arange(n)[:, None], np.arange(n))
+            batches = arrays.epoch(order, 6, steps=8, on_device=False, ahead=False,
+                                   process=(p, count))  # fmt: skip
+            np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]),
+                                          np.concatenate(ys))  # fmt: skip
+            parts.append(np.concatenate(ys))
+        seen = np.concatenate(parts)
+        assert len(seen) == len(set(seen.tolist())) == kept  # disjoint, none left out
+        np.testing.assert_array_equal(np.sort(seen), np.sort(order[:kept]))
+        whole.on_epoch_end()

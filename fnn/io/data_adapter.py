@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.core.errors import ConfigError, ShapeError
+from fnn.distributed.runtime import process_batch_slice
 from fnn.training.loop import DeviceRows, epoch_order, take
 
 # Arrays up to this size live on the device for the whole fit; larger ones are batched on
@@ -152,18 +153,43 @@ class ArrayData:
     def fits_on_device(self) -> bool:
         return self.nbytes() <= DEVICE_DATA_LIMIT_BYTES
 
-    def epoch(self, order: np.ndarray, batch_size: int, steps: int, *, on_device: bool, ahead=True):
+    def epoch(
+        self,
+        order: np.ndarray,
+        batch_size: int,
+        steps: int,
+        *,
+        on_device: bool,
+        ahead=True,
+        process: tuple[int, int] | None = None,
+    ):
         """The first ``steps`` batches in ``order``: ``DeviceRows`` over the device copy,
         or host batches ``(x, y, sample_weight)`` (copied to the device ahead of use by a
-        background thread when ``ahead``)."""
+        background thread when ``ahead``). ``process=(index, count)``: only this process's
+        block of rows of every batch (``process_rows``), so only those rows are read."""
         if on_device:
             return DeviceRows(self.on_device(), order, batch_size, steps)
         # order: [examples], or [members, examples] (batches [members, batch, ...]).
         stop = min(order.shape[-1], steps * batch_size)
-        batches = (
-            take(self.arrays, order[..., i : i + batch_size]) for i in range(0, stop, batch_size)
-        )
+        rows = (order[..., i : i + batch_size] for i in range(0, stop, batch_size))
+        if process is not None:
+            rows = (r for r in (process_rows(r, *process) for r in rows) if len(r))
+        batches = (take(self.arrays, r) for r in rows)
         return prefetch(batches) if ahead else batches
+
+
+def process_rows(indices: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+    """This process's block of the example ``indices`` ``[batch]`` of one global batch:
+    ``[batch / process_count]`` (the blocks of processes ``0, 1, ...`` make up the batch,
+    as ``fnn.distributed.process_batch_slice``), or ``[0]`` when the batch does not divide
+    by ``process_count`` (a last smaller batch, which every process then drops alike).
+
+    >>> process_rows(np.arange(8), 1, 2).tolist(), process_rows(np.arange(3), 0, 2).tolist()
+    ([4, 5, 6, 7], [])
+    """
+    if len(indices) % process_count:
+        return indices[:0]
+    return indices[process_batch_slice(len(indices), process_index, process_count)]
 
 
 def unpack(data) -> tuple[Any, Any, Any]:
@@ -389,6 +415,15 @@ class IterableData:
             live = self._states[-1] if self._states else self.data.get_state()
             return {"iterator": _encode_state(live)}
         return {}  # a re-iterable starts afresh every epoch
+
+    def shard_by_process(self, process: tuple[int, int] | None) -> bool:
+        """Make the source read only this process's rows of every batch (``process =
+        (index, count)``; ``None``: all rows again); ``False`` if it cannot (it then
+        yields whole global batches)."""
+        if not hasattr(self.data, "process_shard"):
+            return False
+        self.data.process_shard = process
+        return True
 
     def restore(self, state: dict) -> None:
         """Start the next ``epoch`` where ``state`` (from ``state``) stood."""

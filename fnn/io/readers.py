@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fnn.core.errors import ConfigError
-from fnn.io.data_adapter import PyDataset
+from fnn.io.data_adapter import PyDataset, process_rows
 from fnn.training.loop import epoch_order
 
 __all__ = [
@@ -41,7 +41,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 class ExampleBatches(PyDataset):
     """Batches of examples read by index: subclasses define ``num_examples`` and
     ``read(indices) -> (x [b, ...], y [b] or None)``. ``shuffle`` permutes the examples
-    (not only the batches) anew every pass, seeded by ``seed`` and the pass number."""
+    (not only the batches) anew every pass, seeded by ``seed`` and the pass number.
+
+    ``process_shard = (index, count)`` (set by ``Model.fit`` in a multi-process run):
+    batch ``i`` holds only that process's block of global batch ``i``
+    (``fnn.io.data_adapter.process_rows``): every process computes the same order, reads
+    only its own rows, and together they read each example once per pass (a last global
+    batch that does not divide by ``count`` is left out by all)."""
+
+    process_shard: tuple[int, int] | None = None
 
     def __init__(
         self, batch_size: int = 32, *, shuffle: bool = False, seed: int = 0, workers: int = 1
@@ -63,7 +71,10 @@ class ExampleBatches(PyDataset):
         raise NotImplementedError
 
     def __len__(self) -> int:
-        return -(-self.num_examples // self.batch_size)
+        full, rest = divmod(self.num_examples, self.batch_size)
+        if self.process_shard is not None and rest % self.process_shard[1]:
+            return full  # every process drops the last batch alike
+        return full + (rest > 0)
 
     def order(self) -> np.ndarray:
         """The example order of the current pass ``[num_examples]``."""
@@ -77,6 +88,8 @@ class ExampleBatches(PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"{type(self).__name__}: batch {index} of {len(self)}.")
         idx = self.order()[index * self.batch_size : (index + 1) * self.batch_size]
+        if self.process_shard is not None:
+            idx = process_rows(idx, *self.process_shard)
         x, y = self.read(np.sort(idx) if not self.shuffle else idx)
         return x if y is None else (x, y)
 

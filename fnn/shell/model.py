@@ -1076,7 +1076,9 @@ class Model:
         ``fnn.data_parallel(method="sharded")``; the batch size must divide by the device
         count (a last smaller batch that does not is skipped). In a multi-process run
         (``fnn.distributed.initialize``) every process calls ``fit`` with the same data and
-        seed, ``devices=jax.device_count()``, and feeds its own block of each batch. With
+        seed, ``devices=jax.device_count()``, and feeds its own block of each batch (array
+        data and ``fnn.datasets`` readers read only that block: the processes together read
+        every example once an epoch; other sources yield whole global batches). With
         ``devices``, ``steps_per_execution`` is 1 and the data stays on the host.
         ``distribution``: sharded params and optimizer state on a mesh, e.g.
         ``{"mesh": "fsdp=4,tensor=2", "rules": {"*/kernel": ("fsdp", "tensor")}}`` (see
@@ -1112,6 +1114,14 @@ class Model:
             from fnn.distributed import Distribution
 
             dist = Distribution.get(distribution)
+        # A multi-process run: each process reads only its block of every batch where the
+        # data allows (arrays, fnn.datasets readers); other sources give global batches.
+        process = None
+        if jax.process_count() > 1 and (devices is not None or distribution is not None):
+            process = (jax.process_index(), jax.process_count())
+        local_input = process is not None and (
+            isinstance(data, data_lib.ArrayData) or data.shard_by_process(process)
+        )
         resume = _saved_position(callbacks, data, cfg["seed"], shuffle, batch_size, self.name)
         if resume is not None and isinstance(data, data_lib.IterableData):
             data.restore(resume["source"])
@@ -1170,25 +1180,29 @@ class Model:
         if dist is not None:
             from fnn.distributed import data_parallel
 
-            if self._placement is None or self._placement[:2] != (trainer, dist):
+            if self._placement is None or self._placement[:2] != (trainer, (dist, local_input)):
                 step = data_parallel(
                     trainer.core,
                     devices=dist.mesh,
                     rules=dict(dist.rules),
                     donate=True,
-                    global_input=True,
+                    global_input=not local_input,
                 )
-                self._placement = (trainer, dist, step)
+                self._placement = (trainer, (dist, local_input), step)
             placement = self._placement[2]
         elif devices is not None:
             from fnn.distributed import data_parallel
 
-            # Every process holds the whole data and the same epoch order (the seed is shared);
-            # each feeds its own block of every global batch.
-            key = tuple(devices) if isinstance(devices, list | tuple) else devices
+            # Every process computes the same epoch order (the seed is shared) and feeds its
+            # own block of every global batch (reading only it, or cut from the whole).
+            key = (tuple(devices) if isinstance(devices, list | tuple) else devices, local_input)
             if self._placement is None or self._placement[:2] != (trainer, key):
                 step = data_parallel(
-                    trainer.core, devices=devices, method="sharded", donate=True, global_input=True
+                    trainer.core,
+                    devices=devices,
+                    method="sharded",
+                    donate=True,
+                    global_input=not local_input,
                 )
                 self._placement = (trainer, key, step)  # compiled once, reused by later fits
             placement = self._placement[2]
@@ -1229,6 +1243,7 @@ class Model:
                     max(steps - skip, 0),
                     on_device=on_device,
                     ahead=placement is None,
+                    process=process if local_input else None,
                 )
             if first is not None:
                 batches, first = _chain_first(first, iterator), None
@@ -1267,15 +1282,19 @@ class Model:
             }
 
         self._fit_position = position
-        loop_lib.fit(
-            trainer,
-            _Hooks(self, cl, initial_epoch),
-            epoch_data,
-            epochs=epochs,
-            validation=validation,
-            placement=placement,
-            epoch_logs=epoch_logs,
-        )
+        try:
+            loop_lib.fit(
+                trainer,
+                _Hooks(self, cl, initial_epoch),
+                epoch_data,
+                epochs=epochs,
+                validation=validation,
+                placement=placement,
+                epoch_logs=epoch_logs,
+            )
+        finally:
+            if local_input and isinstance(data, data_lib.IterableData):
+                data.shard_by_process(None)  # evaluate/predict read every row again
         return next(c for c in cl.callbacks if isinstance(c, callbacks_lib.History))
 
     def _fit_variant(self, data, ensemble, ensemble_batches, dp, devices, distribution):

@@ -337,12 +337,13 @@ def _placed_epoch(
     """One step per batch through ``placement``; a batch the devices cannot split evenly
     (a last smaller one) is skipped."""
     hooks.train_state = placement.put_state(hooks.train_state)
+    divisor = getattr(placement, "input_divisor", None) or getattr(
+        placement, "batch_divisor", placement.num_devices
+    )
     for i, batch in enumerate(batches, start):
         if hooks.stop_training:
             break
-        if np.shape(jax.tree.leaves(batch)[0])[0] % getattr(
-            placement, "batch_divisor", placement.num_devices
-        ):
+        if np.shape(jax.tree.leaves(batch)[0])[0] % divisor:
             continue
         _call(hooks, trainer, wants, i, i, placement, as_batch(*batch))
     hooks.train_state = placement.get_state(hooks.train_state)
