@@ -228,7 +228,7 @@ def test_cli_trains_from_generated_files(name, tmp_path, capsys):
     assert sum(f.stat().st_size for f in files.rglob("*") if f.is_file()) < 200_000
     config = str(ROOT / "configs" / f"{name}.yaml")
     path = files / ("images" if name == "digits_image_folder" else "digits.csv")
-    args = ["--set", f"dataset.options.path={path}", "--set", f"run_dir={tmp_path / 'run'}"]
+    args = ["--set", f"data.path={path}", "--set", f"run_dir={tmp_path / 'run'}"]
     quick = ["--set", "epochs=5", "--set", "plots=false", "--set", "tensorboard=false"]
     # The same data path with a Dense head only (the shipped CNN validates in test_config),
     # to keep the compile time of this test small.
@@ -236,7 +236,7 @@ def test_cli_trains_from_generated_files(name, tmp_path, capsys):
     assert cli.main(["train", config, *args, *quick]) == 0
     results = __import__("json").loads((tmp_path / "run" / "results.json").read_text())
     assert results["test"]["accuracy"] > 0.6  # 10 classes: chance is 0.1
-    missing = ["--set", f"dataset.options.path={tmp_path / 'none'}"]
+    missing = ["--set", f"data.path={tmp_path / 'none'}"]
     assert cli.main(["train", config, *missing, "--set", f"run_dir={tmp_path / 'r2'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such" in err[0] and "none" in err[0], err

@@ -15,6 +15,7 @@ one shuffle), reshuffled at every pass end.
 
 from __future__ import annotations
 
+import copy
 import csv
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,8 +65,30 @@ class ExampleBatches(PyDataset):
         self.seed = int(seed)
         self.epoch = 0
         self._order: np.ndarray | None = None
+        self._examples: np.ndarray | None = None  # a subset's example indices
 
     num_examples: int = 0
+
+    def subset(self, examples, **changes) -> ExampleBatches:
+        """This reader over the examples ``examples`` ``[k]`` only (indices into the
+        file's examples, e.g. a train/test split), with attributes ``changes`` (e.g.
+        ``shuffle=False``); the files are shared, nothing is read.
+
+        >>> import numpy as np, tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> np.save(os.path.join(d, "x.npy"), np.arange(6.0).reshape(6, 1))
+        >>> part = NpyDataset(os.path.join(d, "x.npy"), batch_size=2).subset([5, 1, 3])
+        >>> len(part), [x[:, 0].tolist() for x in part]
+        (2, [[5.0, 1.0], [3.0]])
+        """
+        out = copy.copy(self)
+        base = np.arange(self.num_examples) if self._examples is None else self._examples
+        out._examples = base[np.asarray(examples, np.int64)]
+        out.num_examples = len(out._examples)
+        out._order = None
+        for key, value in changes.items():
+            setattr(out, key, value)
+        return out
 
     def read(self, indices: np.ndarray):
         raise NotImplementedError
@@ -90,7 +113,9 @@ class ExampleBatches(PyDataset):
         idx = self.order()[index * self.batch_size : (index + 1) * self.batch_size]
         if self.process_shard is not None:
             idx = process_rows(idx, *self.process_shard)
-        x, y = self.read(np.sort(idx) if not self.shuffle else idx)
+        if self._examples is not None:
+            idx = self._examples[idx]
+        x, y = self.read(idx)
         return x if y is None else (x, y)
 
     def on_epoch_end(self) -> None:
