@@ -386,10 +386,11 @@ def data_text(**data) -> str:
 
 
 DATA_ERRORS = [
-    (data_text(format="parquet"), r"^data.format: expected a file format: image_folder, csv, npy, idx, got 'parquet'"),
+    (data_text(format="hdf5"), r"^data.format: expected a file format: image_folder, csv, parquet, npy, idx, got 'hdf5'"),
     (data_text(path=3), r"^data.path: expected a path string, got 3 \(int\)\.$"),
     (data_text(format="npy"), r"^data.labels: expected a path string, got None"),
     (data_text(image_size=[8, 8]), r"^data.image_size: applies to format image_folder, not csv; remove it\.$"),
+    (data_text(format="npy", labels="y.npy", columns=[0]), r"^data.columns: applies to format csv or parquet, not npy; remove it\.$"),
     (data_text(format="image_folder", image_size=[8]), r"^data.image_size: expected \[height, width\], got \[8\]"),
     (data_text(format="image_folder", image_size=[8, 0]), r"^data.image_size\[1\]: expected a positive int, got 0"),
     (data_text(format="image_folder", color_mode="grey"), r"^data.color_mode: expected one of rgb, grayscale, got 'grey'"),

@@ -123,6 +123,53 @@ def test_image_folder_against_pillow(tmp_path):
         datasets.ImageFolder(tmp_path, image_size=(4,))
 
 
+def test_parquet_row_groups_columns_and_label(tmp_path):
+    """A Parquet file of 3 row groups the test writes with pyarrow: batches (in order,
+    shuffled, across group boundaries, and a subset) against pyarrow's own table."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    n = 23
+    table = pa.table(
+        {
+            "a": RNG.normal(size=n),
+            "label": np.arange(n, dtype=np.int64) % 4,
+            "b": RNG.integers(-5, 5, size=n).astype(np.int32),
+            "name": [f"row{i}" for i in range(n)],
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=10)
+    assert pq.ParquetFile(tmp_path / "t.parquet").metadata.num_row_groups == 3
+    want = np.stack([table["b"].to_numpy(), table["a"].to_numpy()], 1).astype(np.float32)
+    labels = table["label"].to_numpy()
+    data = datasets.ParquetDataset(
+        tmp_path / "t.parquet", columns=["b", "a"], label_column="label", batch_size=7
+    )
+    assert len(data) == 4 and data.num_examples == n
+    got = [data[i] for i in range(len(data))]
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in got]), want)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in got]), labels)
+    assert got[0][1].dtype == np.int32
+    from fnn.training.loop import epoch_order
+
+    shuffled = datasets.ParquetDataset(
+        tmp_path / "t.parquet", ["a", 2], "label", batch_size=5, shuffle=True, seed=4
+    )
+    ys = np.concatenate([shuffled[i][1] for i in range(len(shuffled))])
+    xs = np.concatenate([shuffled[i][0] for i in range(len(shuffled))])
+    order = epoch_order(n, seed=4, epoch=0)
+    np.testing.assert_array_equal(ys, labels[order])
+    np.testing.assert_array_equal(xs, want[order][:, ::-1])
+    part = data.subset([22, 0, 11])  # one row of each group
+    np.testing.assert_array_equal(part[0][0], want[[22, 0, 11]])
+    with pytest.raises(ConfigError, match=r"column 'name' of .* holds string, expected numbers"):
+        datasets.ParquetDataset(tmp_path / "t.parquet", label_column="label")
+    with pytest.raises(ConfigError, match=r"no column 'c' in"):
+        datasets.ParquetDataset(tmp_path / "t.parquet", columns=["c"], label_column="label")
+    (tmp_path / "bad.parquet").write_text("a,b\n1,2\n")
+    with pytest.raises(ConfigError, match=r"is not a Parquet file"):
+        datasets.ParquetDataset(tmp_path / "bad.parquet")
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     model = fnn.Sequential([fnn.Input((3,)), layers.Dense(2, activation="softmax")])
@@ -220,15 +267,21 @@ def test_memmap_training_stays_under_a_host_memory_budget(tmp_path):
     assert (after_kb - before_kb) / 1024 < budget_mb, (before_kb, after_kb)
 
 
-@pytest.mark.parametrize("name", ["digits_image_folder", "digits_csv"])
+@pytest.mark.parametrize("name", ["digits_image_folder", "digits_csv", "digits_parquet"])
 def test_cli_trains_from_generated_files(name, tmp_path, capsys):
     from fnn.cli import commands as cli
 
     files = datasets.write_digits_files(tmp_path / "files")
     assert sum(f.stat().st_size for f in files.rglob("*") if f.is_file()) < 200_000
-    config = str(ROOT / "configs" / f"{name}.yaml")
+    config = str(ROOT / "configs" / f"{name.replace('parquet', 'csv')}.yaml")
     path = files / ("images" if name == "digits_image_folder" else "digits.csv")
     args = ["--set", f"data.path={path}", "--set", f"run_dir={tmp_path / 'run'}"]
+    if name == "digits_parquet":  # the CSV config, reading the same table as Parquet
+        pyarrow_csv = pytest.importorskip("pyarrow.csv")
+        pq = pytest.importorskip("pyarrow.parquet")
+        pq.write_table(pyarrow_csv.read_csv(path), files / "digits.parquet", row_group_size=64)
+        path = files / "digits.parquet"
+        args = ["--set", f"data.path={path}", "--set", "data.format=parquet", *args[2:]]
     quick = ["--set", "epochs=5", "--set", "plots=false", "--set", "tensorboard=false"]
     # The same data path with a Dense head only (the shipped CNN validates in test_config),
     # to keep the compile time of this test small.

@@ -107,24 +107,24 @@ EXPLAIN_METHODS = (
 )
 _REQUIRED = {"": ("model",), "model": ("layers",), "dataset": ("name",), "data": ("format", "path")}
 DATA_DEFAULTS: dict[str, Any] = {
-    "format": None,  # image_folder, csv, npy or idx
-    "path": None,  # the image folder, .csv file, .npy or IDX file of the inputs
+    "format": None,  # image_folder, csv, parquet, npy or idx
+    "path": None,  # the image folder, .csv/.parquet file, .npy or IDX file of the inputs
     "labels": None,  # npy/idx: the .npy or IDX file of the labels
     "test": None,  # test files (a path, or {path, labels}); default: test_size of path's
     "test_size": 0.2,
     "validation": None,  # validation files; default: the test split
-    "columns": None,  # csv: feature columns (names or indices); default: all but the label
-    "label_column": -1,  # csv: name or index
+    "columns": None,  # csv/parquet: feature columns (names or indices); default: all but label
+    "label_column": -1,  # csv/parquet: name or index
     "image_size": [32, 32],  # image_folder: [height, width] after resizing
     "color_mode": "rgb",  # image_folder: rgb or grayscale
     "shuffle": True,  # permute the training examples anew every epoch (seeded by seed)
     "workers": 1,  # threads reading batches ahead
 }
-DATA_FORMATS = ("image_folder", "csv", "npy", "idx")
+DATA_FORMATS = ("image_folder", "csv", "parquet", "npy", "idx")
 _FORMAT_KEYS = {
     "labels": ("npy", "idx"),
-    "columns": ("csv",),
-    "label_column": ("csv",),
+    "columns": ("csv", "parquet"),
+    "label_column": ("csv", "parquet"),
     "image_size": ("image_folder",),
     "color_mode": ("image_folder",),
 }
@@ -390,6 +390,9 @@ def build_readers(cfg: Mapping[str, Any]) -> tuple:
         if fmt == "csv":
             columns, label = data["columns"], data["label_column"]
             return readers.CsvDataset(path, columns, label, batch, **kwargs)
+        if fmt == "parquet":
+            columns, label = data["columns"], data["label_column"]
+            return readers.ParquetDataset(path, columns, label, batch, **kwargs)
         if fmt == "npy":
             return readers.NpyDataset(path, labels, batch, **kwargs)
         return readers.IdxDataset(path, labels, batch, **kwargs)

@@ -1,5 +1,5 @@
-"""Datasets that stream from disk: image folders (Pillow), CSV tables, ``.npy`` memory maps
-and IDX files (MNIST's format). Each is a ``PyDataset`` of batches, so ``Model.fit``
+"""Datasets that stream from disk: image folders (Pillow), CSV and Parquet tables (pyarrow),
+``.npy`` memory maps and IDX files (MNIST's format). Each is a ``PyDataset`` of batches, so ``Model.fit``
 reads one batch at a time in its background thread and only the current batches are in
 memory. The example order of pass ``p`` is ``epoch_order(n, seed=seed, epoch=p)`` (the
 one shuffle), reshuffled at every pass end.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +33,7 @@ __all__ = [
     "IdxDataset",
     "ImageFolder",
     "NpyDataset",
+    "ParquetDataset",
     "read_idx",
     "write_idx",
 ]
@@ -353,18 +355,7 @@ class CsvDataset(ExampleBatches):
         self.header = header
 
         def index(c, what):
-            if isinstance(c, str):
-                if header is None or c not in header:
-                    raise ConfigError(
-                        f"CsvDataset: no {what} {c!r} in {str(self.path)!r} (header: {header})."
-                    )
-                return header.index(c)
-            if not isinstance(c, int) or not -width <= c < width:
-                raise ConfigError(
-                    f"CsvDataset: expected {what} in [{-width}, {width}) or a header name, "
-                    f"got {c!r}."
-                )
-            return c % width
+            return _column_index(c, header, width, what, "CsvDataset", repr(str(self.path)))
 
         self.label = None if label_column is None else index(label_column, "label_column")
         if columns is None:
@@ -401,3 +392,102 @@ class CsvDataset(ExampleBatches):
 
 def _split(line: bytes, delimiter: str) -> list[str]:
     return next(csv.reader([line.decode().rstrip("\r\n")], delimiter=delimiter), [])
+
+
+def _column_index(c, names: list[str] | None, width: int, what: str, who: str, where: str) -> int:
+    """Column ``c`` (a header name, or an index from either end) as an index."""
+    if isinstance(c, str):
+        if names is None or c not in names:
+            raise ConfigError(f"{who}: no {what} {c!r} in {where} (header: {names}).")
+        return names.index(c)
+    if isinstance(c, bool) or not isinstance(c, int) or not -width <= c < width:
+        raise ConfigError(
+            f"{who}: expected {what} in [{-width}, {width}) or a header name, got {c!r}."
+        )
+    return c % width
+
+
+class ParquetDataset(ExampleBatches):
+    """Rows of a Parquet file (pyarrow, an optional extra), read one row group at a time
+    (the last one read is kept, so in-order reading reads each group once): numeric
+    ``columns`` (names or indices; default all but the label) are ``x [b, len(columns)]``
+    float32, ``label_column`` (name, index or None) is ``y [b]`` (int32 when
+    ``integer_labels``, else float32)."""
+
+    def __init__(
+        self,
+        path,
+        columns: Sequence[int | str] | None = None,
+        label_column: int | str | None = -1,
+        batch_size: int = 32,
+        *,
+        integer_labels: bool = True,
+        **kwargs,
+    ):
+        super().__init__(batch_size, **kwargs)
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ConfigError(
+                "ParquetDataset: needs pyarrow (pip install pyarrow, or fnn's data extra)."
+            ) from None
+        self.path = _file(path, "ParquetDataset")
+        try:
+            self.file = pq.ParquetFile(self.path)
+        except Exception as err:  # pyarrow raises its own ArrowInvalid for a bad file
+            raise ConfigError(
+                f"ParquetDataset: {str(self.path)!r} is not a Parquet file ({err})."
+            ) from None
+        names = list(self.file.schema_arrow.names)
+        width, where = len(names), repr(str(self.path))
+
+        def index(c, what):
+            return _column_index(c, names, width, what, "ParquetDataset", where)
+
+        self.label = None if label_column is None else index(label_column, "label_column")
+        picked = [index(c, "column") for c in columns] if columns is not None else None
+        self.columns = picked or [c for c in range(width) if c != self.label]
+        self.names = names
+        for c in [*self.columns, *([] if self.label is None else [self.label])]:
+            kind = self.file.schema_arrow.field(c).type
+            if not _numeric(kind):
+                raise ConfigError(
+                    f"ParquetDataset: column {names[c]!r} of {where} holds {kind}, expected "
+                    "numbers."
+                )
+        meta = self.file.metadata
+        sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        self.starts = np.cumsum([0, *sizes])
+        self.integer_labels = integer_labels
+        self.num_examples = int(self.starts[-1])
+        self._lock = threading.Lock()  # one reader of the file (and its cache) at a time
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def _group(self, g: int) -> np.ndarray:
+        """Row group ``g`` as ``[rows, columns (+ label)]`` float64."""
+        with self._lock:
+            if self._cached is None or self._cached[0] != g:
+                wanted = [*self.columns, *([] if self.label is None else [self.label])]
+                table = self.file.read_row_group(g, columns=[self.names[c] for c in wanted])
+                cols = [table.column(k).to_numpy(zero_copy_only=False) for k in range(len(wanted))]
+                self._cached = (g, np.stack(cols, axis=1).astype(np.float64))
+            return self._cached[1]
+
+    def read(self, indices):
+        indices = np.asarray(indices, np.int64)
+        groups = np.searchsorted(self.starts, indices, side="right") - 1
+        rows = np.empty((len(indices), len(self.columns) + (self.label is not None)), np.float64)
+        for g in dict.fromkeys(groups.tolist()):  # in first-use order
+            mask = groups == g
+            rows[mask] = self._group(g)[indices[mask] - self.starts[g]]
+        x = rows[:, : len(self.columns)].astype(np.float32)
+        if self.label is None:
+            return x, None
+        return x, rows[:, -1].astype(np.int32 if self.integer_labels else np.float32)
+
+
+def _numeric(kind) -> bool:
+    """A pyarrow type of integers, floats or booleans."""
+    import pyarrow.types as t
+
+    return t.is_integer(kind) or t.is_floating(kind) or t.is_boolean(kind)
