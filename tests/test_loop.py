@@ -134,6 +134,11 @@ def _sources(tmp_path, kind):
     ds = grain.MapDataset.source(range(40)).shuffle(seed=5).map(lambda i: (x[i], y[i])).batch(8)
     if kind == "grain":
         return (ds,), {}
+    if kind == "grain_loader":  # its iterator's state is bytes (JSON text)
+        sampler = grain.samplers.IndexSampler(40, shuffle=True, num_epochs=1, seed=5)
+        source = [(x[i], y[i]) for i in range(40)]
+        batch = [grain.transforms.Batch(8)]
+        return (grain.DataLoader(data_source=source, sampler=sampler, operations=batch),), {}
     return (iter(ds.repeat(4)),), {"steps_per_epoch": 4}  # (repeat(None) is slow in Grain)
 
 
@@ -144,6 +149,7 @@ RESUME_CASES = [
     ("npy", 5, (1, 2)),
     ("npy", 7, (2, 2)),
     ("grain", 7, (1, 2)),
+    ("grain_loader", 7, (1, 2)),
     ("grain_iterator", 6, (1, 2)),
 ]
 
@@ -169,6 +175,8 @@ def test_backup_mid_epoch_resumes_bitwise_from_every_source(tmp_path, kind, cras
         small_model()[0].fit(*args, epochs=3, verbose=0, callbacks=[backup, Crash()], **kwargs)
     position = backup.saved_position()
     assert (position["epoch"], position["batch"]) == stopped
+    if kind.startswith("grain"):  # Grain's own checkpointable iterator state
+        assert position["source"]["iterator"] is not None
     resumed, _ = small_model()
     args, kwargs = _sources(tmp_path, kind)
     history = resumed.fit(*args, epochs=3, verbose=0, callbacks=[backup], **kwargs)
