@@ -222,6 +222,55 @@ def test_resume_equals_uninterrupted_training_bitwise(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize("source", ["arrays", "streamed_csv"])
+def test_resume_mid_epoch_equals_uninterrupted_training_bitwise(tmp_path, capsys, source):
+    """With ``checkpoint.every_steps`` a run "interrupted" inside an epoch (its directory
+    as it was after a mid-epoch checkpoint) resumes at the next batch of that epoch and
+    ends bit for bit where the uninterrupted run does: for the digits arrays (45 steps an
+    epoch, a checkpoint every 20) and a CSV file streamed by ``data:`` (the shuffling
+    reader's pass is in the checkpoint; 8 steps an epoch, a checkpoint every 3)."""
+    config, every = MLP, 20
+    common = ["--set", "plots=false"]
+    if source == "streamed_csv":
+        files = datasets.write_digits_files(tmp_path / "files")
+        config, every = str(ROOT / "configs" / "digits_csv.yaml"), 3
+        common += ["--set", f"data.path={files / 'digits.csv'}"]
+    common += [
+        "--set", "epochs=2", "--set", f"checkpoint.every_steps={every}",
+        "--set", "checkpoint.max_to_keep=100", "--set", "checkpoint.every_epochs=1",
+    ]  # fmt: skip
+    full = tmp_path / "full"
+    assert cli.main(["train", config, "--set", f"run_dir={full}", *common]) == 0
+    steps = checkpoint.list_steps(full / "checkpoints")
+    per_epoch = steps[-1] // 2
+    inside = [s for s in steps if per_epoch < s < 2 * per_epoch and s % every == 0]
+    assert inside and per_epoch in steps  # a checkpoint inside epoch 2, one at its start
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    for step in steps:
+        if step > inside[0]:  # the run as it was after a checkpoint inside epoch 2
+            shutil.rmtree(part / "checkpoints" / f"step_{step:08d}")
+    info = checkpoint.read_info(part / "checkpoints" / f"step_{inside[0]:08d}")
+    assert info["metadata"]["data_position"]["epoch"] == 1
+    assert info["metadata"]["data_position"]["batch"] == inside[0] - per_epoch
+    capsys.readouterr()
+    assert cli.main(["train", config, "--set", f"run_dir={part}", *common, "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    a = checkpoint.restore(full / "checkpoints" / f"step_{steps[-1]:08d}")
+    b = checkpoint.restore(part / "checkpoints" / f"step_{steps[-1]:08d}")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+    rows = [read_csv(d / "metrics.csv") for d in (full, part)]
+    drop = cli.TIME_COLUMN
+    assert [{k: v for k, v in r.items() if k != drop} for r in rows[0]] == [
+        {k: v for k, v in r.items() if k != drop} for r in rows[1]
+    ]
+    assert cli.main(["train", config, "--set", "checkpoint.every_steps=0"]) == 2
+    assert "checkpoint.every_steps" in capsys.readouterr().err
+
+
 class FakeSummaryWriter:
     """Stands in for tensorboardX.SummaryWriter (an optional extra) to check what is logged."""
 

@@ -377,3 +377,61 @@ def test_cli_checks_every_label_before_compiling(tmp_path, capsys):
     assert cli.main(["train", str(cfg), "--set", f"run_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
     assert "labels: expected labels in [0, 10)" in err and "got label 12" in err
+
+
+def data_text(**data) -> str:
+    """BASE with a streamed ``data:`` section instead of ``dataset:``."""
+    cfg = {"model": BASE["model"], "data": {"format": "csv", "path": "t.csv", **data}}
+    return yaml.safe_dump(cfg)
+
+
+DATA_ERRORS = [
+    (data_text(format="hdf5"), r"^data.format: expected a file format: image_folder, csv, parquet, npy, idx, got 'hdf5'"),
+    (data_text(path=3), r"^data.path: expected a path string, got 3 \(int\)\.$"),
+    (data_text(format="npy"), r"^data.labels: expected a path string, got None"),
+    (data_text(image_size=[8, 8]), r"^data.image_size: applies to format image_folder, not csv; remove it\.$"),
+    (data_text(format="npy", labels="y.npy", columns=[0]), r"^data.columns: applies to format csv or parquet, not npy; remove it\.$"),
+    (data_text(format="image_folder", image_size=[8]), r"^data.image_size: expected \[height, width\], got \[8\]"),
+    (data_text(format="image_folder", image_size=[8, 0]), r"^data.image_size\[1\]: expected a positive int, got 0"),
+    (data_text(format="image_folder", color_mode="grey"), r"^data.color_mode: expected one of rgb, grayscale, got 'grey'"),
+    (data_text(columns="a"), r"^data.columns: expected a list of column names or indices, got 'a'"),
+    (data_text(columns=["a", 1.5]), r"^data.columns\[1\]: expected a name or an index, got 1.5"),
+    (data_text(label_column=True), r"^data.label_column: expected a name or an index, got True"),
+    (data_text(test_size=1.0), r"^data.test_size: expected a number in \(0.0, 1.0\), got 1.0\.$"),
+    (data_text(format="npy", labels="y.npy", test="x.npy"), r"^data.test: expected \{path: ..., labels: ...\} for format npy, got 'x.npy'"),
+    (data_text(shuffle="yes"), r"^data.shuffle: expected true or false, got 'yes'"),
+    (data_text(workers=0), r"^data.workers: expected a positive int, got 0"),
+    (data_text(shufle=True), r"^data.shufle: unknown key. Did you mean 'shuffle'\?"),
+    (data_text(**{"format": None}), r"^data.format: required key is missing\.$"),
+    (yaml.safe_dump({**BASE, "data": {"format": "csv", "path": "t.csv"}}), r"^data: a config reads dataset: or data:, not both; remove one\.$"),
+    (yaml.safe_dump({"model": BASE["model"]}), r"^dataset: required key is missing \(or data: for files on disk\)\.$"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("source,match", DATA_ERRORS)
+def test_data_section_errors_name_the_key_in_one_line(source, match):
+    with pytest.raises(fnn.ConfigError, match=match) as info:
+        load_config_text(source)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_data_section_file_errors_exit_2_with_one_line(tmp_path, capsys):
+    """Problems only the files show (a missing file, a column not in the header, a split
+    that leaves nothing to train on), and commands that need arrays: exit 2, one line."""
+    rows = [f"{i},{2 * i},{i % 2}" for i in range(10)]
+    (tmp_path / "t.csv").write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    cases = [
+        ({"path": str(tmp_path / "none.csv")}, ["train"], "data: CsvDataset: no such file"),
+        ({"path": str(tmp_path / "t.csv"), "columns": ["c"]}, ["train"], "no column 'c'"),
+        ({"path": str(tmp_path / "t.csv"), "test_size": 0.01}, ["train"], "leaves no test examples"),
+        ({"path": str(tmp_path / "t.csv")}, ["train"], "data: fairness needs the data in memory"),
+    ]  # fmt: skip
+    for data, command, message in cases:
+        path = tmp_path / "c.yaml"
+        cfg = {"model": {"layers": [{"Dense": {"units": 2}}]}, "run_dir": str(tmp_path / "r")}
+        if "fairness" in message:
+            cfg["fairness"] = {"feature": 0}
+        path.write_text(yaml.safe_dump({**cfg, "data": {"format": "csv", **data}}))
+        assert cli.main([command[0], str(path), *command[1:]]) == 2, message
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err

@@ -77,6 +77,30 @@ def fit_model(devices=None):
     return m
 
 
+def fit_reader(folder: Path, devices=None, record=None):
+    """``Model.fit`` from a shuffling ``.npy`` reader of the same rows (global batches of
+    16), 2 epochs; ``record`` collects ``(pass, example indices)`` of every read."""
+    _, _, batches = make_problem()
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "x.npy", np.concatenate([b[0] for b in batches]))
+    np.save(folder / "y.npy", np.concatenate([b[1] for b in batches]))
+
+    class Recording(fnn.datasets.NpyDataset):
+        def read(self, indices):
+            if record is not None:
+                record.append((self.epoch, np.asarray(indices).tolist()))
+            return super().read(indices)
+
+    reader = Recording(
+        folder / "x.npy", folder / "y.npy", batch_size=GLOBAL_BATCH, shuffle=True, seed=2
+    )
+    m = fnn.Model(model())
+    loss = fnn.losses.SparseCategoricalCrossentropy(from_logits=True)
+    m.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    m.fit(reader, epochs=2, shuffle=False, devices=devices, verbose=0)
+    return m
+
+
 def flat(tree):
     return {
         jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)
@@ -116,6 +140,15 @@ def worker(process_id: int, port: int, out: str) -> None:
     # rows) would give the same means but twice the counts.
     for key, value in flat(fitted.train_state.metric_states).items():
         results[f"fit/states{key}"] = value
+    # A reader: each process reads only its block of every batch.
+    record = []
+    fitted = fit_reader(Path(out).parent / f"reader_{process_id}", jax.device_count(), record)
+    for key, value in flat(fitted.params).items():
+        results[f"reader/params{key}"] = value
+    for epoch in (0, 1):
+        results[f"reader/read/{epoch}"] = np.asarray(
+            [i for e, rows in record if e == epoch for i in rows]
+        )
     try:
         dist.initialize(address, num_processes=3, process_id=process_id)
     except dist.DistributedError as err:
@@ -205,6 +238,15 @@ def test_two_processes_match_one_process(tmp_path):
             np.testing.assert_allclose(r[f"fit/history/{key}"], ref, **TOL)
         for key, ref in flat(ref_fit.train_state.metric_states).items():
             np.testing.assert_allclose(r[f"fit/states{key}"], ref, **TOL)
+    # A reader: the processes read disjoint blocks covering all 48 rows once a pass, and
+    # train as the one-device fit over the whole batches does.
+    for epoch in (0, 1):
+        seen = np.concatenate([r[f"reader/read/{epoch}"] for r in results])
+        assert sorted(seen.tolist()) == list(range(GLOBAL_BATCH * STEPS)), seen
+    ref_reader = fit_reader(tmp_path / "reader_ref")
+    for r in results:
+        for key, ref in flat(ref_reader.params).items():
+            np.testing.assert_allclose(r[f"reader/params{key}"], ref, **TOL)
     print(f"2 processes x 2 devices: max |param diff| = {worst}")
 
 

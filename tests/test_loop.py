@@ -116,6 +116,80 @@ def test_backup_and_restore_resumes_bitwise(tmp_path):
         fnn.callbacks.BackupAndRestore(tmp_path / "b", every_epochs=0)
 
 
+def _sources(tmp_path, kind):
+    """A fresh data source of ``kind`` over ``small_data(40)`` (batches of 8) and the fit
+    arguments it takes: arrays, a shuffling ``.npy`` reader cut into epochs of 3 batches
+    (so passes end mid-epoch), a Grain ``MapDataset`` and a one-shot Grain iterator."""
+    x, y = small_data(40)
+    if kind == "arrays":
+        return (x, y), {"batch_size": 8}
+    if kind == "npy":
+        np.save(tmp_path / "x.npy", x)
+        np.save(tmp_path / "y.npy", y)
+        reader = fnn.datasets.NpyDataset(
+            tmp_path / "x.npy", tmp_path / "y.npy", batch_size=8, shuffle=True, seed=3
+        )
+        return (reader,), {"steps_per_epoch": 3}
+    grain = pytest.importorskip("grain")
+    ds = grain.MapDataset.source(range(40)).shuffle(seed=5).map(lambda i: (x[i], y[i])).batch(8)
+    if kind == "grain":
+        return (ds,), {}
+    if kind == "grain_loader":  # its iterator's state is bytes (JSON text)
+        sampler = grain.samplers.IndexSampler(40, shuffle=True, num_epochs=1, seed=5)
+        source = [(x[i], y[i]) for i in range(40)]
+        batch = [grain.transforms.Batch(8)]
+        return (grain.DataLoader(data_source=source, sampler=sampler, operations=batch),), {}
+    return (iter(ds.repeat(4)),), {"steps_per_epoch": 4}  # (repeat(None) is slow in Grain)
+
+
+# (source, steps before the crash, (epoch, batch) it stopped at). The reader's epochs take
+# 3 batches of a 5-batch pass, then the 2 left (Keras's rule), so step 5 ends epoch 1.
+RESUME_CASES = [
+    ("arrays", 7, (1, 2)),
+    ("npy", 5, (1, 2)),
+    ("npy", 7, (2, 2)),
+    ("grain", 7, (1, 2)),
+    ("grain_loader", 7, (1, 2)),
+    ("grain_iterator", 6, (1, 2)),
+]
+
+
+@pytest.mark.parametrize(("kind", "crash_at", "stopped"), RESUME_CASES)
+def test_backup_mid_epoch_resumes_bitwise_from_every_source(tmp_path, kind, crash_at, stopped):
+    """Stopped after ``crash_at`` steps (inside an epoch, or after the last batch of one,
+    before its end-of-epoch work) with a backup every ``crash_at`` steps, a fit resumed
+    on fresh data objects ends bit for bit where an uninterrupted fit does: same weights,
+    step, PRNG key and per-epoch losses (the resumed epoch's metric states are restored)."""
+
+    class Crash(fnn.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.train_state.step) == crash_at:
+                raise KeyboardInterrupt
+
+    args, kwargs = _sources(tmp_path, kind)
+    full, _ = small_model()
+    full.fit(*args, epochs=3, verbose=0, **kwargs)
+    backup = fnn.callbacks.BackupAndRestore(tmp_path / "b", save_freq=crash_at)
+    args, kwargs = _sources(tmp_path, kind)
+    with pytest.raises(KeyboardInterrupt):
+        small_model()[0].fit(*args, epochs=3, verbose=0, callbacks=[backup, Crash()], **kwargs)
+    position = backup.saved_position()
+    assert (position["epoch"], position["batch"]) == stopped
+    if kind.startswith("grain"):  # Grain's own checkpointable iterator state
+        assert position["source"]["iterator"] is not None
+    if kind == "arrays":  # another shuffle seed would give another order: refused
+        with pytest.raises(ConfigError, match=r"other data settings \(seed 0 -> 1\)"):
+            small_model(seed=1)[0].fit(*args, epochs=3, verbose=0, callbacks=[backup], **kwargs)
+    resumed, _ = small_model()
+    args, kwargs = _sources(tmp_path, kind)
+    history = resumed.fit(*args, epochs=3, verbose=0, callbacks=[backup], **kwargs)
+    assert int(resumed.train_state.step) == int(full.train_state.step)
+    keys = [jax.random.key_data(m.train_state.rng) for m in (full, resumed)]
+    for a, b in [*zip(full.get_weights(), resumed.get_weights(), strict=True), keys]:
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    assert history.history["loss"] == full.history.history["loss"][position["epoch"] :]
+
+
 def test_model_checkpoint_rejects_single_file_names(tmp_path):
     with pytest.raises(
         ConfigError, match=r"ModelCheckpoint: cannot write '.*x\.h5': fnn saves checkpoint"

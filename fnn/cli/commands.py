@@ -18,9 +18,10 @@ A config with ``sweep:`` trains its values as members of one program instead
 (:mod:`fnn.cli.sweep`).
 
 Training is deterministic: the data order of each epoch comes from ``(seed, epoch)`` and
-every other changing value (params, optimizer state, PRNG key, step) is in the
-checkpoint, so ``--resume`` continues bit for bit where an interrupted run stopped (on
-CPU). Config errors print one line on stderr and exit with code 2.
+every other changing value (params, optimizer state, PRNG key, step, the data position)
+is in the checkpoint, so ``--resume`` continues bit for bit where an interrupted run
+stopped (on CPU), inside an epoch too with ``checkpoint.every_steps``. Config errors
+print one line on stderr and exit with code 2.
 """
 
 from __future__ import annotations
@@ -111,18 +112,30 @@ class Run:
 
         self.cfg = cfg
         self.config_path = config_path
-        data = cfg["dataset"]
-        try:
-            (x_train, y_train), (x_test, y_test) = datasets.load(data["name"], **data["options"])
-        except ConfigError as err:
-            raise ConfigError(f"dataset: {err}") from None
-        if data["validation_split"] > 0:
-            (x_train, y_train), (x_val, y_val) = datasets.split(
-                x_train, y_train, data["validation_split"], seed=cfg["seed"]
-            )
-        else:  # like Keras's validation_data=(x_test, y_test)
-            x_val, y_val = x_test, y_test
-        self.x_train, self.y_train = x_train, y_train
+        # data: readers stream batches from disk (x_* and y_* stay None); dataset: arrays.
+        self.stream = cfg["data"] is not None
+        self.train = self.val = self.test = None
+        if self.stream:
+            self.train, self.val, self.test = config_lib.build_readers(cfg)
+            x_train, y_train = self.train[0]  # one batch: shapes, dtypes, first labels
+            x_val = y_val = x_test = y_test = None
+            samples = (x_train, y_train)
+        else:
+            data = cfg["dataset"]
+            try:
+                (x_train, y_train), (x_test, y_test) = datasets.load(
+                    data["name"], **data["options"]
+                )
+            except ConfigError as err:
+                raise ConfigError(f"dataset: {err}") from None
+            if data["validation_split"] > 0:
+                (x_train, y_train), (x_val, y_val) = datasets.split(
+                    x_train, y_train, data["validation_split"], seed=cfg["seed"]
+                )
+            else:  # like Keras's validation_data=(x_test, y_test)
+                x_val, y_val = x_test, y_test
+            samples = (x_train[: cfg["batch_size"]], y_train[: cfg["batch_size"]])
+        self.x_train, self.y_train = (None, None) if self.stream else (x_train, y_train)
         self.x_val, self.y_val = x_val, y_val
         self.x_test, self.y_test = x_test, y_test
         self.layer = config_lib.build_model(cfg)
@@ -133,6 +146,7 @@ class Run:
                 f"{list(x_train.shape[1:])}, got {shape}."
             )
         self.input_shape = tuple(shape)
+        self.input_dtype = x_train.dtype
         self.input_spec = jax.ShapeDtypeStruct(
             (cfg["batch_size"], *self.input_shape), jnp.dtype(x_train.dtype)
         )
@@ -140,22 +154,27 @@ class Run:
         self.loss_name = losses.get(self.loss).class_name or ""
         self.classifier = _snake(self.loss_name) in CLASSIFICATION_LOSSES
         self.from_logits = bool(cfg["loss"].get("from_logits", False))
-        self.num_classes = int(np.max(y_train)) + 1 if self.classifier else None
+        self.num_classes = None
+        if self.classifier and not self.stream:
+            self.num_classes = int(np.max(y_train)) + 1
         # Shape checks before anything is compiled (ShapeError names the layer).
         try:
             abstract = jax.eval_shape(self.layer.init, jax.random.key(0), self.input_spec)
             out = _output_shape(self.layer, abstract, self.input_spec)
-            batch = (x_train[: cfg["batch_size"]], y_train[: cfg["batch_size"]])
-            train.check_batch(self.layer, self.loss, *abstract, batch)
+            train.check_batch(self.layer, self.loss, *abstract, samples)
             if "sparse" in _snake(self.loss_name):
                 # check_batch sees one batch; an out-of-range label later would be silently
-                # dropped under jit, so every split is checked once on the host.
-                for split_name, labels in (("train", y_train), ("val", y_val), ("test", y_test)):
+                # dropped under jit, so every split is checked once on the host (streamed
+                # data: the first batch only, reading everything would defeat streaming).
+                splits = (("train", y_train), ("val", y_val), ("test", y_test))
+                for split_name, labels in splits if not self.stream else splits[:1]:
                     losses.check_sparse_labels(f"{split_name} labels", labels, out[-1])
         except FnnError as err:
             raise ConfigError(f"model: {_first_line(err)}") from None
         from fnn.training import metrics as metrics_lib
 
+        if self.classifier and self.stream:  # the model's output width: no pass over labels
+            self.num_classes = max(int(out[-1]), 2)
         self.metrics = metrics_lib.get_all(
             cfg["metrics"],
             loss=self.loss,
@@ -172,8 +191,30 @@ class Run:
         )
 
     # Optimizer with its schedule (the number of steps depends on the data).
+    def sizes(self) -> tuple[int, int, int]:
+        """The number of train, validation and test examples."""
+        if self.stream:
+            return tuple(d.num_examples for d in (self.train, self.val, self.test))
+        return len(self.x_train), len(self.x_val), len(self.x_test)
+
+    def first_examples(self, k: int = 1):
+        """``(x [k, ...], y [k])``: the first ``k`` training examples (``k`` <= batch_size
+        when streamed), e.g. to build states or trace an export."""
+        if self.stream:
+            x, y = self.train[0]
+            return x[:k], y[:k]
+        return self.x_train[:k], self.y_train[:k]
+
+    def require_arrays(self, what: str) -> None:
+        """``ConfigError`` if the config streams its data (``what`` needs arrays)."""
+        if self.stream:
+            raise ConfigError(
+                f"data: {what} needs the data in memory; use a dataset: section for it "
+                "(data: streams files for fnn train)."
+            )
+
     def steps_per_epoch(self) -> int:
-        n, b = len(self.x_train), self.cfg["batch_size"]
+        n, b = self.sizes()[0], self.cfg["batch_size"]
         return n // b if self._drop_remainder() else math.ceil(n / b)
 
     def _drop_remainder(self) -> bool:
@@ -205,8 +246,8 @@ class Run:
     def eval_batch_size(self) -> int:
         return max(self.cfg["batch_size"], 256)
 
-    def evaluate(self, x, y) -> dict[str, float]:
-        """Loss and metrics of the model on ``(x, y)``, ``loss`` first."""
+    def evaluate(self, x, y=None) -> dict[str, float]:
+        """Loss and metrics of the model on ``(x, y)`` (or a reader ``x``), ``loss`` first."""
         logs = self.model.evaluate(
             x, y, batch_size=self.eval_batch_size(), verbose=0, return_dict=True
         )
@@ -344,6 +385,7 @@ def cmd_train(args) -> int:
     _check_fairness(run)  # before any training
     _check_explain(run)
     if cfg["sweep"] is not None:  # members in one program: fnn.cli.sweep
+        run.require_arrays("sweep")
         from fnn.cli import sweep
 
         if args.resume:
@@ -359,6 +401,7 @@ def cmd_train(args) -> int:
     ck = cfg["checkpoint"]
     backup = BackupAndRestore(
         ckpt_dir,
+        save_freq=ck["every_steps"] or "epoch",
         every_epochs=ck["every_epochs"],
         max_to_keep=ck["max_to_keep"],
         keep_best=ck["keep_best"],
@@ -407,21 +450,25 @@ def cmd_train(args) -> int:
     # Counted as `fnn summary` (and Keras) count: params plus state, trainable in brackets.
     n_params = model.count_params()
     n_trainable = sum(int(np.prod(np.shape(p))) for p in model.trainable_weights)
+    n_train, n_val, n_test = run.sizes()
     _say(
         f"training {Path(args.config).name}: {n_params:,} params ({n_trainable:,} trainable), "
-        f"{len(run.x_train)} train / "
-        f"{len(run.x_val)} val / {len(run.x_test)} test examples, {epochs} epochs, "
+        f"{n_train} train / {n_val} val / {n_test} test examples"
+        f"{' (streamed from disk)' if run.stream else ''}, {epochs} epochs, "
         f"{devices or 1} device(s) -> {run_dir}"
     )
     start = time.perf_counter()
+    # Streamed: the reader batches and shuffles the examples (fit's shuffle would only
+    # permute its batches again).
+    inputs = (run.train,) if run.stream else (run.x_train, run.y_train)
     history = model.fit(
-        run.x_train,
-        run.y_train,
+        *inputs,
         batch_size=batch_size,
         epochs=epochs,
         verbose=0,
         callbacks=callbacks,
-        validation_data=(run.x_val, run.y_val),
+        validation_data=run.val if run.stream else (run.x_val, run.y_val),
+        shuffle=not run.stream,
         steps_per_epoch=run.steps_per_epoch(),
         validation_batch_size=run.eval_batch_size(),
         devices=None if distribution is not None else devices,
@@ -435,7 +482,7 @@ def cmd_train(args) -> int:
             "learning rate, clip gradients (global_clipnorm=...), or check the inputs for NaN."
         )
     wall = time.perf_counter() - start
-    test = run.evaluate(run.x_test, run.y_test)
+    test = run.evaluate(run.test) if run.stream else run.evaluate(run.x_test, run.y_test)
     results = {"test": test, "epochs": epochs, "wall_time_s": round(wall, 2)}
     if cfg["dp"] is not None and history.history.get("epsilon"):
         results["dp"] = {"epsilon": history.history["epsilon"][-1], "delta": cfg["dp"]["delta"]}
@@ -525,6 +572,7 @@ def _check_explain(run: Run) -> None:
     explain = run.cfg["explain"]
     if explain["method"] is None:
         return
+    run.require_arrays("explain")
     _explain_images(run)
     if not run.classifier:
         raise ConfigError(
@@ -602,6 +650,8 @@ def fairness_groups(cfg: dict, x_test: np.ndarray) -> np.ndarray | None:
 
 
 def _check_fairness(run: Run) -> None:
+    if run.cfg["fairness"]["feature"] is not None or run.cfg["fairness"]["path"] is not None:
+        run.require_arrays("fairness")
     if fairness_groups(run.cfg, run.x_test) is None:
         return
     if not run.classifier:
@@ -672,7 +722,7 @@ def _plots(run: Run, history: list[dict], run_dir: Path) -> list[str]:
     fig.savefig(run_dir / "curves.png", dpi=100)
     plt.close(fig)
     written.append("curves.png")
-    if run.classifier:
+    if run.classifier and not run.stream:  # streamed: no test arrays to predict in one go
         logits = run.predict(run.x_test)
         predicted = _classes(logits, run.from_logits)
         matrix = confusion_matrix(run.y_test, predicted, max(run.num_classes, 2))
@@ -742,7 +792,7 @@ def _restore(run: Run, path: str):
     directory = _resolve_checkpoint(path)
     model = run.model
     # A fit of no epochs creates the optimizer and metric states: the checkpoint's tree.
-    model.fit(run.x_train[:1], run.y_train[:1], epochs=0, verbose=0)
+    model.fit(*run.first_examples(1), epochs=0, verbose=0)
     model.train_state = checkpoint.restore(directory, target=model.train_state)
     return directory, model.train_state
 
@@ -755,8 +805,8 @@ def cmd_evaluate(args) -> int:
     run = Run(cfg, args.config)
     _check_fairness(run)
     directory, ts = _restore(run, args.checkpoint)
-    test = run.evaluate(run.x_test, run.y_test)
-    _say(f"checkpoint {directory} (step {int(ts.step)}) on {len(run.x_test)} test examples:")
+    test = run.evaluate(run.test) if run.stream else run.evaluate(run.x_test, run.y_test)
+    _say(f"checkpoint {directory} (step {int(ts.step)}) on {run.sizes()[2]} test examples:")
     _say("  ".join(f"test_{k} {v:.4f}" for k, v in test.items()))
     _say(json.dumps({f"test_{k}": v for k, v in test.items()}))
     report = _fairness(run)
@@ -814,7 +864,7 @@ def cmd_predict(args) -> int:
                 f"--input {args.input}: expected examples of shape {list(want)}, got array of "
                 f"shape {list(x.shape)}."
             )
-    x = x.astype(run.x_train.dtype)
+    x = x.astype(run.input_dtype)
     directory, ts = _restore(run, args.checkpoint)
     outputs = run.predict(x)
     lines = []
@@ -856,7 +906,8 @@ def cmd_export(args) -> int:
     directory, ts = _restore(run, args.checkpoint)
     suffix = {"onnx": ".onnx", "stablehlo": ".stablehlo"}.get(args.format, "")
     out = args.output or str(_run_dir(cfg, args.config) / f"model{suffix}")
-    path = export(run.model, ts.params, ts.state, run.x_train[:1], out, format=args.format)
+    sample = run.first_examples(1)[0]
+    path = export(run.model, ts.params, ts.state, sample, out, format=args.format)
     _say(f"exported {directory} (step {int(ts.step)}) as {args.format} to {path}")
     return 0
 

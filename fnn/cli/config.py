@@ -26,7 +26,7 @@ path, e.g. ``model.layers[2].units: expected units to be a positive int, got -3`
 >>> load_config_text("epoch: 3")
 Traceback (most recent call last):
 ...
-fnn.core.errors.ConfigError: epoch: unknown key. Did you mean 'epochs'? Valid keys: batch_size, checkpoint, dataset, distribute, dp, epochs, explain, fairness, loss, metrics, model, optimizer, plots, run_dir, seed, sweep, tensorboard.
+fnn.core.errors.ConfigError: epoch: unknown key. Did you mean 'epochs'? Valid keys: batch_size, checkpoint, data, dataset, distribute, dp, epochs, explain, fairness, loss, metrics, model, optimizer, plots, run_dir, seed, sweep, tensorboard.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ __all__ = [
     "build_layer",
     "build_loss",
     "build_model",
+    "build_readers",
     "load_config",
     "load_config_text",
     "validate",
@@ -60,6 +61,8 @@ __all__ = [
 DEFAULTS: dict[str, Any] = {
     "model": {"layers": None, "input_shape": None},
     "dataset": {"name": None, "options": {}, "validation_split": 0.0},
+    # Files streamed from disk a batch at a time (fnn.datasets readers) instead of dataset:.
+    "data": None,
     "optimizer": {
         "name": "adam",
         "learning_rate": 0.001,
@@ -75,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "run_dir": None,
     "checkpoint": {
         "every_epochs": 1,
+        "every_steps": None,  # also back up inside epochs (a resumed run continues there)
         "max_to_keep": 3,
         "keep_best": True,
         "monitor": "val_loss",
@@ -102,7 +106,29 @@ EXPLAIN_METHODS = (
     "integrated_gradients",
     "occlusion",
 )
-_REQUIRED = {"": ("model", "dataset"), "model": ("layers",), "dataset": ("name",)}
+_REQUIRED = {"": ("model",), "model": ("layers",), "dataset": ("name",), "data": ("format", "path")}
+DATA_DEFAULTS: dict[str, Any] = {
+    "format": None,  # image_folder, csv, parquet, npy or idx
+    "path": None,  # the image folder, .csv/.parquet file, .npy or IDX file of the inputs
+    "labels": None,  # npy/idx: the .npy or IDX file of the labels
+    "test": None,  # test files (a path, or {path, labels}); default: test_size of path's
+    "test_size": 0.2,
+    "validation": None,  # validation files; default: the test split
+    "columns": None,  # csv/parquet: feature columns (names or indices); default: all but label
+    "label_column": -1,  # csv/parquet: name or index
+    "image_size": [32, 32],  # image_folder: [height, width] after resizing
+    "color_mode": "rgb",  # image_folder: rgb or grayscale
+    "shuffle": True,  # permute the training examples anew every epoch (seeded by seed)
+    "workers": 1,  # threads reading batches ahead
+}
+DATA_FORMATS = ("image_folder", "csv", "parquet", "npy", "idx")
+_FORMAT_KEYS = {
+    "labels": ("npy", "idx"),
+    "columns": ("csv", "parquet"),
+    "label_column": ("csv", "parquet"),
+    "image_size": ("image_folder",),
+    "color_mode": ("image_folder",),
+}
 # Free keyword arguments, checked later.
 _OPEN = ("dataset.options", "optimizer.options", "loss", "distribute.rules")
 _SCHEDULES = ("constant", "cosine")
@@ -270,10 +296,131 @@ def _check_loss(value: Any) -> dict:
     return value
 
 
-def validate(raw: Any) -> dict:
-    """Check a parsed config and fill in defaults; raises a one-line ``ConfigError``."""
+def _check_dataset(data: dict) -> None:
     from fnn.io import datasets
 
+    _choice("dataset.name", data["name"], list(datasets.DATASETS), "a dataset:")
+    options = _mapping("dataset.options", data["options"])
+    loader = datasets.DATASETS[data["name"]]
+    valid = list(inspect.signature(loader).parameters)
+    for key in options:
+        if key not in valid:
+            raise ConfigError(
+                f"dataset.options.{key}: unknown option of the {data['name']} loader."
+                f"{closest(key, valid)} Valid options: {', '.join(valid)}."
+            )
+    if data["name"] in ("npz", "csv") and "path" not in options:
+        raise ConfigError("dataset.options.path: required for npz and csv datasets.")
+    _number("dataset.validation_split", data["validation_split"], 0.0, 1.0, high_open=True)
+
+
+def _path(path: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{path}: expected a path string, {_got(value)}.")
+    return value
+
+
+def _check_data(raw: Any) -> dict:
+    """The ``data:`` section: checked values, a split's files as ``{path, labels}``."""
+    data = _merge_defaults("data", raw, DATA_DEFAULTS)
+    fmt = _choice("data.format", data["format"], DATA_FORMATS, "a file format:")
+    for key, formats in _FORMAT_KEYS.items():
+        if key in raw and fmt not in formats:
+            raise ConfigError(
+                f"data.{key}: applies to format {' or '.join(formats)}, not {fmt}; remove it."
+            )
+    _path("data.path", data["path"])
+    paired = fmt in ("npy", "idx")
+    if paired:
+        _path("data.labels", data["labels"])
+    for split in ("test", "validation"):
+        files = data[split]
+        if files is None:
+            continue
+        if not paired:
+            data[split] = {"path": _path(f"data.{split}", files), "labels": None}
+            continue
+        if not isinstance(files, Mapping) or set(files) != {"path", "labels"}:
+            raise ConfigError(
+                f"data.{split}: expected {{path: ..., labels: ...}} for format {fmt}, "
+                f"{_got(files)}."
+            )
+        data[split] = {k: _path(f"data.{split}.{k}", files[k]) for k in ("path", "labels")}
+    _number("data.test_size", data["test_size"], 0.0, 1.0, low_open=True, high_open=True)
+    if data["columns"] is not None:
+        if not isinstance(data["columns"], list) or not data["columns"]:
+            raise ConfigError(
+                f"data.columns: expected a list of column names or indices, "
+                f"{_got(data['columns'])}."
+            )
+        for i, c in enumerate(data["columns"]):
+            if isinstance(c, bool) or not isinstance(c, int | str):
+                raise ConfigError(f"data.columns[{i}]: expected a name or an index, {_got(c)}.")
+    label = data["label_column"]
+    if isinstance(label, bool) or not isinstance(label, int | str):
+        raise ConfigError(f"data.label_column: expected a name or an index, {_got(label)}.")
+    size = data["image_size"]
+    if not isinstance(size, list) or len(size) != 2:
+        raise ConfigError(f"data.image_size: expected [height, width], {_got(size)}.")
+    for i, v in enumerate(size):
+        _positive_int(f"data.image_size[{i}]", v)
+    _choice("data.color_mode", data["color_mode"], ["rgb", "grayscale"])
+    _bool("data.shuffle", data["shuffle"])
+    _positive_int("data.workers", data["workers"], maximum=256)
+    return data
+
+
+def build_readers(cfg: Mapping[str, Any]) -> tuple:
+    """``(train, validation, test)`` readers (``fnn.datasets``) of a validated config's
+    ``data:`` section, batches of ``batch_size``: the training one shuffles every epoch
+    (seeded by ``seed``) and reads ahead in ``workers`` threads. Without ``test`` files,
+    a seeded ``test_size`` fraction of ``path``'s examples is held out; without
+    ``validation`` files, the test split validates (as with ``dataset:``)."""
+    import numpy as np
+
+    from fnn.io import readers
+
+    data, batch = cfg["data"], cfg["batch_size"]
+
+    def open_(files: Mapping[str, Any], **kwargs):
+        path, labels = files["path"], files.get("labels")
+        fmt = data["format"]
+        if fmt == "image_folder":
+            size, mode = tuple(data["image_size"]), data["color_mode"]
+            return readers.ImageFolder(path, size, batch, color_mode=mode, **kwargs)
+        if fmt == "csv":
+            columns, label = data["columns"], data["label_column"]
+            return readers.CsvDataset(path, columns, label, batch, **kwargs)
+        if fmt == "parquet":
+            columns, label = data["columns"], data["label_column"]
+            return readers.ParquetDataset(path, columns, label, batch, **kwargs)
+        if fmt == "npy":
+            return readers.NpyDataset(path, labels, batch, **kwargs)
+        return readers.IdxDataset(path, labels, batch, **kwargs)
+
+    try:
+        train = open_(data, shuffle=data["shuffle"], seed=cfg["seed"], workers=data["workers"])
+        if data["test"] is not None:
+            test = open_(data["test"])
+        else:
+            n = train.num_examples
+            held = round(n * data["test_size"])
+            if not 0 < held < n:
+                raise ConfigError(
+                    f"test_size {data['test_size']} of {n} examples leaves "
+                    f"{'no test' if held == 0 else 'no training'} examples."
+                )
+            perm = np.random.default_rng(cfg["seed"]).permutation(n)
+            test = train.subset(np.sort(perm[:held]), shuffle=False, workers=1)
+            train = train.subset(np.sort(perm[held:]))
+        val = test if data["validation"] is None else open_(data["validation"])
+    except ConfigError as err:
+        raise ConfigError(f"data: {err}") from None
+    return train, val, test
+
+
+def validate(raw: Any) -> dict:
+    """Check a parsed config and fill in defaults; raises a one-line ``ConfigError``."""
     if raw is None:
         raw = {}
     cfg = _merge_defaults("", _mapping("<config>", raw), DEFAULTS)
@@ -291,20 +438,14 @@ def validate(raw: Any) -> dict:
         for i, dim in enumerate(shape):
             _positive_int(f"model.input_shape[{i}]", dim)
 
-    data = cfg["dataset"]
-    _choice("dataset.name", data["name"], list(datasets.DATASETS), "a dataset:")
-    options = _mapping("dataset.options", data["options"])
-    loader = datasets.DATASETS[data["name"]]
-    valid = list(inspect.signature(loader).parameters)
-    for key in options:
-        if key not in valid:
-            raise ConfigError(
-                f"dataset.options.{key}: unknown option of the {data['name']} loader."
-                f"{closest(key, valid)} Valid options: {', '.join(valid)}."
-            )
-    if data["name"] in ("npz", "csv") and "path" not in options:
-        raise ConfigError("dataset.options.path: required for npz and csv datasets.")
-    _number("dataset.validation_split", data["validation_split"], 0.0, 1.0, high_open=True)
+    if cfg["data"] is not None:
+        if "dataset" in raw:
+            raise ConfigError("data: a config reads dataset: or data:, not both; remove one.")
+        cfg["data"] = _check_data(raw["data"])
+    elif "dataset" not in raw or raw["dataset"] is None:
+        raise ConfigError("dataset: required key is missing (or data: for files on disk).")
+    else:
+        _check_dataset(cfg["dataset"])
 
     opt = cfg["optimizer"]
     from fnn.training import optimizers
@@ -345,6 +486,8 @@ def validate(raw: Any) -> dict:
 
     ckpt = cfg["checkpoint"]
     _positive_int("checkpoint.every_epochs", ckpt["every_epochs"])
+    if ckpt["every_steps"] is not None:
+        _positive_int("checkpoint.every_steps", ckpt["every_steps"])
     _positive_int("checkpoint.max_to_keep", ckpt["max_to_keep"])
     _bool("checkpoint.keep_best", ckpt["keep_best"])
     _choice("checkpoint.mode", ckpt["mode"], ["min", "max"])

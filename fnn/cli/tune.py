@@ -484,6 +484,7 @@ def _train_trial(cfg: dict, config_path: str, trial, metric: str, cli) -> tuple[
     from fnn.shell.callbacks import Callback
 
     run = cli.Run(cfg, config_path)
+    run.require_arrays("tune")
     reported: list[float] = []
     pruned = [False]
 

@@ -342,6 +342,13 @@ class DataParallelStep:
             f"axis_name={self.axis_name!r}>"
         )
 
+    @property
+    def input_divisor(self) -> int:
+        """What the rows of a batch passed in must divide by: this process's batch shards
+        when each process passes only its own rows, else all of them."""
+        local = self._multi_process and not self.global_input
+        return self._local_divisor if local else self.batch_divisor
+
     # -- placement ------------------------------------------------------------------------
     def state_shardings(self, train_state: PyTree) -> PyTree:
         """The ``NamedSharding`` of every leaf of ``train_state`` (arrays or shapes).

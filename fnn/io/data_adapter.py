@@ -17,11 +17,13 @@ batch to the device, so Python and the device overlap. The epoch order is
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import itertools
 import math
 import queue
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.core.errors import ConfigError, ShapeError
+from fnn.distributed.runtime import process_batch_slice
 from fnn.training.ensemble import member_orders
 from fnn.training.loop import DeviceRows, epoch_order, take
 
@@ -162,18 +165,27 @@ class ArrayData:
         members: int | None = None,
         on_device: bool,
         ahead: bool = True,
-    ) -> Callable[[int], DeviceRows | Iterator]:
-        """``epoch_data(epoch)`` for ``fnn.training.loop.fit``: ``steps`` batches of
-        ``batch_size`` in ``epoch_order(seed, epoch)`` (``Model.fit``'s, a sweep's), or with
-        ``members=n`` member i's own order (seed ``seed + i``: ``[n, batch, ...]``
-        batches, ``fnn.train.member_orders``). See ``epoch`` for ``on_device``/``ahead``."""
+        process: tuple[int, int] | None = None,
+    ) -> Callable[..., DeviceRows | Iterator]:
+        """``epoch_data(epoch, start=0)`` for ``fnn.training.loop.fit``: batches ``start``
+        to ``steps - 1`` of ``batch_size`` in ``epoch_order(seed, epoch)`` (``Model.fit``'s,
+        a sweep's; ``start`` > 0 resumes mid-epoch), or with ``members=n`` member i's own
+        order (seed ``seed + i``: ``[n, batch, ...]`` batches, ``fnn.train.member_orders``).
+        See ``epoch`` for ``on_device``/``ahead``/``process``."""
 
-        def epoch_data(epoch: int):
+        def epoch_data(epoch: int, start: int = 0):
             if members is None:
                 order = epoch_order(self.n, seed=seed, epoch=epoch, shuffle=shuffle)
             else:
                 order = member_orders(self.n, members, seed=seed, epoch=epoch, shuffle=shuffle)
-            return self.epoch(order, batch_size, steps, on_device=on_device, ahead=ahead)
+            return self.epoch(
+                order[..., start * batch_size :],
+                batch_size,
+                max(steps - start, 0),
+                on_device=on_device,
+                ahead=ahead,
+                process=process,
+            )
 
         return epoch_data
 
@@ -184,18 +196,43 @@ class ArrayData:
         order = epoch_order(self.n, seed=0, epoch=0, shuffle=False)
         return self.epoch(order, batch_size, steps, on_device=False)
 
-    def epoch(self, order: np.ndarray, batch_size: int, steps: int, *, on_device: bool, ahead=True):
+    def epoch(
+        self,
+        order: np.ndarray,
+        batch_size: int,
+        steps: int,
+        *,
+        on_device: bool,
+        ahead=True,
+        process: tuple[int, int] | None = None,
+    ):
         """The first ``steps`` batches in ``order``: ``DeviceRows`` over the device copy,
         or host batches ``(x, y, sample_weight)`` (copied to the device ahead of use by a
-        background thread when ``ahead``)."""
+        background thread when ``ahead``). ``process=(index, count)``: only this process's
+        block of rows of every batch (``process_rows``), so only those rows are read."""
         if on_device:
             return DeviceRows(self.on_device(), order, batch_size, steps)
         # order: [examples], or [members, examples] (batches [members, batch, ...]).
         stop = min(order.shape[-1], steps * batch_size)
-        batches = (
-            take(self.arrays, order[..., i : i + batch_size]) for i in range(0, stop, batch_size)
-        )
+        rows = (order[..., i : i + batch_size] for i in range(0, stop, batch_size))
+        if process is not None:
+            rows = (r for r in (process_rows(r, *process) for r in rows) if len(r))
+        batches = (take(self.arrays, r) for r in rows)
         return prefetch(batches) if ahead else batches
+
+
+def process_rows(indices: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+    """This process's block of the example ``indices`` ``[batch]`` of one global batch:
+    ``[batch / process_count]`` (the blocks of processes ``0, 1, ...`` make up the batch,
+    as ``fnn.distributed.process_batch_slice``), or ``[0]`` when the batch does not divide
+    by ``process_count`` (a last smaller batch, which every process then drops alike).
+
+    >>> process_rows(np.arange(8), 1, 2).tolist(), process_rows(np.arange(3), 0, 2).tolist()
+    ([4, 5, 6, 7], [])
+    """
+    if len(indices) % process_count:
+        return indices[:0]
+    return indices[process_batch_slice(len(indices), process_index, process_count)]
 
 
 def unpack(data) -> tuple[Any, Any, Any]:
@@ -333,6 +370,12 @@ class IterableData:
         self.exhausted = False
         self._pass: list[int] = []  # PyDataset: batch indices of the current pass still to read
         self._passes = 0
+        # Resuming (see ``state``/``restore``): where the current epoch began, the state of a
+        # checkpointable iterator after each batch read in it, and the position to resume at.
+        self._start: dict = {}
+        self._states: list = []
+        self._resume: dict | None = None
+        self._offset = 0
 
     def __len__(self) -> int:
         return len(self.data)
@@ -343,18 +386,43 @@ class IterableData:
         ``seed`` and the pass number, ``fnn.training.loop.epoch_order``), as Keras's
         ``fit(shuffle=True)`` shuffles a PyDataset's batches; the user code of
         ``__getitem__``/``on_epoch_*`` runs in the reading thread."""
+        resume, self._resume = self._resume or {}, None
+        skip = int(resume.get("skip", 0))
         if self.sequence:
-            it = self._sequence_epoch(steps, shuffle, seed)
-        elif self.one_shot:
-            it = self.data
+            self._restore_pass(resume, shuffle, seed)
+            self._start = self.state()
+            self._states = []
+            it = self._sequence_epoch(steps, shuffle, seed, skip)
         else:
-            it = iter(self.data)
+            it = self.data if self.one_shot else iter(self.data)
+            saved = resume.get("iterator")
+            if saved is not None:
+                it.set_state(_decode_state(saved))
+            elif skip and self.one_shot:
+                warnings.warn(
+                    f"{self.name}: cannot move a plain one-shot iterator back to batch {skip} of "
+                    "the epoch; it continues from where it is. Pass a re-iterable, a PyDataset "
+                    "or a Grain dataset to resume mid-epoch exactly.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            elif skip:  # a re-iterable without a state of its own: read past the done batches
+                it = itertools.islice(it, skip, None)
+            self._start = {"iterator": saved} if saved is not None else self.state()
+            self._states, self._offset = [], skip
+            if skip and steps is not None:
+                steps = max(steps - skip, 0)
+        record = self._states.append if _stateful(it) else None
 
         limit = None if self.sequence else steps  # a PyDataset epoch is cut to steps already
+        if limit == 0:  # a resumed epoch whose batches were all trained on already
+            return iter(())
 
         def batches():
             first = None
             for count, item in enumerate(it, start=1):
+                if record is not None:  # the position after this batch, for a checkpoint
+                    record(it.get_state())
                 x, y, sw = unpack(item)
                 if self.arrange is not None:
                     x, y = self.arrange(x, y)
@@ -368,13 +436,61 @@ class IterableData:
 
         return prefetch(batches())
 
-    def _sequence_epoch(self, steps: int | None, shuffle: bool, seed: int) -> Iterator:
+    def state(self, batches: int | None = None) -> dict:
+        """Where the source stands, as JSON-able values for a checkpoint: after ``batches``
+        batches of the current epoch, or (``None``) now, between epochs. A ``PyDataset``:
+        its pass and position in the pass, plus its own ``get_state()`` if it has one (the
+        readers of ``fnn.datasets`` do); an iterator with ``get_state``/``set_state`` (Grain's
+        checkpointable iterators): that state after the last batch trained on (the
+        background thread reads ahead, so the state after each batch is kept); any other
+        iterable: the batches to skip."""
+        if batches is not None:
+            done = batches - self._offset  # batches read by this epoch's iterator
+            if self.sequence or not self._states or done <= 0:
+                return {**self._start, "skip": batches}
+            return {"iterator": _encode_state(self._states[done - 1]), "skip": batches}
+        if self.sequence:
+            state = {"passes": self._passes, "rest": len(self._pass)}
+            if hasattr(self.data, "get_state"):
+                state["source"] = self.data.get_state()
+            return state
+        if self.one_shot and _stateful(self.data):
+            live = self._states[-1] if self._states else self.data.get_state()
+            return {"iterator": _encode_state(live)}
+        return {}  # a re-iterable starts afresh every epoch
+
+    def shard_by_process(self, process: tuple[int, int] | None) -> bool:
+        """Make the source read only this process's rows of every batch (``process =
+        (index, count)``; ``None``: all rows again); ``False`` if it cannot (it then
+        yields whole global batches)."""
+        if not hasattr(self.data, "process_shard"):
+            return False
+        self.data.process_shard = process
+        return True
+
+    def restore(self, state: dict) -> None:
+        """Start the next ``epoch`` where ``state`` (from ``state``) stood."""
+        self._resume = dict(state)
+
+    def _restore_pass(self, resume: dict, shuffle: bool, seed: int) -> None:
+        if "passes" not in resume:
+            return
+        self._passes, rest = int(resume["passes"]), int(resume["rest"])
+        self._pass = []
+        if rest:
+            order = epoch_order(len(self.data), seed=seed, epoch=self._passes - 1, shuffle=shuffle)
+            self._pass = order.tolist()[len(order) - rest :]
+        if "source" in resume:
+            self.data.set_state(resume["source"])
+
+    def _sequence_epoch(self, steps: int | None, shuffle: bool, seed: int, skip: int) -> Iterator:
         data = self.data
         if not self._pass:
             order = epoch_order(len(data), seed=seed, epoch=self._passes, shuffle=shuffle)
             self._pass, self._passes = order.tolist(), self._passes + 1
         take_n = len(self._pass) if steps is None else min(steps, len(self._pass))
         indices, self._pass = self._pass[:take_n], self._pass[take_n:]
+        indices = indices[skip:]  # a resumed epoch: these batches were trained on already
         workers = int(_setting(data, "workers", 1))
         ahead = max(1, int(_setting(data, "max_queue_size", 10)))
 
@@ -396,6 +512,23 @@ class IterableData:
             data.on_epoch_end()
 
         return read()
+
+
+def _stateful(it) -> bool:
+    return hasattr(it, "get_state") and hasattr(it, "set_state")
+
+
+def _encode_state(state):
+    """A Grain iterator state as JSON: ``DataLoader`` iterators give bytes."""
+    if isinstance(state, bytes):
+        return {"bytes_base64": base64.b64encode(state).decode("ascii")}
+    return state
+
+
+def _decode_state(state):
+    if isinstance(state, dict) and set(state) == {"bytes_base64"}:
+        return base64.b64decode(state["bytes_base64"])
+    return state
 
 
 _END = object()

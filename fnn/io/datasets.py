@@ -21,7 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from fnn.core.errors import ConfigError
-from fnn.io.readers import CsvDataset, IdxDataset, ImageFolder, NpyDataset, read_idx, write_idx
+from fnn.io.readers import (
+    CsvDataset,
+    IdxDataset,
+    ImageFolder,
+    NpyDataset,
+    ParquetDataset,
+    read_idx,
+    write_idx,
+)
 from fnn.training.loop import epoch_order
 
 __all__ = [
@@ -30,6 +38,7 @@ __all__ = [
     "IdxDataset",
     "ImageFolder",
     "NpyDataset",
+    "ParquetDataset",
     "batches",
     "load",
     "load_breast_cancer",

@@ -1,5 +1,5 @@
-"""Datasets that stream from disk: image folders (Pillow), CSV tables, ``.npy`` memory maps
-and IDX files (MNIST's format). Each is a ``PyDataset`` of batches, so ``Model.fit``
+"""Datasets that stream from disk: image folders (Pillow), CSV and Parquet tables (pyarrow),
+``.npy`` memory maps and IDX files (MNIST's format). Each is a ``PyDataset`` of batches, so ``Model.fit``
 reads one batch at a time in its background thread and only the current batches are in
 memory. The example order of pass ``p`` is ``epoch_order(n, seed=seed, epoch=p)`` (the
 one shuffle), reshuffled at every pass end.
@@ -15,14 +15,16 @@ one shuffle), reshuffled at every pass end.
 
 from __future__ import annotations
 
+import copy
 import csv
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from fnn.core.errors import ConfigError
-from fnn.io.data_adapter import PyDataset
+from fnn.io.data_adapter import PyDataset, process_rows
 from fnn.training.loop import epoch_order
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "IdxDataset",
     "ImageFolder",
     "NpyDataset",
+    "ParquetDataset",
     "read_idx",
     "write_idx",
 ]
@@ -41,7 +44,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 class ExampleBatches(PyDataset):
     """Batches of examples read by index: subclasses define ``num_examples`` and
     ``read(indices) -> (x [b, ...], y [b] or None)``. ``shuffle`` permutes the examples
-    (not only the batches) anew every pass, seeded by ``seed`` and the pass number."""
+    (not only the batches) anew every pass, seeded by ``seed`` and the pass number.
+
+    ``process_shard = (index, count)`` (set by ``Model.fit`` in a multi-process run):
+    batch ``i`` holds only that process's block of global batch ``i``
+    (``fnn.io.data_adapter.process_rows``): every process computes the same order, reads
+    only its own rows, and together they read each example once per pass (a last global
+    batch that does not divide by ``count`` is left out by all)."""
+
+    process_shard: tuple[int, int] | None = None
 
     def __init__(
         self, batch_size: int = 32, *, shuffle: bool = False, seed: int = 0, workers: int = 1
@@ -56,14 +67,39 @@ class ExampleBatches(PyDataset):
         self.seed = int(seed)
         self.epoch = 0
         self._order: np.ndarray | None = None
+        self._examples: np.ndarray | None = None  # a subset's example indices
 
     num_examples: int = 0
+
+    def subset(self, examples, **changes) -> ExampleBatches:
+        """This reader over the examples ``examples`` ``[k]`` only (indices into the
+        file's examples, e.g. a train/test split), with attributes ``changes`` (e.g.
+        ``shuffle=False``); the files are shared, nothing is read.
+
+        >>> import numpy as np, tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> np.save(os.path.join(d, "x.npy"), np.arange(6.0).reshape(6, 1))
+        >>> part = NpyDataset(os.path.join(d, "x.npy"), batch_size=2).subset([5, 1, 3])
+        >>> len(part), [x[:, 0].tolist() for x in part]
+        (2, [[5.0, 1.0], [3.0]])
+        """
+        out = copy.copy(self)
+        base = np.arange(self.num_examples) if self._examples is None else self._examples
+        out._examples = base[np.asarray(examples, np.int64)]
+        out.num_examples = len(out._examples)
+        out._order = None
+        for key, value in changes.items():
+            setattr(out, key, value)
+        return out
 
     def read(self, indices: np.ndarray):
         raise NotImplementedError
 
     def __len__(self) -> int:
-        return -(-self.num_examples // self.batch_size)
+        full, rest = divmod(self.num_examples, self.batch_size)
+        if self.process_shard is not None and rest % self.process_shard[1]:
+            return full  # every process drops the last batch alike
+        return full + (rest > 0)
 
     def order(self) -> np.ndarray:
         """The example order of the current pass ``[num_examples]``."""
@@ -77,11 +113,24 @@ class ExampleBatches(PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"{type(self).__name__}: batch {index} of {len(self)}.")
         idx = self.order()[index * self.batch_size : (index + 1) * self.batch_size]
-        x, y = self.read(np.sort(idx) if not self.shuffle else idx)
+        if self.process_shard is not None:
+            idx = process_rows(idx, *self.process_shard)
+        if self._examples is not None:
+            idx = self._examples[idx]
+        x, y = self.read(idx)
         return x if y is None else (x, y)
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
+        self._order = None
+
+    def get_state(self) -> dict:
+        """The pass number that seeds the example order (saved in checkpoints by ``fit``)."""
+        return {"epoch": self.epoch}
+
+    def set_state(self, state: dict) -> None:
+        """Continue at the pass ``state`` (from ``get_state``) names."""
+        self.epoch = int(state["epoch"])
         self._order = None
 
 
@@ -306,18 +355,7 @@ class CsvDataset(ExampleBatches):
         self.header = header
 
         def index(c, what):
-            if isinstance(c, str):
-                if header is None or c not in header:
-                    raise ConfigError(
-                        f"CsvDataset: no {what} {c!r} in {str(self.path)!r} (header: {header})."
-                    )
-                return header.index(c)
-            if not isinstance(c, int) or not -width <= c < width:
-                raise ConfigError(
-                    f"CsvDataset: expected {what} in [{-width}, {width}) or a header name, "
-                    f"got {c!r}."
-                )
-            return c % width
+            return _column_index(c, header, width, what, "CsvDataset", repr(str(self.path)))
 
         self.label = None if label_column is None else index(label_column, "label_column")
         if columns is None:
@@ -354,3 +392,102 @@ class CsvDataset(ExampleBatches):
 
 def _split(line: bytes, delimiter: str) -> list[str]:
     return next(csv.reader([line.decode().rstrip("\r\n")], delimiter=delimiter), [])
+
+
+def _column_index(c, names: list[str] | None, width: int, what: str, who: str, where: str) -> int:
+    """Column ``c`` (a header name, or an index from either end) as an index."""
+    if isinstance(c, str):
+        if names is None or c not in names:
+            raise ConfigError(f"{who}: no {what} {c!r} in {where} (header: {names}).")
+        return names.index(c)
+    if isinstance(c, bool) or not isinstance(c, int) or not -width <= c < width:
+        raise ConfigError(
+            f"{who}: expected {what} in [{-width}, {width}) or a header name, got {c!r}."
+        )
+    return c % width
+
+
+class ParquetDataset(ExampleBatches):
+    """Rows of a Parquet file (pyarrow, an optional extra), read one row group at a time
+    (the last one read is kept, so in-order reading reads each group once): numeric
+    ``columns`` (names or indices; default all but the label) are ``x [b, len(columns)]``
+    float32, ``label_column`` (name, index or None) is ``y [b]`` (int32 when
+    ``integer_labels``, else float32)."""
+
+    def __init__(
+        self,
+        path,
+        columns: Sequence[int | str] | None = None,
+        label_column: int | str | None = -1,
+        batch_size: int = 32,
+        *,
+        integer_labels: bool = True,
+        **kwargs,
+    ):
+        super().__init__(batch_size, **kwargs)
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ConfigError(
+                "ParquetDataset: needs pyarrow (pip install pyarrow, or fnn's data extra)."
+            ) from None
+        self.path = _file(path, "ParquetDataset")
+        try:
+            self.file = pq.ParquetFile(self.path)
+        except Exception as err:  # pyarrow raises its own ArrowInvalid for a bad file
+            raise ConfigError(
+                f"ParquetDataset: {str(self.path)!r} is not a Parquet file ({err})."
+            ) from None
+        names = list(self.file.schema_arrow.names)
+        width, where = len(names), repr(str(self.path))
+
+        def index(c, what):
+            return _column_index(c, names, width, what, "ParquetDataset", where)
+
+        self.label = None if label_column is None else index(label_column, "label_column")
+        picked = [index(c, "column") for c in columns] if columns is not None else None
+        self.columns = picked or [c for c in range(width) if c != self.label]
+        self.names = names
+        for c in [*self.columns, *([] if self.label is None else [self.label])]:
+            kind = self.file.schema_arrow.field(c).type
+            if not _numeric(kind):
+                raise ConfigError(
+                    f"ParquetDataset: column {names[c]!r} of {where} holds {kind}, expected "
+                    "numbers."
+                )
+        meta = self.file.metadata
+        sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        self.starts = np.cumsum([0, *sizes])
+        self.integer_labels = integer_labels
+        self.num_examples = int(self.starts[-1])
+        self._lock = threading.Lock()  # one reader of the file (and its cache) at a time
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def _group(self, g: int) -> np.ndarray:
+        """Row group ``g`` as ``[rows, columns (+ label)]`` float64."""
+        with self._lock:
+            if self._cached is None or self._cached[0] != g:
+                wanted = [*self.columns, *([] if self.label is None else [self.label])]
+                table = self.file.read_row_group(g, columns=[self.names[c] for c in wanted])
+                cols = [table.column(k).to_numpy(zero_copy_only=False) for k in range(len(wanted))]
+                self._cached = (g, np.stack(cols, axis=1).astype(np.float64))
+            return self._cached[1]
+
+    def read(self, indices):
+        indices = np.asarray(indices, np.int64)
+        groups = np.searchsorted(self.starts, indices, side="right") - 1
+        rows = np.empty((len(indices), len(self.columns) + (self.label is not None)), np.float64)
+        for g in dict.fromkeys(groups.tolist()):  # in first-use order
+            mask = groups == g
+            rows[mask] = self._group(g)[indices[mask] - self.starts[g]]
+        x = rows[:, : len(self.columns)].astype(np.float32)
+        if self.label is None:
+            return x, None
+        return x, rows[:, -1].astype(np.int32 if self.integer_labels else np.float32)
+
+
+def _numeric(kind) -> bool:
+    """A pyarrow type of integers, floats or booleans."""
+    import pyarrow.types as t
+
+    return t.is_integer(kind) or t.is_floating(kind) or t.is_boolean(kind)

@@ -474,15 +474,21 @@ class BackupAndRestore(Callback):
     at the end of every epoch (``save_freq="epoch"``) or every ``save_freq`` batches, and
     after the last epoch, with ``fnn.checkpoint.CheckpointManager`` in ``backup_dir``
     (``step_*`` directories); when a fit begins and a backup exists, restore the latest
-    and continue from the epoch after the last one it completed (a backup made inside an
-    epoch reruns that epoch from its weights, as Keras does).
+    and continue where it was made: after the last epoch it completed or, for a backup
+    made inside an epoch, at the next batch of that epoch (Keras reruns that epoch from
+    the backed-up weights instead). Each backup stores ``fit``'s data position (epoch,
+    batch, shuffle seed and the source's own state: a ``PyDataset``'s pass, a Grain
+    iterator's ``get_state()``) in its metadata as ``data_position``.
 
     The epoch order depends on ``(seed, epoch)`` only, so on CPU a resumed fit ends bit
-    for bit where an uninterrupted one does. Keras's arguments come first:
+    for bit where an uninterrupted one does, from array data, ``fnn.datasets`` readers,
+    ``PyDataset``s, re-iterables and Grain datasets alike (a plain one-shot iterator
+    cannot be moved back: it continues from where it is, with a warning). Keras's arguments come first:
     ``double_checkpoint`` keeps the previous backup too (so a corrupt latest one can be
     skipped); ``delete_checkpoint`` removes ``backup_dir`` when training ends (an
     interrupted fit never gets there, so its backup stays). fnn's keyword-only extras:
-    ``every_epochs`` (with ``save_freq="epoch"``), ``max_to_keep``/``keep_best``/
+    ``every_epochs`` (default 1 with ``save_freq="epoch"``; with a number of batches,
+    epoch-end backups too, besides the last), ``max_to_keep``/``keep_best``/
     ``monitor``/``mode`` prune as ``CheckpointManager`` does, ``metadata`` is stored with
     each backup.
     """
@@ -494,7 +500,7 @@ class BackupAndRestore(Callback):
         double_checkpoint: bool = False,
         delete_checkpoint: bool = True,
         *,
-        every_epochs: int = 1,
+        every_epochs: int | None = None,
         max_to_keep: int | None = 1,
         keep_best: bool = False,
         monitor: str = "val_loss",
@@ -505,7 +511,7 @@ class BackupAndRestore(Callback):
         from fnn.io.checkpoint import CheckpointManager, check_directory_path
 
         _check_save_freq("BackupAndRestore", save_freq)
-        if not isinstance(every_epochs, int) or every_epochs < 1:
+        if every_epochs is not None and (not isinstance(every_epochs, int) or every_epochs < 1):
             raise ConfigError(
                 f"BackupAndRestore: expected every_epochs >= 1, got {every_epochs!r}."
             )
@@ -536,6 +542,16 @@ class BackupAndRestore(Callback):
         step = self.manager.latest_step()
         return None if step is None else int(self.manager.metrics(step)["epoch"])
 
+    def saved_position(self) -> dict | None:
+        """The data position the latest backup was made at (``fit`` resumes there), or
+        ``None`` (no backup, or one without a position: it resumes at an epoch start)."""
+        from fnn.io.checkpoint import read_info
+
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        return read_info(self.manager.path(step))["metadata"].get("data_position")
+
     def on_train_begin(self, logs=None):
         self.restored_step = self.manager.latest_step()
         if self.restored_step is None:
@@ -543,25 +559,31 @@ class BackupAndRestore(Callback):
         self.model.train_state = self.manager.restore(
             self.restored_step, target=self.model.train_state
         )
-        self.model._initial_epoch = self.latest_epoch()
+        position = self.saved_position()
+        if position is None:  # a backup of an older fnn: rerun its epoch from the start
+            self.model._initial_epoch = self.latest_epoch()
+        else:
+            self.model._initial_epoch = position["epoch"]
+            self.model._initial_batch = position["batch"]
+            # Count save_freq batches from where the backed-up fit was.
+            self._last_batch_seen = position["batch"] - 1 if position["batch"] else None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._current_epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         if self.save_freq != "epoch" and _count_batches(self, batch):
-            self._backup(self._current_epoch, {})
+            self._backup(self._current_epoch, {}, batches=batch + 1)
 
     def on_epoch_end(self, epoch, logs=None):
         self._last_batch_seen = None
         last = epoch + 1 == self.params.get("epochs")
-        if self.save_freq == "epoch" and (epoch + 1) % self.every_epochs and not last:
-            return
-        if self.save_freq != "epoch" and not last:
+        every = self.every_epochs or (1 if self.save_freq == "epoch" else None)
+        if not last and (every is None or (epoch + 1) % every):
             return
         self._backup(epoch + 1, logs or {})
 
-    def _backup(self, epochs_done: int, logs) -> None:
+    def _backup(self, epochs_done: int, logs, batches: int | None = None) -> None:
         if not math.isfinite(_to_float(logs.get("loss", 0.0))):
             return  # resuming from a non-finite state could not recover
         ts = self.model.train_state
@@ -569,7 +591,11 @@ class BackupAndRestore(Callback):
         for key, value in logs.items():
             if np.ndim(value) == 0 and not isinstance(value, str):
                 metrics[key] = _to_float(value)
-        self.manager.save(int(ts.step), ts, metrics=metrics, metadata=self.metadata)
+        metadata = self.metadata
+        position = getattr(self.model, "_fit_position", None)
+        if position is not None:  # where the data stands, so a resumed fit continues there
+            metadata = {**metadata, "data_position": position(epochs_done, batches)}
+        self.manager.save(int(ts.step), ts, metrics=metrics, metadata=metadata)
 
     def on_train_end(self, logs=None):
         if self.delete_checkpoint:

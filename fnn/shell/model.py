@@ -124,6 +124,8 @@ class Model:
         self._traces: tuple = (None, {})  # (layer, {input shapes: (jaxpr, outputs)})
         self._placement: tuple | None = None  # (trainer, devices, data-parallel step)
         self._initial_epoch: int | None = None  # set by a callback that restores a backup
+        self._initial_batch = 0  # and the batch of that epoch it resumes at
+        self._fit_position = None  # fit's data position, for a callback that backs up
         self._weight_order: list | None = None
         self._views: dict = {}
         self.stop_training = False
@@ -1089,7 +1091,9 @@ class Model:
         ``fnn.data_parallel(method="sharded")``; the batch size must divide by the device
         count (a last smaller batch that does not is skipped). In a multi-process run
         (``fnn.distributed.initialize``) every process calls ``fit`` with the same data and
-        seed, ``devices=jax.device_count()``, and feeds its own block of each batch. With
+        seed, ``devices=jax.device_count()``, and feeds its own block of each batch (array
+        data and ``fnn.datasets`` readers read only that block: the processes together read
+        every example once an epoch; other sources yield whole global batches). With
         ``devices``, ``steps_per_execution`` is 1 and the data stays on the host.
         ``distribution``: sharded params and optimizer state on a mesh, e.g.
         ``{"mesh": "fsdp=4,tensor=2", "rules": {"*/kernel": ("fsdp", "tensor")}}`` (see
@@ -1127,6 +1131,17 @@ class Model:
             from fnn.distributed import Distribution
 
             dist = Distribution.get(distribution)
+        # A multi-process run: each process reads only its block of every batch where the
+        # data allows (arrays, fnn.datasets readers); other sources give global batches.
+        process = None
+        if jax.process_count() > 1 and (devices is not None or distribution is not None):
+            process = (jax.process_index(), jax.process_count())
+        local_input = process is not None and (
+            isinstance(data, data_lib.ArrayData) or data.shard_by_process(process)
+        )
+        resume = _saved_position(callbacks, data, cfg["seed"], shuffle, batch_size, self.name)
+        if resume is not None and isinstance(data, data_lib.IterableData):
+            data.restore(resume["source"])
         # Everything below up to the first step is checked on shapes, before compiling.
         first = None
         if isinstance(data, data_lib.ArrayData):
@@ -1139,7 +1154,15 @@ class Model:
             try:
                 first = next(iterator)
             except StopIteration:
-                raise ConfigError(f"{self.name}: fit got an empty iterable.") from None
+                if resume is None:
+                    raise ConfigError(f"{self.name}: fit got an empty iterable.") from None
+                # The backup was made after the last batch of its epoch: that epoch has
+                # nothing left to train on; peek the next one.
+                iterator = data.epoch(steps_per_epoch, shuffle=shuffle, seed=cfg["seed"])
+                first = next(iterator, None)
+                if first is None:
+                    raise ConfigError(f"{self.name}: fit got an empty iterable.") from None
+                resume["empty"] = True
             trainer = self._prepare_training(*first, distribution=dist)
             steps = steps_per_epoch if steps_per_epoch is not None else _len_or_none(data.data)
         if isinstance(val, data_lib.ArrayData):  # checked before training, not after an epoch
@@ -1174,25 +1197,29 @@ class Model:
         if dist is not None:
             from fnn.distributed import data_parallel
 
-            if self._placement is None or self._placement[:2] != (trainer, dist):
+            if self._placement is None or self._placement[:2] != (trainer, (dist, local_input)):
                 step = data_parallel(
                     trainer.core,
                     devices=dist.mesh,
                     rules=dict(dist.rules),
                     donate=True,
-                    global_input=True,
+                    global_input=not local_input,
                 )
-                self._placement = (trainer, dist, step)
+                self._placement = (trainer, (dist, local_input), step)
             placement = self._placement[2]
         elif devices is not None:
             from fnn.distributed import data_parallel
 
-            # Every process holds the whole data and the same epoch order (the seed is shared);
-            # each feeds its own block of every global batch.
-            key = tuple(devices) if isinstance(devices, list | tuple) else devices
+            # Every process computes the same epoch order (the seed is shared) and feeds its
+            # own block of every global batch (reading only it, or cut from the whole).
+            key = (tuple(devices) if isinstance(devices, list | tuple) else devices, local_input)
             if self._placement is None or self._placement[:2] != (trainer, key):
                 step = data_parallel(
-                    trainer.core, devices=devices, method="sharded", donate=True, global_input=True
+                    trainer.core,
+                    devices=devices,
+                    method="sharded",
+                    donate=True,
+                    global_input=not local_input,
                 )
                 self._placement = (trainer, key, step)  # compiled once, reused by later fits
             placement = self._placement[2]
@@ -1219,12 +1246,19 @@ class Model:
                 members=members if ensemble_batches == "own" else None,
                 on_device=on_device,
                 ahead=placement is None,
+                process=process if local_input else None,
             )
 
         def epoch_data(epoch):
             nonlocal first
+            skip = 0
+            if resume is not None and epoch == resume["epoch"] and not resume.get("used"):
+                resume["used"] = True  # only the first epoch of this fit resumes mid-way
+                skip = resume["batch"]
+                if resume.get("empty"):
+                    return ()
             if isinstance(data, data_lib.ArrayData):
-                return arrays(epoch)
+                return arrays(epoch, start=skip)
             if first is not None:
                 batches, first = _chain_first(first, iterator), None
                 return batches
@@ -1245,16 +1279,36 @@ class Model:
         # caller holds (model.params taken before fit) stay valid.
         self._train_state = _copy_arrays(self._train_state)
         self.stop_training = False
-        self._initial_epoch = None
-        loop_lib.fit(
-            trainer,
-            _Hooks(self, cl, initial_epoch),
-            epoch_data,
-            epochs=epochs,
-            validation=validation,
-            placement=placement,
-            epoch_logs=epoch_logs,
-        )
+        self._initial_epoch, self._initial_batch = None, 0
+
+        def position(epoch: int, batches: int | None = None) -> dict:
+            """The data position of ``fit`` (JSON) for a backup: after ``batches`` batches of
+            ``epoch``, or (``None``) at the start of ``epoch`` after the previous one ended."""
+            source = data.state(batches) if isinstance(data, data_lib.IterableData) else {}
+            arrays = isinstance(data, data_lib.ArrayData)
+            return {
+                "epoch": int(epoch),
+                "batch": int(batches or 0),
+                "seed": int(cfg["seed"]),
+                "shuffle": bool(shuffle),
+                "batch_size": int(batch_size) if arrays else None,
+                "source": source,
+            }
+
+        self._fit_position = position
+        try:
+            loop_lib.fit(
+                trainer,
+                _Hooks(self, cl, initial_epoch),
+                epoch_data,
+                epochs=epochs,
+                validation=validation,
+                placement=placement,
+                epoch_logs=epoch_logs,
+            )
+        finally:
+            if local_input and isinstance(data, data_lib.IterableData):
+                data.shard_by_process(None)  # evaluate/predict read every row again
         return next(c for c in cl.callbacks if isinstance(c, callbacks_lib.History))
 
     def _fit_variant(self, data, ensemble, ensemble_batches, dp, devices, distribution):
@@ -1539,6 +1593,11 @@ class _Hooks:
         restored = self.model._initial_epoch
         return self._initial_epoch if restored is None else restored
 
+    @property
+    def initial_batch(self) -> int:
+        """The batch of ``initial_epoch`` a restored backup resumes at (0: its start)."""
+        return self.model._initial_batch
+
     def wants(self, hook: str) -> bool:
         return self.callbacks is not None and self.callbacks.wants(hook)
 
@@ -1568,6 +1627,27 @@ def _eval_batches(data, batch_size: int, steps: int | None = None):
     if isinstance(data, data_lib.IterableData):
         return data.epoch(steps)
     return data.eval_batches(batch_size, steps)
+
+
+def _saved_position(callbacks, data, seed: int, shuffle: bool, batch_size: int, name: str):
+    """The data position (``fit``'s ``position``) a callback will restore in
+    ``on_train_begin`` (``BackupAndRestore``), checked against this fit; ``None``: none."""
+    for callback in callbacks or ():
+        saved = getattr(callback, "saved_position", None)
+        saved = saved() if callable(saved) else None
+        if saved is None:
+            continue
+        arrays = isinstance(data, data_lib.ArrayData)
+        now = {"seed": seed, "shuffle": shuffle, "batch_size": batch_size if arrays else None}
+        changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+        if changed:
+            raise ConfigError(
+                f"{name}: the backup to resume from was made with other data settings "
+                f"({', '.join(changed)}); resume with the settings it was made with, or "
+                "start again without the backup."
+            )
+        return dict(saved)
+    return None
 
 
 def _len_or_none(data) -> int | None:

@@ -10,8 +10,9 @@ a hook reads them). What it drives is duck-typed, so higher layers plug in:
 - ``hooks``: ``train_state`` (read and written: the loop keeps the current
   ``TrainState`` there, so callbacks see it and may replace it), ``stop_training`` and
   ``initial_epoch`` (read; ``initial_epoch`` after ``on_train_begin``, so a callback that
-  restores a backup can move it, as in Keras), ``wants(hook) -> bool`` and Keras's hook
-  methods (``on_train_begin``, ``on_epoch_end``, ``on_train_batch_end``, ...).
+  restores a backup can move it, as in Keras; optionally ``initial_batch`` too),
+  ``wants(hook) -> bool`` and Keras's hook methods (``on_train_begin``,
+  ``on_epoch_end``, ``on_train_batch_end``, ...).
 - ``placement`` (data parallel): ``placement(train_state, batch) -> (train_state, logs)``
   with ``put_state``, ``get_state`` and ``num_devices``, as ``fnn.data_parallel`` returns.
 
@@ -280,7 +281,7 @@ def _call(hooks, trainer: Trainer, wants: tuple[bool, bool], first: int, last: i
         logs.close()
 
 
-def _device_epoch(trainer: Trainer, hooks, rows: DeviceRows, wants) -> None:
+def _device_epoch(trainer: Trainer, hooks, rows: DeviceRows, wants, start: int = 0) -> None:
     # order: [examples], or [members, examples] (each member its own order).
     order, size = rows.order, rows.batch_size
     n_full = min(order.shape[-1] // size, rows.steps)
@@ -292,20 +293,21 @@ def _device_epoch(trainer: Trainer, hooks, rows: DeviceRows, wants) -> None:
     spe, i = trainer.steps_per_execution, 0
     while i < n_full and not hooks.stop_training:
         k = spe if spe > 1 and i + spe <= n_full else 1
-        _call(hooks, trainer, wants, i, i + k - 1, trainer.rows_step, rows.data, matrix, base, k)
+        first, last = start + i, start + i + k - 1
+        _call(hooks, trainer, wants, first, last, trainer.rows_step, rows.data, matrix, base, k)
         i += k
     if remainder.shape[-1] and not hooks.stop_training:
-        _call(hooks, trainer, wants, i, i, trainer.take_step, rows.data, remainder)
+        _call(hooks, trainer, wants, start + i, start + i, trainer.take_step, rows.data, remainder)
 
 
 def _shapes(tree):
     return jax.tree.map(np.shape, tree)
 
 
-def _batches_epoch(trainer: Trainer, hooks, batches: Iterable, wants) -> None:
+def _batches_epoch(trainer: Trainer, hooks, batches: Iterable, wants, start: int = 0) -> None:
     """Batches ``(x, y, sample_weight)`` already on the device; runs of
     ``steps_per_execution`` same-shaped batches go stacked into one scan."""
-    spe, pending, i = trainer.steps_per_execution, [], 0
+    spe, pending, i = trainer.steps_per_execution, [], start
 
     def single(batch):
         nonlocal i
@@ -334,33 +336,39 @@ def _batches_epoch(trainer: Trainer, hooks, batches: Iterable, wants) -> None:
             single(batch)
 
 
-def _placed_epoch(trainer: Trainer, hooks, batches: Iterable, placement, wants) -> None:
+def _placed_epoch(
+    trainer: Trainer, hooks, batches: Iterable, placement, wants, start: int = 0
+) -> None:
     """One step per batch through ``placement``; a batch the devices cannot split evenly
     (a last smaller one) is skipped."""
     hooks.train_state = placement.put_state(hooks.train_state)
-    for i, batch in enumerate(batches):
+    divisor = getattr(placement, "input_divisor", None) or getattr(
+        placement, "batch_divisor", placement.num_devices
+    )
+    for i, batch in enumerate(batches, start):
         if hooks.stop_training:
             break
-        if np.shape(jax.tree.leaves(batch)[0])[0] % getattr(
-            placement, "batch_divisor", placement.num_devices
-        ):
+        if np.shape(jax.tree.leaves(batch)[0])[0] % divisor:
             continue
         _call(hooks, trainer, wants, i, i, placement, as_batch(*batch))
     hooks.train_state = placement.get_state(hooks.train_state)
 
 
-def train_epoch(trainer: Trainer, hooks, data: DeviceRows | Iterable, placement=None) -> None:
+def train_epoch(
+    trainer: Trainer, hooks, data: DeviceRows | Iterable, placement=None, start: int = 0
+) -> None:
     """Train on one epoch of ``data``: ``DeviceRows`` or an iterable of ``(x, y,
-    sample_weight)`` batches (with ``placement``: host batches, one step each)."""
+    sample_weight)`` batches (with ``placement``: host batches, one step each). ``start``:
+    the batch index of the first batch (an epoch resumed mid-way), as the hooks see it."""
     wants = (hooks.wants("on_train_batch_begin"), hooks.wants("on_train_batch_end"))
     if placement is not None:
         if isinstance(data, DeviceRows):
             raise ConfigError("train_epoch: a placement needs host batches, got DeviceRows.")
-        _placed_epoch(trainer, hooks, data, placement, wants)
+        _placed_epoch(trainer, hooks, data, placement, wants, start)
     elif isinstance(data, DeviceRows):
-        _device_epoch(trainer, hooks, data, wants)
+        _device_epoch(trainer, hooks, data, wants, start)
     else:
-        _batches_epoch(trainer, hooks, data, wants)
+        _batches_epoch(trainer, hooks, data, wants, start)
 
 
 def fit(
@@ -376,20 +384,26 @@ def fit(
     """Epochs ``hooks.initial_epoch .. epochs - 1`` of ``epoch_data(epoch)`` (``None``:
     no more data, stop), each followed by ``validation()`` batches if given (logged as
     ``val_*``) and ``epoch_logs(train_state)`` (e.g. DP-SGD's epsilon so far) if given;
-    returns the last epoch's logs. Metrics restart at every epoch, as Keras.
+    returns the last epoch's logs. Metrics restart at every epoch, as Keras, except in an
+    epoch resumed at batch ``hooks.initial_batch`` (read after ``on_train_begin``, like
+    ``initial_epoch``): ``epoch_data`` gives its remaining batches and the restored metric
+    states go on counting.
     The first epoch whose loss is NaN or infinite warns (once per fit) unless a callback
     stopped training there."""
     hooks.on_train_begin({})
     logs: dict = {}
     warned = False
+    start = getattr(hooks, "initial_batch", 0)
+    start = start if isinstance(start, int) else 0  # hooks that answer any name with a no-op
     for epoch in range(hooks.initial_epoch, epochs):
-        if hooks.train_state.metric_states is not None:
+        if hooks.train_state.metric_states is not None and not start:
             hooks.train_state = step_lib.reset_metrics(hooks.train_state)
         data = epoch_data(epoch)
         if data is None:  # before on_epoch_begin: no epoch is opened (a progress bar) in vain
             break
         hooks.on_epoch_begin(epoch, {})
-        train_epoch(trainer, hooks, data, placement)
+        train_epoch(trainer, hooks, data, placement, start)
+        start = 0
         logs = trainer.read_metrics(hooks.train_state.metric_states)
         if epoch_logs is not None:
             logs.update(epoch_logs(hooks.train_state))
