@@ -41,6 +41,7 @@ from fnn.core.graph import Input, Tensor
 from fnn.core.init_program import jit_init
 from fnn.core.layer import Layer, as_shape_struct
 from fnn.io import data_adapter as data_lib
+from fnn.io import foreign_data
 from fnn.shell import callbacks as callbacks_lib
 from fnn.shell import compile_utils
 from fnn.shell import layer_views as views
@@ -1383,6 +1384,7 @@ class Model:
                 for bx, _, _ in _eval_batches(data, batch_size, n_steps)
             )
         else:
+            x = foreign_data.adapt(x, name="predict")  # tf.data / PyTorch batches as NumPy
             n_steps = steps if steps is not None else _len_or_none(x)
             sizes = []
 
