@@ -1333,8 +1333,10 @@ class Model:
             n_steps = n_steps if steps is None else min(steps, n_steps)
         else:
             if not data.one_shot:
-                first = data_lib.unpack(next(iter(data.data)))
-                self._prepare_training(*(data_lib.as_arrays(a) for a in first))
+                bx, by, bsw = data_lib.unpack(next(iter(data.data)))
+                self._prepare_training(
+                    *(data_lib.as_arrays(a) for a in (*data.arrange(bx, by), bsw))
+                )
             elif self._trainer is None:
                 raise ConfigError(
                     f"{self.name}: evaluate on a one-shot iterator needs a model that has been fit "
@@ -1392,7 +1394,7 @@ class Model:
                 for count, item in enumerate(x):
                     if steps is not None and count >= steps:
                         return
-                    bx = data_lib.as_arrays(data_lib.unpack(item)[0])
+                    bx = data_lib.as_arrays(self._arrange_inputs(data_lib.unpack(item)[0]))
                     n = np.shape(jax.tree.leaves(bx)[0])[0]
                     size = max(batch_size, n)
                     sizes.append(n)
