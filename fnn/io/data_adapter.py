@@ -34,6 +34,7 @@ import numpy as np
 
 from fnn.core.errors import ConfigError, ShapeError
 from fnn.distributed.runtime import process_batch_slice
+from fnn.io import foreign_data
 from fnn.training.ensemble import member_orders
 from fnn.training.loop import DeviceRows, epoch_order, take
 
@@ -357,6 +358,7 @@ class IterableData:
         # ``arrange(x, y) -> (x, y)``: the model's mapping of named dict batches onto its
         # inputs and outputs (applied to every batch, as to array data).
         self.arrange = arrange
+        data = foreign_data.adapt(data, name=name)  # tf.data / PyTorch batches as NumPy
         self.sequence = is_py_dataset(data)
         if not self.sequence and not isinstance(data, Iterable):
             raise ConfigError(

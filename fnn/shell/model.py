@@ -41,6 +41,7 @@ from fnn.core.graph import Input, Tensor
 from fnn.core.init_program import jit_init
 from fnn.core.layer import Layer, as_shape_struct
 from fnn.io import data_adapter as data_lib
+from fnn.io import foreign_data
 from fnn.shell import callbacks as callbacks_lib
 from fnn.shell import compile_utils
 from fnn.shell import layer_views as views
@@ -1398,8 +1399,10 @@ class Model:
             n_steps = n_steps if steps is None else min(steps, n_steps)
         else:
             if not data.one_shot:
-                first = data_lib.unpack(next(iter(data.data)))
-                self._prepare_training(*(data_lib.as_arrays(a) for a in first))
+                bx, by, bsw = data_lib.unpack(next(iter(data.data)))
+                self._prepare_training(
+                    *(data_lib.as_arrays(a) for a in (*data.arrange(bx, by), bsw))
+                )
             elif self._trainer is None:
                 raise ConfigError(
                     f"{self.name}: evaluate on a one-shot iterator needs a model that has been fit "
@@ -1460,6 +1463,7 @@ class Model:
                 for bx, _, _ in _eval_batches(data, batch_size, n_steps)
             )
         else:
+            x = foreign_data.adapt(x, name="predict")  # tf.data / PyTorch batches as NumPy
             n_steps = steps if steps is not None else _len_or_none(x)
             sizes = []
 
@@ -1467,7 +1471,7 @@ class Model:
                 for count, item in enumerate(x):
                     if steps is not None and count >= steps:
                         return
-                    bx = data_lib.as_arrays(data_lib.unpack(item)[0])
+                    bx = data_lib.as_arrays(self._arrange_inputs(data_lib.unpack(item)[0]))
                     n = np.shape(jax.tree.leaves(bx)[0])[0]
                     size = max(batch_size, n)
                     sizes.append(n)
