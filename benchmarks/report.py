@@ -189,6 +189,15 @@ def _x(v) -> str:
     return "n/a" if v is None else f"{v:.2f}x"
 
 
+# The benchmarks that other scripts write beside this report (each its own interleaved run).
+OTHER_RESULTS = (
+    "- Other results, each from its own interleaved run: the research transforms (an 8-member "
+    "ensemble and an 8-value learning-rate sweep vs 8 fits, the DP-SGD step vs the ordinary "
+    "step) in [RESULTS-research.md](RESULTS-research.md) (`benchmarks/bench_research.py`); "
+    "batched `fnn tune` trials in [RESULTS-tune.md](RESULTS-tune.md) (`benchmarks/bench_tune.py`)."
+)
+
+
 def write_markdown(results: dict, path: Path) -> None:
     meta, scen = results["meta"], results["scenarios"]
     versions: dict[str, str] = {}
@@ -233,6 +242,7 @@ def write_markdown(results: dict, path: Path) -> None:
             f"({meta['repeats']} per worker)."
         )
     lines += [f"- Note: {n}" for n in meta.get("notes", [])]
+    lines.append(OTHER_RESULTS)
     lines += [
         "",
         "## Headline: per-step time as a ratio to hand-written JAX (lower is better)",
