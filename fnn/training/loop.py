@@ -282,8 +282,12 @@ def _device_epoch(trainer: Trainer, hooks, rows: DeviceRows, wants) -> None:
     remainder = order[..., n_full * size :] if rows.steps > n_full else order[..., :0]
     if n_full:
         full = order[..., : n_full * size].reshape(*order.shape[:-1], n_full, size)
-        matrix = jax.device_put(np.moveaxis(full, -2, 0))  # [steps, (members,) batch]
-        base = hooks.train_state.step + 0  # a fresh buffer: the state's is donated
+        # [steps, (members,) batch] and the step counter at the epoch's start, in one
+        # transfer (a fresh buffer: the state's step is donated; reading it waits only for
+        # the metric reset).
+        matrix, base = jax.device_put(
+            (np.moveaxis(full, -2, 0), np.asarray(hooks.train_state.step))
+        )
     spe, i = trainer.steps_per_execution, 0
     while i < n_full and not hooks.stop_training:
         k = spe if spe > 1 and i + spe <= n_full else 1
