@@ -347,3 +347,20 @@ def test_train_on_batch_and_repeated_fit_trace_the_model_once():
     first = len(calls)
     model.fit(x, y, batch_size=4, devices=2, verbose=0)
     assert len(calls) == first
+
+
+def test_arrays_taken_before_fit_stay_valid():
+    """fit donates the train state to its steps: it trains on a copy (one compiled copy),
+    so params and optimizer state read before fit keep their values, and a second fit
+    continues from the first one's result."""
+    x, y = small_data()
+    model, _ = small_model()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    held = model.params
+    before = jax.tree.map(np.array, held)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, held), before)
+    after = jax.tree.map(np.asarray, model.params)
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before))
+    )
