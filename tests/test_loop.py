@@ -421,3 +421,57 @@ def test_train_on_batch_and_repeated_fit_trace_the_model_once():
     first = len(calls)
     model.fit(x, y, batch_size=4, devices=2, verbose=0)
     assert len(calls) == first
+
+
+def test_arrays_taken_before_fit_stay_valid():
+    """fit donates the train state to its steps: it trains on a copy (one compiled copy),
+    so params and optimizer state read before fit keep their values, and a second fit
+    continues from the first one's result."""
+    x, y = small_data()
+    model, _ = small_model()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    held = model.params
+    before = jax.tree.map(np.array, held)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, held), before)
+    after = jax.tree.map(np.asarray, model.params)
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before))
+    )
+
+
+@pytest.mark.parametrize("device_rows", [True, False])
+def test_unrolled_execution_runs_as_calls_of_at_most_max_unrolled_steps(device_rows):
+    """steps_per_execution=4 unrolled (convolutions on CPU) runs as two compiled calls of
+    2 steps (peak memory grows with the unrolled steps) between one pair of batch hooks,
+    and trains exactly as single steps do."""
+    assert loop.MAX_UNROLLED_STEPS == 2
+    x, y = small_data()
+    model, loss = small_model()
+    model.build((None, 5))
+    ts0 = fnn.train.init_train_state(model.layer, optax.sgd(0.1), jax.random.key(0), x[:1])
+    trainer = loop.Trainer(model.layer, loss, optax.sgd(0.1), steps_per_execution=4, unroll=True)
+    assert [trainer.call_steps(k) for k in (1, 2, 3, 4, 10)] == [1, 2, 1, 2, 2]
+    sizes = []
+    name = "rows_step" if device_rows else "multi_step"
+    compiled = getattr(trainer, name)
+
+    def counted(ts, *args):
+        sizes.append(args[-1] if device_rows else len(args[0][1]))
+        return compiled(ts, *args)
+
+    setattr(trainer, name, counted)
+    order = loop.epoch_order(64, seed=1, epoch=0)
+    if device_rows:
+        data = loop.DeviceRows(jax.device_put((x, y, None)), order, 16, 4)
+    else:
+        data = [(x[order[i : i + 16]], y[order[i : i + 16]], None) for i in range(0, 64, 16)]
+    hooks = Hooks(jax.tree.map(lambda a: a.copy(), ts0))
+    loop.train_epoch(trainer, hooks, data)
+    assert sizes == [2, 2] and [b for b, _ in hooks.ends] == [3]
+    step = jax.jit(fnn.train.make_train_step(model.layer, loss, optax.sgd(0.1)))
+    ts = ts0
+    for batch in fnn.datasets.batches(x, y, 16, seed=1, epoch=0):
+        ts, _ = step(ts, batch)
+    for a, b in zip(jax.tree.leaves(hooks.train_state.params), jax.tree.leaves(ts.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

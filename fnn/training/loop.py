@@ -2,7 +2,8 @@
 hooks. ``Model.fit``/``evaluate``/``predict`` run here, and ``fnn train`` through them.
 
 It owns the epoch order (:func:`epoch_order`, the only shuffle in fnn), grouping
-``steps_per_execution`` steps into one compiled call, gathering batches of
+``steps_per_execution`` steps into one compiled call (convolutions on CPU: a few unrolled
+steps per call, see ``plan_steps``), gathering batches of
 device-resident data on the device, validation between epochs, and the batch hooks
 (called only when a callback overrides them, with logs read from the device only when
 a hook reads them). What it drives is duck-typed, so higher layers plug in:
@@ -69,13 +70,23 @@ def as_batch(x, y=None, sample_weight=None) -> tuple:
     return (x, y) if sample_weight is None else (x, y, sample_weight)
 
 
-def plan_steps(steps_per_execution: int | str, jaxpr) -> tuple[int, int | bool]:
-    """``(steps per compiled call, unroll)`` for the model traced as ``jaxpr``.
+# Most steps unrolled into one compiled call (see ``plan_steps``); an execution of more
+# steps runs as several such calls between the same batch hooks.
+MAX_UNROLLED_STEPS = 2
 
-    Measured on XLA:CPU: a convolution inside a rolled ``lax.scan`` runs 4-6x slower than
-    alone, so convolutional models get a fully unrolled loop there (``"auto"``: 4 steps);
-    dense models gain from several steps per call in a rolled scan (``"auto"``: 8), as do
-    accelerators, where dispatch dominates.
+
+def plan_steps(steps_per_execution: int | str, jaxpr) -> tuple[int, int | bool]:
+    """``(steps per execution, unroll)`` for the model traced as ``jaxpr``.
+
+    Measured on XLA:CPU: a convolution inside a rolled ``lax.scan`` runs 4-7x slower than
+    alone (the benchmarks' CNN, batch 128, CPU ms per step: rolled 10-step scan 940,
+    2 steps unrolled per iteration 780, one step per call 150), so convolutional models
+    get an unrolled loop there (``"auto"``: 4 steps); dense models gain from several steps
+    per call in a rolled scan (``"auto"``: 8), as do accelerators, where dispatch
+    dominates. Unrolling grows the compiled program and the peak memory with the steps
+    (same CNN, peak RSS / CPU ms per step: one step per call 620 MB / 150, 2 unrolled
+    690 / 142, 4 unrolled 850 / 135, 10 unrolled 1360 / 125), so at most
+    ``MAX_UNROLLED_STEPS`` are unrolled into one call (:meth:`Trainer.call_steps`).
     """
     if steps_per_execution == 1:
         return 1, 1
@@ -234,6 +245,14 @@ class Trainer:
             )
         return self._variants[key]
 
+    def call_steps(self, k: int) -> int:
+        """Steps per compiled call in an execution of ``k`` steps: ``k`` in a rolled scan;
+        unrolled (``unroll=True``), the largest divisor of ``k`` up to
+        ``MAX_UNROLLED_STEPS`` (one program for every call of the execution)."""
+        if self.unroll is not True or k <= MAX_UNROLLED_STEPS:
+            return k
+        return max(c for c in range(1, MAX_UNROLLED_STEPS + 1) if k % c == 0)
+
     @property
     def log_names(self) -> list[str]:
         """Every key of the epoch logs: ``metric_names``, then ``<name>_member_<i>``."""
@@ -288,13 +307,24 @@ def _device_epoch(trainer: Trainer, hooks, rows: DeviceRows, wants, start: int =
     remainder = order[..., n_full * size :] if rows.steps > n_full else order[..., :0]
     if n_full:
         full = order[..., : n_full * size].reshape(*order.shape[:-1], n_full, size)
-        matrix = jax.device_put(np.moveaxis(full, -2, 0))  # [steps, (members,) batch]
-        base = hooks.train_state.step + 0  # a fresh buffer: the state's is donated
+        # [steps, (members,) batch] and the step counter at the epoch's start, in one
+        # transfer (a fresh buffer: the state's step is donated; reading it waits only for
+        # the metric reset).
+        matrix, base = jax.device_put(
+            (np.moveaxis(full, -2, 0), np.asarray(hooks.train_state.step))
+        )
     spe, i = trainer.steps_per_execution, 0
+    per_call = trainer.call_steps(spe)
+
+    def execution(ts, data, matrix, base, k):  # k steps as k / per_call compiled calls
+        for _ in range(k // per_call):
+            ts, logs = trainer.rows_step(ts, data, matrix, base, per_call)
+        return ts, logs
+
     while i < n_full and not hooks.stop_training:
         k = spe if spe > 1 and i + spe <= n_full else 1
-        first, last = start + i, start + i + k - 1
-        _call(hooks, trainer, wants, first, last, trainer.rows_step, rows.data, matrix, base, k)
+        fn = execution if k > per_call else trainer.rows_step
+        _call(hooks, trainer, wants, start + i, start + i + k - 1, fn, rows.data, matrix, base, k)
         i += k
     if remainder.shape[-1] and not hooks.stop_training:
         _call(hooks, trainer, wants, start + i, start + i, trainer.take_step, rows.data, remainder)
@@ -308,6 +338,16 @@ def _batches_epoch(trainer: Trainer, hooks, batches: Iterable, wants, start: int
     """Batches ``(x, y, sample_weight)`` already on the device; runs of
     ``steps_per_execution`` same-shaped batches go stacked into one scan."""
     spe, pending, i = trainer.steps_per_execution, [], start
+    per_call = trainer.call_steps(spe)
+
+    def execution(ts, group):  # spe batches as spe / per_call compiled calls
+        for j in range(0, len(group), per_call):
+            if per_call == 1:  # the single-step program, compiled already
+                ts, logs = trainer.step(ts, as_batch(*group[j]))
+                continue
+            stacked = jax.tree.map(lambda *a: jnp.stack(a), *group[j : j + per_call])
+            ts, logs = trainer.multi_step(ts, as_batch(*stacked))
+        return ts, logs
 
     def single(batch):
         nonlocal i
@@ -327,8 +367,7 @@ def _batches_epoch(trainer: Trainer, hooks, batches: Iterable, wants, start: int
                 break
         pending.append(batch)
         if len(pending) == spe:
-            stacked = jax.tree.map(lambda *a: jnp.stack(a), *pending)
-            _call(hooks, trainer, wants, i, i + spe - 1, trainer.multi_step, as_batch(*stacked))
+            _call(hooks, trainer, wants, i, i + spe - 1, execution, list(pending))
             i += spe
             pending.clear()
     for batch in pending:
