@@ -68,13 +68,7 @@ def combined_kind(loss) -> str:
     combines its members: ``"categorical"`` (class scores: the mean of the members'
     softmax probabilities), ``"binary"`` (one score per label: the mean of their sigmoid
     probabilities) or ``"mean"`` (the mean output)."""
-    from fnn.training import losses as losses_lib
-
-    try:
-        loss = losses_lib.get(loss) if loss is not None else None
-    except ConfigError:  # a loss per output or a custom callable: combined as outputs
-        return "mean"
-    name = type(loss).__name__
+    name = type(_resolved(loss)).__name__
     if name in _CATEGORICAL:
         return "categorical"
     return "binary" if name in _BINARY else "mean"
@@ -82,13 +76,18 @@ def combined_kind(loss) -> str:
 
 def from_logits(loss) -> bool:
     """Whether ``loss`` (a ``Loss``, a name or a config; ``None``) reads logits."""
+    return bool(getattr(_resolved(loss), "config", {}).get("from_logits", False))
+
+
+def _resolved(loss):
+    """``loss`` as a ``Loss``, or ``None`` for none, a loss per output or a custom callable
+    (those are combined as plain outputs and read no logits)."""
     from fnn.training import losses as losses_lib
 
     try:
-        loss = losses_lib.get(loss) if loss is not None else None
+        return losses_lib.get(loss) if loss is not None else None
     except ConfigError:
-        return False
-    return bool(getattr(loss, "config", {}).get("from_logits", False))
+        return None
 
 
 def members_predict(layer, loss, *, stats: bool):
