@@ -353,6 +353,34 @@ def test_loop_fit_without_the_shell_matches_the_functional_step(device_rows):
     assert int(hooks.train_state.step) == 2 and len(hooks.ends) == 1
 
 
+@pytest.mark.parametrize("spe", [1, 3])
+def test_device_rows_staged_in_blocks_train_as_the_host_batches(monkeypatch, spe):
+    """Device-resident data is gathered a block of steps at a time (blocks of 3 steps
+    here, the last one shorter, then a partial batch); the fit equals the functional step
+    over the same batches, and each block is gathered once."""
+    x, y = small_data(n=118)  # 7 full batches of 16 and one of 6
+    per_step = 16 * (5 * 4 + 4)  # bytes of one batch: x float32 [16, 5], y int32 [16]
+    monkeypatch.setattr(loop, "STAGE_BYTES", 3 * per_step)
+    model, loss = small_model()
+    model.build((None, 5))
+    ts0 = fnn.train.init_train_state(model.layer, optax.sgd(0.1), jax.random.key(0), x[:1])
+    trainer = loop.Trainer(model.layer, loss, optax.sgd(0.1), steps_per_execution=spe)
+    staged = []
+    stage = trainer.stage
+    trainer.stage = lambda data, idx: staged.append(idx.shape) or stage(data, idx)
+    order = loop.epoch_order(118, seed=2, epoch=0)
+    hooks = Hooks(jax.tree.map(lambda a: a.copy(), ts0))
+    loop.train_epoch(trainer, hooks, loop.DeviceRows(jax.device_put((x, y, None)), order, 16, 8))
+    assert staged == [(3, 16), (3, 16), (1, 16)]
+    step = jax.jit(fnn.train.make_train_step(model.layer, loss, optax.sgd(0.1)))
+    ts = ts0
+    for batch in fnn.datasets.batches(x, y, 16, seed=2, epoch=0):
+        ts, _ = step(ts, batch)
+    assert int(hooks.train_state.step) == int(ts.step) == 8
+    for a, b in zip(jax.tree.leaves(hooks.train_state.params), jax.tree.leaves(ts.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_data_parallel_fit_needs_a_batch_size_that_divides():
     x, y = small_data()
     model, _ = small_model()
@@ -453,7 +481,7 @@ def test_unrolled_execution_runs_as_calls_of_at_most_max_unrolled_steps(device_r
     trainer = loop.Trainer(model.layer, loss, optax.sgd(0.1), steps_per_execution=4, unroll=True)
     assert [trainer.call_steps(k) for k in (1, 2, 3, 4, 10)] == [1, 2, 1, 2, 2]
     sizes = []
-    name = "rows_step" if device_rows else "multi_step"
+    name = "block_step" if device_rows else "multi_step"
     compiled = getattr(trainer, name)
 
     def counted(ts, *args):

@@ -3,8 +3,8 @@ hooks. ``Model.fit``/``evaluate``/``predict`` run here, and ``fnn train`` throug
 
 It owns the epoch order (:func:`epoch_order`, the only shuffle in fnn), grouping
 ``steps_per_execution`` steps into one compiled call (convolutions on CPU: a few unrolled
-steps per call, see ``plan_steps``), gathering batches of
-device-resident data on the device, validation between epochs, and the batch hooks
+steps per call, see ``plan_steps``), staging the shuffled batches of device-resident data
+on the device a block of steps at a time, validation between epochs, and the batch hooks
 (called only when a callback overrides them, with logs read from the device only when
 a hook reads them). What it drives is duck-typed, so higher layers plug in:
 
@@ -70,6 +70,9 @@ def as_batch(x, y=None, sample_weight=None) -> tuple:
     return (x, y) if sample_weight is None else (x, y, sample_weight)
 
 
+# Bytes of batches gathered at once from device-resident data (see ``_device_epoch``).
+STAGE_BYTES = 1 << 24
+
 # Most steps unrolled into one compiled call (see ``plan_steps``); an execution of more
 # steps runs as several such calls between the same batch hooks.
 MAX_UNROLLED_STEPS = 2
@@ -129,9 +132,10 @@ class LazyLogs(Mapping):
 
 @dataclasses.dataclass(frozen=True)
 class DeviceRows:
-    """One epoch over arrays already on the device: full batches are the rows of a
-    ``[steps, batch_size]`` index matrix gathered inside the compiled step (no per-step
-    index from the host); a last smaller batch runs as its own program."""
+    """One epoch over arrays already on the device: the full batches, rows ``order[i *
+    batch_size:(i + 1) * batch_size]``, are gathered on the device a block of steps at a
+    time and each compiled step slices its own (no per-step index from the host); a last
+    smaller batch runs as its own program."""
 
     data: Any  # (x, y, sample_weight) on the device
     order: np.ndarray  # [n] sample order of the epoch
@@ -141,8 +145,8 @@ class DeviceRows:
 
 class Trainer:
     """The compiled programs of one ``compile``: the train step of ``fnn.train`` as single
-    steps, as ``K`` stacked batches in one scan, and gathering rows of device-resident
-    data; the eval step; the metric readout. ``jit=False`` runs them eagerly.
+    steps, as ``K`` stacked batches in one scan, and on a block of staged batches; the
+    eval step; the metric readout. ``jit=False`` runs them eagerly.
 
     ``members=n``: the step is ``make_train_step`` vmapped over an ``[n]`` member axis
     of the ``TrainState`` (``fnn.train.make_ensemble_train_step``); ``same_batch=False``
@@ -197,25 +201,29 @@ class Trainer:
         def donated(fn, **options):
             return jax.jit(fn, donate_argnums=0, **options) if jit else fn
 
-        def gathered(ts, data, rows, base):
-            # Step ``ts.step - base`` of the epoch takes row ``ts.step - base`` of ``rows``
-            # (every member's step counter is the same).
+        def staged(ts, block, base):
+            # Step ``ts.step - base`` takes batch ``ts.step - base`` of the staged block
+            # (every member's step counter is the same): a dynamic slice, not a gather.
             index = jnp.ravel(ts.step - base)[0]
-            row = jax.lax.dynamic_index_in_dim(rows, index, keepdims=False)
-            return core(ts, as_batch(*take(data, row)))
+            batch = jax.tree.map(
+                lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False), block
+            )
+            return core(ts, as_batch(*batch))
 
-        def rows_step(ts, data, rows, base, k):
+        def block_step(ts, block, base, k):
             if k == 1:
-                return gathered(ts, data, rows, base)
+                return staged(ts, block, base)
             multi = step_lib.make_multi_step(
-                lambda t, _: gathered(t, data, rows, base), unroll=self.unroll
+                lambda t, _: staged(t, block, base), unroll=self.unroll
             )
             return multi(ts, jnp.arange(k))
 
         self.step = donated(core)  # (ts, batch)
         self.multi_step = donated(step_lib.make_multi_step(core, unroll=unroll))  # [K, batch]
         self.take_step = donated(lambda ts, data, idx: core(ts, as_batch(*take(data, idx))))
-        self.rows_step = donated(rows_step, static_argnums=4)  # (ts, data, rows, base, k)
+        self.block_step = donated(block_step, static_argnums=3)  # (ts, block, base, k)
+        # [steps, (members,) batch] rows of device-resident data -> a block of batches.
+        self.stage = jax.jit(take) if jit else take
         self.eval_step = donated(eval_core)
         metrics_ = self.metrics
 
@@ -300,31 +308,48 @@ def _call(hooks, trainer: Trainer, wants: tuple[bool, bool], first: int, last: i
         logs.close()
 
 
+def _block_steps(data, batch_rows: tuple, spe: int, steps: int) -> int:
+    """Steps per staged block: about ``STAGE_BYTES`` of batches, a multiple of ``spe``
+    (an execution never spans two blocks)."""
+    row_bytes = sum(
+        int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in jax.tree.leaves(data)
+    )
+    per_step = max(1, row_bytes * int(np.prod(batch_rows)))
+    return min(steps, spe * max(1, STAGE_BYTES // (per_step * spe)))
+
+
 def _device_epoch(trainer: Trainer, hooks, rows: DeviceRows, wants, start: int = 0) -> None:
+    # Batches are gathered a block at a time (one compiled gather per ~STAGE_BYTES) and
+    # each step slices its batch from the block. A gather inside every step is slower on
+    # XLA:CPU: it splits a gather whose operand (the whole dataset) is large across
+    # threads, a fork-join that cost the tiny MLP's step ~20 us of its ~60 (measured).
     # order: [examples], or [members, examples] (each member its own order).
     order, size = rows.order, rows.batch_size
     n_full = min(order.shape[-1] // size, rows.steps)
     remainder = order[..., n_full * size :] if rows.steps > n_full else order[..., :0]
-    if n_full:
-        full = order[..., : n_full * size].reshape(*order.shape[:-1], n_full, size)
-        # [steps, (members,) batch] and the step counter at the epoch's start, in one
-        # transfer (a fresh buffer: the state's step is donated; reading it waits only for
-        # the metric reset).
-        matrix, base = jax.device_put(
-            (np.moveaxis(full, -2, 0), np.asarray(hooks.train_state.step))
-        )
     spe, i = trainer.steps_per_execution, 0
     per_call = trainer.call_steps(spe)
+    if n_full:
+        full = order[..., : n_full * size].reshape(*order.shape[:-1], n_full, size)
+        full = np.moveaxis(full, -2, 0)  # [steps, (members,) batch]
+        block_len = _block_steps(rows.data, full.shape[1:], spe, n_full)
+        # The step counter at the epoch's start (waits only for the metric reset).
+        base = int(np.ravel(np.asarray(hooks.train_state.step))[0])
 
-    def execution(ts, data, matrix, base, k):  # k steps as k / per_call compiled calls
+    def execution(ts, block, block_base, k):  # k steps as k / per_call compiled calls
         for _ in range(k // per_call):
-            ts, logs = trainer.rows_step(ts, data, matrix, base, per_call)
+            ts, logs = trainer.block_step(ts, block, block_base, per_call)
         return ts, logs
 
     while i < n_full and not hooks.stop_training:
+        if i % block_len == 0:
+            idx, block_base = jax.device_put(
+                (full[i : i + block_len], np.asarray(base + i, np.int32))
+            )
+            block = trainer.stage(rows.data, idx)
         k = spe if spe > 1 and i + spe <= n_full else 1
-        fn = execution if k > per_call else trainer.rows_step
-        _call(hooks, trainer, wants, start + i, start + i + k - 1, fn, rows.data, matrix, base, k)
+        fn = execution if k > per_call else trainer.block_step
+        _call(hooks, trainer, wants, start + i, start + i + k - 1, fn, block, block_base, k)
         i += k
     if remainder.shape[-1] and not hooks.stop_training:
         _call(hooks, trainer, wants, start + i, start + i, trainer.take_step, rows.data, remainder)
