@@ -311,9 +311,7 @@ def _call(hooks, trainer: Trainer, wants: tuple[bool, bool], first: int, last: i
 def _block_steps(data, batch_rows: tuple, spe: int, steps: int) -> int:
     """Steps per staged block: about ``STAGE_BYTES`` of batches, a multiple of ``spe``
     (an execution never spans two blocks)."""
-    row_bytes = sum(
-        int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in jax.tree.leaves(data)
-    )
+    row_bytes = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in jax.tree.leaves(data))
     per_step = max(1, row_bytes * int(np.prod(batch_rows)))
     return min(steps, spe * max(1, STAGE_BYTES // (per_step * spe)))
 
