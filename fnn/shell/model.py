@@ -950,7 +950,9 @@ class Model:
             self._train_state = _replace(
                 ts,
                 opt_state=(
-                    init(ts.params)
+                    # One program compiled for compile time: eager zeros_like compiles a
+                    # program per parameter shape (~25 ms each on CPU).
+                    jit_init(init, ts.params)
                     if distribution is None
                     else _jit_placed(init, distribution, ts.params, params=ts.params)
                 ),
