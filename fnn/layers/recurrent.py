@@ -2,9 +2,10 @@
 
 Every layer maps ``[batch, time, features]`` to ``[batch, units]`` (the last output) or
 ``[batch, time, units]`` (``return_sequences=True``). The time loop is one ``jax.lax.scan``
-whose body multiplies ``h`` by the recurrent kernel (Keras's gate layout): SimpleRNN in one
-matmul, LSTM and GRU in one matmul per gate block, the blocks sliced once before the loop
-(measured faster on XLA:CPU than one fused matmul split per step). The input projection
+whose body multiplies ``h`` by the recurrent kernel (Keras's gate layout): SimpleRNN and
+LSTM in one matmul (split into gates after it: on XLA:CPU the larger matmul runs on more
+threads), GRU in one matmul per gate block, the blocks sliced once before the loop (measured
+faster on XLA:CPU than one fused matmul split per step). The input projection
 ``x @ kernel (+ bias)`` is one matmul over all steps before the scan on accelerators, and
 done per step inside it on CPU for narrow inputs, where that measured faster
 (``_hoist_projection``). ``unroll`` (Keras's argument; also an int: steps per
@@ -147,20 +148,19 @@ def _lstm_cell(units, act, bias_init, rec_act, _use_bias, unit_forget_bias, _res
             ]
         )
 
-    def prepare(params):
-        # [units, units] blocks of the recurrent kernel (gates i, f, c, o), as for the GRU:
-        # four matmuls per step measured ~7% faster than one split per step (XLA:CPU).
-        return jnp.split(params["recurrent_kernel"], 4, axis=-1)
-
-    def step(blocks, carry, xw_t, h_in):
+    def step(params, carry, xw_t, h_in):
+        # One [units, 4 * units] recurrent matmul split into the gates i, f, c, o. Four
+        # [units, units] matmuls (as the GRU has) spend ~17% less CPU time on XLA:CPU, but
+        # each is too small to be split across threads: the step took ~1.10x the wall time
+        # of the fused one (benchmarks' LSTM, 2 cores, idle machine, interleaved).
         _, c = carry
-        x_i, x_f, x_c, x_o = jnp.split(xw_t, 4, axis=-1)
-        u_i, u_f, u_c, u_o = blocks
-        c = rec_act(x_f + h_in @ u_f) * c + rec_act(x_i + h_in @ u_i) * act(x_c + h_in @ u_c)
-        h = rec_act(x_o + h_in @ u_o) * act(c)
+        z = xw_t + h_in @ params["recurrent_kernel"]
+        z_i, z_f, z_c, z_o = jnp.split(z, 4, axis=-1)
+        c = rec_act(z_f) * c + rec_act(z_i) * act(z_c)
+        h = rec_act(z_o) * act(c)
         return (h, c)
 
-    return _Cell(4, 2, init_bias, _whole, step, prepare)
+    return _Cell(4, 2, init_bias, _whole, step)
 
 
 def _gru_cell(units, act, bias_init, rec_act, use_bias, _unit_forget_bias, reset_after) -> _Cell:
