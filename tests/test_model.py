@@ -355,7 +355,7 @@ def test_learning_rate_scheduler_changes_lr_without_recompiling(trained, digits)
     record = fnn.callbacks.LambdaCallback(
         on_epoch_end=lambda e, logs: lrs.append(model.learning_rate)
     )
-    step = model._trainer.block_step
+    step = model._trainer.block_step.compiled
     before = step._cache_size()
     history = model.fit(
         x_train[:1152], y_train[:1152], epochs=3, callbacks=[sched, record], verbose=0
