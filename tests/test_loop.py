@@ -367,7 +367,7 @@ def test_device_rows_staged_in_blocks_train_as_the_host_batches(monkeypatch, spe
     trainer = loop.Trainer(model.layer, loss, optax.sgd(0.1), steps_per_execution=spe)
     staged = []
     stage = trainer.stage
-    trainer.stage = lambda data, idx: staged.append(idx.shape) or stage(data, idx)
+    trainer.stage = lambda data, idx, step: staged.append(idx.shape) or stage(data, idx, step)
     order = loop.epoch_order(118, seed=2, epoch=0)
     hooks = Hooks(jax.tree.map(lambda a: a.copy(), ts0))
     loop.train_epoch(trainer, hooks, loop.DeviceRows(jax.device_put((x, y, None)), order, 16, 8))

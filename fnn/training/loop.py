@@ -246,8 +246,13 @@ class Trainer:
         self.multi_step = program(step_lib.make_multi_step(core, unroll=unroll))  # [K, batch]
         self.take_step = program(lambda ts, data, idx: core(ts, as_batch(*take(data, idx))))
         self.block_step = program(block_step, static_argnums=(3,))  # (ts, block, base, k)
-        # [steps, (members,) batch] rows of device-resident data -> a block of batches.
-        self.stage = jax.jit(take) if jit else take
+
+        def stage(data, rows, step):
+            # [steps, (members,) batch] rows -> a block of batches, and a fresh copy of the
+            # step counter at the block's start (the steps donate the state's own).
+            return take(data, rows), jax.lax.optimization_barrier(jnp.copy(step))
+
+        self.stage = jax.jit(stage) if jit else stage
         self.eval_step = donated(eval_core)
         metrics_ = self.metrics
 
@@ -355,8 +360,6 @@ def _device_epoch(trainer: Trainer, hooks, rows: DeviceRows, wants, start: int =
         full = order[..., : n_full * size].reshape(*order.shape[:-1], n_full, size)
         full = np.moveaxis(full, -2, 0)  # [steps, (members,) batch]
         block_len = _block_steps(rows.data, full.shape[1:], spe, n_full)
-        # The step counter at the epoch's start (waits only for the metric reset).
-        base = int(np.ravel(np.asarray(hooks.train_state.step))[0])
 
     def execution(ts, block, block_base, k):  # k steps as k / per_call compiled calls
         for _ in range(k // per_call):
@@ -364,11 +367,9 @@ def _device_epoch(trainer: Trainer, hooks, rows: DeviceRows, wants, start: int =
         return ts, logs
 
     while i < n_full and not hooks.stop_training:
-        if i % block_len == 0:
-            idx, block_base = jax.device_put(
-                (full[i : i + block_len], np.asarray(base + i, np.int32))
-            )
-            block = trainer.stage(rows.data, idx)
+        if i % block_len == 0:  # the step counter read on the device: no host sync
+            idx = jax.device_put(full[i : i + block_len])
+            block, block_base = trainer.stage(rows.data, idx, hooks.train_state.step)
         k = spe if spe > 1 and i + spe <= n_full else 1
         fn = execution if k > per_call else trainer.block_step
         _call(hooks, trainer, wants, start + i, start + i + k - 1, fn, block, block_base, k)
