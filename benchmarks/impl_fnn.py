@@ -1,5 +1,5 @@
-"""fnn: the functional training step (``fnn.train.make_train_step`` jitted with the
-train state donated) and the Keras-style ``Model.fit`` with ``steps_per_execution`` 1
+"""fnn: the functional training step (``fnn.train.make_train_step`` compiled by
+``fnn.train.jit_step``: jitted with the train state donated, its key undonated) and the Keras-style ``Model.fit`` with ``steps_per_execution`` 1
 and 10. Layers or APIs that this checkout of fnn lacks make a variant "unavailable".
 The ``fnn_base_*`` variants are the same code run against the ``--fnn-base`` checkout."""
 
@@ -117,9 +117,16 @@ def build_step(scenario: Scenario, x, y) -> Bench:
     model = fnn.serial(*make_layers(scenario))
     optimizer = optax.adam(LEARNING_RATE)
     train_state = init_train_state(model, optimizer, jax.random.key(0), jax.numpy.asarray(x[0]))
-    step = jax.jit(make_train_step(model, _loss(), optimizer), donate_argnums=0)
+    step = make_train_step(model, _loss(), optimizer)
     xs, ys = device_pool(x, y)
-    return step_loop(step, train_state, xs, ys, pack=True)
+    jit_step = getattr(fnn.train, "jit_step", None)
+    if jit_step is None:  # an older checkout: the documented jax.jit(step, donate_argnums=0)
+        return step_loop(jax.jit(step, donate_argnums=0), train_state, xs, ys, pack=True)
+    # fnn's compile of a step (jax.jit with the state donated, its key kept undonated).
+    bench = step_loop(jit_step(step), train_state, xs, ys, pack=True)
+    example = (train_state._replace(rng=None), train_state.rng, (xs[0], ys[0]))
+    bench.lowerable = (jit_step(step).compiled, example)
+    return bench
 
 
 def _build_fit(scenario: Scenario, x, y, spe: int) -> Bench:

@@ -143,27 +143,6 @@ class DeviceRows:
     steps: int
 
 
-def _train_program(fn: Callable, static_argnums: tuple = ()) -> Callable:
-    """``fn(train_state, *args) -> (train_state, logs)`` compiled with the train state
-    donated, except its base PRNG key: that goes in as an argument of its own and, when
-    ``fn`` returns it unchanged (as ``fnn.train``'s steps do), stays out of the outputs.
-    A typed key among a program's outputs is rebuilt in Python at every call, 3-7 us of
-    the tiny MLP's ~50 us step (measured). ``.compiled`` is the ``jax.jit`` object."""
-
-    def split(ts, rng, *args):
-        new, logs = fn(ts._replace(rng=rng), *args)
-        return (new._replace(rng=None) if new.rng is rng else new), logs
-
-    compiled = jax.jit(split, donate_argnums=0, static_argnums=tuple(i + 1 for i in static_argnums))
-
-    def call(ts, *args):
-        new, logs = compiled(ts._replace(rng=None), ts.rng, *args)
-        return (new._replace(rng=ts.rng) if new.rng is None else new), logs
-
-    call.compiled = compiled
-    return call
-
-
 class Trainer:
     """The compiled programs of one ``compile``: the train step of ``fnn.train`` as single
     steps, as ``K`` stacked batches in one scan, and on a block of staged batches; the
@@ -240,7 +219,7 @@ class Trainer:
             return multi(ts, jnp.arange(k))
 
         def program(fn, static_argnums=()):
-            return _train_program(fn, static_argnums) if jit else fn
+            return step_lib.jit_step(fn, static_argnums=static_argnums) if jit else fn
 
         self.step = program(core)  # (ts, batch)
         self.multi_step = program(step_lib.make_multi_step(core, unroll=unroll))  # [K, batch]
