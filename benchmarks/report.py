@@ -11,11 +11,14 @@ from pathlib import Path
 from benchmarks.frameworks import BASELINE, FRAMEWORKS, LABELS
 from benchmarks.scenarios import SCENARIOS
 
-# fnn's performance targets: (variant, measured against, limit on the time ratio).
+# fnn's performance targets (issue 16): (variant, measured against, limit on the time
+# ratio, the scenarios it applies to or None for all). Keras fit at least 3x slower than
+# fnn fit is asked of the dispatch-bound tiny MLP only (elsewhere both are at the floor).
 TIME_TARGETS = (
-    ("fnn_step", "jax_jit", 1.03),
-    ("fnn_fit", "jax_jit", 1.10),
-    ("fnn_fit10", "jax_jit", 0.75),
+    ("fnn_step", "jax_jit", 1.03, None),
+    ("fnn_fit", "jax_jit", 1.05, None),
+    ("fnn_fit10", "jax_scan10", 1.10, None),
+    ("fnn_fit", "keras_fit", 1 / 3, ("tiny_mlp",)),
 )
 # Compile (first call) targets: each against the hand-written variant that runs the same
 # number of steps per call.
@@ -82,7 +85,7 @@ def summarize(records: list[dict], scenarios: list[str]) -> dict:
             "title": SCENARIOS[name].title,
             "rows": {k: rows[k] for k in ORDER if k in rows},
             "skipped": skipped,
-            "targets": _targets(rows),
+            "targets": _targets(rows, name),
         }
     return out
 
@@ -143,11 +146,11 @@ def _time_check(what: str, a: dict, b: dict, limit: float) -> dict:
     return _check(what, a["median_us"] / b["median_us"], limit, cpu_value)
 
 
-def _targets(rows: dict) -> list[dict]:
+def _targets(rows: dict, scenario: str) -> list[dict]:
     checks = []
-    for key, ref, limit in TIME_TARGETS:
+    for key, ref, limit, scenarios in TIME_TARGETS:
         a, b = _ok(rows, key), _ok(rows, ref)
-        if a and b:
+        if a and b and (scenarios is None or scenario in scenarios):
             checks.append(_time_check(f"{key} time / {ref}", a, b, limit))
     for key, ref, limit in COMPILE_TARGETS:
         a, b = _ok(rows, key), _ok(rows, ref)

@@ -132,7 +132,7 @@ def test_summarize_reports_skipped_and_failed_workers():
     met = {t["what"]: t["met"] for t in s["targets"]}
     assert met == {
         "fnn_step time / jax_jit": False,  # 1.10 > 1.03
-        "fnn_fit10 time / jax_jit": True,  # 0.70 <= 0.75
+        "fnn_fit10 time / jax_scan10": False,  # 7.0 / 5.0 = 1.4 > 1.10
         "fnn_step first call / jax_jit": True,  # 1.10 <= 1.2
         "fnn_fit10 first call / jax_scan10": False,  # 1.50 > 1.2
     }
