@@ -469,11 +469,12 @@ def test_arrays_taken_before_fit_stay_valid():
 
 
 @pytest.mark.parametrize("device_rows", [True, False])
-def test_unrolled_execution_runs_as_calls_of_at_most_max_unrolled_steps(device_rows):
-    """steps_per_execution=4 unrolled (convolutions on CPU) runs as two compiled calls of
-    2 steps (peak memory grows with the unrolled steps) between one pair of batch hooks,
-    and trains exactly as single steps do."""
-    assert loop.MAX_UNROLLED_STEPS == 2
+def test_unrolled_execution_runs_as_calls_of_at_most_max_unrolled_steps(device_rows, monkeypatch):
+    """steps_per_execution=4 unrolled (convolutions on CPU) with at most 2 unrolled steps
+    per call runs as two compiled calls of 2 steps (peak memory grows with the unrolled
+    steps) between one pair of batch hooks, and trains exactly as single steps do."""
+    assert loop.MAX_UNROLLED_STEPS == 5
+    monkeypatch.setattr(loop, "MAX_UNROLLED_STEPS", 2)
     x, y = small_data()
     model, loss = small_model()
     model.build((None, 5))
