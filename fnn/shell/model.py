@@ -1628,7 +1628,7 @@ def _copy_arrays(ts, *, rng: bool = True):
     """``ts`` (a ``TrainState``) with fresh buffers for every array: one compiled copy when
     all sit on one device (one dispatch instead of one per leaf: ~1.5 ms per ``fit`` on a
     small model), else a copy per array (each keeps its sharding). ``rng=False`` keeps the
-    base key as it is: fit's own programs never donate it (``loop._train_program``), and a
+    base key as it is: fit's own programs never donate it (``fnn.train.jit_step``), and a
     typed key among the copy's outputs is rebuilt in Python (~60 us a ``fit``)."""
     tree = ts if rng else ts._replace(rng=None)
     leaves = jax.tree.leaves(tree)
