@@ -938,26 +938,22 @@ class Model:
                 raise type(err)(
                     f"{self.name}: {what} does not fit the loss and model outputs: {err}"
                 ) from None
-        if (ts.opt_state is None or ts.metric_states is None) and self._members is not None:
-            # A recompiled ensemble: each member's own optimizer state (init under vmap).
-            self._train_state = _replace(
-                ts,
-                opt_state=jax.jit(jax.vmap(trainer.optimizer.init))(ts.params),
-                metric_states=trainer.variant(members=self._members).init_metric_states(),
-            )
-        elif ts.opt_state is None or ts.metric_states is None:
+        if ts.opt_state is None or ts.metric_states is None:
+            # One program compiled for compile time: eager zeros_like compiles a program per
+            # parameter shape (~25 ms each on CPU).
             init = trainer.optimizer.init
-            self._train_state = _replace(
-                ts,
-                opt_state=(
-                    # One program compiled for compile time: eager zeros_like compiles a
-                    # program per parameter shape (~25 ms each on CPU).
+            if self._members is not None:
+                # A recompiled ensemble: each member's own optimizer state (init under vmap).
+                opt_state = jit_init(jax.vmap(init), ts.params)
+                metric_states = trainer.variant(members=self._members).init_metric_states()
+            else:
+                opt_state = (
                     jit_init(init, ts.params)
                     if distribution is None
                     else _jit_placed(init, distribution, ts.params, params=ts.params)
-                ),
-                metric_states=train_lib.init_metric_states(trainer.metrics),
-            )
+                )
+                metric_states = train_lib.init_metric_states(trainer.metrics)
+            self._train_state = _replace(ts, opt_state=opt_state, metric_states=metric_states)
         return trainer
 
     def _predict_step(self, stats: bool = False):

@@ -231,7 +231,7 @@ class Trainer:
         def stage(data, rows, step):
             # [steps, (members,) batch] rows -> a block of batches, and a fresh copy of the
             # step counter at the block's start (the steps donate the state's own).
-            return take(data, rows), jax.lax.optimization_barrier(jnp.copy(step))
+            return take(data, rows), jnp.copy(step)
 
         self.stage = jax.jit(stage) if jit else stage
         self.eval_step = donated(eval_core)
