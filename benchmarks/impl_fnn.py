@@ -1,7 +1,8 @@
 """fnn: the functional training step (``fnn.train.make_train_step`` compiled by
-``fnn.train.jit_step``: jitted with the train state donated, its key undonated) and the Keras-style ``Model.fit`` with ``steps_per_execution`` 1
-and 10. Layers or APIs that this checkout of fnn lacks make a variant "unavailable".
-The ``fnn_base_*`` variants are the same code run against the ``--fnn-base`` checkout."""
+``fnn.train.jit_step``: jitted with the train state donated, its key undonated) and the
+Keras-style ``Model.fit`` with ``steps_per_execution`` 1 and 10. Layers or APIs that this
+checkout of fnn lacks make a variant "unavailable". The ``fnn_base_*`` variants are the
+same code run against the ``--fnn-base`` checkout."""
 
 from __future__ import annotations
 
@@ -123,9 +124,10 @@ def build_step(scenario: Scenario, x, y) -> Bench:
     if jit_step is None:  # an older checkout: the documented jax.jit(step, donate_argnums=0)
         return step_loop(jax.jit(step, donate_argnums=0), train_state, xs, ys, pack=True)
     # fnn's compile of a step (jax.jit with the state donated, its key kept undonated).
-    bench = step_loop(jit_step(step), train_state, xs, ys, pack=True)
+    compiled = jit_step(step)
+    bench = step_loop(compiled, train_state, xs, ys, pack=True)
     example = (train_state._replace(rng=None), train_state.rng, (xs[0], ys[0]))
-    bench.lowerable = (jit_step(step).compiled, example)
+    bench.lowerable = (compiled.compiled, example)
     return bench
 
 
