@@ -504,3 +504,61 @@ def test_unrolled_execution_runs_as_calls_of_at_most_max_unrolled_steps(device_r
         ts, _ = step(ts, batch)
     for a, b in zip(jax.tree.leaves(hooks.train_state.params), jax.tree.leaves(ts.params)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _count_compiles(fn):
+    """``(fn(), {program name: XLA compiles})`` of everything ``fn`` compiled, on any
+    thread (fit compiles its first step programs on background threads)."""
+    counts: dict = {}
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            name = kwargs.get("fun_name", "?")
+            counts[name] = counts.get(name, 0) + 1
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        out = fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return out, counts
+
+
+def test_first_fit_compiles_each_program_once_and_reads_metrics_from_the_steps():
+    """A first fit compiles three programs (the train state with its optimizer and metric
+    states, the block gather, the step), the step once although it compiles ahead on
+    another thread and the second epoch's metric reset makes new arrays; the metric values
+    come out of the step (no readout program); a second fit compiles no step again. The
+    logs are those of the functional step's metric states (fnn.train.compute_metrics)."""
+    x, y = small_data(96, seed=4)
+    model, loss = small_model(seed=2)
+    model.build((None, 5))  # compiles the params' init, a jit(<lambda>)
+    hist, counts = _count_compiles(
+        lambda: model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    )
+    ours = {k: v for k, v in counts.items() if k in ("jit(fresh)", "jit(gather_block)")}
+    assert counts.get("jit(split)") == 1 and ours == {"jit(fresh)": 1, "jit(gather_block)": 1}
+    assert "jit(compute)" not in counts and "jit(<lambda>)" not in counts, counts
+    _, again = _count_compiles(lambda: model.fit(x, y, batch_size=16, epochs=1, verbose=0))
+    assert "jit(split)" not in again and "jit(gather_block)" not in again, again
+    # The reference: the functional step from the same initial params, two epochs in order.
+    ref, _ = small_model(seed=2)
+    ref.build((None, 5))
+    metrics = fnn.metrics.get_all(["accuracy"], loss=loss)
+    ts = fnn.train.init_train_state(
+        ref.layer,
+        optax.sgd(0.1),
+        jax.random.key(0),
+        x[:1],
+        params=ref.params,
+        state=ref.train_state.state,
+        metrics=metrics,
+    )
+    step = jax.jit(fnn.train.make_train_step(ref.layer, loss, optax.sgd(0.1), metrics))
+    for _ in range(2):
+        ts = fnn.train.reset_metrics(ts)
+        for i in range(0, 96, 16):
+            ts, _ = step(ts, (x[i : i + 16], y[i : i + 16]))
+    want = fnn.train.compute_metrics(ts.metric_states, metrics)
+    np.testing.assert_allclose(hist.history["loss"][-1], want["loss"], rtol=1e-5)
+    np.testing.assert_allclose(hist.history["accuracy"][-1], want["accuracy"], rtol=1e-6)

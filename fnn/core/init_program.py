@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import jax
 
-__all__ = ["FAST_INIT_MAX_ELEMENTS", "jit_init"]
+__all__ = ["FAST_INIT_MAX_ELEMENTS", "jit_init", "lower_init"]
 
 # Above this many output elements the slower level-0 program would cost more than the
 # compile time it saves (~70 ns per element at level 0 vs ~20 ns at the default).
@@ -43,14 +43,21 @@ def _on_cpu(out_shardings) -> bool:
     return bool(devices) and all(d.platform == "cpu" for d in devices)
 
 
+def lower_init(fn: Callable, *args, out_shardings=None):
+    """``(outputs, run)``: ``fn`` traced for ``args`` as ``jit_init`` does, its outputs'
+    ``jax.ShapeDtypeStruct``s, and ``run()``, which compiles and calls it (``jit_init``'s
+    result). In between, the caller may start other work that needs the output shapes."""
+    lowered = jax.jit(fn, out_shardings=out_shardings).lower(*args)
+    outs = jax.tree.leaves(lowered.out_info, is_leaf=lambda x: hasattr(x, "shape"))
+    size = sum(math.prod(o.shape) for o in outs)
+    options = _FAST if size <= FAST_INIT_MAX_ELEMENTS and _on_cpu(out_shardings) else None
+    return lowered.out_info, lambda: lowered.compile(options)(*args)
+
+
 def jit_init(fn: Callable, *args, out_shardings=None):
     """``jax.jit(fn, out_shardings=...)(*args)``, compiled at XLA backend optimisation level
     0 on CPU when the outputs hold at most ``FAST_INIT_MAX_ELEMENTS`` elements.
 
     ``fn``: a pure function of ``args`` (PRNG keys, arrays) returning a pytree of arrays,
     e.g. ``lambda key: layer.init(key, *abstract_inputs)`` -> ``(params, state)``."""
-    lowered = jax.jit(fn, out_shardings=out_shardings).lower(*args)
-    outs = jax.tree.leaves(lowered.out_info, is_leaf=lambda x: hasattr(x, "shape"))
-    size = sum(math.prod(o.shape) for o in outs)
-    options = _FAST if size <= FAST_INIT_MAX_ELEMENTS and _on_cpu(out_shardings) else None
-    return lowered.compile(options)(*args)
+    return lower_init(fn, *args, out_shardings=out_shardings)[1]()

@@ -38,7 +38,7 @@ from fnn.core import weights as weights_lib
 from fnn.core.combinators import serial
 from fnn.core.errors import ConfigError, ShapeError, bounded_repr
 from fnn.core.graph import Input, Tensor
-from fnn.core.init_program import jit_init
+from fnn.core.init_program import jit_init, lower_init
 from fnn.core.layer import Layer, as_shape_struct
 from fnn.io import data_adapter as data_lib
 from fnn.io import foreign_data
@@ -914,11 +914,12 @@ class Model:
         return self._trainer
 
     def _prepare_training(
-        self, x, y, sample_weight=None, *, what="y", distribution=None
+        self, x, y, sample_weight=None, *, what="y", distribution=None, init_state=True
     ) -> loop_lib.Trainer:
         """Build, resolve and check the data (``what`` names its labels in errors) against
-        the loss, all before compiling (the model is traced abstractly once per call). With
-        a ``Distribution``, a new train state is created already sharded by its rules."""
+        the loss, all before compiling (the model is traced abstractly once per call); then,
+        unless ``init_state=False`` (``_fit_state`` does it), create missing optimizer and
+        metric states. With a ``Distribution``, they are created sharded by its rules."""
         from fnn.training import step as train_lib
 
         self._ensure_built(x, distribution)
@@ -938,7 +939,7 @@ class Model:
                 raise type(err)(
                     f"{self.name}: {what} does not fit the loss and model outputs: {err}"
                 ) from None
-        if ts.opt_state is None or ts.metric_states is None:
+        if init_state and (ts.opt_state is None or ts.metric_states is None):
             # One program compiled for compile time: eager zeros_like compiles a program per
             # parameter shape (~25 ms each on CPU).
             init = trainer.optimizer.init
@@ -1143,8 +1144,13 @@ class Model:
             data.restore(resume["source"])
         # Everything below up to the first step is checked on shapes, before compiling.
         first = None
+        # A single-device model's missing optimizer and metric states are made with fit's
+        # private copy of the train state (_fit_state), in one program.
+        init_state = dist is not None or self._members is not None
         if isinstance(data, data_lib.ArrayData):
-            trainer = self._prepare_training(data.x, data.y, data.sample_weight, distribution=dist)
+            trainer = self._prepare_training(
+                data.x, data.y, data.sample_weight, distribution=dist, init_state=init_state
+            )
             n_batches = math.ceil(data.n / batch_size)
             steps = n_batches if steps_per_epoch is None else min(steps_per_epoch, n_batches)
         else:
@@ -1162,10 +1168,12 @@ class Model:
                 if first is None:
                     raise ConfigError(f"{self.name}: fit got an empty iterable.") from None
                 resume["empty"] = True
-            trainer = self._prepare_training(*first, distribution=dist)
+            trainer = self._prepare_training(*first, distribution=dist, init_state=init_state)
             steps = steps_per_epoch if steps_per_epoch is not None else _len_or_none(data.data)
         if isinstance(val, data_lib.ArrayData):  # checked before training, not after an epoch
-            self._prepare_training(val.x, val.y, val.sample_weight, what="validation y")
+            self._prepare_training(
+                val.x, val.y, val.sample_weight, what="validation y", init_state=init_state
+            )
         members, dp = self._fit_variant(data, ensemble, ensemble_batches, dp, devices, distribution)
         trainer = trainer.variant(members=members, same_batch=ensemble_batches == "same", dp=dp)
         if members is not None and self._members != members:
@@ -1274,9 +1282,16 @@ class Model:
         if val is not None:
             val_size = validation_batch_size or batch_size
             validation = lambda: _eval_batches(val, val_size, validation_steps)  # noqa: E731
-        # fit donates the train state to each step: work on a private copy so arrays the
-        # caller holds (model.params taken before fit) stay valid.
-        self._train_state = _copy_arrays(self._train_state, rng=placement is not None)
+        # The first epoch's step programs compile in the background while the main thread
+        # makes the private train state, resets the metrics and stages the first batches.
+        ahead = None
+        if on_device and members is None and resume is None:
+            ahead = loop_lib.DeviceRows(
+                data.on_device(), np.zeros(data.n, np.int32), batch_size, steps
+            )
+        self._train_state = _fit_state(
+            self._train_state, trainer, rng=placement is not None, ahead=ahead
+        )
         self.stop_training = False
         self._initial_epoch, self._initial_batch = None, 0
 
@@ -1535,7 +1550,8 @@ class Model:
         data = self._fit_data(x, y, sample_weight, class_weight, "train_on_batch")
         trainer = self._members_trainer(self._prepare_training(data.x, data.y, data.sample_weight))
         ts = _copy_arrays(self._train_state, rng=False)
-        self._train_state, _ = trainer.step(ts, loop_lib.as_batch(*data.arrays))
+        self._train_state, values = trainer.step(ts, loop_lib.as_batch(*data.arrays))
+        trainer.remember(self._train_state.metric_states, values)
         logs = trainer.read_metrics(self._train_state.metric_states)
         return self._batch_result(logs, trainer, return_dict)
 
@@ -1640,6 +1656,38 @@ def _copy_arrays(ts, *, rng: bool = True):
 
 
 _COPY = jax.jit(lambda tree: jax.tree.map(lambda a: a.copy(), tree))
+
+
+def _fit_state(ts, trainer: loop_lib.Trainer, *, rng: bool, ahead=None):
+    """``fit``'s private train state: ``ts`` with fresh buffers for every array (``fit``
+    donates the state to its steps, so arrays the caller holds, e.g. ``model.params``
+    taken before, stay valid; see ``_copy_arrays`` for ``rng``), and its optimizer and
+    metric states made if missing, in the same program (a first ``fit`` compiles one
+    small program instead of three, ~25 ms each on CPU). ``ahead``: the first epoch's
+    ``DeviceRows``; its step programs start compiling in the background
+    (``Trainer.compile_ahead``) before this program compiles."""
+    if ts.opt_state is not None and ts.metric_states is not None:
+        if ahead is not None:
+            trainer.compile_ahead(ts, ahead)
+        return _copy_arrays(ts, rng=rng)
+    from fnn.training import step as train_lib
+
+    init, metrics = trainer.optimizer.init, trainer.metrics
+
+    def fresh(t):
+        t = jax.tree.map(jnp.copy, t)
+        opt_state = init(t.params) if t.opt_state is None else t.opt_state
+        if t.metric_states is None:
+            return _replace(
+                t, opt_state=opt_state, metric_states=train_lib.init_metric_states(metrics)
+            )
+        return _replace(t, opt_state=opt_state)
+
+    out, run = lower_init(fresh, ts if rng else ts._replace(rng=None))
+    if ahead is not None:
+        trainer.compile_ahead(out if rng else out._replace(rng=ts.rng), ahead)
+    out = run()
+    return out if rng else out._replace(rng=ts.rng)
 
 
 def _eval_batches(data, batch_size: int, steps: int | None = None):

@@ -24,7 +24,10 @@ True
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -179,6 +182,8 @@ class Trainer:
         self.steps_per_execution, self.unroll = steps_per_execution, unroll
         self.members, self.same_batch, self.dp = members, same_batch, dp
         self._variants: dict = {}
+        self._started: set = set()  # signatures of the programs compile_ahead started
+        self._pending: dict = {}  # their compiles (Futures) not yet waited for, by name
         self.options = {"steps_per_execution": steps_per_execution, "unroll": unroll, "jit": jit}
         if dp is not None:
             core = privacy.make_dp_train_step(
@@ -200,8 +205,25 @@ class Trainer:
             eval_core = jax.vmap(eval_core, in_axes=(0, 0, 0, None))
         self.core = core
 
-        def donated(fn, **options):
-            return jax.jit(fn, donate_argnums=0, **options) if jit else fn
+        metrics_ = self.metrics
+
+        def compute(metric_states):
+            return step_lib.compute_metrics(metric_states, metrics_)
+
+        if members is not None:
+            compute = jax.vmap(compute)
+        self._compute = jax.jit(compute) if jit else compute
+        self._read: tuple | None = None  # (metric states, their values) of the last program
+
+        def reading(fn):
+            # The programs return the metrics' values (as Keras's train_step does) instead
+            # of the batch loss: an epoch end or a batch hook reads them with no program of
+            # its own (one program fewer for a first fit to compile: ~40 ms on CPU).
+            def run(ts, *args):
+                ts, _ = fn(ts, *args)
+                return ts, ({} if ts.metric_states is None else compute(ts.metric_states))
+
+            return run
 
         def staged(ts, block, base):
             # Step ``ts.step - base`` takes batch ``ts.step - base`` of the staged block
@@ -221,28 +243,75 @@ class Trainer:
             return multi(ts, jnp.arange(k))
 
         def program(fn, static_argnums=()):
+            fn = reading(fn)
             return step_lib.jit_step(fn, static_argnums=static_argnums) if jit else fn
 
+        # Each returns (train_state, metric values).
         self.step = program(core)  # (ts, batch)
         self.multi_step = program(step_lib.make_multi_step(core, unroll=unroll))  # [K, batch]
         self.take_step = program(lambda ts, data, idx: core(ts, as_batch(*take(data, idx))))
         self.block_step = program(block_step, static_argnums=(3,))  # (ts, block, base, k)
 
-        def stage(data, rows, step):
+        def gather_block(data, rows, step):
             # [steps, (members,) batch] rows -> a block of batches, and a fresh copy of the
             # step counter at the block's start (the steps donate the state's own).
             return take(data, rows), jnp.copy(step)
 
-        self.stage = jax.jit(stage) if jit else stage
-        self.eval_step = donated(eval_core)
-        metrics_ = self.metrics
+        self.stage = jax.jit(gather_block) if jit else gather_block
 
-        def compute(metric_states):
-            return step_lib.compute_metrics(metric_states, metrics_)
+        def eval_step(metric_states, params, state, batch):
+            metric_states = eval_core(metric_states, params, state, batch)
+            return metric_states, compute(metric_states)
 
-        if members is not None:
-            compute = jax.vmap(compute)
-        self._compute = jax.jit(compute) if jit else compute
+        # (metric_states, params, state, batch) -> (metric_states, metric values)
+        self.eval_step = jax.jit(eval_step, donate_argnums=0) if jit else eval_step
+
+    def compile_ahead(self, ts, rows: DeviceRows) -> None:
+        """Start compiling the programs an epoch over ``rows`` calls first (the block
+        gather, the first step program, that of a last smaller batch) on background
+        threads. ``ts``, ``rows.data``: arrays or ``jax.ShapeDtypeStruct``s.
+
+        They are traced here, and XLA compiles them without holding the GIL, so the
+        caller's own setup before the first step (making the train state: one more
+        program) runs meanwhile. ``join_ahead`` waits for them, and the programs' own calls
+        then find them in JAX's cache. This is a no-op for programs started already, for
+        programs that are not ``jax.jit`` objects, and with ``jit=False``."""
+        if not self.options["jit"]:
+            return
+        plan = _plan(self, rows)
+        jobs = {}
+        head, rng = ts._replace(rng=None), ts.rng
+        if len(plan.full):
+            idx = jax.ShapeDtypeStruct((plan.block_len, *plan.full.shape[1:]), np.int32)
+            jobs["stage"] = (self.stage, (rows.data, idx, _spec(ts.step)))
+            block = jax.tree.map(lambda a: _spec(a, (*idx.shape, *np.shape(a)[1:])), rows.data)
+            args = (head, rng, block, _spec(ts.step), plan.first)
+            jobs["block"] = (getattr(self.block_step, "compiled", None), args)
+        if plan.remainder.shape[-1]:
+            args = (head, rng, rows.data, _spec(plan.remainder))
+            jobs["take"] = (getattr(self.take_step, "compiled", None), args)
+        signature = jax.tree.map(lambda a: (np.shape(a), str(a.dtype)), (ts, rows.data))
+        signature = (jax.tree.structure(signature), tuple(jax.tree.leaves(signature)))
+        for name, (program, args) in jobs.items():
+            key = (name, signature, plan.block_len, plan.first, plan.remainder.shape)
+            if not hasattr(program, "lower") or key in self._started:
+                continue
+            self._started.add(key)
+            try:
+                lowered = program.lower(*args)
+            except Exception:  # the program's own call traces it again and raises the error
+                continue
+            self._pending[name] = _COMPILER.submit(_compile, lowered)
+
+    def join_ahead(self, name: str | None = None) -> None:
+        """Wait for the compiles ``compile_ahead`` started (``name``: only that program's,
+        ``"stage"``, ``"block"`` or ``"take"``); a no-op when none is pending."""
+        if not self._pending:
+            return
+        for key in [name] if name is not None else list(self._pending):
+            future = self._pending.pop(key, None)
+            if future is not None:
+                future.result()
 
     def variant(self, *, members: int | None = None, same_batch: bool = True, dp=None):
         """This trainer's loss, optimizer and metrics as an ensemble of ``members`` and/or
@@ -286,10 +355,22 @@ class Trainer:
             return states
         return jax.tree.map(lambda a: jnp.broadcast_to(a, (self.members, *jnp.shape(a))), states)
 
+    def remember(self, metric_states, values) -> None:
+        """Note ``values``, the metric values a program returned with ``metric_states``,
+        for ``read_metrics``."""
+        self._read = (metric_states, values)
+
     def read_metrics(self, metric_states) -> dict[str, float]:
         """The metrics' current values as floats (one device synchronisation); a metric
-        with several values (per class, per threshold) as a numpy array, as Keras logs it."""
-        values = jax.device_get(self._compute(metric_states))
+        with several values (per class, per threshold) as a numpy array, as Keras logs it.
+        The values the last program returned with ``metric_states`` (``remember``), else
+        computed by a program of their own."""
+        read = self._read
+        if read is not None and read[0] is metric_states:
+            values = read[1]
+        else:
+            values = self._compute(metric_states)
+        values = jax.device_get(values)
 
         def value(v):
             return float(np.asarray(v).reshape(())) if np.size(v) == 1 else np.asarray(v)
@@ -305,12 +386,42 @@ class Trainer:
 
 # ---------------------------------------------------------------------------- training
 
+# Two threads: the first step program and the readout (or a last smaller batch's step)
+# compile side by side while the main thread prepares the first step.
+_COMPILER = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="fnn-compile")
 
-def _call(hooks, trainer: Trainer, wants: tuple[bool, bool], first: int, last: int, fn, *args):
-    """One compiled call ``fn(train_state, *args)`` between the batch hooks."""
+
+def _compile(lowered) -> None:
+    # An error is left to the program's own call, which compiles it again and raises it.
+    with contextlib.suppress(Exception):
+        lowered.compile()
+
+
+def _spec(a, shape=None) -> jax.ShapeDtypeStruct:
+    """The abstract value of array ``a`` (its weak type kept: it is part of a compiled
+    program's signature), with ``shape`` if given."""
+    weak = bool(getattr(a, "weak_type", False))
+    return jax.ShapeDtypeStruct(np.shape(a) if shape is None else shape, a.dtype, weak_type=weak)
+
+
+def _call(
+    hooks,
+    trainer: Trainer,
+    wants: tuple[bool, bool],
+    first: int,
+    last: int,
+    fn,
+    *args,
+    values: bool = True,
+):
+    """One compiled call ``fn(train_state, *args)`` between the batch hooks; ``fn`` returns
+    the metric values (a program of ``trainer``), or with ``values=False`` anything else
+    (a placement's logs)."""
     if wants[0]:
         hooks.on_train_batch_begin(first, {})
-    hooks.train_state, _ = fn(hooks.train_state, *args)
+    hooks.train_state, out = fn(hooks.train_state, *args)
+    if values:
+        trainer.remember(hooks.train_state.metric_states, out)
     if wants[1]:
         states = hooks.train_state.metric_states
         logs = LazyLogs(lambda: trainer.read_metrics(states))
@@ -326,21 +437,38 @@ def _block_steps(data, batch_rows: tuple, spe: int, steps: int) -> int:
     return min(steps, spe * max(1, STAGE_BYTES // (per_step * spe)))
 
 
+class _Plan(typing.NamedTuple):
+    full: np.ndarray  # [steps, (members,) batch] rows of the full batches
+    remainder: np.ndarray  # [(members,) rows] of a last smaller batch (maybe none)
+    block_len: int  # steps per staged block
+    per_call: int  # steps per compiled call of an execution
+    first: int  # steps of the first compiled call
+
+
+def _plan(trainer: Trainer, rows: DeviceRows) -> _Plan:
+    """How ``_device_epoch`` runs ``rows``: its batches, blocks and compiled calls."""
+    order, size = rows.order, rows.batch_size
+    n_full = min(order.shape[-1] // size, rows.steps)
+    remainder = order[..., n_full * size :] if rows.steps > n_full else order[..., :0]
+    full = order[..., : n_full * size].reshape(*order.shape[:-1], n_full, size)
+    full = np.moveaxis(full, -2, 0)
+    spe = trainer.steps_per_execution
+    per_call = trainer.call_steps(spe)
+    block_len = _block_steps(rows.data, full.shape[1:], spe, n_full) if n_full else 0
+    first = min(spe if 1 < spe <= n_full else 1, per_call)
+    return _Plan(full, remainder, block_len, per_call, first)
+
+
 def _device_epoch(trainer: Trainer, hooks, rows: DeviceRows, wants, start: int = 0) -> None:
     # Batches are gathered a block at a time (one compiled gather per ~STAGE_BYTES) and
     # each step slices its batch from the block. A gather inside every step is slower on
     # XLA:CPU: it splits a gather whose operand (the whole dataset) is large across
     # threads, a fork-join that cost the tiny MLP's step ~20 us of its ~60 (measured).
     # order: [examples], or [members, examples] (each member its own order).
-    order, size = rows.order, rows.batch_size
-    n_full = min(order.shape[-1] // size, rows.steps)
-    remainder = order[..., n_full * size :] if rows.steps > n_full else order[..., :0]
-    spe, i = trainer.steps_per_execution, 0
-    per_call = trainer.call_steps(spe)
-    if n_full:
-        full = order[..., : n_full * size].reshape(*order.shape[:-1], n_full, size)
-        full = np.moveaxis(full, -2, 0)  # [steps, (members,) batch]
-        block_len = _block_steps(rows.data, full.shape[1:], spe, n_full)
+    plan = _plan(trainer, rows)
+    full, remainder, block_len, per_call = plan.full, plan.remainder, plan.block_len, plan.per_call
+    n_full, spe, i = len(full), trainer.steps_per_execution, 0
+    trainer.compile_ahead(hooks.train_state, rows)
 
     def execution(ts, block, block_base, k):  # k steps as k / per_call compiled calls
         for _ in range(k // per_call):
@@ -349,13 +477,16 @@ def _device_epoch(trainer: Trainer, hooks, rows: DeviceRows, wants, start: int =
 
     while i < n_full and not hooks.stop_training:
         if i % block_len == 0:  # the step counter read on the device: no host sync
+            trainer.join_ahead("stage")
             idx = jax.device_put(full[i : i + block_len])
             block, block_base = trainer.stage(rows.data, idx, hooks.train_state.step)
         k = spe if spe > 1 and i + spe <= n_full else 1
+        trainer.join_ahead()
         fn = execution if k > per_call else trainer.block_step
         _call(hooks, trainer, wants, start + i, start + i + k - 1, fn, block, block_base, k)
         i += k
     if remainder.shape[-1] and not hooks.stop_training:
+        trainer.join_ahead()
         _call(hooks, trainer, wants, start + i, start + i, trainer.take_step, rows.data, remainder)
 
 
@@ -418,7 +549,7 @@ def _placed_epoch(
             break
         if np.shape(jax.tree.leaves(batch)[0])[0] % divisor:
             continue
-        _call(hooks, trainer, wants, i, i, placement, as_batch(*batch))
+        _call(hooks, trainer, wants, i, i, placement, as_batch(*batch), values=False)
     hooks.train_state = placement.get_state(hooks.train_state)
 
 
@@ -508,7 +639,10 @@ def evaluate(trainer: Trainer, hooks, batches: Iterable) -> dict[str, float]:
     for i, batch in enumerate(batches):
         if begin:
             hooks.on_test_batch_begin(i, {})
-        metric_states = trainer.eval_step(metric_states, ts.params, ts.state, as_batch(*batch))
+        metric_states, values = trainer.eval_step(
+            metric_states, ts.params, ts.state, as_batch(*batch)
+        )
+        trainer.remember(metric_states, values)
         if end:
             logs = LazyLogs(lambda current=metric_states: trainer.read_metrics(current))
             hooks.on_test_batch_end(i, logs)
