@@ -354,10 +354,13 @@ def test_loop_fit_without_the_shell_matches_the_functional_step(device_rows):
 
 
 @pytest.mark.parametrize("spe", [1, 3])
-def test_device_rows_staged_in_blocks_train_as_the_host_batches(monkeypatch, spe):
+@pytest.mark.parametrize("quiet", [False, True])
+def test_device_rows_staged_in_blocks_train_as_the_host_batches(monkeypatch, spe, quiet):
     """Device-resident data is gathered a block of steps at a time (blocks of 3 steps
-    here, the last one shorter, then a partial batch); the fit equals the functional step
-    over the same batches, and each block is gathered once."""
+    here, the last one padded to the same shape, so one gather program; then a partial
+    batch); the fit equals the functional step over the same batches, and each block is
+    gathered once. ``quiet``: no batch hook is wanted, so the loop runs each block's steps
+    in its hook-free inner loop."""
     x, y = small_data(n=118)  # 7 full batches of 16 and one of 6
     per_step = 16 * (5 * 4 + 4)  # bytes of one batch: x float32 [16, 5], y int32 [16]
     monkeypatch.setattr(loop, "STAGE_BYTES", 3 * per_step)
@@ -370,8 +373,14 @@ def test_device_rows_staged_in_blocks_train_as_the_host_batches(monkeypatch, spe
     trainer.stage = lambda data, idx, step: staged.append(idx.shape) or stage(data, idx, step)
     order = loop.epoch_order(118, seed=2, epoch=0)
     hooks = Hooks(jax.tree.map(lambda a: a.copy(), ts0))
-    loop.train_epoch(trainer, hooks, loop.DeviceRows(jax.device_put((x, y, None)), order, 16, 8))
-    assert staged == [(3, 16), (3, 16), (1, 16)]
+    if quiet:
+        hooks.wants = lambda hook: False
+    blocks, quiet_block = [], loop._quiet_block
+    monkeypatch.setattr(loop, "_quiet_block", lambda *a: blocks.append(a[3]) or quiet_block(*a))
+    rows = loop.DeviceRows(jax.device_put((x, y, None)), order, 16, 8)
+    _, counts = _count_compiles(lambda: loop.train_epoch(trainer, hooks, rows))
+    assert staged == [(3, 16)] * 3 and counts["jit(gather_block)"] == 1, counts
+    assert blocks == ([0, 3, 6] if quiet else [])  # the first step of each block
     step = jax.jit(fnn.train.make_train_step(model.layer, loss, optax.sgd(0.1)))
     ts = ts0
     for batch in fnn.datasets.batches(x, y, 16, seed=2, epoch=0):
