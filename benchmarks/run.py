@@ -69,8 +69,10 @@ def run_worker(
     variants: list[str] = (),
     block_seconds: float = 0.0,
     checkout: Path | None = None,
+    cpus: tuple[int, ...] | None = None,
 ) -> dict:
-    """One worker process; its JSON record, or an error record if it failed."""
+    """One worker process; its JSON record, or an error record if it failed. ``cpus``:
+    the CPUs the worker may run on (``os.sched_setaffinity``), all by default."""
     fw = FRAMEWORKS[framework]
     env = dict(os.environ)
     env.update(fw.env)
@@ -101,7 +103,13 @@ def run_worker(
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
-            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+            cmd,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
     except subprocess.TimeoutExpired:
         return {
@@ -184,6 +192,13 @@ def main(argv=None) -> dict:
         "one process per variant, 3 rounds, throughput and device peak memory -> RESULTS-gpu.md; "
         "refused when JAX sees no GPU",
     )
+    parser.add_argument(
+        "--cpus",
+        default="",
+        help="comma list of CPU numbers the workers run on (e.g. 0): pinned to one core, the "
+        "tiny MLP's per-process speed stops drawing one of two modes (4%% spread instead of "
+        "50-100%%), at the cost of XLA's intra-op threads; ratios then compare one-core speed",
+    )
     parser.add_argument("--note", action="append", default=[], help="a line added to the report")
     parser.add_argument(
         "--python", default=sys.executable, help="interpreter for the worker processes"
@@ -193,6 +208,9 @@ def main(argv=None) -> dict:
     )
     args = parser.parse_args(argv)
 
+    cpus = tuple(int(c) for c in args.cpus.split(",") if c.strip()) or None
+    if cpus and not hasattr(os, "sched_setaffinity"):
+        parser.error("--cpus needs os.sched_setaffinity (Linux)")
     gpu = args.device == "gpu"
     if gpu:
         _require_gpu(args.python)
@@ -237,7 +255,8 @@ def main(argv=None) -> dict:
         },
         "load_average_start": _load(),
         "rounds": args.rounds,
-        "notes": args.note,
+        "notes": args.note
+        + ([f"Workers pinned to CPU(s) {args.cpus} (--cpus)."] if args.cpus else []),
     }
     records = []
     t_start = time.perf_counter()
@@ -279,6 +298,7 @@ def main(argv=None) -> dict:
                 wanted,
                 block_seconds,
                 fnn_base if FRAMEWORKS[framework].base_checkout else None,
+                **({"cpus": cpus} if cpus else {}),
             )
             records.append(record)
             status = (

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import importlib.metadata
 import json
+import os
 import platform
 import resource
 import statistics
@@ -156,6 +157,8 @@ def main(argv=None) -> dict:
     record["versions"] = {d: _version(d) for d in ("jax", "jaxlib", *fw.packages)}
     record["device"] = str(jax.devices()[0].device_kind)
     record["python"] = platform.python_version()
+    if hasattr(os, "sched_getaffinity"):
+        record["cpus"] = sorted(os.sched_getaffinity(0))
     x, y = make_pool(scenario)
     _warm_up_process()
     for key in wanted:

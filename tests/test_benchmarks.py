@@ -3,6 +3,7 @@ checks the records, the ratios it derives and the files it writes, never the spe
 
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -249,6 +250,29 @@ def test_process_per_variant_gives_each_variant_its_own_interleaved_worker(tmp_p
     # jax_jit (the baseline) is added to the variants; each variant is one worker per round.
     abc = [("jax", ("jax_jit",)), ("fnn", ("fnn_step",)), ("fnn", ("fnn_fit",))]
     assert calls == abc + abc[::-1] + abc
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux CPU affinity")
+def test_cpus_pins_the_workers(tmp_path, monkeypatch):
+    """--cpus runs each worker on those CPUs only (the worker reports its affinity) and says
+    so in the report."""
+    record = run.run_worker(
+        sys.executable, "jax", "tiny_mlp", 10, 1, 300.0, ["jax_jit"], 0.0, None, cpus=(0,)
+    )
+    assert record["cpus"] == [0] and record["variants"]["jax_jit"]["status"] == "ok", record
+    seen = []
+
+    def fake_worker(*args, **kwargs):
+        seen.append(kwargs.get("cpus"))
+        return {"framework": args[1], "scenario": args[2], "skipped": "fake"}
+
+    monkeypatch.setattr(run, "run_worker", fake_worker)
+    run.main(["--quick", "--frameworks", "jax", "--output", str(tmp_path), "--cpus", "0"])
+    assert seen == [(0,)]
+    assert (
+        "- Note: Workers pinned to CPU(s) 0 (--cpus)."
+        in (tmp_path / "RESULTS-quick.md").read_text()
+    )
 
 
 def test_fnn_base_worker_without_a_checkout_is_skipped():
