@@ -195,9 +195,9 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--cpus",
         default="",
-        help="comma list of CPU numbers the workers run on (e.g. 0): pinned to one core, the "
-        "tiny MLP's per-process speed stops drawing one of two modes (4%% spread instead of "
-        "50-100%%), at the cost of XLA's intra-op threads; ratios then compare one-core speed",
+        help="comma list of CPU numbers the workers run on (e.g. 0): on one core the tiny "
+        "MLP's hand-written step spreads 71-80 us instead of 48-149 us (a worker can still "
+        "draw a slow mode); ratios then compare one-core speed, without XLA's intra-op threads",
     )
     parser.add_argument("--note", action="append", default=[], help="a line added to the report")
     parser.add_argument(
