@@ -1677,11 +1677,10 @@ def _fit_state(ts, trainer: loop_lib.Trainer, *, rng: bool, ahead=None):
     def fresh(t):
         t = jax.tree.map(jnp.copy, t)
         opt_state = init(t.params) if t.opt_state is None else t.opt_state
-        if t.metric_states is None:
-            return _replace(
-                t, opt_state=opt_state, metric_states=train_lib.init_metric_states(metrics)
-            )
-        return _replace(t, opt_state=opt_state)
+        metric_states = t.metric_states
+        if metric_states is None:
+            metric_states = train_lib.init_metric_states(metrics)
+        return _replace(t, opt_state=opt_state, metric_states=metric_states)
 
     out, run = lower_init(fresh, ts if rng else ts._replace(rng=None))
     if ahead is not None:

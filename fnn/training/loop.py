@@ -394,8 +394,8 @@ class Trainer:
 
 # ---------------------------------------------------------------------------- training
 
-# Two threads: the first step program and the readout (or a last smaller batch's step)
-# compile side by side while the main thread prepares the first step.
+# Two threads: the block gather and the first step program (or a last smaller batch's
+# step) compile side by side while the main thread prepares the first step.
 _COMPILER = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="fnn-compile")
 
 
@@ -457,6 +457,12 @@ def _block_steps(data, batch_rows: tuple, spe: int, steps: int) -> int:
     return spe * math.ceil(math.ceil(steps / blocks) / spe)
 
 
+def _execution_steps(spe: int, i: int, n_full: int) -> int:
+    """Steps of the execution that starts at step ``i`` of ``n_full``: ``spe``, or 1 where
+    fewer than ``spe`` are left."""
+    return spe if spe > 1 and i + spe <= n_full else 1
+
+
 class _Plan(typing.NamedTuple):
     full: np.ndarray  # [steps, (members,) batch] rows of the full batches
     remainder: np.ndarray  # [(members,) rows] of a last smaller batch (maybe none)
@@ -475,7 +481,7 @@ def _plan(trainer: Trainer, rows: DeviceRows) -> _Plan:
     spe = trainer.steps_per_execution
     per_call = trainer.call_steps(spe)
     block_len = _block_steps(rows.data, full.shape[1:], spe, n_full) if n_full else 0
-    first = min(spe if 1 < spe <= n_full else 1, per_call)
+    first = min(_execution_steps(spe, 0, n_full), per_call)
     return _Plan(full, remainder, block_len, per_call, first)
 
 
@@ -483,7 +489,7 @@ def _quiet_block(trainer: Trainer, hooks, plan: _Plan, i: int, block, block_base
     """Run the steps of the staged block that holds step ``i`` with no batch hooks to
     call; returns the step after them. The hot loop of ``fit``: it calls the compiled
     program directly with the state split as ``jit_step`` compiles it (its wrapper and
-    the hooks' state cost ~6 us a step, a tenth of a tiny MLP's step; measured), and puts
+    the hooks' state cost ~5 us a step, a tenth of a tiny MLP's step; measured), and puts
     the state back together once at the end. ``stop_training`` is still checked after
     every call (a callback on another thread may set it)."""
     n_full, spe, per_call = len(plan.full), trainer.steps_per_execution, plan.per_call
@@ -492,7 +498,7 @@ def _quiet_block(trainer: Trainer, hooks, plan: _Plan, i: int, block, block_base
     ts = hooks.train_state
     head, rng, values = ts._replace(rng=None), ts.rng, None
     while i < end and not hooks.stop_training:
-        k = spe if spe > 1 and i + spe <= n_full else 1
+        k = _execution_steps(spe, i, n_full)
         for _ in range(max(1, k // per_call)):
             head, values = program(head, rng, block, block_base, min(k, per_call))
             if head.rng is not None:  # a step that returned a new base key
@@ -533,7 +539,7 @@ def _device_epoch(trainer: Trainer, hooks, rows: DeviceRows, wants, start: int =
         if not any(wants) and hasattr(trainer.block_step, "compiled"):
             i = _quiet_block(trainer, hooks, plan, i, block, block_base)
             continue
-        k = spe if spe > 1 and i + spe <= n_full else 1
+        k = _execution_steps(spe, i, n_full)
         fn = execution if k > per_call else trainer.block_step
         _call(hooks, trainer, wants, start + i, start + i + k - 1, fn, block, block_base, k)
         i += k
