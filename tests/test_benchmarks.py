@@ -253,9 +253,9 @@ def test_process_per_variant_gives_each_variant_its_own_interleaved_worker(tmp_p
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux CPU affinity")
-def test_cpus_pins_the_workers(tmp_path, monkeypatch):
+def test_cpus_pins_the_workers(tmp_path, monkeypatch, capsys):
     """--cpus runs each worker on those CPUs only (the worker reports its affinity) and says
-    so in the report."""
+    so in the report; without CPU affinity (not Linux) it is refused with a message."""
     record = run.run_worker(
         sys.executable, "jax", "tiny_mlp", 10, 1, 300.0, ["jax_jit"], 0.0, None, cpus=(0,)
     )
@@ -273,6 +273,11 @@ def test_cpus_pins_the_workers(tmp_path, monkeypatch):
         "- Note: Workers pinned to CPU(s) 0 (--cpus)."
         in (tmp_path / "RESULTS-quick.md").read_text()
     )
+    capsys.readouterr()
+    monkeypatch.delattr(os, "sched_setaffinity")
+    with pytest.raises(SystemExit):
+        run.main(["--quick", "--frameworks", "jax", "--output", str(tmp_path), "--cpus", "0"])
+    assert "--cpus needs os.sched_setaffinity (Linux)" in capsys.readouterr().err
 
 
 def test_fnn_base_worker_without_a_checkout_is_skipped():
